@@ -1,0 +1,27 @@
+# multiflow: set-up, tests and the end-to-end demo.  Every target installs what it needs itself.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the whole test suite.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## Generate synthetic data, extract features, compute masks, train, evaluate, report.
+demo: $(STAMP)
+	$(PY) -m multiflow demo --out results/demo
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,3 @@
+from multiflow.cli import main
+
+raise SystemExit(main())
