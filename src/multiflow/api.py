@@ -1,0 +1,75 @@
+"""A small Python API for notebooks: :func:`fit`, :func:`evaluate`, :func:`predict`.
+
+>>> from multiflow import api
+>>> run = api.fit(overrides=["data.root=data/synth", "train.epochs=8"])   # doctest: +SKIP
+>>> results = api.evaluate(run)                                          # doctest: +SKIP
+>>> preds = api.predict(run / "cap", data_root="data/new_parts")           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from multiflow.config import RunConfig, load_config
+
+
+def fit(
+    config: RunConfig | str | os.PathLike | None = None,
+    *,
+    overrides: list[str] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train one model per class; returns the run folder (``results/<run>/``)."""
+    from multiflow.engine.pipeline import fit_run
+
+    if isinstance(config, RunConfig):
+        cfg = config
+        if overrides:
+            raise ValueError("give overrides with a YAML path or None, not with a RunConfig object")
+    else:
+        cfg = load_config(config, overrides)
+    return fit_run(cfg, Path(run_dir) if run_dir else None, resume=resume, progress=progress)
+
+
+def evaluate(run_dir: str | os.PathLike, *, progress: bool = True, pictures: bool | None = None,
+             overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate every class model of a run on its test split; writes metrics and the HTML report."""
+    from multiflow.engine.pipeline import evaluate_run
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml", overrides) if overrides else None
+    return evaluate_run(run_dir, cfg, progress=progress, pictures=pictures)
+
+
+def predict(
+    model_dir: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike,
+    data_format: str = "folder",
+    split: str = "test",
+    category: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    threshold: float | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Score every sample of a data set with a trained class model (``<run>/<class>``).
+
+    Writes per-sample maps (``.npy``), overlays (``.png``), ``result.json`` and ``predictions.csv``
+    under ``out_dir`` (default ``<model_dir>/predictions``); returns the per-sample results.
+    """
+    from multiflow.config import DataConfig
+    from multiflow.engine.pipeline import open_dataset
+    from multiflow.engine.predict import Predictor, predict_dataset
+
+    predictor = Predictor(model_dir, threshold=threshold)
+    data = DataConfig(root=str(data_root), format=data_format, views=list(predictor.view_names),
+                      flips=dict(predictor.meta.get("flips") or {}))
+    if data_format == "manifest":
+        data.manifest, data.root = str(data_root), ""
+    ds = open_dataset(data, category or predictor.meta["category"], split, predictor.input_size, load_masks=False)
+    out = Path(out_dir) if out_dir else Path(model_dir) / "predictions"
+    return predict_dataset(predictor, ds, out, progress=progress)

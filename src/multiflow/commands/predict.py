@@ -1,0 +1,32 @@
+"""``multiflow predict``: pass/fail decisions, per-view scores and anomaly maps for new samples."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "predict"
+HELP = "score new samples with a trained class model: decision, per-view scores, maps (.npy + PNG)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="trained class folder: results/<run>/<class>")
+    p.add_argument("--data", required=True, help="data root (folder format, Real-IAD root) or manifest CSV")
+    p.add_argument("--format", default="folder", choices=["folder", "realiad", "manifest"])
+    p.add_argument("--split", default="test", help="split to score (folder/manifest: the split folder name)")
+    p.add_argument("--category", help="Real-IAD class (default: the model's)")
+    p.add_argument("--out", help="output folder (default: <model>/predictions)")
+    p.add_argument("--threshold", type=float, help="override the calibrated decision threshold")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from multiflow.api import predict
+
+    rows = predict(args.model, data_root=args.data, data_format=args.format, split=args.split,
+                   category=args.category, out_dir=args.out, threshold=args.threshold, progress=not args.quiet)
+    n_ng = sum(r["decision"] == "NG" for r in rows)
+    for r in rows:
+        views = " ".join(f"{k}={v:.2f}" for k, v in r["view_scores"].items())
+        print(f"{r['sample_id']}: {r['decision']} (score {r['sample_score']:.3f}, threshold {r['threshold']:.3f}) {views}")
+    print(f"{len(rows)} samples, {n_ng} NG, {len(rows) - n_ng} OK")
+    return 0

@@ -1,0 +1,277 @@
+"""Typed run configuration: dataclasses, YAML files and ``section.key=value`` overrides.
+
+A run is configured by one :class:`RunConfig` made of sections (data, features, masks, model, train,
+eval). Defaults are the paper's (Sec. 4.3) except where stated: the backbone defaults to the
+offline EfficientNet-Lite0 at 384 px (the paper: EfficientNet-B5 at 768 px, see
+``configs/paper.yaml``).
+
+YAML files hold the same nested structure; unknown keys and wrongly typed values are errors that
+name the file and the key. Overrides use dotted keys (``train.epochs=5``) with YAML-parsed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from multiflow.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the data come from.
+
+    ``format``: ``realiad`` (Real-IAD JSON + image folders, also what ``multiflow synth`` writes),
+    ``folder`` (``<root>/<split>/<good|defect>/<sample>/<view>.<ext>``) or ``manifest`` (a CSV).
+    """
+
+    root: str = ""
+    format: str = "realiad"
+    categories: list[str] = field(default_factory=list)
+    json_variant: str = "realiad_jsons"
+    resolution: str = "256"
+    views: list[str] = field(default_factory=list)
+    flips: dict[str, str] = field(default_factory=dict)
+    skip_incomplete: bool = False
+    manifest: str = ""
+
+
+@dataclass
+class FeatureConfig:
+    """Frozen backbone and its feature cache."""
+
+    backbone: str = "lite0"
+    input_size: int = 384
+    weights: str = ""
+    layer: str = ""
+    dtype: str = "float16"
+    batch_size: int = 8
+    num_workers: int = 0
+    cache_dir: str = ""
+
+
+@dataclass
+class MaskConfig:
+    """Foreground masks (paper Sec. 3.2): ``isnet``, ``threshold``, ``file`` or ``none``."""
+
+    provider: str = "threshold"
+    dilation: int = 8
+    mask_root: str = ""
+
+
+@dataclass
+class ModelConfig:
+    """The flow (paper Sec. 3.1, 3.3, 3.4; model.md)."""
+
+    graph: str = "real_iad"
+    ring_order: list[int] = field(default_factory=list)
+    n_blocks: int = 6
+    hidden: int = 64
+    kernel_sizes: list[int] = field(default_factory=lambda: [3, 3, 3, 3, 3, 5])
+    clamp: float = 1.9
+    fusion: str = "conv"
+    heads: int = 4
+    noise: str = "simplenet"
+    noise_std: float = 0.15
+    share_side_weights: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (paper Sec. 4.3): AdamW, lr 2e-4, betas (0.9, 0.95), wd 1e-5, batch 8 samples."""
+
+    epochs: int = 112
+    batch_size: int = 8
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 1e-5
+    seed: int = 0
+    val_fraction: float = 0.1
+    select: str = "best_val"
+    threshold_quantile: float = 0.99
+    checkpoint_every: int = 1
+    threads: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: aggregation of views, metric computation and pictures."""
+
+    aggregation: str = "max"
+    streaming: bool = False
+    pictures: bool = True
+    batch_size: int = 16
+    pixel_metrics: bool = True
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out: str = "results"
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "RunConfig":
+        _choice("data.format", self.data.format, {"realiad", "folder", "manifest"})
+        _choice("masks.provider", self.masks.provider, {"isnet", "threshold", "file", "none"})
+        _choice("model.graph", self.model.graph, {"real_iad", "ring", "top_only", "none", "full"})
+        _choice("model.fusion", self.model.fusion, {"conv", "self_attention", "cross_attention"})
+        _choice("model.noise", self.model.noise, {"none", "simplenet", "uniform", "softflow"})
+        _choice("train.select", self.train.select, {"best_val", "last"})
+        _choice("eval.aggregation", self.eval.aggregation, {"max", "mean", "mean_of_max"})
+        _choice("features.dtype", self.features.dtype, {"float16", "float32"})
+        if len(self.model.kernel_sizes) != self.model.n_blocks:
+            raise ConfigError(
+                f"model.kernel_sizes has {len(self.model.kernel_sizes)} entries but "
+                f"model.n_blocks is {self.model.n_blocks}"
+            )
+        for name, value in [
+            ("train.epochs", self.train.epochs),
+            ("train.batch_size", self.train.batch_size),
+            ("features.input_size", self.features.input_size),
+            ("model.hidden", self.model.hidden),
+        ]:
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if not 0.0 <= self.train.val_fraction < 1.0:
+            raise ConfigError(f"train.val_fraction must be in [0, 1), got {self.train.val_fraction}")
+        if not 0.0 < self.train.threshold_quantile <= 1.0:
+            raise ConfigError(
+                f"train.threshold_quantile must be in (0, 1], got {self.train.threshold_quantile}"
+            )
+        if len(self.train.betas) != 2:
+            raise ConfigError(f"train.betas must have two values, got {self.train.betas}")
+        return self
+
+
+def _choice(name: str, value: str, allowed: set[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Check (and gently coerce int -> float, tuple -> list) a YAML value against a type hint."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not match {annotation}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        kt, vt = typing.get_args(annotation)
+        return {_check_type(k, kt, where): _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if annotation is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _from_dict(hint, value, f"{where}.{key}" if where else key)
+        else:
+            kwargs[key] = _check_type(value, hint, f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return _from_dict(RunConfig, data or {}, "").validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML configuration (or the defaults) and apply ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: configuration file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return config_from_dict(data, source)
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the configuration as YAML (atomically)."""
+    import os
+
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, p)

@@ -1,0 +1,64 @@
+"""From a trained flow to anomaly maps, image scores, sample scores and a decision threshold.
+
+* anomaly map = per-pixel NLL ``(0.5 * sum_c z_c^2 - logdet) / C`` in eval mode (no noise),
+  shape ``(N, V, h, w)``; background pixels (mask 0) are set to the foreground minimum of that
+  view's map, so they can neither tie with nor exceed a foreground pixel (model.md, fault 8);
+* image score = max over the map of one view (= max over its foreground);
+* sample score = aggregation over views (``max`` official; ``mean``; ``mean_of_max``), see
+  :mod:`multiflow.metrics.aggregate`.
+
+The decision threshold is a quantile of the sample scores of *held-out normal training samples*
+(never the test set).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from multiflow.errors import ConfigError
+from multiflow.metrics.aggregate import aggregate_views, image_scores_from_maps
+
+
+@torch.no_grad()
+def compute_maps(
+    model, features, masks=None, *, batch_size: int = 16, progress: bool = False, desc: str = "scoring"
+) -> np.ndarray:
+    """Anomaly maps ``(N, V, h, w)`` float32 for features ``(N, V, C, h, w)`` (array-like)."""
+    model.eval()
+    n = int(features.shape[0])
+    out = None
+    for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+        x = torch.from_numpy(np.ascontiguousarray(features[start : start + batch_size])).float()
+        m = None
+        if masks is not None:
+            m = torch.from_numpy(np.ascontiguousarray(masks[start : start + batch_size])).float()
+        maps = model.anomaly_map(x, m).numpy().astype(np.float32)
+        if out is None:
+            out = np.empty((n, *maps.shape[1:]), dtype=np.float32)
+        out[start : start + len(maps)] = maps
+    if out is None:
+        raise ConfigError("no samples to score")
+    return out
+
+
+def image_scores(maps: np.ndarray) -> np.ndarray:
+    """``(N, V, h, w)`` -> ``(N, V)``: max over pixels (see :func:`multiflow.metrics.image_scores_from_maps`)."""
+    return image_scores_from_maps(maps).numpy()
+
+
+def sample_scores(maps: np.ndarray, how: str = "max") -> np.ndarray:
+    """``(N, V, h, w)`` -> ``(N,)`` sample scores (aggregation of the view scores, :mod:`multiflow.metrics.aggregate`)."""
+    return aggregate_views(image_scores_from_maps(maps), how).numpy()
+
+
+def calibrate_threshold(normal_scores: np.ndarray, quantile: float) -> float:
+    """Threshold = the ``quantile`` of held-out normal sample scores (linear interpolation).
+
+    With quantile 1.0 every held-out normal sample passes.
+    """
+    s = np.asarray(normal_scores, dtype=np.float64)
+    if s.size == 0:
+        raise ConfigError("cannot calibrate a threshold without held-out normal samples")
+    return float(np.quantile(s, quantile))
