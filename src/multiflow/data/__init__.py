@@ -1,5 +1,21 @@
 """Multi-view data: the sample type every source yields, Real-IAD and folder readers."""
 
+from multiflow.data.folder import FolderDataset
+from multiflow.data.manifest import ManifestDataset
+from multiflow.data.realiad import REALIAD_CLASSES, RealIADDataset, list_categories
+from multiflow.data.records import RecordDataset, SampleRecord, SkippedSample
 from multiflow.data.sample import MultiViewBatch, MultiViewSample, collate_samples
 
-__all__ = ["MultiViewBatch", "MultiViewSample", "collate_samples"]
+__all__ = [
+    "REALIAD_CLASSES",
+    "FolderDataset",
+    "ManifestDataset",
+    "MultiViewBatch",
+    "MultiViewSample",
+    "RealIADDataset",
+    "RecordDataset",
+    "SampleRecord",
+    "SkippedSample",
+    "collate_samples",
+    "list_categories",
+]

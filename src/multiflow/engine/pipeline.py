@@ -14,6 +14,10 @@ One model per class (category). A run folder looks like::
         metrics.json / metrics.csv / metrics.md / report.html
 
 Everything that defines a model is in the two ``model.*`` files; loading them executes no code.
+
+Under ``torchrun`` (see :mod:`multiflow.engine.distributed`) rank 0 extracts the features and
+masks into the shared cache first (the other ranks then read them), training is data parallel,
+anomaly maps are computed on shards and all-gathered, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -222,6 +226,19 @@ def save_bundle(folder: Path, model, meta: dict[str, Any]) -> None:
     _atomic_json(folder / "model.json", dict(meta, format=BUNDLE_FORMAT))
 
 
+def check_backbone(extractor, meta: dict[str, Any], where: Path) -> None:
+    """The backbone rebuilt for inference must have the weights the flow was trained on."""
+    want = (meta.get("extractor") or {}).get("weights_digest")
+    if not want:
+        raise CheckpointError("model.json records no backbone weights digest (extractor.weights_digest)", where)
+    if extractor.digest != want:
+        raise CheckpointError(
+            f"the backbone's weights ({extractor.digest[:12]}…) differ from those the model was trained "
+            f"with ({want[:12]}…): same backbone, input size and weights file?",
+            where,
+        )
+
+
 def load_bundle(folder: str | Path):
     """Load a trained class model: returns ``(flow, meta)``. Never executes code from the files."""
     from multiflow.flow import load_flow
@@ -244,21 +261,25 @@ def load_bundle(folder: str | Path):
 # ------------------------------------------------------------------------------------ fitting
 def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool = False, progress: bool = True) -> dict:
     """Train the flow of one class and calibrate its threshold on held-out normal training samples."""
-    from multiflow.engine.scoring import calibrate_threshold, compute_maps, sample_scores
+    from multiflow.engine.distributed import barrier, compute_maps_sharded, current_context, main_first
+    from multiflow.engine.scoring import calibrate_threshold, sample_scores
     from multiflow.engine.train import train_flow
 
+    ctx = current_context()
+    progress = progress and ctx.is_main
     t0 = time.perf_counter()
     out = run_dir / category
     extractor = build_extractor(cfg.features)
-    train = prepare_split(cfg, category, "train", extractor, progress=progress)
+    with main_first(ctx):
+        train = prepare_split(cfg, category, "train", extractor, progress=progress)
     t_feat = time.perf_counter() - t0
     model = build_flow(cfg.model, extractor.channels, train.view_names, cfg.train.seed)
     result = train_flow(
         model, train.features, train.masks, cfg.train, out / "train_state", resume=resume, progress=progress
     )
     val = result.val_index if result.val_index is not None and len(result.val_index) else result.train_index
-    val_maps = compute_maps(
-        model, train.features[np.sort(val)], None if train.masks is None else train.masks[np.sort(val)],
+    val_maps = compute_maps_sharded(
+        model, train.features[np.sort(val)], None if train.masks is None else train.masks[np.sort(val)], ctx,
         batch_size=cfg.eval.batch_size,
     )
     val_scores = sample_scores(val_maps, cfg.eval.aggregation)
@@ -285,7 +306,9 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         "val_samples": int(len(result.val_index)),
         "seconds": {"features_and_masks": t_feat, "total": time.perf_counter() - t0},
     }
-    save_bundle(out, model, meta)
+    if ctx.is_main:
+        save_bundle(out, model, meta)
+    barrier(ctx)
     return meta
 
 
@@ -295,11 +318,23 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 
 def fit_run(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train one model per class; writes the run folder and returns it."""
+    """Train one model per class; writes the run folder and returns it.
+
+    Under ``torchrun`` every rank must get the same ``run_dir`` (give ``name``: a time-stamped
+    default could differ between ranks).
+    """
+    from multiflow.engine.distributed import barrier, init_distributed
+
     cfg.validate()
+    ctx = init_distributed()
+    if ctx.enabled and run_dir is None and not cfg.name:
+        raise ConfigError("distributed training needs a run name (--name or name=...) shared by all ranks")
+    progress = progress and ctx.is_main
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+    barrier(ctx)
     for category in list_categories(cfg.data):
         if progress:
             print(f"== {category}: training", flush=True)
@@ -341,22 +376,23 @@ def evaluate_category(
     run_dir: Path, category: str, cfg: RunConfig, *, progress: bool = True, pictures: bool | None = None
 ) -> dict[str, Any]:
     """Evaluate one class model on its test split; writes metrics, scores, ADEval pkl and figures."""
-    from multiflow.engine.scoring import compute_maps, image_scores, sample_scores
+    from multiflow.engine.distributed import compute_maps_sharded, current_context
+    from multiflow.engine.scoring import image_scores, sample_scores
     from multiflow.metrics import StreamingEvaluator, evaluate_exact, write_adeval_pkl
 
+    ctx = current_context()
+    progress = progress and ctx.is_main
     folder = run_dir / category
     model, meta = load_bundle(folder)
     extractor = build_extractor(cfg.features)
-    if extractor.digest != meta["extractor"].get("digest", extractor.digest):
-        raise CheckpointError(
-            "the backbone's weights differ from those the model was trained with "
-            f"({extractor.digest} vs {meta['extractor'].get('digest')})",
-            folder / "model.json",
-        )
+    check_backbone(extractor, meta, folder / "model.json")
     test = prepare_split(cfg, category, "test", extractor, progress=progress)
     if test.view_names != meta["view_names"]:
         raise DataError(f"test views {test.view_names} differ from the model's {meta['view_names']}", folder)
-    maps = compute_maps(model, test.features, test.masks, batch_size=cfg.eval.batch_size, progress=progress)
+    maps = compute_maps_sharded(model, test.features, test.masks, ctx, batch_size=cfg.eval.batch_size,
+                                progress=progress)
+    if not ctx.is_main:
+        return {}  # rank 0 computes the metrics from the gathered maps and writes everything
     ds = test.dataset
     defects = [r.defect for r in ds.samples]
     how = meta.get("aggregation", cfg.eval.aggregation)
@@ -493,8 +529,11 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig | None = None, *, progress:
                  pictures: bool | None = None) -> dict[str, Any]:
     """Evaluate every trained class of a run; writes the run's metrics tables and report.html."""
     from multiflow.config import load_config
+    from multiflow.engine.distributed import barrier, init_distributed
     from multiflow.report import write_html_report
 
+    ctx = init_distributed()
+    progress = progress and ctx.is_main
     run_dir = Path(run_dir)
     if cfg is None:
         if not (run_dir / "config.yaml").is_file():
@@ -508,6 +547,9 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig | None = None, *, progress:
         if progress:
             print(f"== {cat}: evaluating", flush=True)
         per_class[cat] = evaluate_category(run_dir, cat, cfg, progress=progress, pictures=pictures)
+    barrier(ctx)
+    if not ctx.is_main:
+        return {"per_class": {}, "table": "", "per_defect": "", "rows": []}
     md, rows = metrics_table(per_class)
     per_defect = _per_defect_table(per_class)
     _atomic_json(run_dir / "metrics.json", {"per_class": per_class, "mean": rows[-1]})

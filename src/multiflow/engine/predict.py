@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from multiflow.errors import CheckpointError, DataError
+from multiflow.errors import DataError
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Predictor:
 
     def __init__(self, model_dir: str | os.PathLike, *, threshold: float | None = None) -> None:
         from multiflow.config import FeatureConfig, MaskConfig
-        from multiflow.engine.pipeline import build_extractor, build_mask_provider, load_bundle
+        from multiflow.engine.pipeline import build_extractor, build_mask_provider, check_backbone, load_bundle
 
         self.model_dir = Path(model_dir)
         self.flow, self.meta = load_bundle(self.model_dir)
@@ -65,12 +65,7 @@ class Predictor:
             FeatureConfig(backbone=f["backbone"], input_size=int(f["input_size"]), weights=f.get("weights") or "",
                           layer=f.get("layer") or "")
         )
-        want = self.meta["extractor"].get("digest")
-        if want and self.extractor.digest != want:
-            raise CheckpointError(
-                f"backbone weights differ from those the model was trained with ({self.extractor.digest} vs {want})",
-                self.model_dir / "model.json",
-            )
+        check_backbone(self.extractor, self.meta, self.model_dir / "model.json")
         m = self.meta["masks"]
         self.mask_cfg = MaskConfig(provider=m["provider"], dilation=int(m["dilation"]), mask_root=m.get("mask_root", ""))
         self.masker = None if m["provider"] in ("none", "file") else build_mask_provider(self.mask_cfg)

@@ -30,10 +30,10 @@ def compute_maps(
     n = int(features.shape[0])
     out = None
     for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
-        x = torch.from_numpy(np.ascontiguousarray(features[start : start + batch_size])).float()
+        x = torch.from_numpy(np.array(features[start : start + batch_size])).float()
         m = None
         if masks is not None:
-            m = torch.from_numpy(np.ascontiguousarray(masks[start : start + batch_size])).float()
+            m = torch.from_numpy(np.array(masks[start : start + batch_size])).float()
         maps = model.anomaly_map(x, m).numpy().astype(np.float32)
         if out is None:
             out = np.empty((n, *maps.shape[1:]), dtype=np.float32)

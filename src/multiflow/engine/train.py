@@ -15,6 +15,13 @@ uninterrupted run with the same seed.
 
 Model selection uses only a held-out part of the *normal training* samples (``val_fraction``),
 never the test set.
+
+Distributed data parallel
+-------------------------
+Under ``torchrun`` (an initialised process group, see :mod:`multiflow.engine.distributed`) every
+rank walks the same global batches and noise, computes the loss of its shard so that the averaged
+gradient equals the single-process gradient of the global batch, evaluates its shard of the
+validation samples (sums all-reduced), and only rank 0 writes the training state.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from multiflow.config import TrainConfig
+from multiflow.engine.distributed import DistContext, ShardedLoss, all_reduce_sum, barrier, current_context, shard_range
 from multiflow.errors import CheckpointError, TrainingError
 from multiflow.flow.model import masked_loss
 
@@ -70,8 +78,8 @@ def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
 
 def _batch(features, masks, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
     order = np.sort(idx)  # memory-mapped reads are faster in file order
-    x = torch.from_numpy(np.ascontiguousarray(features[order])).float()
-    m = None if masks is None else torch.from_numpy(np.ascontiguousarray(masks[order])).float()
+    x = torch.from_numpy(np.array(features[order])).float()
+    m = None if masks is None else torch.from_numpy(np.array(masks[order])).float()
     # restore the requested (shuffled) order
     inv = np.argsort(np.argsort(idx))
     x = x[torch.from_numpy(inv)]
@@ -81,17 +89,28 @@ def _batch(features, masks, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def evaluate_loss(model, features, masks, index: np.ndarray, batch_size: int) -> float:
-    """Mean foreground NLL of ``index`` in eval mode (no noise), weighted by foreground pixels."""
+def evaluate_loss(model, features, masks, index: np.ndarray, batch_size: int, ctx: DistContext | None = None) -> float:
+    """Mean foreground NLL of ``index`` in eval mode (no noise), weighted by foreground pixels.
+
+    With a distributed ``ctx`` each rank sums its shard of ``index`` and the sums are all-reduced.
+    """
     model.eval()
     num, den = 0.0, 0.0
+    device = torch.device("cpu")
+    if ctx is not None and ctx.enabled:
+        lo, hi = shard_range(len(index), ctx.rank, ctx.world_size)
+        index, device = index[lo:hi], ctx.device
     for start in range(0, len(index), batch_size):
         x, m = _batch(features, masks, index[start : start + batch_size])
+        x = x.to(device)
+        m = None if m is None else m.to(device)
         nll = model(x).nll
         if m is None:
             m = torch.ones_like(nll)
         num += float(torch.where(m > 0, nll, torch.zeros_like(nll)).sum())
         den += float(m.sum())
+    if ctx is not None and ctx.enabled:
+        num, den = (float(v) for v in all_reduce_sum(torch.tensor([num, den], dtype=torch.float64), ctx))
     return num / max(den, 1.0)
 
 
@@ -107,14 +126,14 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
 def _save_state(path: Path, model, optimizer, best_state: dict, meta: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
-        tensors[f"model.{k}"] = v.detach().contiguous()
+        tensors[f"model.{k}"] = v.detach().cpu().contiguous()
     for k, v in best_state.items():
-        tensors[f"best.{k}"] = v.detach().contiguous()
+        tensors[f"best.{k}"] = v.detach().cpu().contiguous()
     opt = optimizer.state_dict()
     for pid, st in opt["state"].items():
         for name, value in st.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"optim.{pid}.{name}"] = t.detach().contiguous()
+            tensors[f"optim.{pid}.{name}"] = t.detach().cpu().contiguous()
     meta = dict(meta, format=STATE_FORMAT, param_groups=opt["param_groups"])
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
@@ -179,6 +198,10 @@ def train_flow(
         torch.set_num_threads(cfg.threads)
 
     torch.manual_seed(cfg.seed)  # only for modules that draw at construction; flows use generators
+    ctx = current_context()
+    if ctx.enabled:
+        model.to(ctx.device)
+        progress = progress and ctx.is_main
     optimizer = _optimizer(model, cfg)
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -193,6 +216,7 @@ def train_flow(
                 state_path,
             )
         best_state, meta = _load_state(state_path, model, optimizer)
+        best_state = {k: v.to(ctx.device) for k, v in best_state.items()}
         if meta.get("seed") != cfg.seed or meta.get("n_samples") != n:
             raise CheckpointError(
                 f"state was written for seed={meta.get('seed')} and {meta.get('n_samples')} samples; "
@@ -204,6 +228,7 @@ def train_flow(
         best_val = float(meta.get("best_val", math.inf))
         best_epoch = int(meta.get("best_epoch", -1))
 
+    sharded = ShardedLoss(model, ctx) if ctx.enabled else None
     bs = cfg.batch_size
     n_batches = math.ceil(len(train_idx) / bs)
     epochs_run = 0
@@ -224,23 +249,27 @@ def train_flow(
         )
         for b in bar:
             x, m = _batch(features, masks, order[b * bs : (b + 1) * bs])
-            out = model(x, generator=noise_gen)
-            loss = out.nll.mean() if m is None else masked_loss(out.nll, m)
-            if not torch.isfinite(loss):
+            if sharded is not None:
+                loss, loss_value = sharded(x, m, noise_gen)
+            else:
+                out = model(x, generator=noise_gen)
+                loss = out.nll.mean() if m is None else masked_loss(out.nll, m)
+                loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
                 raise TrainingError(
-                    f"loss became {float(loss)} at epoch {epoch + 1}, batch {b + 1}/{n_batches}; "
+                    f"loss became {loss_value} at epoch {epoch + 1}, batch {b + 1}/{n_batches}; "
                     "lower train.lr or check the features for NaN/inf"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running += float(loss.detach()) * len(x)
+            running += loss_value * len(x)
             seen += len(x)
             bar.set_postfix(loss=f"{running / seen:.4f}")
         bar.close()
         record = {"epoch": epoch + 1, "train_loss": running / max(seen, 1)}
         if len(val_idx):
-            record["val_loss"] = evaluate_loss(model, features, masks, val_idx, bs)
+            record["val_loss"] = evaluate_loss(model, features, masks, val_idx, bs, ctx)
         selector = record.get("val_loss", record["train_loss"])
         if cfg.select == "last" or selector < best_val:
             best_val, best_epoch = selector, epoch + 1
@@ -261,10 +290,14 @@ def train_flow(
                 "seed": cfg.seed,
                 "n_samples": n,
             }
-            _save_state(state_path, model, optimizer, best_state, meta)
+            if ctx.is_main:
+                _save_state(state_path, model, optimizer, best_state, meta)
+            barrier(ctx)
         epochs_run += 1
 
     model.load_state_dict(best_state)
+    if ctx.enabled:
+        model.to("cpu")
     model.eval()
     return TrainResult(
         best_epoch=best_epoch,

@@ -1,0 +1,9 @@
+"""Deployment: ONNX export of the inference path and an HTTP inference service.
+
+* :mod:`multiflow.deploy.onnx_export`: :class:`InferenceGraph` (backbone + flow + scoring +
+  threshold as one ``nn.Module``) and :func:`export_onnx`.
+* :mod:`multiflow.deploy.serve`: :func:`create_app`, a FastAPI application around
+  :class:`multiflow.engine.predict.Predictor`.
+
+Heavy dependencies (onnx, fastapi) are imported inside these modules only.
+"""

@@ -1,0 +1,202 @@
+"""ONNX export of the whole inference path: backbone + flow + scoring + threshold.
+
+The exported graph (:class:`InferenceGraph`) computes, for a batch of samples,
+
+* ``images`` ``(B, V, 3, S, S)`` float RGB in ``[0, 1]``, ``S`` = the backbone input size the model
+  was trained with (resize outside the graph), normalised ``(x - mean) / std`` per channel;
+* features ``(B, V, C, h, w)`` = frozen backbone of every view;
+* anomaly maps ``(B, V, h, w)`` = per-pixel NLL of the flow in eval mode (no noise),
+  ``(0.5 * sum_c z_c^2 - logdet) / C`` (paper Eq. 7); with a foreground ``mask`` ``(B, V, h, w)``
+  (> 0.5 = foreground, computed outside the graph: IS-Net or threshold masks at the feature grid),
+  background pixels take the minimum foreground value of the same view (views without foreground
+  keep their raw map), exactly as :meth:`multiflow.flow.MultiFlow.anomaly_map`;
+* view scores ``(B, V)`` = max of each map; sample score ``(B,)`` = aggregation over views
+  (``max`` official; ``mean`` and ``mean_of_max`` are both the mean of the view maxima);
+* decision ``(B,)`` bool = ``sample score > threshold`` (threshold calibrated on held-out normal
+  training samples, stored in ``model.json``).
+
+The batch axis is dynamic. The file carries the model's description as ONNX metadata
+(``view_names``, ``threshold``, ``input_size``, ``feature_size``, ``aggregation``, ...; read it
+with :func:`onnx_metadata`). Export uses the TorchScript-based exporter
+(``torch.onnx.export(dynamo=False)``), which needs no network and no onnxscript.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from multiflow.errors import CheckpointError, ConfigError, DataError
+
+INPUT_NAMES = ("images", "mask")
+OUTPUT_NAMES = ("anomaly_maps", "view_scores", "sample_score", "decision")
+DEFAULT_OPSET = 17
+
+
+class InferenceGraph(nn.Module):
+    """Backbone + flow + scoring + threshold as one module (see the module docstring).
+
+    Args:
+        extractor: a frozen :class:`multiflow.features.backbones.FeatureExtractor`.
+        flow: a trained :class:`multiflow.flow.MultiFlow` (put in eval mode here).
+        threshold: decision threshold on the sample score.
+        aggregation: ``"max"``, ``"mean"`` or ``"mean_of_max"``.
+        with_mask: whether :meth:`forward` takes a foreground mask.
+    """
+
+    def __init__(self, *, extractor: nn.Module, flow: nn.Module, threshold: float, aggregation: str = "max",
+                 with_mask: bool = True) -> None:
+        super().__init__()
+        if aggregation not in ("max", "mean", "mean_of_max"):
+            raise ConfigError(f"unknown view aggregation {aggregation!r}; choose max, mean or mean_of_max")
+        self.extractor = extractor
+        self.flow = flow.eval()
+        self.aggregation = aggregation
+        self.with_mask = bool(with_mask)
+        self.input_size = int(extractor.input_size)
+        self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float32))
+        self.eval()
+
+    def train(self, mode: bool = True) -> "InferenceGraph":
+        """Always in eval mode (inference only)."""
+        return super().train(False)
+
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``images (B, V, 3, S, S)``, ``mask (B, V, h, w)`` or None ->
+        ``(maps (B, V, h, w), view_scores (B, V), sample_score (B,), decision (B,) bool)``."""
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise DataError(f"images must have shape (B, V, 3, S, S), got {tuple(images.shape)}")
+        if images.shape[-2] != self.input_size or images.shape[-1] != self.input_size:
+            raise DataError(
+                f"images must be {self.input_size}x{self.input_size} (the model's input size), "
+                f"got {tuple(images.shape[-2:])}; resize before calling"
+            )
+        b, v = images.shape[0], images.shape[1]
+        x = images.reshape(b * v, 3, self.input_size, self.input_size).float()
+        x = (x - self.extractor.mean) / self.extractor.std
+        feats = self.extractor.body(x)
+        feats = feats.reshape(b, v, feats.shape[1], feats.shape[2], feats.shape[3])
+        nll = self.flow(feats).nll  # (B, V, h, w)
+        if mask is not None:
+            if mask.dim() != 4 or tuple(mask.shape[1:]) != tuple(nll.shape[1:]):
+                raise DataError(f"mask must have shape (B, {v}, {nll.shape[2]}, {nll.shape[3]}), got {tuple(mask.shape)}")
+            fg = mask > 0.5
+            inf = torch.full_like(nll, float("inf"))
+            fg_min = torch.where(fg, nll, inf).amin(dim=(2, 3), keepdim=True)
+            has_fg = fg.to(nll.dtype).amax(dim=(2, 3), keepdim=True) > 0
+            fill = torch.where(has_fg, fg_min, nll)
+            maps = torch.where(fg, nll, fill)
+        else:
+            maps = nll
+        view_scores = maps.flatten(2).amax(dim=-1)
+        sample = view_scores.amax(dim=1) if self.aggregation == "max" else view_scores.mean(dim=1)
+        return maps, view_scores, sample, sample > self.threshold
+
+
+def load_inference_graph(model_dir: str | os.PathLike, *, threshold: float | None = None,
+                         with_mask: bool = True) -> tuple[InferenceGraph, dict[str, Any]]:
+    """Build the :class:`InferenceGraph` of a trained class model (``<run>/<class>``).
+
+    Returns ``(graph, meta)`` where ``meta`` is the model's ``model.json`` content. The backbone
+    is rebuilt exactly as :class:`multiflow.engine.predict.Predictor` does (weight digest checked).
+    """
+    from multiflow.engine.predict import Predictor
+
+    pred = Predictor(model_dir, threshold=threshold)
+    graph = InferenceGraph(extractor=pred.extractor, flow=pred.flow, threshold=pred.threshold,
+                           aggregation=pred.aggregation, with_mask=with_mask)
+    return graph, dict(pred.meta, threshold=pred.threshold)
+
+
+def export_onnx(
+    model_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    with_mask: bool = True,
+    threshold: float | None = None,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+) -> Path:
+    """Export a trained class model to ONNX; returns the written path.
+
+    Inputs ``images`` ``(B, V, 3, S, S)`` (and ``mask`` ``(B, V, h, w)`` when ``with_mask``);
+    outputs ``anomaly_maps``, ``view_scores``, ``sample_score``, ``decision``; ``B`` dynamic.
+    The file is written to a temporary name, checked with ``onnx.checker`` (``check``) and moved
+    into place, so a failed export leaves nothing half-written.
+
+    Raises:
+        CheckpointError: the model folder cannot be loaded. ConfigError: the export fails.
+    """
+    import onnx
+
+    graph, meta = load_inference_graph(model_dir, threshold=threshold, with_mask=with_mask)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    v = len(meta["view_names"])
+    s = graph.input_size
+    h, w = graph.extractor.feature_size(s)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(2, v, 3, s, s, generator=gen)
+    args: tuple[Tensor, ...] = (images,)
+    input_names = ["images"]
+    if with_mask:
+        args = (images, torch.ones(2, v, h, w))
+        input_names.append("mask")
+    dynamic = {name: {0: "batch"} for name in (*input_names, *OUTPUT_NAMES)}
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on Python-level shape checks (constant here)
+            torch.onnx.export(
+                graph, args, str(tmp), dynamo=False, input_names=input_names, output_names=list(OUTPUT_NAMES),
+                dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
+            )
+        model = onnx.load(str(tmp))
+        props = {
+            "format": "multiflow-onnx/1",
+            "category": str(meta.get("category", "")),
+            "view_names": json.dumps(list(meta["view_names"])),
+            "threshold": repr(float(meta["threshold"])),
+            "aggregation": graph.aggregation,
+            "input_size": str(s),
+            "feature_size": json.dumps([int(h), int(w)]),
+            "with_mask": json.dumps(bool(with_mask)),
+            "backbone": json.dumps(meta.get("extractor", {})),
+        }
+        onnx.helper.set_model_props(model, props)
+        if check:
+            onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
+        os.replace(tmp, out)
+    except (RuntimeError, ValueError, TypeError, onnx.checker.ValidationError) as exc:
+        raise ConfigError(f"ONNX export of {model_dir} failed: {exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The multiflow description stored in an exported file (JSON values decoded)."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises several unrelated types for unreadable files
+        raise CheckpointError(f"not a readable ONNX file ({exc})", path) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if props.get("format") != "multiflow-onnx/1":
+        raise CheckpointError("not a multiflow ONNX export (metadata 'format' missing)", path)
+    out: dict[str, Any] = dict(props)
+    for key in ("view_names", "feature_size", "with_mask", "backbone"):
+        out[key] = json.loads(props[key])
+    out["threshold"] = float(props["threshold"])
+    out["input_size"] = int(props["input_size"])
+    return out

@@ -1,0 +1,195 @@
+"""HTTP inference service (FastAPI): one trained class model, one sample per request.
+
+Endpoints
+---------
+``GET /health``
+    ``{"status": "ok", "category", "view_names", "threshold", "input_size", "limits"}``.
+``POST /predict`` (``multipart/form-data``, one file field per view name, e.g. ``C1=@top.png``)
+    JSON ``{"sample_id", "decision": "OK"|"NG", "sample_score", "threshold",
+    "view_scores": {view: score}, "aggregation"}``. With ``?maps=png`` the JSON also holds
+    ``"maps": {view: base64 PNG}``: 8-bit grey images of the anomaly map (bilinearly upsampled to
+    the input image size) with ``grey = 255 * (map - lo) / (hi - lo)`` clipped to ``[0, 255]``, and
+    ``"map_range": [lo, hi]`` (the min and max over all views of the sample), so values can be
+    recovered to 1/255 of that range. An optional form field ``sample_id`` names the sample.
+
+Validation (every failure is a 4xx JSON ``{"detail": message}``; nothing reaches the model):
+411 without ``Content-Length``; 413 for a body over ``max_request_bytes`` or an image over
+``max_image_pixels``; 415 for a body that is not multipart; 400 for a missing view, an unknown
+field, a view given twice, more than ``max_images`` files, a part that is not an image, views of
+different sizes; 422 for a bad query parameter.
+
+The model is loaded once (:class:`multiflow.engine.predict.Predictor`); requests are scored one at
+a time under a lock (bounded memory; torch uses all its threads for one sample).
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the annotations of the endpoint
+# functions defined inside create_app, and string annotations could not be resolved there.
+import base64
+import io
+import os
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """Request limits. ``max_images`` defaults to the model's number of views."""
+
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_images: int | None = None
+
+
+class RequestError(Exception):
+    """A client error: ``status`` (4xx) and a message for the JSON ``detail``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def decode_image(data: bytes, *, name: str, max_pixels: int) -> torch.Tensor:
+    """Image bytes (PNG, JPEG, ...) -> ``(3, H, W)`` float32 RGB in ``[0, 1]``.
+
+    The size is read from the header before any pixel is decoded; an image over ``max_pixels``
+    is refused (413) without decompressing it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise RequestError(400, f"view {name!r}: empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise RequestError(413, f"view {name!r}: image {w}x{h} has more than {max_pixels} pixels")
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise RequestError(400, f"view {name!r}: not a readable image ({type(exc).__name__}: {exc})") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def encode_map_png(values: np.ndarray, lo: float, hi: float) -> str:
+    """``(H, W)`` float map -> base64 8-bit grey PNG, ``grey = round(255 * (v - lo) / (hi - lo))``."""
+    from PIL import Image
+
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    grey = np.clip(np.rint((values - lo) * scale), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grey, mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def collect_views(files: dict[str, list[bytes]], view_names: list[str], max_images: int,
+                  max_pixels: int) -> torch.Tensor:
+    """Check the uploaded parts against the model's views; returns ``(V, 3, H, W)`` in view order."""
+    n_files = sum(len(v) for v in files.values())
+    if n_files > max_images:
+        raise RequestError(400, f"too many images: {n_files} (this model takes {len(view_names)}: {view_names})")
+    unknown = sorted(k for k in files if k not in view_names)
+    if unknown:
+        raise RequestError(400, f"unknown view field(s) {unknown}; this model's views are {view_names}")
+    twice = sorted(k for k, v in files.items() if len(v) > 1)
+    if twice:
+        raise RequestError(400, f"view(s) {twice} given more than once")
+    missing = [v for v in view_names if v not in files]
+    if missing:
+        raise RequestError(400, f"missing view(s) {missing}; send one image per view: {view_names}")
+    images = [decode_image(files[v][0], name=v, max_pixels=max_pixels) for v in view_names]
+    sizes = {tuple(t.shape[-2:]) for t in images}
+    if len(sizes) > 1:
+        raise RequestError(400, f"all views must have the same size, got {[tuple(t.shape[-2:]) for t in images]}")
+    return torch.stack(images)
+
+
+def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
+    """The FastAPI application serving ``predictor`` (a loaded :class:`~multiflow.engine.predict.Predictor`)."""
+    from fastapi import FastAPI, Query, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    limits = limits or ServiceLimits()
+    view_names = list(predictor.view_names)
+    max_images = int(limits.max_images or len(view_names))
+    lock = threading.Lock()
+    app = FastAPI(title="multiflow inference", version="1")
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": exc.message})
+
+    def _score(images: torch.Tensor, sample_id: str, maps: str | None) -> dict[str, Any]:
+        with lock, torch.inference_mode():
+            pred = predictor.predict(images, view_names, sample_id)
+        out = pred.as_dict() | {"aggregation": predictor.aggregation}
+        if maps == "png":
+            lo, hi = float(pred.maps_full.min()), float(pred.maps_full.max())
+            out["map_range"] = [lo, hi]
+            out["maps"] = {v: encode_map_png(pred.maps_full[i], lo, hi) for i, v in enumerate(view_names)}
+        return out
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "category": predictor.meta.get("category", ""),
+            "view_names": view_names,
+            "threshold": predictor.threshold,
+            "input_size": predictor.input_size,
+            "limits": asdict(limits) | {"max_images": max_images},
+        }
+
+    @app.post("/predict")
+    async def predict(request: Request, maps: str | None = Query(None, pattern="^png$")) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is None:
+            raise RequestError(411, "Content-Length is required")
+        if not length.isdigit() or int(length) > limits.max_request_bytes:
+            raise RequestError(413, f"request body of {length} bytes is over the limit of {limits.max_request_bytes}")
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data"):
+            raise RequestError(415, "send the views as multipart/form-data, one file field per view name")
+        try:
+            form = await request.form(max_files=max_images + 1, max_fields=max_images + 8,
+                                      max_part_size=limits.max_request_bytes)
+        except StarletteHTTPException as exc:
+            raise RequestError(400, f"bad multipart body: {exc.detail}") from None
+        try:
+            files: dict[str, list[bytes]] = {}
+            sample_id = ""
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    files.setdefault(key, []).append(await value.read())
+                elif key == "sample_id":
+                    sample_id = str(value)[:200]
+                else:
+                    raise RequestError(400, f"unexpected form field {key!r} (views: {view_names}; or sample_id)")
+        finally:
+            await form.close()
+        images = collect_views(files, view_names, max_images, limits.max_image_pixels)
+        del files
+        return await run_in_threadpool(_score, images, sample_id, maps)
+
+    return app
+
+
+def serve(model_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, threshold: float | None = None,
+          limits: ServiceLimits | None = None, log_level: str = "info") -> None:
+    """Load the model once and run the service with uvicorn until interrupted."""
+    import uvicorn
+
+    from multiflow.engine.predict import Predictor
+
+    predictor = Predictor(model_dir, threshold=threshold)
+    uvicorn.run(create_app(predictor, limits=limits), host=host, port=port, log_level=log_level,
+                limit_concurrency=64, timeout_keep_alive=5)

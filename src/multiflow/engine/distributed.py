@@ -1,0 +1,245 @@
+"""Data-parallel training and evaluation with ``torch.distributed`` (launched with ``torchrun``).
+
+``torchrun --nproc_per_node N -m multiflow fit ...`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``); :func:`init_distributed` reads them and
+joins the process group (``nccl`` when CUDA is available, else ``gloo``). Without those variables
+everything runs as a single process and nothing here does anything.
+
+Exactness (what makes N processes train the same model as one):
+
+* every rank walks the same global batches (same epoch generator, ``train.batch_size`` samples)
+  and takes the contiguous shard :func:`shard_range` of each; the conditioning noise is drawn
+  for the whole global batch from the same generator on every rank, then sliced;
+* the loss is the global-batch masked mean ``L = sum_b sum_p m * nll / sum_b sum_p m``: rank
+  ``r`` computes ``L_r = W * N_r / D`` with its foreground sum ``N_r`` and the all-reduced
+  foreground count ``D = sum_r D_r``; DistributedDataParallel averages gradients over the ``W``
+  ranks, so the update uses ``(1/W) sum_r grad L_r = grad (sum_r N_r / D) = grad L``;
+* validation losses and anomaly maps are computed on shards and merged (sums all-reduced, maps
+  all-gathered in sample order); only rank 0 writes checkpoints, models and results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from multiflow.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: ``rank`` of ``world_size`` (``local_rank`` on its node)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        """True when more than one process takes part."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files."""
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        """``cuda:<local_rank>`` with the nccl backend, else the CPU."""
+        return torch.device(f"cuda:{self.local_rank}") if self.backend == "nccl" else torch.device("cpu")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def current_context() -> DistContext:
+    """The context of the initialised default process group, else a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", dist.get_rank()),
+                           dist.get_backend())
+    return DistContext()
+
+
+def init_distributed(backend: str | None = None) -> DistContext:
+    """Join the process group described by the torchrun environment (idempotent).
+
+    Returns a single-process context when ``WORLD_SIZE`` is unset or 1.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return current_context()
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return DistContext()
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistContext(rank, world, local, backend)
+
+
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[start, end)`` of rank ``rank``'s contiguous share of ``n`` items.
+
+    The first ``n % world_size`` ranks get one item more (``torch.tensor_split`` convention); a
+    rank may get nothing when ``n < world_size``.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"bad rank {rank} of world size {world_size}")
+    base, extra = divmod(int(n), world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op for a single process)."""
+    if ctx.enabled:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(ctx: DistContext) -> Iterator[None]:
+    """Run the body on rank 0 first, then on the others (e.g. fill a shared cache once)."""
+    if ctx.enabled and not ctx.is_main:
+        dist.barrier()
+    yield
+    if ctx.enabled and ctx.is_main:
+        dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum of ``values`` over ranks (a new tensor; float64 on the context's device for the reduction)."""
+    if not ctx.enabled:
+        return values.clone()
+    t = values.detach().to(device=ctx.device, dtype=torch.float64).clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.to(values.device)
+
+
+def gather_shards(shard: np.ndarray, ctx: DistContext) -> np.ndarray:
+    """Concatenate every rank's array along axis 0 in rank order (each rank gets the result)."""
+    if not ctx.enabled:
+        return shard
+    parts: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(parts, shard)
+    return np.concatenate(parts, axis=0)
+
+
+@torch.no_grad()
+def compute_maps_sharded(model, features, masks, ctx: DistContext, *, batch_size: int = 16,
+                         progress: bool = False) -> np.ndarray:
+    """:func:`multiflow.engine.scoring.compute_maps` with the samples split over ranks.
+
+    Rank ``r`` scores samples :func:`shard_range` ``(N, r, W)``; the maps ``(N, V, h, w)`` are
+    all-gathered in sample order, so every rank holds the same result as a single process.
+    """
+    from multiflow.engine.scoring import compute_maps
+
+    if not ctx.enabled:
+        return compute_maps(model, features, masks, batch_size=batch_size, progress=progress)
+    n = int(features.shape[0])
+    start, end = shard_range(n, ctx.rank, ctx.world_size)
+    if end > start:
+        part = compute_maps(model, features[start:end], None if masks is None else masks[start:end],
+                            batch_size=batch_size, progress=progress and ctx.is_main)
+    else:
+        h, w = int(features.shape[-2]), int(features.shape[-1])
+        part = np.empty((0, int(features.shape[1]), h, w), dtype=np.float32)
+    return gather_shards(part, ctx)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for local multi-process runs and tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn_entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, args: tuple) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    ctx = init_distributed("gloo")
+    try:
+        fn(ctx, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_local(fn: Callable[..., Any], world_size: int, *args: Any) -> None:
+    """Run ``fn(ctx, *args)`` in ``world_size`` CPU processes joined by gloo on 127.0.0.1.
+
+    ``fn`` must be importable (a module-level function). For tests and single-machine CPU runs;
+    use ``torchrun`` for real jobs.
+    """
+    import torch.multiprocessing as mp
+
+    mp.spawn(_spawn_entry, args=(fn, world_size, free_port(), args), nprocs=world_size, join=True)
+
+
+class _FlowNLL(torch.nn.Module):
+    """The flow's per-pixel NLL for already-noised features: ``(x (b, V, C, h, w), cond) -> (b, V, h, w)``,
+    ``nll = (0.5 * sum_c z^2 - logdet) / C`` (paper Eq. 7), as in :meth:`MultiFlow.forward`."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        z, logdet = self.model.flow(x, cond)
+        return (0.5 * (z * z).sum(dim=2) - logdet) / self.model.channels
+
+
+class ShardedLoss:
+    """The global-batch masked training loss, computed on this rank's shard under DDP.
+
+    ``__call__(x, m, generator)`` takes the *global* batch ``x (B, V, C, h, w)`` and masks
+    ``m (B, V, h, w)`` (or None: every pixel counts), draws the noise of the whole batch from
+    ``generator`` (same draw as a single process), keeps the rows :func:`shard_range` ``(B, r, W)``
+    and returns ``(L_r, L)``: the tensor to back-propagate, ``L_r = W * N_r / D``, and the
+    global loss value ``L = sum_r N_r / D`` (identical on every rank), where ``N_r`` is the masked
+    NLL sum of the shard and ``D`` the all-reduced foreground weight (clamped to >= 1).
+    """
+
+    def __init__(self, model: torch.nn.Module, ctx: DistContext) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.model = model
+        self.ctx = ctx
+        ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(_FlowNLL(model), device_ids=ids)
+
+    def __call__(self, x: torch.Tensor, m: torch.Tensor | None,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, float]:
+        from multiflow.flow.model import masked_loss
+
+        dev = self.ctx.device
+        x = x.to(dev)
+        xin, cond = self.model.noise(x, generator)
+        start, end = shard_range(int(x.shape[0]), self.ctx.rank, self.ctx.world_size)
+        nll = self.ddp(xin[start:end], None if cond is None else cond[start:end])
+        mm = torch.ones_like(nll) if m is None else m[start:end].to(device=dev, dtype=nll.dtype)
+        den_r = torch.where(mm > 0, mm, torch.zeros_like(mm)).sum()
+        num_r = masked_loss(nll, mm) * den_r.clamp_min(1.0)
+        stats = all_reduce_sum(torch.stack([den_r.detach(), num_r.detach()]), self.ctx)
+        den = float(stats[0].clamp_min(1.0))
+        return num_r * (self.ctx.world_size / den), float(stats[1]) / den

@@ -1,0 +1,272 @@
+"""``MultiFlow``: the multi-view normalizing flow (paper Sec. 3, Eq. 2-4 and 7).
+
+``features (B, V, C, H, W) --[noise]--> K x (per-view channel permutation, affine coupling with
+multi-view st-networks)--> z (B, V, C, H, W)`` plus the per-pixel log-det map ``(B, V, H, W)``.
+Per-pixel negative log-likelihood (Eq. 7 as a log-likelihood, up to the constant
+``0.5 * log(2 pi)``):
+
+    nll[b, v, h, w] = (0.5 * sum_c z[b, v, c, h, w]^2 - logdet[b, v, h, w]) / C
+
+Receptive field across views: one coupling block is two half-steps, each applying Eq. 4 once,
+so output view ``i`` of a ``K``-block flow depends exactly on the views that reach ``i`` within
+``2K`` hops of the graph (:meth:`ViewGraph.reachable_from`); with the Real-IAD graph that is
+every view after one block.
+
+The training loss averages ``nll`` over foreground pixels only (:func:`masked_loss`); the anomaly
+map is the same ``nll`` in eval mode (:meth:`MultiFlow.anomaly_map`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from multiflow.errors import ConfigError, DataError
+from multiflow.flow.fusion import FUSIONS
+from multiflow.flow.graph import ViewGraph
+from multiflow.flow.noise import NoiseConditioner
+from multiflow.flow.subnet import MultiViewSubnet, multiview_subnet_factory
+from multiflow.flow.transforms import AffineCoupling, FlowSequence, ViewPermutation
+
+
+@dataclass(frozen=True)
+class FlowOutput:
+    """Result of :meth:`MultiFlow.forward`.
+
+    Attributes:
+        z: latent ``(B, V, C, H, W)``.
+        logdet: per-pixel log-det map ``(B, V, H, W)``; ``logdet.sum((1, 2, 3))`` is the total.
+        nll: per-pixel NLL ``(0.5 * sum_c z^2 - logdet) / C``, ``(B, V, H, W)``.
+    """
+
+    z: Tensor
+    logdet: Tensor
+    nll: Tensor
+
+
+def masked_loss(nll: Tensor, mask: Tensor) -> Tensor:
+    """Foreground-averaged NLL: ``sum(m * nll) / sum(m)``.
+
+    Args:
+        nll: ``(B, V, H, W)`` per-pixel NLL.
+        mask: ``(B, V, H, W)`` foreground mask (bool, or float weights >= 0; broadcastable).
+
+    Background values (``m == 0``) are never multiplied: they are selected away with
+    ``torch.where``, so NaN/inf there changes neither the loss nor any gradient (their gradient is
+    exactly 0). A batch without foreground gives a loss of exactly 0 (denominator clamped to 1).
+    The *features* must still be finite everywhere: the st-network convs mix neighbouring pixels,
+    so a NaN feature in the background would reach foreground pixels through the flow itself.
+    """
+    m = mask.to(nll.dtype) if mask.dtype != torch.bool else mask
+    if mask.dtype == torch.bool:
+        fg = mask
+        num = torch.where(fg, nll, torch.zeros((), dtype=nll.dtype, device=nll.device)).sum()
+        den = fg.sum().to(nll.dtype)
+    else:
+        fg = m > 0
+        num = torch.where(fg, m * torch.where(fg, nll, torch.zeros_like(nll)), torch.zeros_like(nll)).sum()
+        den = torch.where(fg, m, torch.zeros_like(m)).sum()
+    return num / den.clamp_min(1.0)
+
+
+class MultiFlow(nn.Module):
+    """Multi-view normalizing flow (Multi-Flow).
+
+    Args:
+        channels: feature channels ``C`` (read from the backbone by the caller).
+        graph: :class:`ViewGraph` (or its ``to_dict()``) with ``V`` views.
+        n_blocks: number of coupling blocks ``K`` (paper: 6).
+        hidden: st-network hidden width (paper: 64).
+        kernel_sizes: one odd kernel size per block (paper: 3, 3, 3, 3, 3, 5).
+        clamp: soft-clamp ``alpha`` (Eq. 3; paper 1.9).
+        fusion: ``"conv"`` (paper), ``"self_attention"`` or ``"cross_attention"`` (Tab. 3).
+        noise: ``"none"``, ``"simplenet"``, ``"uniform"`` or ``"softflow"`` (Sec. 3.4).
+        noise_std: std of the ``simplenet`` noise (reference code: 0.15).
+        noise_cond_scale: factor from noise to the condition channel (reference: 20).
+        share_side_weights: tie weights (and permutations) across symmetric views/edges, i.e. per
+            orbit of the graph's automorphism group; the flow is then equivariant under it.
+        heads: attention heads (attention fusions).
+        fused: fused conv formulation of the st-networks (same function, faster).
+        seed: seeds the permutations, the initial weights and the default noise generator.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        graph: ViewGraph | dict,
+        *,
+        n_blocks: int = 6,
+        hidden: int = 64,
+        kernel_sizes: Sequence[int] = (3, 3, 3, 3, 3, 5),
+        clamp: float = 1.9,
+        fusion: str = "conv",
+        noise: str = "simplenet",
+        noise_std: float = 0.15,
+        noise_cond_scale: float = 20.0,
+        share_side_weights: bool = False,
+        heads: int = 4,
+        fused: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(graph, dict):
+            graph = ViewGraph.from_dict(graph)
+        if not isinstance(graph, ViewGraph):
+            raise ConfigError(f"graph must be a ViewGraph or its dict form, got {type(graph).__name__}")
+        kernel_sizes = tuple(int(k) for k in kernel_sizes)
+        if n_blocks < 1 or len(kernel_sizes) != n_blocks:
+            raise ConfigError(
+                f"need n_blocks >= 1 and one kernel size per block: n_blocks={n_blocks}, "
+                f"kernel_sizes={list(kernel_sizes)}"
+            )
+        if fusion not in FUSIONS:
+            raise ConfigError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
+        self.channels = int(channels)
+        self.graph = graph
+        self._cfg: dict[str, Any] = dict(
+            channels=self.channels,
+            graph=graph.to_dict(),
+            n_blocks=int(n_blocks),
+            hidden=int(hidden),
+            kernel_sizes=list(kernel_sizes),
+            clamp=float(clamp),
+            fusion=fusion,
+            noise=noise,
+            noise_std=float(noise_std),
+            noise_cond_scale=float(noise_cond_scale),
+            share_side_weights=bool(share_side_weights),
+            heads=int(heads),
+            fused=bool(fused),
+            seed=int(seed),
+        )
+        self.noise = NoiseConditioner(noise, std=noise_std, cond_scale=noise_cond_scale)
+        gen = torch.Generator().manual_seed(int(seed))
+        view_classes = graph.view_orbits() if share_side_weights else None
+        blocks: list[nn.Module] = []
+        # Module constructors draw default inits from the global RNG; fork it so the global state
+        # is left untouched, then overwrite every parameter from our own generator below.
+        with torch.random.fork_rng(devices=[]):
+            for k in kernel_sizes:
+                blocks.append(ViewPermutation(self.channels, graph.n_views, generator=gen, view_classes=view_classes))
+                factory = multiview_subnet_factory(
+                    graph, hidden=hidden, kernel_size=k, fusion=fusion, heads=heads,
+                    share_weights=share_side_weights, fused=fused,
+                )
+                blocks.append(
+                    AffineCoupling(self.channels, factory, cond_channels=self.noise.condition_channels, clamp=clamp)
+                )
+        self.flow = FlowSequence(blocks)
+        _init_parameters(self, gen)
+        self._noise_gen = torch.Generator().manual_seed(int(seed) + 1)
+
+    # ------------------------------------------------------------------ config
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments; ``MultiFlow.from_config(m.config)`` rebuilds it."""
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._cfg.items()} | {
+            "graph": self.graph.to_dict()
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "MultiFlow":
+        if not isinstance(cfg, dict) or "channels" not in cfg or "graph" not in cfg:
+            raise ConfigError(f"a MultiFlow config needs at least 'channels' and 'graph', got {cfg!r}")
+        kwargs = dict(cfg)
+        try:
+            return cls(kwargs.pop("channels"), kwargs.pop("graph"), **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"invalid MultiFlow config: {exc}") from exc
+
+    def set_fused(self, fused: bool) -> None:
+        """Switch every st-network between the fused and the per-edge formulation."""
+        self._cfg["fused"] = bool(fused)
+        for m in self.modules():
+            if isinstance(m, MultiViewSubnet):
+                m.fused = bool(fused)
+
+    # ------------------------------------------------------------------ flow
+    def _check(self, x: Tensor, what: str) -> None:
+        v = self.graph.n_views
+        if x.dim() != 5 or x.shape[1] != v or x.shape[2] != self.channels:
+            raise DataError(f"{what} must have shape (B, {v}, {self.channels}, H, W), got {tuple(x.shape)}")
+
+    def forward(self, features: Tensor, generator: torch.Generator | None = None) -> FlowOutput:
+        """Map features to latents.
+
+        Args:
+            features: ``(B, V, C, H, W)``.
+            generator: source of the training noise (default: the model's own generator seeded
+                with ``seed + 1``). Unused in eval mode (``eps = 0``).
+        """
+        self._check(features, "features")
+        gen = generator if generator is not None else self._noise_gen
+        x, cond = self.noise(features, gen)
+        z, logdet = self.flow(x, cond)
+        nll = (0.5 * (z * z).sum(dim=2) - logdet) / self.channels
+        return FlowOutput(z=z, logdet=logdet, nll=nll)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Eval-mode inverse (``eps = 0``): ``z (B, V, C, H, W) -> (features, logdet of the inverse)``."""
+        self._check(z, "latents")
+        cond = None
+        if self.noise.condition_channels:
+            b, v, _, hh, ww = z.shape
+            cond = z.new_zeros(b, v, 1, hh, ww)
+        return self.flow.inverse(z, cond)
+
+    masked_loss = staticmethod(masked_loss)
+
+    @torch.no_grad()
+    def anomaly_map(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Per-pixel NLL in eval mode, ``(B, V, H, W)``; higher = more anomalous.
+
+        With a foreground ``mask (B, V, H, W)``, background pixels are set to the minimum of the
+        foreground values of the same sample and view (no ties with a constant, no false highs);
+        a view without foreground pixels keeps its raw map. The module's train/eval mode is
+        restored afterwards.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            nll = self.forward(features).nll
+        finally:
+            self.train(was_training)
+        if mask is None:
+            return nll
+        fg = mask.to(torch.bool).expand_as(nll)
+        inf = torch.tensor(math.inf, dtype=nll.dtype, device=nll.device)
+        fg_min = torch.where(fg, nll, inf).amin(dim=(2, 3), keepdim=True)
+        has_fg = fg.any(dim=3, keepdim=True).any(dim=2, keepdim=True)
+        fill = torch.where(has_fg, fg_min, nll)
+        return torch.where(fg, nll, fill)
+
+
+def _init_parameters(model: nn.Module, gen: torch.Generator) -> None:
+    """Deterministic init from ``gen`` (PyTorch's default schemes, no global RNG).
+
+    Convs: kaiming-uniform weights (``a = sqrt(5)``) and ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` biases;
+    attention projections: xavier-uniform, zero biases; LayerNorm: ones/zeros; ``gamma = 0``.
+    """
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=gen)
+                if m.bias is not None:
+                    fan_in = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
+                    bound = 1.0 / math.sqrt(fan_in)
+                    nn.init.uniform_(m.bias, -bound, bound, generator=gen)
+            elif isinstance(m, nn.MultiheadAttention):
+                nn.init.xavier_uniform_(m.in_proj_weight, generator=gen)
+                nn.init.zeros_(m.in_proj_bias)
+                nn.init.xavier_uniform_(m.out_proj.weight, generator=gen)
+                nn.init.zeros_(m.out_proj.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, MultiViewSubnet):
+                nn.init.zeros_(m.gamma)

@@ -1,0 +1,29 @@
+"""Synthetic multi-view inspection data in Real-IAD's on-disk format.
+
+A CPU ray-caster (:mod:`~multiflow.synth.geometry`, :mod:`~multiflow.synth.render`) renders object
+families with 3D surface defects (:mod:`~multiflow.synth.scene`) from a fixed rig of ``V`` cameras
+(C1 top, C2.. around); :mod:`~multiflow.synth.generator` writes images, masks, silhouettes and the
+JSON files. Entry points: :func:`generate_dataset` (files) and :func:`render_sample` (in memory).
+"""
+
+from multiflow.synth.generator import (
+    DEFAULT_CLASSES,
+    DEFAULT_DEFECTS,
+    RenderedSample,
+    generate_dataset,
+    image_relpath,
+    render_sample,
+)
+from multiflow.synth.scene import DEFECT_CODES, FAMILIES, FAMILY_ALIASES
+
+__all__ = [
+    "DEFAULT_CLASSES",
+    "DEFAULT_DEFECTS",
+    "DEFECT_CODES",
+    "FAMILIES",
+    "FAMILY_ALIASES",
+    "RenderedSample",
+    "generate_dataset",
+    "image_relpath",
+    "render_sample",
+]

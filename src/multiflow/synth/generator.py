@@ -1,0 +1,338 @@
+"""Generate a synthetic multi-view inspection data set in Real-IAD's on-disk format.
+
+On-disk tree written by :func:`generate_dataset` (``<size>`` e.g. 256, ``<cls>`` e.g. ``toy_brick``)::
+
+    <out>/
+      realiad_jsons/<cls>.json                     Real-IAD schema (train: normal only; test: all)
+      realiad_<size>/<cls>/
+        OK/S0001/<cls>_0001_OK_C1_<timestamp>.jpg  normal sample 0001, views C1..C<V>
+        NG/<CODE>/S0001/<cls>_0001_NG_<CODE>_C3_<timestamp>.jpg
+        NG/<CODE>/S0001/<cls>_0001_NG_<CODE>_C3_<timestamp>_mask.png   (0/255; only views seeing it)
+      silhouettes_<size>/<cls>/<same relative path as the image, .png>  (0/255 object incl. foreign)
+      synth_meta/<cls>.json                        parameters, seed, cameras, per-sample instances
+      synth_meta/.parts/<cls>/...                  per-sample records (resume bookkeeping)
+
+Sample ids: normal samples are numbered ``0001..`` over train then test-good (they share the ``OK``
+folder); defective samples are numbered ``0001..`` within each defect code. Every sample's randomness
+comes from ``SeedSequence([seed, crc32(class), split, code, id])``, so the output does not depend on
+the number of workers, the order of execution, or on which other classes are generated.
+A sample is complete once its record in ``.parts`` exists (written last, atomically); a rerun with
+the same configuration skips complete samples, and the JSON files are written at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from multiflow.errors import ConfigError
+from multiflow.synth.geometry import camera_rig
+from multiflow.synth.render import render_view
+from multiflow.synth.scene import DEFECT_CODES, FAMILIES, canonical_class, sample_defect, sample_scene
+
+GENERATOR_VERSION = "1"
+DEFAULT_CLASSES: tuple[str, ...] = tuple(FAMILIES)
+DEFAULT_DEFECTS: tuple[str, ...] = tuple(DEFECT_CODES)
+_SPLIT_CODE = {"train": 0, "test": 1}
+_BASE_TIME = _dt.datetime(2024, 3, 4, 8, 0, 0)
+
+
+@dataclass
+class RenderedSample:
+    """One object seen by ``V`` cameras, in memory.
+
+    ``images (V, H, W, 3) uint8``, ``masks (V, H, W) bool`` (all False for normal samples and for
+    views that do not see the defect), ``silhouettes (V, H, W) bool``, ``view_names`` ``["C1", ...]``,
+    ``timestamps`` one 14-digit string per view, ``meta`` the JSON-able instance/defect record.
+    """
+
+    class_name: str
+    anomaly_class: str
+    sample_id: int
+    images: np.ndarray
+    masks: np.ndarray
+    silhouettes: np.ndarray
+    view_names: list[str]
+    timestamps: list[str]
+    meta: dict
+
+    @property
+    def key(self) -> str:
+        """Real-IAD sample key, e.g. ``toy_brick_0001_NG_HS`` / ``toy_brick_0001_OK``."""
+        tag = "OK" if self.anomaly_class == "OK" else f"NG_{self.anomaly_class}"
+        return f"{self.class_name}_{self.sample_id:04d}_{tag}"
+
+
+def _seed_sequence(seed: int, class_name: str, split: str, code: str, sample_id: int) -> np.random.SeedSequence:
+    code_num = int.from_bytes(code.encode(), "big")
+    return np.random.SeedSequence([int(seed), zlib.crc32(class_name.encode()), _SPLIT_CODE[split], code_num, sample_id])
+
+
+def render_sample(
+    class_name: str, *, defect: str | None = None, size: int = 64, n_views: int = 5, seed: int = 0,
+    sample_id: int = 1, split: str = "test",
+) -> RenderedSample:
+    """Render one sample of ``class_name`` from all ``n_views`` cameras, in memory.
+
+    ``defect``: a code of :data:`multiflow.synth.scene.DEFECT_CODES` or ``None`` for a normal object.
+    A defect is redrawn (deterministically) until at least one view sees it.
+    """
+    class_name = canonical_class(class_name)
+    code = "OK" if defect is None else defect
+    if code != "OK" and code not in DEFECT_CODES:
+        raise ValueError(f"unknown defect code {code!r}; known: {sorted(DEFECT_CODES)}")
+    ss_scene, ss_defect, ss_noise = _seed_sequence(seed, class_name, split, code, sample_id).spawn(3)
+    scene = sample_scene(class_name, np.random.default_rng(ss_scene))
+    cams = camera_rig(n_views=n_views, size=size)
+    rays = [cam.rays() for cam in cams]
+    noise_rng = np.random.default_rng(ss_noise)
+    noise_seeds = [int(s) for s in noise_rng.integers(0, 2**31 - 1, n_views)]
+    t0 = _BASE_TIME + _dt.timedelta(seconds=int(noise_rng.integers(0, 120 * 86400)))
+    timestamps = [(t0 + _dt.timedelta(seconds=2 * k)).strftime("%Y%m%d%H%M%S") for k in range(n_views)]
+    defect_rng = np.random.default_rng(ss_defect)
+    attempts = 0
+    while True:
+        if code != "OK":
+            d = sample_defect(scene, code, defect_rng)
+            if d.width:  # keep thin defects at least ~1.2 px wide at this resolution
+                d.width = max(d.width, 2.4 / size)
+        views = [render_view(scene, cam, noise_seed=s, rays=r) for cam, s, r in zip(cams, noise_seeds, rays)]
+        attempts += 1
+        if code == "OK" or any(v.mask.any() for v in views) or attempts >= 20:
+            break
+    masks = np.stack([v.mask for v in views])
+    if code != "OK" and not masks.any():
+        raise RuntimeError(f"{class_name}: no view sees the {code} defect after {attempts} attempts")  # pragma: no cover
+    names = [c.name for c in cams]
+    meta = {
+        "instance": scene.params,
+        "defect": None,
+    }
+    if scene.defect is not None:
+        meta["defect"] = scene.defect.to_dict() | {
+            "views": [n for n, m in zip(names, masks) if m.any()],
+            "pixel_area": {n: int(m.sum()) for n, m in zip(names, masks)},
+            "attempts": attempts,
+        }
+        if scene.removed >= 0:
+            meta["defect"]["removed_part"] = scene.parts[scene.removed].name
+        meta["defect"]["part_name"] = scene.parts[scene.defect.part].name
+    return RenderedSample(
+        class_name=class_name, anomaly_class=code, sample_id=sample_id,
+        images=np.stack([v.image for v in views]), masks=masks,
+        silhouettes=np.stack([v.silhouette for v in views]), view_names=names, timestamps=timestamps, meta=meta,
+    )
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    _atomic_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+def _png(array: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _jpg(array: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def image_relpath(class_name: str, anomaly_class: str, sample_id: int, view: str, timestamp: str) -> str:
+    """Image path relative to ``realiad_<size>/<class>/`` (Real-IAD layout)."""
+    sid = f"{sample_id:04d}"
+    if anomaly_class == "OK":
+        return f"OK/S{sid}/{class_name}_{sid}_OK_{view}_{timestamp}.jpg"
+    return f"NG/{anomaly_class}/S{sid}/{class_name}_{sid}_NG_{anomaly_class}_{view}_{timestamp}.jpg"
+
+
+@dataclass(frozen=True)
+class _Job:
+    out: str
+    class_name: str
+    split: str
+    code: str
+    sample_id: int
+    size: int
+    n_views: int
+    seed: int
+
+    @property
+    def record_path(self) -> Path:
+        tag = "OK" if self.code == "OK" else f"NG_{self.code}"
+        return Path(self.out) / "synth_meta" / ".parts" / self.class_name / f"{self.class_name}_{self.sample_id:04d}_{tag}.json"
+
+
+def _run_job(job: _Job) -> dict:
+    """Render and write one sample (images, masks, silhouettes), then its record; skip if done."""
+    rec_path = job.record_path
+    if rec_path.exists():
+        try:
+            return json.loads(rec_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass  # a damaged record: render the sample again
+    s = render_sample(job.class_name, defect=None if job.code == "OK" else job.code, size=job.size,
+                      n_views=job.n_views, seed=job.seed, sample_id=job.sample_id, split=job.split)
+    out = Path(job.out)
+    img_root = out / f"realiad_{job.size}" / job.class_name
+    sil_root = out / f"silhouettes_{job.size}" / job.class_name
+    entries = []
+    for v, view in enumerate(s.view_names):
+        rel = image_relpath(job.class_name, s.anomaly_class, job.sample_id, view, s.timestamps[v])
+        _atomic_bytes(img_root / rel, _jpg(s.images[v]))
+        _atomic_bytes(sil_root / (rel[:-4] + ".png"), _png(s.silhouettes[v].astype(np.uint8) * 255))
+        mask_rel = None
+        if s.masks[v].any():
+            mask_rel = rel[:-4] + "_mask.png"
+            _atomic_bytes(img_root / mask_rel, _png(s.masks[v].astype(np.uint8) * 255))
+        entries.append({"category": job.class_name, "anomaly_class": s.anomaly_class,
+                        "image_path": rel, "mask_path": mask_rel})
+    record = {
+        "key": s.key, "split": job.split, "sample_id": job.sample_id, "anomaly_class": s.anomaly_class,
+        "entries": entries, **s.meta,
+    }
+    _atomic_json(rec_path, record)
+    return record
+
+
+def _plan(class_name: str, out: str, n_train: int, n_test_good: int, n_test_defect: int,
+          defects: Sequence[str], size: int, n_views: int, seed: int) -> list[_Job]:
+    jobs = [_Job(out, class_name, "train", "OK", i + 1, size, n_views, seed) for i in range(n_train)]
+    jobs += [_Job(out, class_name, "test", "OK", n_train + i + 1, size, n_views, seed) for i in range(n_test_good)]
+    counts: dict[str, int] = {}
+    for i in range(n_test_defect):
+        code = defects[i % len(defects)]
+        counts[code] = counts.get(code, 0) + 1
+        jobs.append(_Job(out, class_name, "test", code, counts[code], size, n_views, seed))
+    return jobs
+
+
+def generate_dataset(
+    out: str | os.PathLike,
+    *,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    n_train: int = 20,
+    n_test_good: int = 10,
+    n_test_defect: int = 18,
+    size: int = 256,
+    n_views: int = 5,
+    seed: int = 0,
+    workers: int = 1,
+    defects: Sequence[str] = DEFAULT_DEFECTS,
+    progress: bool = True,
+) -> dict:
+    """Write a synthetic multi-view data set in Real-IAD's format under ``out`` (see module docstring).
+
+    Test defects cycle through ``defects`` (so 18 defective samples = 2 of each of the 9 codes).
+    ``workers > 1`` renders samples in that many ``spawn`` processes (a script calling this must use
+    the ``if __name__ == "__main__":`` guard); the output is byte-identical for any ``workers``.
+    Returns a summary ``{"classes": {cls: {"train": n_images, "test": n_images, "json": path}}}``.
+    Raises :class:`ConfigError` for invalid arguments or when ``out`` already holds a data set made
+    with another configuration.
+    """
+    from tqdm import tqdm
+
+    try:
+        classes = [canonical_class(c) for c in classes]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if len(set(classes)) != len(classes) or not classes:
+        raise ConfigError(f"classes must be a non-empty list without repeats, got {classes}")
+    bad = [c for c in defects if c not in DEFECT_CODES]
+    if bad or not defects:
+        raise ConfigError(f"unknown defect codes {bad}; known: {sorted(DEFECT_CODES)}")
+    if min(n_train, n_test_good, n_test_defect) < 0:
+        raise ConfigError("sample counts must be >= 0")
+    if n_train + n_test_good > 9999 or n_test_defect > 9999:
+        raise ConfigError("Real-IAD sample ids have 4 digits: at most 9999 samples per folder")
+    if not 16 <= size <= 4096:
+        raise ConfigError(f"size must be in 16..4096, got {size}")
+    if not 1 <= n_views <= 9:
+        raise ConfigError(f"views must be in 1..9, got {n_views}")
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    out = Path(out)
+    config = {
+        "generator": "multiflow.synth", "version": GENERATOR_VERSION, "seed": int(seed), "size": int(size),
+        "n_views": int(n_views), "n_train": int(n_train), "n_test_good": int(n_test_good),
+        "n_test_defect": int(n_test_defect), "defects": list(defects),
+    }
+    jobs: list[_Job] = []
+    for cls in classes:
+        cfg_path = out / "synth_meta" / ".parts" / cls / "config.json"
+        if cfg_path.exists():
+            try:
+                old = json.loads(cfg_path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{cfg_path}: unreadable generator config ({exc}); delete {out} and rerun") from None
+            if old != config:
+                diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+                raise ConfigError(f"{cfg_path}: {out} holds {cls} generated with another configuration "
+                                  f"(old, new): {diff}; use another --out or the same options")
+        else:
+            _atomic_json(cfg_path, config)
+        jobs += _plan(cls, str(out), n_train, n_test_good, n_test_defect, defects, size, n_views, seed)
+
+    records: list[dict] = []
+    bar = tqdm(total=len(jobs), unit="sample", desc="synth", disable=not progress)
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            records.append(_run_job(job))
+            bar.update()
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            for rec in pool.imap(_run_job, jobs, chunksize=1):
+                records.append(rec)
+                bar.update()
+    bar.close()
+
+    cams = [c.to_dict() for c in camera_rig(n_views=n_views, size=size)]
+    summary: dict = {"classes": {}}
+    for cls in classes:
+        recs = [r for j, r in zip(jobs, records) if j.class_name == cls]
+        train = [e for r in recs if r["split"] == "train" for e in r["entries"]]
+        test = [e for r in recs if r["split"] == "test" for e in r["entries"]]
+        meta = {
+            "config": config | {"class": cls},
+            "seed": int(seed),
+            "coordinate_frame": "world z up, tray z=0; x_cam = R x_world + t; pixel ~ K x_cam",
+            "cameras": cams,
+            "defect_codes": DEFECT_CODES,
+            "image_root": f"realiad_{size}/{cls}",
+            "silhouette_root": f"silhouettes_{size}/{cls}",
+            "samples": [{k: v for k, v in r.items()} for r in recs],
+        }
+        _atomic_json(out / "synth_meta" / f"{cls}.json", meta)
+        json_path = out / "realiad_jsons" / f"{cls}.json"
+        _atomic_json(json_path, {"meta": {"prefix": cls, "normal_class": "OK"}, "train": train, "test": test})
+        summary["classes"][cls] = {"train": len(train), "test": len(test), "json": str(json_path)}
+    return summary

@@ -1,0 +1,83 @@
+"""Distributed data parallel (2 gloo processes on CPU) = one process on the same global batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from multiflow.config import TrainConfig
+from multiflow.engine.distributed import DistContext, compute_maps_sharded, shard_range, spawn_local
+from multiflow.engine.scoring import compute_maps, sample_scores
+from multiflow.engine.train import STATE_FILE, train_flow
+from multiflow.flow import MultiFlow, ViewGraph
+
+# 9 samples, 2 held out -> 7 training samples in batches of 3, 3, 1: the last global batch leaves
+# rank 1 with an empty shard, and the 3-sample batches split unevenly (2 + 1).
+CFG = dict(epochs=2, batch_size=3, lr=2e-3, seed=7, val_fraction=0.2)
+
+
+def _model() -> MultiFlow:
+    return MultiFlow(4, ViewGraph.real_iad(2), n_blocks=2, hidden=8, kernel_sizes=(3, 3), noise="softflow", seed=3)
+
+
+def _data(with_masks: bool):
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(9, 3, 4, 4, 4)).astype(np.float32)
+    masks = (rng.random((9, 3, 4, 4)) > 0.4).astype(np.float32) if with_masks else None
+    return feats, masks
+
+
+def _run(ctx: DistContext, state_dir: str, out: str, with_masks: bool) -> None:
+    torch.set_num_threads(1)
+    feats, masks = _data(with_masks)
+    model = _model()
+    res = train_flow(model, feats, masks, TrainConfig(**CFG), state_dir, progress=False)
+    maps = compute_maps_sharded(model, feats, masks, ctx, batch_size=2)
+    if ctx.is_main:
+        torch.save({"state": model.state_dict(), "history": res.history, "best": res.best_epoch, "maps": maps}, out)
+
+
+@pytest.mark.parametrize("with_masks", [True, False])
+def test_two_processes_train_the_same_model_and_metrics_as_one(tmp_path, with_masks):
+    _run(DistContext(), str(tmp_path / "single"), str(tmp_path / "single.pt"), with_masks)
+    spawn_local(_run, 2, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), with_masks)
+    one = torch.load(tmp_path / "single.pt", weights_only=False)
+    two = torch.load(tmp_path / "ddp.pt", weights_only=False)
+    moved = 0.0
+    for k, v in one["state"].items():
+        torch.testing.assert_close(two["state"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+        moved = max(moved, float((v - _model().state_dict()[k]).abs().max()))
+    assert moved > 1e-3  # training really changed the weights (the comparison is not trivial)
+    assert two["best"] == one["best"]
+    for a, b in zip(one["history"], two["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+    np.testing.assert_allclose(two["maps"], one["maps"], rtol=1e-4, atol=1e-4)
+    # the same metrics: sample scores and their ranking (AUROC against fixed labels)
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.array([0, 1, 0, 1, 1, 0, 0, 1, 0])
+    s1, s2 = sample_scores(one["maps"]), sample_scores(two["maps"])
+    np.testing.assert_allclose(s2, s1, rtol=1e-5)
+    assert roc_auc_score(labels, s2) == roc_auc_score(labels, s1)
+    # only rank 0 wrote a training state, and it holds the final model
+    assert (tmp_path / "ddp" / STATE_FILE).is_file()
+    assert not list((tmp_path / "ddp").glob("*.tmp"))
+
+
+def test_shard_range_is_a_balanced_ordered_partition():
+    for n in range(0, 12):
+        for w in range(1, 5):
+            parts = [shard_range(n, r, w) for r in range(w)]
+            assert parts[0][0] == 0 and parts[-1][1] == n
+            assert all(parts[r][1] == parts[r + 1][0] for r in range(w - 1))
+            sizes = [e - s for s, e in parts]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_single_process_sharded_maps_are_the_plain_maps():
+    feats, masks = _data(True)
+    model = _model()
+    np.testing.assert_array_equal(compute_maps_sharded(model, feats, masks, DistContext(), batch_size=4),
+                                  compute_maps(model, feats, masks, batch_size=4))

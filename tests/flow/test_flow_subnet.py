@@ -1,0 +1,111 @@
+import pytest
+import torch
+from torch.autograd.functional import jacobian
+
+from multiflow.errors import ConfigError
+from multiflow.flow.graph import ViewGraph
+from multiflow.flow.subnet import MultiViewSubnet
+
+GRAPHS = [
+    ViewGraph.real_iad(),
+    ViewGraph.real_iad(top=False),
+    ViewGraph.ring(5),
+    ViewGraph.top_only(4),
+    ViewGraph.none(3),
+    ViewGraph.full(4),
+    ViewGraph.from_edges(3, [(0, 1), (1, 2), (0, 2)]),
+]
+
+
+def _net(graph, *, k=3, fusion="conv", share=False, fused=True, cin=3, cout=4):
+    return MultiViewSubnet(cin, cout, graph=graph, hidden=4, kernel_size=k, fusion=fusion, heads=2,
+                           share_weights=share, fused=fused).double()
+
+
+def _u(v, b=2, c=3, hw=4, seed=0):
+    return torch.randn(b, v, c, hw, hw, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("graph", GRAPHS, ids=repr)
+def test_fused_equals_per_edge(graph, share, k, randomise):
+    net = randomise(_net(graph, k=k, share=share))
+    u = _u(graph.n_views)
+    fused = net.forward_fused(u)
+    per_edge = net.forward_per_edge(u)
+    assert fused.shape == (2, graph.n_views, 4, 4, 4)
+    assert fused.abs().max() > 1e-3
+    torch.testing.assert_close(fused, per_edge, rtol=1e-12, atol=1e-12)
+
+
+def test_dispatch_and_gradients_agree(randomise):
+    g = ViewGraph.real_iad()
+    net = randomise(_net(g))
+    assert net.can_fuse
+    u = _u(5)
+    net.fused = True
+    net(u).square().sum().backward()
+    g_fused = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+    net.fused = False
+    net(u).square().sum().backward()
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, g_fused[n], rtol=1e-10, atol=1e-12)
+        assert torch.count_nonzero(p.grad) > 0, n
+
+
+def test_equation_4_by_hand(randomise):
+    """out_i = gamma_i (f_ii(h_i) + mean_j f_ji(h_j)) computed from the modules directly."""
+    g = ViewGraph.real_iad()
+    net = randomise(_net(g, fused=False))
+    u = _u(5)
+    h = [torch.relu(net.in_convs[v](u[:, v])) for v in range(5)]
+    for i in range(5):
+        edges = [net.edge_ops[net.edge_class[(j, i)]].conv(h[j]) for j in g.neighbours(i)]
+        expected = net.gamma[i] * (net.self_convs[i](h[i]) + sum(edges) / len(edges))
+        torch.testing.assert_close(net(u)[:, i], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gamma_zero_gives_zero():
+    net = _net(ViewGraph.real_iad())
+    out = net(_u(5))
+    assert torch.count_nonzero(out) == 0
+
+
+@pytest.mark.parametrize("fusion", ["conv", "self_attention", "cross_attention"])
+@pytest.mark.parametrize("graph", GRAPHS, ids=repr)
+def test_locality(graph, fusion, randomise):
+    """Output view i depends exactly on input views N(i) ∪ {i}."""
+    net = randomise(_net(graph, fusion=fusion))
+    u = _u(graph.n_views, b=1, hw=3)
+    jac = jacobian(net, u, vectorize=True)[0]  # (V, Cout, H, W, 1, V, Cin, H, W)
+    for i in range(graph.n_views):
+        for j in range(graph.n_views):
+            dep = torch.count_nonzero(jac[i, :, :, :, 0, j]) > 0
+            assert dep == (j == i or j in graph.neighbours(i)), (i, j)
+
+
+def test_shared_weights_equivariance(randomise):
+    g = ViewGraph.real_iad()
+    shared = randomise(_net(g, share=True))
+    plain = randomise(_net(g, share=False))
+    n_shared = sum(p.numel() for p in shared.parameters())
+    n_plain = sum(p.numel() for p in plain.parameters())
+    assert n_shared < n_plain
+    u = _u(5)
+    for sigma in g.automorphisms():
+        inv = torch.argsort(torch.tensor(sigma))
+        u_perm = u[:, inv]  # u_perm[:, sigma[v]] = u[:, v]
+        torch.testing.assert_close(shared(u_perm), shared(u)[:, inv], rtol=1e-12, atol=1e-12)
+    sigma = (0, 2, 3, 4, 1)  # a rotation of the side ring
+    inv = torch.argsort(torch.tensor(sigma))
+    assert not torch.allclose(plain(u[:, inv]), plain(u)[:, inv])
+
+
+def test_bad_input_shape():
+    net = _net(ViewGraph.ring(3))
+    with pytest.raises(ConfigError):
+        net(_u(4))
+    with pytest.raises(ConfigError):
+        net(_u(3, c=2))
