@@ -52,12 +52,14 @@ def predict(
     data_format: str = "folder",
     split: str = "test",
     category: str | None = None,
+    resolution: str = "",
     out_dir: str | os.PathLike | None = None,
     threshold: float | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Score every sample of a data set with a trained class model (``<run>/<class>``).
 
+    ``resolution``: Real-IAD resolution folder (``realiad_<resolution>``); empty = the only one present.
     Writes per-sample maps (``.npy``), overlays (``.png``), ``result.json`` and ``predictions.csv``
     under ``out_dir`` (default ``<model_dir>/predictions``); returns the per-sample results.
     """
@@ -66,7 +68,7 @@ def predict(
     from multiflow.engine.predict import Predictor, predict_dataset
 
     predictor = Predictor(model_dir, threshold=threshold)
-    data = DataConfig(root=str(data_root), format=data_format, views=list(predictor.view_names),
+    data = DataConfig(root=str(data_root), format=data_format, views=list(predictor.view_names), resolution=resolution,
                       flips=dict(predictor.meta.get("flips") or {}))
     if data_format == "manifest":
         data.manifest, data.root = str(data_root), ""

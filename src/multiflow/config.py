@@ -80,6 +80,9 @@ class ModelConfig:
     noise: str = "simplenet"
     noise_std: float = 0.15
     share_side_weights: bool = False
+    #: baseline: no cross-view links and one shared single-view flow; the V images of a sample are
+    #: V independent samples (features (N, V, C, h, w) -> (N*V, 1, C, h, w)); maps back to (N, V, h, w)
+    single_view: bool = False
 
 
 @dataclass

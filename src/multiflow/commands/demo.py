@@ -35,11 +35,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+# The demo's short schedule: 10 epochs of ~5 steps each. The paper's lr (2e-4) is meant for ~300
+# steps per epoch over 112 epochs; with ~50 steps in all the flow is still far from converged, so
+# the demo uses lr 1e-3 (measured: S-AUROC 0.85 -> 0.97 on bottle_cap, same data and epochs).
 DEMO_OVERRIDES = [
     "features.backbone=lite0",
     "features.input_size=320",
     "masks.provider=threshold",
     "train.epochs=10",
+    "train.lr=0.001",
     "train.threshold_quantile=0.95",
     "eval.pictures=true",
 ]

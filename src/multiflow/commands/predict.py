@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="folder", choices=["folder", "realiad", "manifest"])
     p.add_argument("--split", default="test", help="split to score (folder/manifest: the split folder name)")
     p.add_argument("--category", help="Real-IAD class (default: the model's)")
+    p.add_argument("--resolution", default="", help="Real-IAD resolution folder (default: the only one present)")
     p.add_argument("--out", help="output folder (default: <model>/predictions)")
     p.add_argument("--threshold", type=float, help="override the calibrated decision threshold")
     p.add_argument("--quiet", action="store_true")
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from multiflow.api import predict
 
     rows = predict(args.model, data_root=args.data, data_format=args.format, split=args.split,
-                   category=args.category, out_dir=args.out, threshold=args.threshold, progress=not args.quiet)
+                   category=args.category, resolution=args.resolution, out_dir=args.out, threshold=args.threshold, progress=not args.quiet)
     n_ng = sum(r["decision"] == "NG" for r in rows)
     for r in rows:
         views = " ".join(f"{k}={v:.2f}" for k, v in r["view_scores"].items())

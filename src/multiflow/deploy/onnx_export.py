@@ -109,6 +109,11 @@ def load_inference_graph(model_dir: str | os.PathLike, *, threshold: float | Non
     from multiflow.engine.predict import Predictor
 
     pred = Predictor(model_dir, threshold=threshold)
+    if pred.single_view:
+        raise ConfigError(
+            f"{model_dir}: a single-view baseline model (model.single_view=true) cannot be exported; "
+            "export a multi-view model"
+        )
     graph = InferenceGraph(extractor=pred.extractor, flow=pred.flow, threshold=pred.threshold,
                            aggregation=pred.aggregation, with_mask=with_mask)
     return graph, dict(pred.meta, threshold=pred.threshold)

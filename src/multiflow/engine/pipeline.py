@@ -23,6 +23,7 @@ anomaly maps are computed on shards and all-gathered, and only rank 0 writes fil
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -273,15 +274,34 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
     with main_first(ctx):
         train = prepare_split(cfg, category, "train", extractor, progress=progress)
     t_feat = time.perf_counter() - t0
-    model = build_flow(cfg.model, extractor.channels, train.view_names, cfg.train.seed)
+    feats, masks, flow_views, model_cfg = train.features, train.masks, train.view_names, cfg.model
+    n_views = len(train.view_names)
+    if cfg.model.single_view:
+        # baseline: every image an independent sample of one single-view flow (no cross-view links)
+        from multiflow.baselines.single_view import single_view_indices, to_single_view
+
+        feats, masks = to_single_view(feats, masks)
+        flow_views, model_cfg = ["view"], dataclasses.replace(cfg.model, graph="none")
+    model = build_flow(model_cfg, extractor.channels, flow_views, cfg.train.seed)
     result = train_flow(
-        model, train.features, train.masks, cfg.train, out / "train_state", resume=resume, progress=progress
+        model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress
     )
     val = result.val_index if result.val_index is not None and len(result.val_index) else result.train_index
-    val_maps = compute_maps_sharded(
-        model, train.features[np.sort(val)], None if train.masks is None else train.masks[np.sort(val)], ctx,
-        batch_size=cfg.eval.batch_size,
-    )
+    if cfg.model.single_view:
+        # calibrate on whole samples (max over views): those with at least one held-out image
+        val = single_view_indices(val, n_views)
+        val_feats, val_masks = to_single_view(
+            train.features[val], None if train.masks is None else train.masks[val]
+        )
+    else:
+        val = np.sort(val)
+        val_feats = train.features[val]
+        val_masks = None if train.masks is None else train.masks[val]
+    val_maps = compute_maps_sharded(model, val_feats, val_masks, ctx, batch_size=cfg.eval.batch_size)
+    if cfg.model.single_view:
+        from multiflow.baselines.single_view import from_single_view
+
+        val_maps = from_single_view(val_maps, n_views)
     val_scores = sample_scores(val_maps, cfg.eval.aggregation)
     threshold = calibrate_threshold(val_scores, cfg.train.threshold_quantile)
     meta = {
@@ -299,6 +319,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         "threshold_quantile": cfg.train.threshold_quantile,
         "threshold_source": "held-out normal training samples" if len(result.val_index) else "training samples",
         "val_sample_scores": {"n": int(len(val_scores)), "mean": float(val_scores.mean()), "max": float(val_scores.max())},
+        "single_view": bool(cfg.model.single_view),
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
         "history": result.history,
@@ -389,8 +410,16 @@ def evaluate_category(
     test = prepare_split(cfg, category, "test", extractor, progress=progress)
     if test.view_names != meta["view_names"]:
         raise DataError(f"test views {test.view_names} differ from the model's {meta['view_names']}", folder)
-    maps = compute_maps_sharded(model, test.features, test.masks, ctx, batch_size=cfg.eval.batch_size,
-                                progress=progress)
+    if meta.get("single_view"):
+        from multiflow.baselines.single_view import from_single_view, to_single_view
+
+        sv_feats, sv_masks = to_single_view(test.features, test.masks)
+        maps = compute_maps_sharded(model, sv_feats, sv_masks, ctx, batch_size=cfg.eval.batch_size,
+                                    progress=progress)
+        maps = from_single_view(maps, len(test.view_names))
+    else:
+        maps = compute_maps_sharded(model, test.features, test.masks, ctx, batch_size=cfg.eval.batch_size,
+                                    progress=progress)
     if not ctx.is_main:
         return {}  # rank 0 computes the metrics from the gathered maps and writes everything
     ds = test.dataset

@@ -73,6 +73,7 @@ class Predictor:
         self.threshold = float(self.meta["threshold"] if threshold is None else threshold)
         self.aggregation = self.meta.get("aggregation", "max")
         self.input_size = int(f["input_size"])
+        self.single_view = bool(self.meta.get("single_view", False))
 
     def check_views(self, view_names: list[str], sample_id: str = "") -> None:
         missing = [v for v in self.view_names if v not in view_names]
@@ -107,7 +108,11 @@ class Predictor:
                 np.stack([postprocess_mask(self.masker(arr[v]), grid, dilation=self.mask_cfg.dilation)[1]
                           for v in range(arr.shape[0])])
             )[None]
-        maps = self.flow.anomaly_map(feats, mask)[0]  # (V, h, w)
+        if self.single_view:  # one shared single-view flow: every view is its own sample
+            maps = self.flow.anomaly_map(feats.transpose(0, 1), None if mask is None else mask.transpose(0, 1))
+            maps = maps[:, 0]  # (V, h, w)
+        else:
+            maps = self.flow.anomaly_map(feats, mask)[0]  # (V, h, w)
         view_scores = image_scores_from_maps(maps)
         sample_score = float(aggregate_views(view_scores[None], self.aggregation)[0])
         full = torch.nn.functional.interpolate(maps[:, None], size=(h_img, w_img), mode="bilinear",

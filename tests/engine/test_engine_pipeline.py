@@ -1,0 +1,112 @@
+"""The whole pipeline on a tiny synthetic data set: fit -> test -> predict, through the public API.
+
+One module-scoped run (2 epochs, a small flow) keeps this fast; the checks are about plumbing and
+consistency between the outputs, not about detection quality (the demo and BENCHMARKS.md are).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from multiflow import api
+from multiflow.errors import CheckpointError, DataError
+
+CLASS = "toy_brick"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from multiflow.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("pipe")
+    data = root / "data"
+    generate_dataset(data, classes=[CLASS], n_train=6, n_test_good=3, n_test_defect=4, size=96, seed=3,
+                     progress=False)
+    overrides = [
+        f"data.root={data}", f"data.categories=[{CLASS}]", "data.resolution=96", "features.input_size=96",
+        f"features.cache_dir={root / 'cache'}", "model.hidden=8", "model.n_blocks=2", "model.kernel_sizes=[3,3]",
+        "train.epochs=2", "train.batch_size=2", "train.lr=0.001", f"out={root / 'results'}", "name=r",
+        "eval.pictures=true",
+    ]
+    run_dir = api.fit(overrides=overrides, progress=False)
+    results = api.evaluate(run_dir, progress=False)
+    return run_dir, results, data
+
+
+def test_run_folder_has_everything(run):
+    run_dir, results, _ = run
+    for name in ["config.yaml", "metrics.json", "metrics.csv", "metrics.md", "report.html"]:
+        assert (run_dir / name).is_file(), name
+    cls = run_dir / CLASS
+    for name in ["model.safetensors", "model.json", "metrics.json", "scores.csv", "adeval.pkl",
+                 "figures/roc.png", "figures/histogram.png"]:
+        assert (cls / name).is_file(), name
+    assert list((cls / "figures").glob("worst_false_positive_*.png"))
+    html = (run_dir / "report.html").read_text()
+    assert "S-AUROC" in html and f"{CLASS}/figures/roc.png" in html
+    assert "| mean |" in results["table"]
+
+
+def test_metrics_agree_with_an_independent_oracle_on_the_written_scores(run):
+    run_dir, _, _ = run
+    rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
+    labels = np.array([int(r["label"]) for r in rows])
+    scores = np.array([float(r["sample_score"]) for r in rows])
+    views = [k[len("score_"):] for k in rows[0] if k.startswith("score_")]
+    assert views == ["C1", "C2", "C3", "C4", "C5"]
+    view_scores = np.array([[float(r[f"score_{v}"]) for v in views] for r in rows])
+    np.testing.assert_allclose(scores, view_scores.max(1), rtol=1e-5)  # official max over views
+    m = json.loads((run_dir / CLASS / "metrics.json").read_text())
+    assert m["s_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    img_labels = np.array([[int(r[f"label_{v}"]) for v in views] for r in rows])
+    assert m["i_auroc"] == pytest.approx(roc_auc_score(img_labels.ravel(), view_scores.ravel()), abs=1e-5)
+    decisions = np.array([r["decision"] == "NG" for r in rows])
+    np.testing.assert_array_equal(decisions, scores > m["threshold"])
+
+
+def test_threshold_comes_from_held_out_training_samples(run):
+    run_dir, _, _ = run
+    meta = json.loads((run_dir / CLASS / "model.json").read_text())
+    assert meta["val_samples"] >= 1 and meta["train_samples"] + meta["val_samples"] == 6
+    assert meta["threshold_source"] == "held-out normal training samples"
+    assert meta["val_sample_scores"]["mean"] <= meta["threshold"] + 1e-6 or meta["threshold_quantile"] < 1
+
+
+def test_predict_matches_the_evaluation_scores(run, tmp_path):
+    run_dir, _, data = run
+    rows = {r["sample_id"]: r for r in csv.DictReader(open(run_dir / CLASS / "scores.csv"))}
+    preds = api.predict(run_dir / CLASS, data_root=data, data_format="realiad", split="test",
+                        out_dir=tmp_path, progress=False)
+    assert len(preds) == len(rows)
+    for p in preds:
+        assert p["sample_score"] == pytest.approx(float(rows[p["sample_id"]]["sample_score"]), rel=1e-4, abs=1e-4)
+        assert p["decision"] == rows[p["sample_id"]]["decision"]
+    first = tmp_path / preds[0]["sample_id"]
+    assert (first / "C1.npy").is_file() and (first / "C5.png").is_file() and (first / "result.json").is_file()
+    assert (tmp_path / "predictions.csv").is_file()
+
+
+def test_missing_view_at_inference_is_named(run):
+    import torch
+
+    from multiflow.engine.predict import Predictor
+
+    run_dir, _, _ = run
+    pred = Predictor(run_dir / CLASS)
+    with pytest.raises(DataError, match=r"missing: \['C3'\]"):
+        pred.predict(torch.rand(4, 3, 96, 96), ["C1", "C2", "C4", "C5"], sample_id="s1")
+
+
+def test_broken_model_folder_is_a_clear_error(run, tmp_path):
+    from multiflow.engine.pipeline import load_bundle
+
+    with pytest.raises(CheckpointError, match="model.json not found"):
+        load_bundle(tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_bundle(tmp_path)
