@@ -13,10 +13,13 @@ import argparse
 NAME = "demo"
 HELP = "end-to-end demo: synthetic data -> Lite0 features -> masks -> train -> evaluate -> report"
 
+# One class by default: bottle_cap reaches S-AUROC ~0.97 with this short schedule; the harder
+# classes (lock_nut, toy_brick, terminal_block: 0.5-0.8 at 8 x 8 features) are measured in
+# BENCHMARKS.md by benchmarks/paper_experiments.py. `--classes` adds any of them.
 DEMO = {
-    "classes": ["bottle_cap", "toy_brick"],
-    "train": 40,
-    "test_good": 16,
+    "classes": ["bottle_cap"],
+    "train": 26,
+    "test_good": 10,
     "test_defect": 18,
     "size": 256,
     "seed": 0,
@@ -35,15 +38,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-# The demo's short schedule: 10 epochs of ~5 steps each. The paper's lr (2e-4) is meant for ~300
-# steps per epoch over 112 epochs; with ~50 steps in all the flow is still far from converged, so
-# the demo uses lr 1e-3 (measured: S-AUROC 0.85 -> 0.97 on bottle_cap, same data and epochs).
+# The demo's short schedule: 8 epochs of 6 steps (24 training samples, batch 4). The paper's lr
+# (2e-4) is meant for ~300 steps per epoch over 112 epochs; with ~50 steps in all the flow stays
+# near its identity initialisation, so the demo uses lr 1e-3 (measured on bottle_cap, same data and
+# epochs: S-AUROC 0.85 at 2e-4, 0.97 at 1e-3). Lite0 at 256 px gives a 192 x 8 x 8 feature map.
 DEMO_OVERRIDES = [
     "features.backbone=lite0",
-    "features.input_size=320",
+    "features.input_size=256",
     "masks.provider=threshold",
-    "train.epochs=10",
+    "train.epochs=8",
+    "train.batch_size=4",
     "train.lr=0.001",
+    "train.checkpoint_every=4",
     "train.threshold_quantile=0.95",
     "eval.pictures=true",
 ]
