@@ -36,7 +36,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import CpuShare, machine_line, peak_rss_mb, update_section
+from multiflow._atomic import write_json, write_text
 
 PAPER_CSV_CANDIDATES = (
     ROOT / "docs" / "paper-results.csv",
@@ -123,20 +123,6 @@ def build_variants(*, base_masks: str, file_masks: bool, isnet: bool, patchcore:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
-
-
-def atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def load_paper(path: Path | None = None) -> dict[tuple[str, str], float]:
     """``{(method, metric): value in %}`` of the paper's class averages (paper-results.csv)."""
     cands = [path] if path else [p for p in PAPER_CSV_CANDIDATES if p.is_file()]
@@ -237,7 +223,7 @@ def run_one(cfg, variant: Variant, seed: int, category: str, folder: Path, *, ma
         "seconds": time.perf_counter() - t0, "cpu_share": share.share, "train_samples_per_s": train_sps,
         "baseline": metrics.get("baseline"),
     }
-    atomic_json(result_path, record)
+    write_json(result_path, record, default=float)
     if not keep_models:  # the metrics are saved: drop the large weight files (~0.2-0.7 GB per run)
         import shutil
 
@@ -459,7 +445,7 @@ def write_reports(variants: list[Variant], records: list[dict], ctx: dict[str, A
     if write_benchmarks:
         for name in ("paper-main", "paper-table2", "paper-table3", "paper-table4", "paper-masks", "paper-baselines"):
             update_section(name, sections[name])
-    atomic_text(results_md, breakdown_markdown(variants, data, common))
+    write_text(results_md, breakdown_markdown(variants, data, common))
     return sections
 
 
@@ -547,7 +533,6 @@ def main(argv: list[str] | None = None) -> int:
         install_baselines(pkgs)
     use_baseline_packages(pkgs)
     t_start = time.perf_counter()
-    cpu_start = time.process_time()
     synthetic = not args.data
     sizes = dict(QUICK if args.quick else FULL) if synthetic else None
     run = args.run or (("synthetic-quick" if args.quick else "synthetic-full") if synthetic else "realiad")
@@ -621,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = {"command": cmd, "data": data_line, "machine": machine_line(),
            "cpu_share": share, "wall_min": run_s / 60, "rss": rss, "seeds": seeds, "quick": bool(args.quick)}
     write_reports(variants, records, ctx, write_benchmarks=not args.no_benchmarks_md, results_md=Path(args.results_md))
-    atomic_json(out / "summary.json", {"context": ctx, "records": records})
+    write_json(out / "summary.json", {"context": ctx, "records": records}, default=float)
     print(f"== finished {len(records)} runs in {wall / 60:.1f} min; results in {out}", flush=True)
     return 0
 

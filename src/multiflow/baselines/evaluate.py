@@ -24,8 +24,9 @@ def evaluate_patchcore(cfg: RunConfig, category: str, out_dir: Path, *, seed: in
     :class:`multiflow.metrics.EvalResult` plus ``baseline`` and ``seconds``).
     """
     from multiflow.baselines.patchcore import PatchCore
+    from multiflow._atomic import write_json
     from multiflow.engine.pipeline import (
-        _atomic_json,
+        _json_default,
         build_extractor,
         ground_truth_masks,
         prepare_split,
@@ -56,5 +57,5 @@ def evaluate_patchcore(cfg: RunConfig, category: str, out_dir: Path, *, seed: in
     metrics["baseline"] = model.describe()
     metrics["seconds"] = {"features_and_masks": t1 - t0, "fit": t2 - t1, "score": t3 - t2,
                           "total": time.perf_counter() - t0}
-    _atomic_json(Path(out_dir) / category / "metrics.json", metrics)
+    write_json(Path(out_dir) / category / "metrics.json", metrics, default=_json_default)
     return metrics

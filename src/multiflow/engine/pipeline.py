@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from multiflow._atomic import write_json
 from multiflow.config import DataConfig, FeatureConfig, MaskConfig, ModelConfig, RunConfig, dump_config
 from multiflow.errors import CheckpointError, ConfigError, DataError
 
@@ -42,13 +43,6 @@ BUNDLE_FORMAT = "multiflow-model/1"
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
 def _json_default(o: Any) -> Any:
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
@@ -224,7 +218,7 @@ def save_bundle(folder: Path, model, meta: dict[str, Any]) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     save_flow(model, folder / "model.safetensors")
-    _atomic_json(folder / "model.json", dict(meta, format=BUNDLE_FORMAT))
+    write_json(folder / "model.json", dict(meta, format=BUNDLE_FORMAT), default=_json_default)
 
 
 def check_backbone(extractor, meta: dict[str, Any], where: Path) -> None:
@@ -454,7 +448,7 @@ def evaluate_category(
     metrics["decision_accuracy"] = float((decisions == s_labels.astype(bool)).mean())
     metrics["false_positive_rate_at_threshold"] = float(decisions[s_labels == 0].mean()) if (s_labels == 0).any() else None
     metrics["true_positive_rate_at_threshold"] = float(decisions[s_labels == 1].mean()) if (s_labels == 1).any() else None
-    _atomic_json(folder / "metrics.json", metrics)
+    write_json(folder / "metrics.json", metrics, default=_json_default)
     _write_scores_csv(folder / "scores.csv", test.sample_ids, defects, test.view_names, img_scores, labels, s_scores, decisions)
     write_adeval_pkl(
         folder / "adeval.pkl",
@@ -581,7 +575,7 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig | None = None, *, progress:
         return {"per_class": {}, "table": "", "per_defect": "", "rows": []}
     md, rows = metrics_table(per_class)
     per_defect = _per_defect_table(per_class)
-    _atomic_json(run_dir / "metrics.json", {"per_class": per_class, "mean": rows[-1]})
+    write_json(run_dir / "metrics.json", {"per_class": per_class, "mean": rows[-1]}, default=_json_default)
     tmp = run_dir / "metrics.csv.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

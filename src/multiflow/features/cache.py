@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,28 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from multiflow._atomic import write_bytes, write_json
 from multiflow.errors import CheckpointError, ConfigError, DataError
 
 CACHE_FORMAT = 1
 _DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -68,7 +50,7 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
     buf = io.BytesIO()
     np.save(buf, array)
-    _atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue(), fsync=True)
 
 
 def key_digest(key: Mapping[str, Any]) -> str:
@@ -244,7 +226,7 @@ def build_entry(
             shutil.rmtree(path)
             path.mkdir(parents=True)
     if not key_path.exists():
-        _atomic_write_json(key_path, full_key)
+        write_json(key_path, full_key, indent=1, sort_keys=True, fsync=True)
 
     done_path = path / "done.npy"
     mm: dict[str, np.ndarray] = {}
@@ -313,7 +295,7 @@ def build_entry(
         "view_names": list(view_names),
         "arrays": info,
     }
-    _atomic_write_json(path / "manifest.json", manifest)
+    write_json(path / "manifest.json", manifest, indent=1, sort_keys=True, fsync=True)
     return _check_entry(path, full_key, verify=False)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multiflow._atomic import write_bytes, write_json
 from multiflow.errors import ConfigError
 from multiflow.synth.geometry import camera_rig
 from multiflow.synth.render import render_view
@@ -134,17 +135,6 @@ def render_sample(
 # ----------------------------------------------------------------------------------- writing
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: Path, obj) -> None:
-    _atomic_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
-
-
 def _png(array: np.ndarray) -> bytes:
     import io
 
@@ -206,19 +196,19 @@ def _run_job(job: _Job) -> dict:
     entries = []
     for v, view in enumerate(s.view_names):
         rel = image_relpath(job.class_name, s.anomaly_class, job.sample_id, view, s.timestamps[v])
-        _atomic_bytes(img_root / rel, _jpg(s.images[v]))
-        _atomic_bytes(sil_root / (rel[:-4] + ".png"), _png(s.silhouettes[v].astype(np.uint8) * 255))
+        write_bytes(img_root / rel, _jpg(s.images[v]))
+        write_bytes(sil_root / (rel[:-4] + ".png"), _png(s.silhouettes[v].astype(np.uint8) * 255))
         mask_rel = None
         if s.masks[v].any():
             mask_rel = rel[:-4] + "_mask.png"
-            _atomic_bytes(img_root / mask_rel, _png(s.masks[v].astype(np.uint8) * 255))
+            write_bytes(img_root / mask_rel, _png(s.masks[v].astype(np.uint8) * 255))
         entries.append({"category": job.class_name, "anomaly_class": s.anomaly_class,
                         "image_path": rel, "mask_path": mask_rel})
     record = {
         "key": s.key, "split": job.split, "sample_id": job.sample_id, "anomaly_class": s.anomaly_class,
         "entries": entries, **s.meta,
     }
-    _atomic_json(rec_path, record)
+    write_json(rec_path, record, indent=1)
     return record
 
 
@@ -297,7 +287,7 @@ def generate_dataset(
                 raise ConfigError(f"{cfg_path}: {out} holds {cls} generated with another configuration "
                                   f"(old, new): {diff}; use another --out or the same options")
         else:
-            _atomic_json(cfg_path, config)
+            write_json(cfg_path, config, indent=1)
         jobs += _plan(cls, str(out), n_train, n_test_good, n_test_defect, defects, size, n_views, seed)
 
     records: list[dict] = []
@@ -331,8 +321,8 @@ def generate_dataset(
             "silhouette_root": f"silhouettes_{size}/{cls}",
             "samples": [{k: v for k, v in r.items()} for r in recs],
         }
-        _atomic_json(out / "synth_meta" / f"{cls}.json", meta)
+        write_json(out / "synth_meta" / f"{cls}.json", meta, indent=1)
         json_path = out / "realiad_jsons" / f"{cls}.json"
-        _atomic_json(json_path, {"meta": {"prefix": cls, "normal_class": "OK"}, "train": train, "test": test})
+        write_json(json_path, {"meta": {"prefix": cls, "normal_class": "OK"}, "train": train, "test": test}, indent=1)
         summary["classes"][cls] = {"train": len(train), "test": len(test), "json": str(json_path)}
     return summary
