@@ -21,7 +21,7 @@ for b in "${todo[@]}"; do
     masks)
       [ -f "$DATA/realiad_jsons/bottle_cap.json" ] || $PY -m multiflow synth --out "$DATA" \
           --train 4 --test-good 4 --test-defect 18 --size 256 --seed 0 --workers 2
-      $PY benchmarks/bench_masks.py --data "$DATA" --isnet-limit 12 ;;
+      $PY benchmarks/bench_masks.py --data "$DATA" --isnet-limit 4 ;;
     metrics)  $PY -m benchmarks.bench_metrics --samples 760 ;;
     onnx)     $PY benchmarks/bench_onnx.py ;;
     latency)  $PY benchmarks/bench_latency.py ;;
