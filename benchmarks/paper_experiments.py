@@ -270,6 +270,15 @@ def seed_means(by_seed: dict[int, dict[str, dict]], metric: str) -> list[float |
     return out
 
 
+def seed_delta(data: dict, base: str, variant: str, metric: str) -> tuple[float, float] | None:
+    """``(variant - base, larger seed std)`` of a class-averaged metric in percentage points, or None."""
+    b = [v for v in seed_means(data[base], metric) if v is not None]
+    v = [x for x in seed_means(data[variant], metric) if x is not None]
+    if not b or not v:
+        return None
+    return 100 * (mean_std(v)[0] - mean_std(b)[0]), 100 * max(mean_std(v)[1], mean_std(b)[1])
+
+
 def unpaired_sentence(table: str, rows, data) -> str:
     """Plain statement for the variants the paper has no number for (compared with our base)."""
     base = next((r for r in rows if r[1] == "base"), rows[0] if rows else None)
@@ -281,12 +290,10 @@ def unpaired_sentence(table: str, rows, data) -> str:
             continue
         diffs = []
         for m, mlabel in (("s_auroc", "S-AUROC"), ("i_auroc", "I-AUROC")):
-            b = [v for v in seed_means(data[base[1]], m) if v is not None]
-            v = [x for x in seed_means(data[vname], m) if x is not None]
-            if not b or not v:
+            delta = seed_delta(data, base[1], vname, m)
+            if delta is None:
                 continue
-            d = 100 * (mean_std(v)[0] - mean_std(b)[0])
-            spread = 100 * max(mean_std(v)[1], mean_std(b)[1])
+            d, spread = delta
             verdict = "within one seed std" if abs(d) <= spread else ("better" if d > 0 else "worse")
             diffs.append(f"{mlabel} {d:+.2f} pp ({verdict})")
         if diffs:
@@ -321,12 +328,10 @@ def direction_sentence(table: str, rows: list[tuple[str, str, dict]], data: dict
             continue
         for m, mlabel in (("s_auroc", "S-AUROC"), ("i_auroc", "I-AUROC")):
             p_base, p_var = paper_base[m], paper.get((pmethod, PAPER_METRIC[m]))
-            ours_b = [v for v in seed_means(data[base[1]], m) if v is not None]
-            ours_v = [v for v in seed_means(data[vname], m) if v is not None]
-            if p_base is None or p_var is None or not ours_b or not ours_v:
+            delta = seed_delta(data, base[1], vname, m)
+            if p_base is None or p_var is None or delta is None:
                 continue
-            d_ours = 100 * (mean_std(ours_v)[0] - mean_std(ours_b)[0])
-            spread = 100 * max(mean_std(ours_v)[1], mean_std(ours_b)[1])
+            d_ours, spread = delta
             d_paper = p_var - p_base
             text = f"{label} {mlabel} {d_ours:+.2f} pp (paper {d_paper:+.2f})"
             if abs(d_ours) <= spread:
