@@ -42,13 +42,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
     except MultiflowError as exc:
         print(f"multiflow {args.command}: error: {exc}", file=sys.stderr)
+        _leave_process_group(wait=False)
         return 1
     except KeyboardInterrupt:
         print(f"multiflow {args.command}: interrupted", file=sys.stderr)
+        _leave_process_group(wait=False)
         return 130
+    _leave_process_group(wait=True)
+    return code
+
+
+def _leave_process_group(*, wait: bool) -> None:
+    """Under torchrun: all ranks leave the process group together (see shutdown_distributed)."""
+    if "torch.distributed" not in sys.modules:  # never imported: no group, keep ``--help`` fast
+        return
+    from multiflow.engine.distributed import shutdown_distributed
+
+    shutdown_distributed(wait=wait)
 
 
 if __name__ == "__main__":

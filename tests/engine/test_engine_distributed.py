@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from multiflow.config import TrainConfig
-from multiflow.engine.distributed import DistContext, compute_maps_sharded, shard_range, spawn_local
+import torch.distributed as dist
+
+from multiflow.engine.distributed import (
+    DistContext,
+    compute_maps_sharded,
+    shard_range,
+    shutdown_distributed,
+    spawn_local,
+)
 from multiflow.engine.scoring import compute_maps, sample_scores
 from multiflow.engine.train import STATE_FILE, train_flow
 from multiflow.flow import MultiFlow, ViewGraph
@@ -81,3 +89,26 @@ def test_single_process_sharded_maps_are_the_plain_maps():
     model = _model()
     np.testing.assert_array_equal(compute_maps_sharded(model, feats, masks, DistContext(), batch_size=4),
                                   compute_maps(model, feats, masks, batch_size=4))
+
+
+def _cli_in_group(ctx: DistContext, out: str) -> None:
+    from multiflow.cli import main
+
+    code = main(["params", "--channels", "8", "--views", "3"])
+    with open(f"{out}.{ctx.rank}", "w") as f:
+        f.write(f"{code} {dist.is_initialized()}")
+
+
+def test_cli_leaves_the_process_group_together_on_every_rank(tmp_path):
+    # under torchrun the CLI meets the other ranks at a barrier, then destroys the group
+    # (a rank that tore down its gloo connections early made a peer abort in ~1 of 10 runs)
+    spawn_local(_cli_in_group, 2, str(tmp_path / "rank"))
+    for r in range(2):
+        assert (tmp_path / f"rank.{r}").read_text() == "0 False"
+
+
+def test_shutdown_without_a_process_group_does_nothing():
+    assert not dist.is_initialized()
+    shutdown_distributed()
+    shutdown_distributed(wait=False)
+    assert not dist.is_initialized()
