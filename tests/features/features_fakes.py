@@ -36,6 +36,21 @@ class FakeDataset:
                 paths.append(str(p))
             self.samples.append(FakeRecord(f"obj_{i:04d}_OK", tuple(paths)))
 
+    @classmethod
+    def reopen(cls, root: Path) -> "FakeDataset":
+        """The data set written to ``root`` earlier (files untouched: same cache key)."""
+        self = cls.__new__(cls)
+        files = sorted(Path(root).glob("s*_C*.npy"))
+        n = len({f.name.split("_")[0] for f in files})
+        v = len(files) // n
+        self.view_names = [f"C{k + 1}" for k in range(v)]
+        self.flips, self.image_size, self.loads = {}, None, 0
+        self.samples = [
+            FakeRecord(f"obj_{i:04d}_OK", tuple(str(Path(root) / f"s{i:03d}_C{k + 1}.npy") for k in range(v)))
+            for i in range(n)
+        ]
+        return self
+
     def __len__(self) -> int:
         return len(self.samples)
 

@@ -15,15 +15,16 @@ Exactness (what makes N processes train the same model as one):
   foreground count ``D = sum_r D_r``; DistributedDataParallel averages gradients over the ``W``
   ranks, so the update uses ``(1/W) sum_r grad L_r = grad (sum_r N_r / D) = grad L``;
 * validation losses and anomaly maps are computed on shards and merged (sums all-reduced, maps
-  all-gathered in sample order); only rank 0 writes checkpoints, models and results.
+  all-gathered in sample order); only rank 0 writes checkpoints, models and results;
+* features and masks are extracted in shards too, gathered by rank 0, which writes the cache
+  (:func:`multiflow.features.cache.build_entry` with a context).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,16 +129,6 @@ def shutdown_distributed(*, wait: bool = True) -> None:
 def barrier(ctx: DistContext) -> None:
     """Wait for every rank (no-op for a single process)."""
     if ctx.enabled:
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def main_first(ctx: DistContext) -> Iterator[None]:
-    """Run the body on rank 0 first, then on the others (e.g. fill a shared cache once)."""
-    if ctx.enabled and not ctx.is_main:
-        dist.barrier()
-    yield
-    if ctx.enabled and ctx.is_main:
         dist.barrier()
 
 

@@ -15,9 +15,10 @@ One model per class (category). A run folder looks like::
 
 Everything that defines a model is in the two ``model.*`` files; loading them executes no code.
 
-Under ``torchrun`` (see :mod:`multiflow.engine.distributed`) rank 0 extracts the features and
-masks into the shared cache first (the other ranks then read them), training is data parallel,
-anomaly maps are computed on shards and all-gathered, and only rank 0 writes files.
+Under ``torchrun`` (see :mod:`multiflow.engine.distributed`) the ranks share feature and mask
+extraction (rank 0 writes the shared cache, :func:`multiflow.features.cache.build_entry`),
+training is data parallel, anomaly maps are computed on shards and all-gathered, and only rank 0
+writes files.
 """
 
 from __future__ import annotations
@@ -187,7 +188,12 @@ class PreparedSplit:
 
 
 def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progress: bool = True) -> PreparedSplit:
-    """Open a split, extract (or reuse) its features and foreground masks."""
+    """Open a split, extract (or reuse) its features and foreground masks.
+
+    Under ``torchrun`` the samples are shared among the ranks and every rank gets the whole
+    result (:func:`multiflow.features.cache.build_entry`); every rank must call this.
+    """
+    from multiflow.engine.distributed import current_context
     from multiflow.features.cache import extract_features
     from multiflow.features.masks import compute_masks
 
@@ -195,9 +201,10 @@ def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progr
     if len(ds) == 0:
         raise DataError(f"the {split} split of {category!r} has no samples", getattr(ds, "json_path", cfg.data.root))
     root = cache_dir(cfg.features)
+    ctx = current_context()
     feats = extract_features(
         ds, extractor, root, batch_size=cfg.features.batch_size, dtype=cfg.features.dtype,
-        num_workers=cfg.features.num_workers, progress=progress,
+        num_workers=cfg.features.num_workers, progress=progress, ctx=ctx,
     )
     masks = None
     if cfg.masks.provider != "none":
@@ -205,7 +212,7 @@ def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progr
         cm = compute_masks(
             ds, provider, root, grid=extractor.feature_size(extractor.input_size),
             dilation=cfg.masks.dilation, batch_size=cfg.features.batch_size,
-            num_workers=cfg.features.num_workers, progress=progress,
+            num_workers=cfg.features.num_workers, progress=progress, ctx=ctx,
         )
         masks = cm.grid
     return PreparedSplit(ds, feats.features, masks, list(feats.sample_ids), list(ds.view_names))
@@ -256,7 +263,7 @@ def load_bundle(folder: str | Path):
 # ------------------------------------------------------------------------------------ fitting
 def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool = False, progress: bool = True) -> dict:
     """Train the flow of one class and calibrate its threshold on held-out normal training samples."""
-    from multiflow.engine.distributed import barrier, compute_maps_sharded, current_context, main_first
+    from multiflow.engine.distributed import barrier, compute_maps_sharded, current_context
     from multiflow.engine.scoring import calibrate_threshold, sample_scores
     from multiflow.engine.train import train_flow
 
@@ -265,8 +272,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
     t0 = time.perf_counter()
     out = run_dir / category
     extractor = build_extractor(cfg.features)
-    with main_first(ctx):
-        train = prepare_split(cfg, category, "train", extractor, progress=progress)
+    train = prepare_split(cfg, category, "train", extractor, progress=progress)
     t_feat = time.perf_counter() - t0
     feats, masks, flow_views, model_cfg = train.features, train.masks, train.view_names, cfg.model
     n_views = len(train.view_names)

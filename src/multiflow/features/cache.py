@@ -21,7 +21,8 @@ half-written entry. A complete entry is checked on open (key, file sizes and, wi
 ``verify=True``, the SHA-256 of every array); a mismatch raises :class:`CheckpointError` (or, with
 ``on_corrupt="rebuild"``, deletes and rebuilds the entry). Reading is memory-mapped.
 
-Concurrent writers to the same entry are not supported (one process per entry).
+Concurrent writers to the same entry are not supported (one process per entry); ranks of one
+``torch.distributed`` job share the work through rank 0 (``ctx`` of :func:`build_entry`).
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ def build_entry(
     progress: bool = True,
     desc: str | None = None,
     plan: Callable[[list[list[int]]], None] | None = None,
+    ctx: Any = None,
 ) -> CacheEntry:
     """Open the entry for ``key`` if it is complete; otherwise compute (or resume) it.
 
@@ -195,6 +197,15 @@ def build_entry(
     ``plan(batches)``, if given, is told the list of index batches before the first ``compute``
     (so a data loader can prefetch exactly those).
 
+    ``ctx`` (a :class:`multiflow.engine.distributed.DistContext` with more than one rank, under
+    ``torchrun``) shards the work: every rank must call this with the same arguments. Rank 0
+    alone opens, prepares, writes and finishes the entry; the pending samples go in global
+    batches of ``batch_size * world_size``, each rank computes its contiguous share
+    (:func:`~multiflow.engine.distributed.shard_range`) and sends the rows to rank 0, which
+    writes them in sample order and marks them done, so a killed run resumes like a single
+    process (with any number of ranks). An error on any rank stops all of them. The cache root
+    must be visible to every rank (one machine, or a shared file system across nodes).
+
     Raises:
         CheckpointError: a complete entry that fails its checks (``on_corrupt="error"``).
     """
@@ -202,11 +213,38 @@ def build_entry(
         raise ConfigError(f"on_corrupt must be 'error' or 'rebuild', got {on_corrupt!r}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    root = Path(cache_root)
     # normalised through JSON (tuples -> lists) so it compares equal to what the manifest holds
     full_key = json.loads(json.dumps({"format": CACHE_FORMAT, "kind": kind, **key}, sort_keys=True))
-    digest = key_digest(full_key)
-    path = root / f"{kind}-{digest[:20]}"
+    path = Path(cache_root) / f"{kind}-{key_digest(full_key)[:20]}"
+    if ctx is not None and ctx.enabled:
+        return _build_sharded(path, full_key, sample_ids, view_names, arrays, compute, batch_size, verify,
+                              on_corrupt, progress, desc or kind, plan, ctx)
+    state = _open_or_prepare(path, full_key, len(sample_ids), arrays, verify, on_corrupt)
+    if isinstance(state, CacheEntry):
+        return state
+    mm, done = state
+    pending = [i for i in range(len(sample_ids)) if not done[i]]
+    batches = [pending[s : s + batch_size] for s in range(0, len(pending), batch_size)]
+    if plan is not None:
+        plan(batches)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(sample_ids), initial=len(sample_ids) - len(pending), desc=desc or kind, unit="sample",
+               disable=not progress)
+    try:
+        for idx in batches:
+            _write_rows(path, mm, done, arrays, idx, _checked_blocks(path, arrays, compute(idx), len(idx)))
+            bar.update(len(idx))
+    finally:
+        bar.close()
+    _finish(path, full_key, mm, sample_ids, view_names, arrays)
+    return _check_entry(path, full_key, verify=False)
+
+
+def _open_or_prepare(
+    path: Path, full_key: dict[str, Any], n: int, arrays: Mapping[str, ArraySpec], verify: bool, on_corrupt: str
+) -> CacheEntry | tuple[dict[str, np.ndarray], np.ndarray]:
+    """The complete entry at ``path``, else its writable arrays and ``done`` flags (resumed or new)."""
     if (path / "manifest.json").exists():
         try:
             return _check_entry(path, full_key, verify)
@@ -216,7 +254,6 @@ def build_entry(
             shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     key_path = path / "key.json"
-    n = len(sample_ids)
     if key_path.exists():
         try:
             same = json.loads(key_path.read_text()) == full_key
@@ -254,29 +291,41 @@ def build_entry(
                 done = loaded.copy()
         except (OSError, ValueError):
             pass
-    pending = [i for i in range(n) if not done[i]]
-    from tqdm.auto import tqdm
+    return mm, done
 
-    batches = [pending[s : s + batch_size] for s in range(0, len(pending), batch_size)]
-    if plan is not None:
-        plan(batches)
-    bar = tqdm(total=n, initial=n - len(pending), desc=desc or kind, unit="sample", disable=not progress)
-    try:
-        for idx in batches:
-            out = compute(idx)
-            for name, spec in arrays.items():
-                block = np.asarray(out[name])
-                want = (len(idx), *spec.shape)
-                if tuple(block.shape) != want:
-                    raise CheckpointError(f"computed {name} has shape {tuple(block.shape)}, expected {want}", path)
-                mm[name][idx] = block.astype(spec.dtype, copy=False)
-            for arr in mm.values():
-                arr.flush()
-            done[idx] = True
-            _atomic_save_npy(done_path, done)
-            bar.update(len(idx))
-    finally:
-        bar.close()
+
+def _checked_blocks(
+    path: Path, arrays: Mapping[str, ArraySpec], out: Mapping[str, np.ndarray], rows: int
+) -> dict[str, np.ndarray]:
+    """``compute``'s output for ``rows`` samples, shape-checked and cast to the stored dtypes."""
+    blocks = {}
+    for name, spec in arrays.items():
+        block = np.asarray(out[name])
+        want = (rows, *spec.shape)
+        if tuple(block.shape) != want:
+            raise CheckpointError(f"computed {name} has shape {tuple(block.shape)}, expected {want}", path)
+        blocks[name] = block.astype(spec.dtype, copy=False)
+    return blocks
+
+
+def _write_rows(
+    path: Path, mm: dict[str, np.ndarray], done: np.ndarray, arrays: Mapping[str, ArraySpec],
+    idx: Sequence[int], blocks: Mapping[str, np.ndarray],
+) -> None:
+    """Store rows ``idx``, flush them, then mark them done (in that order: resumable at any kill)."""
+    for name in arrays:
+        mm[name][idx] = blocks[name]
+    for arr in mm.values():
+        arr.flush()
+    done[idx] = True
+    _atomic_save_npy(path / "done.npy", done)
+
+
+def _finish(
+    path: Path, full_key: dict[str, Any], mm: dict[str, np.ndarray], sample_ids: Sequence[str],
+    view_names: Sequence[str], arrays: Mapping[str, ArraySpec],
+) -> None:
+    """Write the manifest (digests of every array file): the entry is complete from then on."""
     info = {}
     for name, spec in arrays.items():
         mm[name].flush()
@@ -287,7 +336,6 @@ def build_entry(
             "file_size": fpath.stat().st_size,
             "sha256": file_sha256(fpath),
         }
-    del mm
     manifest = {
         "format": CACHE_FORMAT,
         "key": full_key,
@@ -296,6 +344,98 @@ def build_entry(
         "arrays": info,
     }
     write_json(path / "manifest.json", manifest, indent=1, sort_keys=True, fsync=True)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _build_sharded(
+    path: Path, full_key: dict[str, Any], sample_ids: Sequence[str], view_names: Sequence[str],
+    arrays: Mapping[str, ArraySpec], compute: BatchFn, batch_size: int, verify: bool, on_corrupt: str,
+    progress: bool, desc: str, plan: Callable[[list[list[int]]], None] | None, ctx: Any,
+) -> CacheEntry:
+    """:func:`build_entry` over the ranks of ``ctx`` (see there)."""
+    import torch.distributed as dist
+
+    from multiflow.engine.distributed import shard_range
+
+    def agree(failure: BaseException | None, what: str) -> None:
+        """Collective: every rank learns whether any rank failed; all of them raise if one did."""
+        reports: list[Any] = [None] * ctx.world_size
+        dist.all_gather_object(reports, None if failure is None else _describe(failure))
+        if failure is not None:
+            raise failure
+        bad = [(r, msg) for r, msg in enumerate(reports) if msg is not None]
+        if bad:
+            r, msg = bad[0]
+            raise CheckpointError(f"{what} failed on rank {r}: {msg}", path)
+
+    # 1. rank 0 opens or prepares the entry and tells the others what is pending
+    state: Any = None
+    failure: BaseException | None = None
+    pending: list[int] | None = None
+    if ctx.is_main:
+        try:
+            state = _open_or_prepare(path, full_key, len(sample_ids), arrays, verify, on_corrupt)
+            if not isinstance(state, CacheEntry):
+                pending = [i for i in range(len(sample_ids)) if not state[1][i]]
+        except Exception as exc:  # re-raised below, after the other ranks learnt of it
+            failure = exc
+    agree(failure, "opening the cache entry")
+    box: list[Any] = [pending]
+    dist.broadcast_object_list(box, src=0)
+    pending = box[0]
+    if pending is None:  # complete: rank 0 has checked it; the others only open it
+        return state if ctx.is_main else _check_entry(path, full_key, verify=False)
+
+    # 2. global batches; each rank computes its share, rank 0 writes in sample order
+    step = batch_size * ctx.world_size
+    global_batches = [pending[s : s + step] for s in range(0, len(pending), step)]
+    local = []
+    for gb in global_batches:
+        a, b = shard_range(len(gb), ctx.rank, ctx.world_size)
+        local.append(gb[a:b])
+    if plan is not None:
+        plan([idx for idx in local if idx])
+    from tqdm.auto import tqdm
+
+    n = len(sample_ids)
+    bar = tqdm(total=n, initial=n - len(pending), desc=desc, unit="sample", disable=not (progress and ctx.is_main))
+    try:
+        for gb, idx in zip(global_batches, local):
+            blocks: dict[str, np.ndarray] | None = None
+            failure = None
+            try:
+                if idx:
+                    blocks = _checked_blocks(path, arrays, compute(idx), len(idx))
+            except Exception as exc:
+                failure = exc
+            parts: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+            dist.gather_object(("failed", None) if failure is not None else ("ok", blocks), parts, dst=0)
+            if ctx.is_main and failure is None and all(status == "ok" for status, _ in parts):
+                try:  # the shards are contiguous and in rank order: concatenated, they are rows gb
+                    got = [blk for _, blk in parts if blk is not None]
+                    merged = {name: np.concatenate([blk[name] for blk in got]) for name in arrays}
+                    if len(merged[next(iter(arrays))]) != len(gb):
+                        raise CheckpointError(f"ranks returned {len(merged[next(iter(arrays))])} rows for a "
+                                              f"batch of {len(gb)}", path)
+                    _write_rows(path, state[0], state[1], arrays, gb, merged)
+                except Exception as exc:
+                    failure = exc
+            agree(failure, f"computing {desc}")
+            bar.update(len(gb))
+    finally:
+        bar.close()
+
+    # 3. rank 0 writes the manifest; then every rank opens the complete entry
+    failure = None
+    if ctx.is_main:
+        try:
+            _finish(path, full_key, state[0], sample_ids, view_names, arrays)
+        except Exception as exc:
+            failure = exc
+    agree(failure, "finishing the cache entry")
     return _check_entry(path, full_key, verify=False)
 
 
@@ -367,6 +507,7 @@ def extract_features(
     verify: bool = True,
     on_corrupt: str = "error",
     progress: bool = True,
+    ctx: Any = None,
 ) -> CachedFeatures:
     """Extract (or reuse) the features of every sample of ``dataset``.
 
@@ -374,7 +515,8 @@ def extract_features(
     (:class:`~multiflow.features.backbones.FeatureExtractor`), giving ``(V, C, h, w)``; the
     result ``(N, V, C, h, w)`` is stored as ``dtype`` (``"float16"`` halves the disk space; the
     features of a frozen CNN lose < 1e-3 relative precision). ``batch_size`` counts samples
-    (``batch_size * V`` images per forward pass).
+    (``batch_size * V`` images per forward pass). ``ctx`` shares the samples among the ranks of a
+    ``torch.distributed`` job (see :func:`build_entry`); every rank gets the whole result.
     """
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -395,6 +537,6 @@ def extract_features(
         cache_root=cache_root, kind="features", key=key, sample_ids=fp["sample_ids"],
         view_names=fp["view_names"], arrays={"features": ArraySpec((v, c, h, w), dtype)},
         compute=compute, batch_size=batch_size, verify=verify, on_corrupt=on_corrupt,
-        progress=progress, desc=f"features {extractor.name}@{extractor.input_size}", plan=source.plan,
+        progress=progress, desc=f"features {extractor.name}@{extractor.input_size}", plan=source.plan, ctx=ctx,
     )
     return CachedFeatures(entry.arrays["features"], entry.sample_ids, entry.view_names, entry.key, entry.path)

@@ -333,12 +333,14 @@ def compute_masks(
     verify: bool = True,
     on_corrupt: str = "error",
     progress: bool = True,
+    ctx: Any = None,
 ) -> CachedMasks:
     """Post-processed foreground masks of every sample of ``dataset``, computed once and cached.
 
     ``grid`` is the feature grid ``(h, w)`` (``extractor.feature_size()``). The cache key holds
     the provider's ``key()``, the post-processing parameters and the data set fingerprint (see
-    :func:`multiflow.features.cache.dataset_fingerprint`).
+    :func:`multiflow.features.cache.dataset_fingerprint`). ``ctx`` shares the samples among the
+    ranks of a ``torch.distributed`` job (see :func:`multiflow.features.cache.build_entry`).
     """
     from multiflow.features.cache import ArraySpec, BatchSource, build_entry, dataset_fingerprint
 
@@ -389,7 +391,7 @@ def compute_masks(
     entry = build_entry(
         cache_root=cache_root, kind="masks", key=key, sample_ids=fp["sample_ids"], view_names=fp["view_names"],
         arrays=arrays, compute=compute, batch_size=batch_size, verify=verify, on_corrupt=on_corrupt,
-        progress=progress, desc=f"masks {provider.name}", plan=source.plan,
+        progress=progress, desc=f"masks {provider.name}", plan=source.plan, ctx=ctx,
     )
     return CachedMasks(
         entry.arrays["grid"], entry.arrays.get("full"), entry.sample_ids, entry.view_names, entry.key, entry.path
