@@ -54,11 +54,15 @@ def _provider(args: argparse.Namespace, dataset):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Under ``torchrun`` the ranks share the samples; rank 0 writes the cache and reports."""
     from multiflow.data.realiad import RealIADDataset
+    from multiflow.engine.distributed import init_distributed
     from multiflow.features.backbones import build_backbone
     from multiflow.features.cache import extract_features
     from multiflow.features.masks import compute_masks
 
+    ctx = init_distributed()
+    say = print if ctx.is_main else (lambda *a, **k: None)
     extractor = build_backbone(
         args.backbone, input_size=args.input_size, weights=args.weights,
         pretrained=not args.random_weights, layers=args.layers,
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     image_size = args.image_size or extractor.input_size
     grid = extractor.feature_size()
     on_corrupt = "rebuild" if args.rebuild_corrupt else "error"
-    print(f"backbone {extractor.name} ({extractor.weights_source}): {extractor.channels} channels, "
+    say(f"backbone {extractor.name} ({extractor.weights_source}): {extractor.channels} channels, "
           f"stride {extractor.stride}, input {extractor.input_size} -> grid {grid[0]}x{grid[1]}")
     resolution = args.resolution
     if resolution is not None and resolution.isdigit():
@@ -78,14 +82,15 @@ def run(args: argparse.Namespace) -> int:
         )
         feats = extract_features(
             dataset, extractor, args.cache, batch_size=args.batch_size, dtype=args.dtype,
-            num_workers=args.workers, on_corrupt=on_corrupt,
+            num_workers=args.workers, on_corrupt=on_corrupt, progress=ctx.is_main, ctx=ctx,
         )
-        print(f"{split}: features {tuple(feats.features.shape)} {feats.features.dtype} -> {feats.path}")
+        say(f"{split}: features {tuple(feats.features.shape)} {feats.features.dtype} -> {feats.path}")
         if args.masks:
             masks = compute_masks(
                 dataset, _provider(args, dataset), args.cache, grid=grid, keep_full=args.keep_full_masks,
                 batch_size=args.batch_size, num_workers=args.workers, on_corrupt=on_corrupt,
+                progress=ctx.is_main, ctx=ctx,
             )
             share = float(masks.grid.mean()) if masks.grid.size else 0.0
-            print(f"{split}: masks ({args.masks}) {tuple(masks.grid.shape)}, foreground {share:.1%} -> {masks.path}")
+            say(f"{split}: masks ({args.masks}) {tuple(masks.grid.shape)}, foreground {share:.1%} -> {masks.path}")
     return 0
