@@ -317,9 +317,9 @@ def unpaired_sentence(table: str, rows, data) -> str:
                  " the threshold masks also keep cast shadows and a margin of tray around the object, and"
                  " defects that stick out of the object (bent or missing pins, foreign objects on the tray) lie"
                  " outside a tight mask, which hides them (see the masks section: IS-Net's masks are close to"
-                 " the silhouettes, and even the post-processed silhouette removes some defect pixels). The"
-                 " tight masks score better on P-AUROC and AUPRO, where a hidden background pixel costs less"
-                 " than a missed object.")
+                 " the silhouettes, and even the post-processed silhouette removes some defect pixels). On"
+                 " P-AUROC and AUPRO the tight masks score higher (table above): which mask is better depends"
+                 " on whether whole objects or single pixels are judged.")
     return text
 
 
