@@ -306,7 +306,9 @@ def unpaired_sentence(table: str, rows, data) -> str:
                  " of the paper's premise (its Table 2: no links 94.62 vs top + ring 95.85 S-AUROC). A single-view"
                  " flow sees every image as its own sample (5x more, smaller samples per step), which matters with"
                  " 24 training objects and 48 optimiser steps; whether the cross-view links pay off needs more"
-                 " data and longer training (Real-IAD has ~2,400 training objects per class).")
+                 " data (Real-IAD has about 1,000 objects per class, some 600 of them defect-free: 151,050"
+                 " images of 5 views over 30 classes, ~3,000 defect-free images per class); see also the"
+                 " training-length section.")
     # variants (left of " vs ") whose first difference, S-AUROC, is a clear loss
     s_worse = [o.split(" vs ")[0] for o in out if o.split(": ", 1)[1].startswith("S-AUROC") and
                "(worse)" in o.split(", ")[0]]
