@@ -1,3 +1,3 @@
-from multiflow.cli import main
+from multiflow.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -41,28 +41,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    global _IN_PROCESS_GROUP
     try:
         code = int(args._run(args) or 0)
     except MultiflowError as exc:
         print(f"multiflow {args.command}: error: {exc}", file=sys.stderr)
-        _leave_process_group(wait=False)
+        _IN_PROCESS_GROUP |= _leave_process_group(wait=False)
         return 1
     except KeyboardInterrupt:
         print(f"multiflow {args.command}: interrupted", file=sys.stderr)
-        _leave_process_group(wait=False)
+        _IN_PROCESS_GROUP |= _leave_process_group(wait=False)
         return 130
-    _leave_process_group(wait=True)
+    _IN_PROCESS_GROUP |= _leave_process_group(wait=True)
     return code
 
 
-def _leave_process_group(*, wait: bool) -> None:
+_IN_PROCESS_GROUP = False
+
+
+def _leave_process_group(*, wait: bool) -> bool:
     """Under torchrun: all ranks leave the process group together (see shutdown_distributed)."""
     if "torch.distributed" not in sys.modules:  # never imported: no group, keep ``--help`` fast
-        return
+        return False
     from multiflow.engine.distributed import shutdown_distributed
 
-    shutdown_distributed(wait=wait)
+    return shutdown_distributed(wait=wait)
+
+
+def entry() -> int:
+    """The console script: :func:`main`, then, for a rank of a torchrun job, a plain process exit
+    (:func:`multiflow.engine.distributed.exit_after_distributed`)."""
+    code = main()
+    if _IN_PROCESS_GROUP:
+        from multiflow.engine.distributed import exit_after_distributed
+
+        exit_after_distributed(code)
+    return code
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

@@ -101,7 +101,7 @@ def _cli_in_group(ctx: DistContext, out: str) -> None:
 
 def test_cli_leaves_the_process_group_together_on_every_rank(tmp_path):
     # under torchrun the CLI meets the other ranks at a barrier, then destroys the group
-    # (a rank that tore down its gloo connections early made a peer abort in ~1 of 10 runs)
+    # (a rank that tore down its gloo connections early made a peer abort in about 1 of 10 runs)
     spawn_local(_cli_in_group, 2, str(tmp_path / "rank"))
     for r in range(2):
         assert (tmp_path / f"rank.{r}").read_text() == "0 False"
