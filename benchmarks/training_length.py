@@ -72,22 +72,17 @@ def ensure(out: Path, epochs: int, variants: list[str], quiet: bool) -> list[dic
     return records
 
 
-def class_mean_per_seed(records: list[dict], metric: str) -> list[float]:
-    by_seed: dict[int, list[float]] = {}
-    for r in records:
-        by_seed.setdefault(r["seed"], []).append(r["metrics"][metric])
-    return [sum(v) / len(v) for _, v in sorted(by_seed.items())]
-
-
 def report(rows: list[tuple[str, int, list[dict]]], command: str) -> str:
     head = ("| flow | epochs | optimiser steps | selected epoch | " + " | ".join(m for _, m in METRICS)
             + " | s / run | CPU share |")
     lines = ["### Paper experiments — training length: Multi-Flow vs the single-view flow at equal steps", "",
              head, "|---|---:|---:|---:|" + "---:|" * (len(METRICS) + 2)]
     summary: dict[tuple[str, int], dict] = {}
+    data: dict[str, dict] = {}  # "<variant>@<epochs>" -> {seed: {class: record}}, as paper_experiments.collect
     for variant, epochs, recs in rows:
+        by_seed = data[f"{variant}@{epochs}"] = pe.collect(recs)[variant]
         steps = sorted({r["steps"] for r in recs if r.get("steps")})
-        cells = [pe.fmt_ms(class_mean_per_seed(recs, m)) for m, _ in METRICS]
+        cells = [pe.fmt_ms(pe.seed_means(by_seed, m)) for m, _ in METRICS]
         secs = sum(r["seconds"] for r in recs) / len(recs)
         share = sum(r["cpu_share"] * r["seconds"] for r in recs) / max(1e-9, sum(r["seconds"] for r in recs))
         label = "Multi-Flow (base)" if variant == "base" else "single-view flow"
@@ -96,32 +91,25 @@ def report(rows: list[tuple[str, int, list[dict]]], command: str) -> str:
         best_txt = f"{min(best)}-{max(best)}" if best and min(best) != max(best) else (str(best[0]) if best else "-")
         lines.append(f"| {label} | {epochs} | {steps_txt} | {best_txt} | " + " | ".join(cells)
                      + f" | {secs:.0f} | {share:.2f} |")
-        summary[(variant, epochs)] = {"s": class_mean_per_seed(recs, "s_auroc"),
-                                      "i": class_mean_per_seed(recs, "i_auroc"), "steps": steps,
-                                      "best": max(best) if best else None,
-                                      "best_min": min(best) if best else None}
+        summary[(variant, epochs)] = {"best": max(best) if best else None, "best_min": min(best) if best else None}
     lines.append("")
-    sv = next((v for k, v in summary.items() if k[0] == "single-view"), None)
-    if sv is not None:
+    bases = sorted(e for v, e in summary if v == "base")
+    sv_epochs = next((e for v, e in summary if v == "single-view"), None)
+    if sv_epochs is not None:
         parts = []
-        for (variant, epochs), b in sorted(summary.items(), key=lambda kv: kv[0][1]):
-            if variant != "base":
-                continue
+        for epochs in bases:
             diffs = []
-            for short, name in (("s", "S-AUROC"), ("i", "I-AUROC")):
-                d = 100 * (pe.mean_std(sv[short])[0] - pe.mean_std(b[short])[0])
-                spread = 100 * max(pe.mean_std(sv[short])[1], pe.mean_std(b[short])[1])
+            for metric, name in (("s_auroc", "S-AUROC"), ("i_auroc", "I-AUROC")):
+                d, spread = pe.seed_delta(data, f"base@{epochs}", f"single-view@{sv_epochs}", metric)
                 verdict = "within one seed std" if abs(d) <= spread else ("single-view better" if d > 0
                                                                           else "Multi-Flow better")
                 diffs.append(f"{name} {d:+.2f} pp ({verdict})")
             parts.append(f"vs Multi-Flow at {epochs} epochs: " + ", ".join(diffs))
-        sv_epochs = next(k[1] for k in summary if k[0] == "single-view")
         lines += [f"Single-view flow ({sv_epochs} epochs) minus Multi-Flow, " + "; ".join(parts) + ".", ""]
-    longest = max((k for k in summary if k[0] == "base"), key=lambda k: k[1], default=None)
-    sv_key = next((k for k in summary if k[0] == "single-view"), None)
     sv_note = ""
-    if sv_key is not None and summary[sv_key]["best_min"] == sv_key[1]:
-        sv_note = f" and selected its last epoch ({sv_key[1]}) in every run: its held-out loss was still falling"
+    if sv_epochs is not None and summary[("single-view", sv_epochs)]["best_min"] == sv_epochs:
+        sv_note = f" and selected its last epoch ({sv_epochs}) in every run: its held-out loss was still falling"
+    longest = ("base", bases[-1]) if bases else None
     if longest is not None and summary[longest]["best"] and summary[longest]["best"] < longest[1]:
         lines += [
             f"The selected epoch is the one with the lowest loss on the held-out normal training samples. At "

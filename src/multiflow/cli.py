@@ -35,28 +35,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: set once :func:`main` has left a torch.distributed process group (read by :func:`entry`)
+_IN_PROCESS_GROUP = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global _IN_PROCESS_GROUP
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    global _IN_PROCESS_GROUP
+    finished = False
     try:
         code = int(args._run(args) or 0)
+        finished = True
+        return code
     except MultiflowError as exc:
         print(f"multiflow {args.command}: error: {exc}", file=sys.stderr)
-        _IN_PROCESS_GROUP |= _leave_process_group(wait=False)
         return 1
     except KeyboardInterrupt:
         print(f"multiflow {args.command}: interrupted", file=sys.stderr)
-        _IN_PROCESS_GROUP |= _leave_process_group(wait=False)
         return 130
-    _IN_PROCESS_GROUP |= _leave_process_group(wait=True)
-    return code
-
-
-_IN_PROCESS_GROUP = False
+    finally:  # after a failure a peer may never reach the barrier: leave without waiting
+        _IN_PROCESS_GROUP |= _leave_process_group(wait=finished)
 
 
 def _leave_process_group(*, wait: bool) -> bool:

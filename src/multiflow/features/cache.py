@@ -415,11 +415,11 @@ def _build_sharded(
             dist.gather_object(("failed", None) if failure is not None else ("ok", blocks), parts, dst=0)
             if ctx.is_main and failure is None and all(status == "ok" for status, _ in parts):
                 try:  # the shards are contiguous and in rank order: concatenated, they are rows gb
-                    got = [blk for _, blk in parts if blk is not None]
-                    merged = {name: np.concatenate([blk[name] for blk in got]) for name in arrays}
-                    if len(merged[next(iter(arrays))]) != len(gb):
-                        raise CheckpointError(f"ranks returned {len(merged[next(iter(arrays))])} rows for a "
-                                              f"batch of {len(gb)}", path)
+                    merged = {name: np.concatenate([blk[name] for _, blk in parts if blk is not None])
+                              for name in arrays}
+                    rows = len(next(iter(merged.values())))
+                    if rows != len(gb):
+                        raise CheckpointError(f"ranks returned {rows} rows for a batch of {len(gb)}", path)
                     _write_rows(path, state[0], state[1], arrays, gb, merged)
                 except Exception as exc:
                     failure = exc
