@@ -9,9 +9,40 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a unique temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    For writers that need a file name (safetensors, ONNX, PIL, ``np.savez``)::
+
+        with atomic_path(out / "model.onnx") as tmp:
+            torch.onnx.export(..., tmp)
+
+    The temporary name keeps ``path``'s suffix (some writers choose the format by it) and is
+    unique per writer, so concurrent writers never share one; it is removed if anything fails.
+    Parents are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:
