@@ -14,6 +14,13 @@ every view after one block.
 
 The training loss averages ``nll`` over foreground pixels only (:func:`masked_loss`); the anomaly
 map is the same ``nll`` in eval mode (:meth:`MultiFlow.anomaly_map`).
+
+Missing views: ``forward``, ``inverse`` and ``anomaly_map`` take an optional ``present`` mask
+``(B, V)`` (bool, ``None`` = all present). The flow then runs on the subgraph induced by the
+present views (Eq. 4 averages over the present neighbours, see :mod:`multiflow.flow.subnet`); the
+features of absent views are replaced by zeros at the input, so nothing about them reaches a present
+view, and their outputs carry no meaning: ``anomaly_map`` sets them to NaN and the training loss
+leaves them out (:func:`present_mask`).
 """
 
 from __future__ import annotations
@@ -72,6 +79,19 @@ def masked_loss(nll: Tensor, mask: Tensor) -> Tensor:
         num = torch.where(fg, m * torch.where(fg, nll, torch.zeros_like(nll)), torch.zeros_like(nll)).sum()
         den = torch.where(fg, m, torch.zeros_like(m)).sum()
     return num / den.clamp_min(1.0)
+
+
+def present_mask(mask: Tensor | None, present: Tensor | None, like: Tensor) -> Tensor | None:
+    """Foreground mask ``(B, V, H, W)`` with the absent views (``present (B, V)`` False) zeroed.
+
+    ``mask`` None means every pixel counts; ``present`` None means every view is present (the
+    mask is returned unchanged). ``like`` is the ``(B, V, H, W)`` NLL map (dtype and device).
+    """
+    if present is None:
+        return mask
+    p = present.to(device=like.device, dtype=torch.bool)[:, :, None, None]
+    base = torch.ones_like(like) if mask is None else mask.to(device=like.device, dtype=like.dtype)
+    return torch.where(p, base, torch.zeros((), dtype=like.dtype, device=like.device)).expand_as(like)
 
 
 class MultiFlow(nn.Module):
@@ -195,55 +215,85 @@ class MultiFlow(nn.Module):
         if x.dim() != 5 or x.shape[1] != v or x.shape[2] != self.channels:
             raise DataError(f"{what} must have shape (B, {v}, {self.channels}, H, W), got {tuple(x.shape)}")
 
-    def forward(self, features: Tensor, generator: torch.Generator | None = None) -> FlowOutput:
+    def _check_present(self, present: Tensor | None, batch: int) -> Tensor | None:
+        if present is None:
+            return None
+        v = self.graph.n_views
+        if tuple(present.shape) != (batch, v) or present.dtype != torch.bool:
+            raise DataError(f"present must be a bool tensor of shape ({batch}, {v}), got "
+                            f"{present.dtype} {tuple(present.shape)}")
+        if not bool(present.any(dim=1).all()):
+            raise DataError("every sample needs at least one present view (a row of present is all False)")
+        return present
+
+    def forward(
+        self, features: Tensor, generator: torch.Generator | None = None, present: Tensor | None = None
+    ) -> FlowOutput:
         """Map features to latents.
 
         Args:
             features: ``(B, V, C, H, W)``.
             generator: source of the training noise (default: the model's own generator seeded
                 with ``seed + 1``). Unused in eval mode (``eps = 0``).
+            present: optional ``(B, V)`` bool mask of the views present (module docstring);
+                outputs of absent views carry no meaning.
         """
         self._check(features, "features")
+        present = self._check_present(present, features.shape[0])
+        if present is not None:
+            p = present.to(features.device)[:, :, None, None, None]
+            features = torch.where(p, features, torch.zeros((), dtype=features.dtype, device=features.device))
         gen = generator if generator is not None else self._noise_gen
         x, cond = self.noise(features, gen)
-        z, logdet = self.flow(x, cond)
+        z, logdet = self.flow(x, cond) if present is None else self.flow(x, cond, present.to(x.device))
         nll = (0.5 * (z * z).sum(dim=2) - logdet) / self.channels
         return FlowOutput(z=z, logdet=logdet, nll=nll)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Eval-mode inverse (``eps = 0``): ``z (B, V, C, H, W) -> (features, logdet of the inverse)``."""
+    def inverse(self, z: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Eval-mode inverse (``eps = 0``): ``z (B, V, C, H, W) -> (features, logdet of the inverse)``.
+
+        With ``present`` (``(B, V)`` bool) it inverts the flow on the induced subgraph; the
+        outputs of absent views carry no meaning.
+        """
         self._check(z, "latents")
+        present = self._check_present(present, z.shape[0])
         cond = None
         if self.noise.condition_channels:
             b, v, _, hh, ww = z.shape
             cond = z.new_zeros(b, v, 1, hh, ww)
-        return self.flow.inverse(z, cond)
+        if present is None:
+            return self.flow.inverse(z, cond)
+        return self.flow.inverse(z, cond, present.to(z.device))
 
     masked_loss = staticmethod(masked_loss)
 
     @torch.no_grad()
-    def anomaly_map(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+    def anomaly_map(self, features: Tensor, mask: Tensor | None = None, present: Tensor | None = None) -> Tensor:
         """Per-pixel NLL in eval mode, ``(B, V, H, W)``; higher = more anomalous.
 
         With a foreground ``mask (B, V, H, W)``, background pixels are set to the minimum of the
         foreground values of the same sample and view (no ties with a constant, no false highs);
-        a view without foreground pixels keeps its raw map. The module's train/eval mode is
-        restored afterwards.
+        a view without foreground pixels keeps its raw map. With ``present`` (``(B, V)`` bool) the
+        flow runs on the present views only and the maps of absent views are NaN. The module's
+        train/eval mode is restored afterwards.
         """
         was_training = self.training
         self.eval()
         try:
-            nll = self.forward(features).nll
+            nll = self.forward(features, present=present).nll
         finally:
             self.train(was_training)
-        if mask is None:
-            return nll
-        fg = mask.to(torch.bool).expand_as(nll)
-        inf = torch.tensor(math.inf, dtype=nll.dtype, device=nll.device)
-        fg_min = torch.where(fg, nll, inf).amin(dim=(2, 3), keepdim=True)
-        has_fg = fg.any(dim=3, keepdim=True).any(dim=2, keepdim=True)
-        fill = torch.where(has_fg, fg_min, nll)
-        return torch.where(fg, nll, fill)
+        if mask is not None:
+            fg = mask.to(torch.bool).expand_as(nll)
+            inf = torch.tensor(math.inf, dtype=nll.dtype, device=nll.device)
+            fg_min = torch.where(fg, nll, inf).amin(dim=(2, 3), keepdim=True)
+            has_fg = fg.any(dim=3, keepdim=True).any(dim=2, keepdim=True)
+            fill = torch.where(has_fg, fg_min, nll)
+            nll = torch.where(fg, nll, fill)
+        if present is not None:
+            p = present.to(nll.device)[:, :, None, None]
+            nll = torch.where(p, nll, torch.full((), math.nan, dtype=nll.dtype, device=nll.device))
+        return nll
 
 
 def _init_parameters(model: nn.Module, gen: torch.Generator) -> None:

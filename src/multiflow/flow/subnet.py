@@ -22,6 +22,15 @@ Two formulations of the conv fusion compute the same function from the same para
   ``gamma_i * [W_ii, W_j1i / |N(i)|, W_j2i / |N(i)|, ...]`` and bias
   ``gamma_i * (b_ii + mean_j b_ji)``. Same FLOPs, far fewer and larger GEMMs, no per-edge
   temporaries.
+
+Missing views (``present``, a ``(B, V)`` bool mask; ``None`` = every view present): the network
+runs on the subgraph induced by the present views of each sample. The mean of Eq. 4 is taken over
+the *present* neighbours, ``out_i = gamma_i * ( f_ii(h_i) + (1 / |N_p(i)|) * sum_{j in N_p(i)}
+f_ji(h_i, h_j) )`` with ``N_p(i) = {j in N(i) : present_j}``; a view without present neighbours
+gets its self path only. The hidden maps of absent views are replaced by zeros before any edge
+operator sees them and their messages get weight 0 (selected with ``torch.where``), so the outputs
+of present views do not depend on the inputs of absent views at all. Outputs of absent views are
+computed (from their own inputs) but carry no meaning.
 """
 
 from __future__ import annotations
@@ -97,15 +106,95 @@ class MultiViewSubnet(nn.Module):
         """True when every edge operator is a plain conv (the fused formulation applies)."""
         return all(type(op) is ConvEdge for op in self.edge_ops)
 
-    def forward(self, u: Tensor) -> Tensor:
-        """``u: (B, V, C_in, H, W) -> (B, V, C_out, H, W)`` (Eq. 4 times ``gamma``)."""
+    def forward(self, u: Tensor, present: Tensor | None = None) -> Tensor:
+        """``u: (B, V, C_in, H, W) -> (B, V, C_out, H, W)`` (Eq. 4 times ``gamma``).
+
+        ``present``: optional ``(B, V)`` bool mask of the views present (see the module docstring).
+        """
         if u.dim() != 5 or u.shape[1] != self.n_views or u.shape[2] != self.in_channels:
             raise ConfigError(
                 f"st-network expects (B, {self.n_views}, {self.in_channels}, H, W), got {tuple(u.shape)}"
             )
+        if present is not None:
+            if tuple(present.shape) != (u.shape[0], self.n_views):
+                raise ConfigError(
+                    f"present must have shape (B, V) = {(u.shape[0], self.n_views)}, got {tuple(present.shape)}"
+                )
+            if self.fused and self.can_fuse:
+                return self.forward_fused_present(u, present.to(device=u.device, dtype=torch.bool))
+            return self.forward_per_edge_present(u, present.to(device=u.device, dtype=torch.bool))
         if self.fused and self.can_fuse:
             return self.forward_fused(u)
         return self.forward_per_edge(u)
+
+    def message_weights(self, present: Tensor, dtype: torch.dtype) -> list[Tensor]:
+        """Per target view ``i``: weights ``(B, |N(i)|)`` = ``present_j / max(|N_p(i)|, 1)``."""
+        out = []
+        for i in range(self.n_views):
+            neigh = self._neigh[i]
+            if not neigh:
+                out.append(present.new_zeros(present.shape[0], 0, dtype=dtype))
+                continue
+            p = present[:, list(neigh)].to(dtype)
+            out.append(p / p.sum(dim=1, keepdim=True).clamp_min(1.0))
+        return out
+
+    def forward_per_edge_present(self, u: Tensor, present: Tensor) -> Tensor:
+        """:meth:`forward_per_edge` on the induced subgraph of the present views (any fusion)."""
+        vc = self.view_class
+        zero = u.new_zeros(())
+        h = [torch.relu(self.in_convs[vc[v]](u[:, v])) for v in range(self.n_views)]
+        h = [torch.where(present[:, v, None, None, None], h[v], zero) for v in range(self.n_views)]
+        weights = self.message_weights(present, u.dtype)
+        outs = []
+        for i in range(self.n_views):
+            o = self.self_convs[vc[i]](h[i])
+            for k, j in enumerate(self._neigh[i]):
+                w = weights[i][:, k, None, None, None]
+                e = self.edge_ops[self.edge_class[(j, i)]](h[i], h[j])
+                o = o + torch.where(w > 0, w * e, zero)
+            outs.append(self.gamma[vc[i]] * o)
+        return torch.stack(outs, dim=1)
+
+    def forward_fused_present(self, u: Tensor, present: Tensor) -> Tensor:
+        """Fused conv formulation on the induced subgraph (same function as
+        :meth:`forward_per_edge_present` for conv fusion): the per-sample message weights scale
+        the neighbours' hidden maps (conv is linear) and their biases, added after the conv."""
+        b, v, c_in, hh, ww = u.shape
+        p = self.kernel_size // 2
+        vc = self.view_class
+        w_in = torch.cat([self.in_convs[vc[k]].weight for k in range(v)], dim=0)
+        b_in = torch.cat([self.in_convs[vc[k]].bias for k in range(v)], dim=0)
+        x = u.reshape(b, v * c_in, hh, ww)
+        if p:
+            x = F.pad(x, (p, p, p, p), mode="replicate")
+        h = torch.relu(F.conv2d(x, w_in, b_in, groups=v))
+        if p:
+            h = F.pad(h, (p, p, p, p), mode="replicate")
+        h = h.view(b, v, self.hidden, hh + 2 * p, ww + 2 * p)
+        zero = u.new_zeros(())
+        h = torch.where(present[:, :, None, None, None], h, zero)
+        weights = self.message_weights(present, u.dtype)
+        outs = []
+        for i in range(v):
+            g = self.gamma[vc[i]]
+            sc = self.self_convs[vc[i]]
+            neigh = self._neigh[i]
+            if not neigh:
+                outs.append(F.conv2d(h[:, i], g * sc.weight, g * sc.bias))
+                continue
+            convs = [self.edge_ops[self.edge_class[(j, i)]].conv for j in neigh]
+            w = weights[i]  # (B, n)
+            idx = torch.tensor(tuple(neigh), device=u.device)
+            hn = h.index_select(1, idx)  # (B, n, hidden, H', W')
+            hn = torch.where(w[:, :, None, None, None] > 0, w[:, :, None, None, None] * hn, zero)
+            inp = torch.cat([h[:, i : i + 1], hn], dim=1).reshape(
+                b, (1 + len(neigh)) * self.hidden, hh + 2 * p, ww + 2 * p
+            )
+            weight = torch.cat([g * sc.weight] + [g * c.weight for c in convs], dim=1)
+            bias = g * (sc.bias[None] + w @ torch.stack([c.bias for c in convs]))  # (B, C_out)
+            outs.append(F.conv2d(inp, weight) + bias[:, :, None, None])
+        return torch.stack(outs, dim=1)
 
     def forward_per_edge(self, u: Tensor) -> Tensor:
         """Straightforward formulation: one module call per view and per edge."""
