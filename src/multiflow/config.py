@@ -100,6 +100,9 @@ class TrainConfig:
     threshold_quantile: float = 0.99
     checkpoint_every: int = 1
     threads: int = 0
+    #: probability of dropping each view of each training sample (never all views of a sample);
+    #: > 0 trains a model that scores objects with any non-empty subset of cameras
+    view_dropout: float = 0.0
 
 
 @dataclass
@@ -155,6 +158,10 @@ class RunConfig:
             raise ConfigError(
                 f"train.threshold_quantile must be in (0, 1], got {self.train.threshold_quantile}"
             )
+        if not 0.0 <= self.train.view_dropout < 1.0:
+            raise ConfigError(f"train.view_dropout must be in [0, 1), got {self.train.view_dropout}")
+        if self.train.view_dropout > 0 and self.model.single_view:
+            raise ConfigError("train.view_dropout needs the multi-view flow (model.single_view=false)")
         if len(self.train.betas) != 2:
             raise ConfigError(f"train.betas must have two values, got {self.train.betas}")
         return self

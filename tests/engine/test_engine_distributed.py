@@ -36,20 +36,20 @@ def _data(with_masks: bool):
     return feats, masks
 
 
-def _run(ctx: DistContext, state_dir: str, out: str, with_masks: bool) -> None:
+def _run(ctx: DistContext, state_dir: str, out: str, with_masks: bool, view_dropout: float = 0.0) -> None:
     torch.set_num_threads(1)
     feats, masks = _data(with_masks)
     model = _model()
-    res = train_flow(model, feats, masks, TrainConfig(**CFG), state_dir, progress=False)
+    res = train_flow(model, feats, masks, TrainConfig(**CFG, view_dropout=view_dropout), state_dir, progress=False)
     maps = compute_maps_sharded(model, feats, masks, ctx, batch_size=2)
     if ctx.is_main:
         torch.save({"state": model.state_dict(), "history": res.history, "best": res.best_epoch, "maps": maps}, out)
 
 
-@pytest.mark.parametrize("with_masks", [True, False])
-def test_two_processes_train_the_same_model_and_metrics_as_one(tmp_path, with_masks):
-    _run(DistContext(), str(tmp_path / "single"), str(tmp_path / "single.pt"), with_masks)
-    spawn_local(_run, 2, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), with_masks)
+@pytest.mark.parametrize("with_masks,view_dropout", [(True, 0.0), (False, 0.0), (True, 0.4)])
+def test_two_processes_train_the_same_model_and_metrics_as_one(tmp_path, with_masks, view_dropout):
+    _run(DistContext(), str(tmp_path / "single"), str(tmp_path / "single.pt"), with_masks, view_dropout)
+    spawn_local(_run, 2, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), with_masks, view_dropout)
     one = torch.load(tmp_path / "single.pt", weights_only=False)
     two = torch.load(tmp_path / "ddp.pt", weights_only=False)
     moved = 0.0

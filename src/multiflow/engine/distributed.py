@@ -236,8 +236,8 @@ class _FlowNLL(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        z, logdet = self.model.flow(x, cond)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, present: torch.Tensor | None = None) -> torch.Tensor:
+        z, logdet = self.model.flow(x, cond) if present is None else self.model.flow(x, cond, present)
         return (0.5 * (z * z).sum(dim=2) - logdet) / self.model.channels
 
 
@@ -250,6 +250,8 @@ class ShardedLoss:
     and returns ``(L_r, L)``: the tensor to back-propagate, ``L_r = W * N_r / D``, and the
     global loss value ``L = sum_r N_r / D`` (identical on every rank), where ``N_r`` is the masked
     NLL sum of the shard and ``D`` the all-reduced foreground weight (clamped to >= 1).
+    ``present`` (``(B, V)`` bool, view dropout of the global batch) runs the flow on the present
+    views and leaves the others out of ``N_r`` and ``D``, as :meth:`MultiFlow.forward` does.
     """
 
     def __init__(self, model: torch.nn.Module, ctx: DistContext) -> None:
@@ -261,15 +263,23 @@ class ShardedLoss:
         self.ddp = DistributedDataParallel(_FlowNLL(model), device_ids=ids)
 
     def __call__(self, x: torch.Tensor, m: torch.Tensor | None,
-                 generator: torch.Generator | None) -> tuple[torch.Tensor, float]:
-        from multiflow.flow.model import masked_loss
+                 generator: torch.Generator | None, present: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        from multiflow.flow.model import masked_loss, present_mask
 
         dev = self.ctx.device
         x = x.to(dev)
+        if present is not None:
+            present = present.to(dev)
+            x = torch.where(present[:, :, None, None, None], x, torch.zeros((), dtype=x.dtype, device=dev))
         xin, cond = self.model.noise(x, generator)
         start, end = shard_range(int(x.shape[0]), self.ctx.rank, self.ctx.world_size)
-        nll = self.ddp(xin[start:end], None if cond is None else cond[start:end])
+        if present is None:
+            nll = self.ddp(xin[start:end], None if cond is None else cond[start:end])
+        else:
+            nll = self.ddp(xin[start:end], None if cond is None else cond[start:end], present[start:end])
         mm = torch.ones_like(nll) if m is None else m[start:end].to(device=dev, dtype=nll.dtype)
+        if present is not None:
+            mm = present_mask(mm, present[start:end], nll)
         den_r = torch.where(mm > 0, mm, torch.zeros_like(mm)).sum()
         num_r = masked_loss(nll, mm) * den_r.clamp_min(1.0)
         stats = all_reduce_sum(torch.stack([den_r.detach(), num_r.detach()]), self.ctx)

@@ -13,6 +13,13 @@ the file's metadata) is written atomically after every ``checkpoint_every`` epoc
 resumed with ``resume=True`` restarts from the last checkpoint and ends with the same model as an
 uninterrupted run with the same seed.
 
+View dropout (``cfg.view_dropout = p > 0``): every view of every training sample is dropped with
+probability ``p``, independently, from a third per-epoch generator; a sample whose views would all
+be dropped keeps one, drawn uniformly. The flow then runs on the subgraph of the present views and
+the loss leaves the dropped views out (:mod:`multiflow.flow.model`), so the trained model scores
+objects with any non-empty subset of cameras. With ``p = 0`` nothing is drawn and training is
+exactly as without the option. Validation always uses every view.
+
 Model selection uses only a held-out part of the *normal training* samples (``val_fraction``),
 never the test set.
 
@@ -43,7 +50,7 @@ from tqdm.auto import tqdm
 from multiflow.config import TrainConfig
 from multiflow.engine.distributed import DistContext, ShardedLoss, all_reduce_sum, barrier, current_context, shard_range
 from multiflow.errors import CheckpointError, TrainingError
-from multiflow.flow.model import masked_loss
+from multiflow.flow.model import masked_loss, present_mask
 
 STATE_FILE = "state.safetensors"
 STATE_FORMAT = "multiflow-train-state/1"
@@ -74,6 +81,23 @@ def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + epoch * 7919 + stream) % (2**63 - 1))
     return g
+
+
+def draw_present(batch: int, n_views: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """View dropout mask ``(batch, n_views)`` bool: each view present with probability ``1 - p``.
+
+    A row that would be all False keeps one view chosen uniformly (also from ``generator``), so
+    every sample keeps at least one view. Two draws per call: the Bernoulli matrix, then one
+    uniform index per row (used only for empty rows), so the stream advances the same way
+    whatever was dropped.
+    """
+    if not 0.0 <= p < 1.0:
+        raise TrainingError(f"view dropout probability must be in [0, 1), got {p}")
+    present = torch.rand(batch, n_views, generator=generator) >= p
+    keep = torch.randint(n_views, (batch,), generator=generator)
+    empty = ~present.any(dim=1)
+    present[empty, keep[empty]] = True
+    return present
 
 
 def _batch(features, masks, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -238,6 +262,7 @@ def train_flow(
         model.train()
         order_gen = _epoch_generator(cfg.seed, epoch, 0)
         noise_gen = _epoch_generator(cfg.seed, epoch, 1)
+        drop_gen = _epoch_generator(cfg.seed, epoch, 2) if cfg.view_dropout > 0 else None
         order = train_idx[torch.randperm(len(train_idx), generator=order_gen).numpy()]
         running, seen = 0.0, 0
         bar = tqdm(
@@ -249,10 +274,12 @@ def train_flow(
         )
         for b in bar:
             x, m = _batch(features, masks, order[b * bs : (b + 1) * bs])
+            present = None if drop_gen is None else draw_present(len(x), x.shape[1], cfg.view_dropout, drop_gen)
             if sharded is not None:
-                loss, loss_value = sharded(x, m, noise_gen)
+                loss, loss_value = sharded(x, m, noise_gen, present=present)
             else:
-                out = model(x, generator=noise_gen)
+                out = model(x, generator=noise_gen, present=present)
+                m = present_mask(m, present, out.nll)
                 loss = out.nll.mean() if m is None else masked_loss(out.nll, m)
                 loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
