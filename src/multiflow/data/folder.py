@@ -38,6 +38,7 @@ from multiflow.data.records import (
     RecordDataset,
     SampleRecord,
     SkippedSample,
+    image_file_problem,
     resolve_flips,
     user_known_labels,
 )
@@ -166,6 +167,12 @@ class FolderDataset(RecordDataset):
                     skipped.append(SkippedSample(sid, reason))
                     continue
                 image_paths = [str(resolve_inside(root_p, found[v][0])) for v in view_names]
+                if skip_incomplete:
+                    bad = [f"view {v}: {pr}" for v, pth in zip(view_names, image_paths)
+                           if (pr := image_file_problem(pth)) is not None]
+                    if bad:
+                        skipped.append(SkippedSample(sid, "; ".join(bad)))
+                        continue
                 mask_paths: list[str | None] = []
                 for v in view_names:
                     mask_paths.append(

@@ -33,6 +33,7 @@ from multiflow.data.records import (
     RecordDataset,
     SampleRecord,
     SkippedSample,
+    image_file_problem,
     resolve_flips,
     user_known_labels,
 )
@@ -245,6 +246,16 @@ class ManifestDataset(RecordDataset):
         for sid, per_view in groups:
             image_paths: list[str] = []
             mask_paths: list[str | None] = []
+            if skip_incomplete:
+                bad = []
+                for v in view_names:
+                    img = resolve_inside(root, os.path.join(base, per_view[v].image_path), source=cpath)
+                    problem = image_file_problem(img)
+                    if problem is not None:
+                        bad.append(f"view {v} (line {per_view[v].line}): {problem}")
+                if bad:
+                    skipped.append(SkippedSample(sid, "; ".join(bad)))
+                    continue
             for v in view_names:
                 r = per_view[v]
                 img = resolve_inside(root, os.path.join(base, r.image_path), source=cpath)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from multiflow.data.images import resolve_inside
-from multiflow.data.records import RecordDataset, SampleRecord, SkippedSample, resolve_flips
+from multiflow.data.records import RecordDataset, SampleRecord, SkippedSample, image_file_problem, resolve_flips
 from multiflow.errors import ConfigError, DataError
 
 __all__ = [
@@ -452,11 +452,25 @@ class RealIADDataset(RecordDataset):
         records = []
         for key, defect, cams in groups:
             image_paths, mask_paths, known = [], [], []
+            if skip_incomplete:
+                # files missing or unreadable on disk: skip the whole object (never shift views)
+                bad = []
+                for v in view_names:
+                    problem = image_file_problem(resolve_inside(class_dir, cams[v].image_path, source=jpath))
+                    if problem is not None:
+                        bad.append(f"view {v}: {problem}")
+                if bad:
+                    skipped.append(SkippedSample(key, "; ".join(bad)))
+                    continue
             for v in view_names:
                 e = cams[v]
                 img = resolve_inside(class_dir, e.image_path, source=jpath)
                 if not img.is_file():
-                    raise DataError(f"{split}[{e.index}]: image file {img} not found", jpath)
+                    raise DataError(
+                        f"{split}[{e.index}]: image file {img} not found (sample {key!r}, view {v!r}); "
+                        "pass skip_incomplete=True to skip such samples",
+                        jpath,
+                    )
                 image_paths.append(str(img))
                 if e.mask_path is None:
                     mask_paths.append(None)

@@ -15,6 +15,7 @@ objects (``images (V, 3, H, W)``, ``masks (V, H, W)``), applying resize and flip
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from multiflow.data.images import check_flip_mode, flips_for, read_image_array, 
 from multiflow.data.sample import MultiViewSample
 from multiflow.errors import ConfigError, DataError
 
-__all__ = ["RecordDataset", "SampleRecord", "SkippedSample", "resolve_flips"]
+__all__ = ["RecordDataset", "SampleRecord", "SkippedSample", "image_file_problem", "resolve_flips"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,28 @@ class SkippedSample:
 
     sample_id: str
     reason: str
+
+
+def image_file_problem(path: str | os.PathLike) -> str | None:
+    """Why an image file cannot be used, or None: missing, not a file, or a header PIL cannot read.
+
+    Only the header is parsed (no pixels are decoded), so this is cheap enough for index time.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        return f"image file {p} not found"
+    if not os.path.isfile(p):
+        return f"image file {p} is not a regular file"
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        return f"image file {p} unreadable ({type(exc).__name__}: {exc})"
+    if w < 1 or h < 1:
+        return f"image file {p} has an empty size {w}x{h}"
+    return None
 
 
 def resolve_flips(flips: Mapping[str, object] | None, *, category: str, view_names: Sequence[str]) -> dict[str, str]:
