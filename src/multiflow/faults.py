@@ -33,11 +33,11 @@ and ``lo = Q01 - margin * (Q50 - Q01)`` (``margin`` default 1.0). Flags:
 ``overexposure``   ``brightness > hi`` or ``clip_high > max(hi, 0.02)``
 ``underexposure``  ``brightness < lo`` or ``clip_low > max(hi, 0.02)``
 ``occlusion``      ``occlusion > hi`` (and neither exposure flag: a global change is not local dirt)
-``swapped``        among views that are not blurred or badly exposed: ``pair[a, b] > max(0.05,
-                   hi_ab)`` for two present views: both flagged, the pair named (an occlusion flag
-                   of theirs is dropped: it compared with the wrong camera); otherwise, for a view
-                   without any other flag, ``swap > max(0.05, hi)``: the camera it resembles most
-                   is named
+``swapped``        ``pair[a, b] > max(0.05, hi_ab)`` for two present views that each fit the
+                   other's camera better than their own: both flagged, the pair named, their other
+                   flags dropped (those compared an image with the wrong camera); otherwise, for a
+                   view without any other flag, ``swap > max(0.05, hi)``: the camera it resembles
+                   most is named
 ``frozen``         ``frozen <= frozen_factor * Q01`` of the distances between consecutive normal
                    training objects of that camera (``frozen_factor`` default 0.25)
 =================  ==============================================================================
@@ -432,14 +432,12 @@ def detect_faults(
             if dist <= thr:
                 flag("frozen", f"the same frame as the previous object (mean difference {dist:.5f} <= {thr:.5f})")
         faults.extend(found)
-    # swaps, among the views that are not blurred or badly exposed (a degraded image fits no camera
-    # well); a swapped view's occlusion flag is dropped (it was compared with the wrong camera)
-    degraded = {f.view for f in faults if f.fault in ("blur", "overexposure", "underexposure")}
+    # swapped pairs (each image fits the other's camera better than its own): their other flags are
+    # dropped, those compared the image with the wrong camera; a single view that fits another
+    # camera better is flagged only when nothing else explains its oddity
     flagged = {f.view for f in faults}
-    clean = [k for k, n in enumerate(names) if n not in degraded]
-    for k in clean:
-        name = names[k]
-        partner = [j for j in clean if pair[k, j] > max(SWAP_FLOOR, pair_hi[k, j])
+    for k, name in enumerate(names):
+        partner = [j for j in range(len(names)) if j != k and pair[k, j] > max(SWAP_FLOOR, pair_hi[k, j])
                    and e[k, idx[j]] < e[k, idx[k]] and e[j, idx[k]] < e[j, idx[j]]]
         s_hi = max(SWAP_FLOOR, rng["swap"][k][1])
         if partner:
@@ -452,8 +450,8 @@ def detect_faults(
             faults.append(CameraFault(
                 name, "swapped", f"the image fits camera {other}'s normal views better than its own "
                 f"(log energy ratio {swap[k]:.2f} > {s_hi:.2f}): cable in the wrong port?", other))
-    swapped = {f.view for f in faults if f.fault == "swapped"}
-    faults = [f for f in faults if not (f.fault == "occlusion" and f.view in swapped)]
+    paired = {f.view for f in faults if f.fault == "swapped" and "appear swapped" in f.reason}
+    faults = [f for f in faults if f.fault == "swapped" or f.view not in paired]
     faults.sort(key=lambda f: names.index(f.view))
     if memory is not None:
         memory.update(names, st.fingerprint)
