@@ -119,8 +119,8 @@ def test_json_round_trip_and_corrupt_file(data, tmp_path):
 
 
 def test_fit_needs_normal_objects():
-    with pytest.raises(DataError, match="at least 3"):
-        fit_camera_faults([torch.rand(2, 3, 32, 32)], ["a", "b"], size=32, grid=4)
+    with pytest.raises(DataError, match="at least 10"):
+        fit_camera_faults([torch.rand(2, 3, 32, 32)] * 9, ["a", "b"], size=32, grid=4)
 
 
 def test_decide():

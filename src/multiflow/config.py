@@ -117,6 +117,16 @@ class EvalConfig:
 
 
 @dataclass
+class FaultConfig:
+    """Camera-fault statistics fitted on the normal training images (:mod:`multiflow.faults`)."""
+
+    enabled: bool = True
+    size: int = 256
+    grid: int = 8
+    margin: float = 1.0
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -124,6 +134,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
     out: str = "results"
     name: str = ""
 

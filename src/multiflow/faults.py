@@ -64,6 +64,8 @@ from multiflow._atomic import write_json
 from multiflow.errors import CheckpointError, ConfigError, DataError
 
 FAULTS_FILE = "camera_faults.json"
+#: fewer normal training objects give no meaningful normal range per camera
+MIN_OBJECTS = 10
 FAULTS_FORMAT = "multiflow-camera-faults/1"
 FAULT_KINDS = ("blur", "overexposure", "underexposure", "occlusion", "frozen", "swapped")
 SCALAR_STATS = ("sharpness", "brightness", "clip_high", "clip_low", "occlusion", "swap")
@@ -302,8 +304,9 @@ def fit_camera_faults(
             raise DataError(f"object {k}: {imgs.shape[0]} views, expected {v} ({list(view_names)})")
         stats.append(view_stats(imgs, size=size, grid=grid))
     n = len(stats)
-    if n < 3:
-        raise DataError(f"need at least 3 normal training objects to fit camera fault statistics, got {n}")
+    if n < MIN_OBJECTS:
+        raise DataError(f"need at least {MIN_OBJECTS} normal training objects to fit camera fault statistics "
+                        f"(robust 1% / 99% quantiles per camera), got {n}")
     cm = np.stack([s.cell_mean for s in stats])  # (N, V, G, G)
     cs = np.stack([s.cell_sharp for s in stats])
     cells = np.stack([cm, cs], axis=2)  # (N, V, 2, G, G)

@@ -98,7 +98,7 @@ def test_missing_view_at_inference_is_named(run):
 
     run_dir, _, _ = run
     pred = Predictor(run_dir / CLASS)
-    with pytest.raises(DataError, match=r"missing: \['C3'\]"):
+    with pytest.raises(DataError, match=r"missing view\(s\) \['C3'\].*supports_missing_views is false"):
         pred.predict(torch.rand(4, 3, 96, 96), ["C1", "C2", "C4", "C5"], sample_id="s1")
 
 

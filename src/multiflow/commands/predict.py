@@ -26,8 +26,16 @@ def run(args: argparse.Namespace) -> int:
     rows = predict(args.model, data_root=args.data, data_format=args.format, split=args.split,
                    category=args.category, resolution=args.resolution, out_dir=args.out, threshold=args.threshold, progress=not args.quiet)
     n_ng = sum(r["decision"] == "NG" for r in rows)
+    n_cam = sum(r["decision"] == "CHECK CAMERA" for r in rows)
     for r in rows:
-        views = " ".join(f"{k}={v:.2f}" for k, v in r["view_scores"].items())
-        print(f"{r['sample_id']}: {r['decision']} (score {r['sample_score']:.3f}, threshold {r['threshold']:.3f}) {views}")
-    print(f"{len(rows)} samples, {n_ng} NG, {len(rows) - n_ng} OK")
+        views = " ".join(f"{k}={'-' if v is None else f'{v:.2f}'}" for k, v in r["view_scores"].items())
+        score = "-" if r["sample_score"] is None else f"{r['sample_score']:.3f}"
+        line = f"{r['sample_id']}: {r['decision']} (score {score}, threshold {r['threshold']:.3f}) {views}"
+        if r["camera_faults"]:
+            line += " | camera faults: " + "; ".join(f"{f['view']} {f['fault']}" for f in r["camera_faults"])
+            line += f" | product: {r['product_decision'] or 'not scored'}"
+        if r["missing_views"]:
+            line += f" | missing: {' '.join(r['missing_views'])}"
+        print(line)
+    print(f"{len(rows)} samples, {n_ng} NG, {n_cam} CHECK CAMERA, {len(rows) - n_ng - n_cam} OK")
     return 0

@@ -5,9 +5,12 @@ Endpoints
 ``GET /health``
     ``{"status": "ok", "category", "view_names", "threshold", "input_size", "limits"}``.
 ``POST /predict`` (``multipart/form-data``, one file field per view name, e.g. ``C1=@top.png``)
-    JSON ``{"sample_id", "decision": "OK"|"NG", "sample_score", "threshold",
-    "view_scores": {view: score}, "aggregation"}``. With ``?maps=png`` the JSON also holds
-    ``"maps": {view: base64 PNG}``: 8-bit grey images of the anomaly map (bilinearly upsampled to
+    the decision JSON of docs/deployment.md (``{"sample_id", "decision": "OK"|"NG"|"CHECK CAMERA",
+    "product_decision", "sample_score", "threshold", "view_scores": {view: score or null},
+    "missing_views", "camera_faults": [{"view", "fault", "reason", "other_view"?}], "aggregation"}``).
+    A model trained with view dropout accepts any non-empty subset of its views (the others are
+    listed in ``missing_views``); other models answer 400 naming the missing views. With ``?maps=png`` the JSON also holds
+    ``"maps": {view: base64 PNG}`` (views that were scored): 8-bit grey images of the anomaly map (bilinearly upsampled to
     the input image size) with ``grey = 255 * (map - lo) / (hi - lo)`` clipped to ``[0, 255]``, and
     ``"map_range": [lo, hi]`` (the min and max over all views of the sample), so values can be
     recovered to 1/255 of that range. An optional form field ``sample_id`` names the sample.
@@ -89,8 +92,9 @@ def encode_map_png(values: np.ndarray, lo: float, hi: float) -> str:
 
 
 def collect_views(files: dict[str, list[bytes]], view_names: list[str], max_images: int,
-                  max_pixels: int) -> torch.Tensor:
-    """Check the uploaded parts against the model's views; returns ``(V, 3, H, W)`` in view order."""
+                  max_pixels: int, *, allow_missing: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Check the uploaded parts against the model's views; returns ``(images (V', 3, H, W), names)``
+    in view order. ``allow_missing``: the model supports missing views (any non-empty subset)."""
     n_files = sum(len(v) for v in files.values())
     if n_files > max_images:
         raise RequestError(400, f"too many images: {n_files} (this model takes {len(view_names)}: {view_names})")
@@ -101,13 +105,17 @@ def collect_views(files: dict[str, list[bytes]], view_names: list[str], max_imag
     if twice:
         raise RequestError(400, f"view(s) {twice} given more than once")
     missing = [v for v in view_names if v not in files]
-    if missing:
-        raise RequestError(400, f"missing view(s) {missing}; send one image per view: {view_names}")
-    images = [decode_image(files[v][0], name=v, max_pixels=max_pixels) for v in view_names]
+    if missing and not allow_missing:
+        raise RequestError(400, f"missing view(s) {missing}; this model was trained without view dropout "
+                                f"(supports_missing_views false): send one image per view: {view_names}")
+    given = [v for v in view_names if v in files]
+    if not given:
+        raise RequestError(400, f"no view given; send at least one of {view_names}")
+    images = [decode_image(files[v][0], name=v, max_pixels=max_pixels) for v in given]
     sizes = {tuple(t.shape[-2:]) for t in images}
     if len(sizes) > 1:
         raise RequestError(400, f"all views must have the same size, got {[tuple(t.shape[-2:]) for t in images]}")
-    return torch.stack(images)
+    return torch.stack(images), given
 
 
 def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
@@ -128,14 +136,16 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
     async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse(status_code=exc.status, content={"detail": exc.message})
 
-    def _score(images: torch.Tensor, sample_id: str, maps: str | None) -> dict[str, Any]:
+    def _score(images: torch.Tensor, given: list[str], sample_id: str, maps: str | None) -> dict[str, Any]:
         with lock, torch.inference_mode():
-            pred = predictor.predict(images, view_names, sample_id)
+            pred = predictor.predict(images, given, sample_id)
         out = pred.as_dict() | {"aggregation": predictor.aggregation}
         if maps == "png":
-            lo, hi = float(pred.maps_full.min()), float(pred.maps_full.max())
+            scored = [i for i in range(len(view_names)) if np.isfinite(pred.maps_full[i]).all()]
+            vals = pred.maps_full[scored] if scored else np.zeros(1)
+            lo, hi = float(vals.min()), float(vals.max())
             out["map_range"] = [lo, hi]
-            out["maps"] = {v: encode_map_png(pred.maps_full[i], lo, hi) for i, v in enumerate(view_names)}
+            out["maps"] = {view_names[i]: encode_map_png(pred.maps_full[i], lo, hi) for i in scored}
         return out
 
     @app.get("/health")
@@ -176,9 +186,10 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
                     raise RequestError(400, f"unexpected form field {key!r} (views: {view_names}; or sample_id)")
         finally:
             await form.close()
-        images = collect_views(files, view_names, max_images, limits.max_image_pixels)
+        images, given = collect_views(files, view_names, max_images, limits.max_image_pixels,
+                                      allow_missing=bool(getattr(predictor, "supports_missing_views", False)))
         del files
-        return await run_in_threadpool(_score, images, sample_id, maps)
+        return await run_in_threadpool(_score, images, given, sample_id, maps)
 
     return app
 

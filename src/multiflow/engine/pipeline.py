@@ -6,6 +6,7 @@ One model per class (category). A run folder looks like::
         config.yaml                      the full configuration of the run
         <category>/model.safetensors     the flow (weights + its constructor config)
         <category>/model.json            what inference needs: backbone, masks, views, threshold
+        <category>/camera_faults.json    per-camera normal statistics for the camera-fault check
         <category>/train_state/          resumable training state
         <category>/metrics.json          evaluation of the test split (after ``multiflow test``)
         <category>/scores.csv            per-sample and per-view scores of the test split
@@ -320,6 +321,8 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         "threshold_source": "held-out normal training samples" if len(result.val_index) else "training samples",
         "val_sample_scores": {"n": int(len(val_scores)), "mean": float(val_scores.mean()), "max": float(val_scores.max())},
         "single_view": bool(cfg.model.single_view),
+        "supports_missing_views": bool(cfg.train.view_dropout > 0),
+        "view_dropout": float(cfg.train.view_dropout),
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
         "history": result.history,
@@ -328,9 +331,31 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         "seconds": {"features_and_masks": t_feat, "total": time.perf_counter() - t0},
     }
     if ctx.is_main:
+        if cfg.faults.enabled:
+            fit_camera_fault_stats(cfg, category, out / "camera_faults.json", progress=progress)
         save_bundle(out, model, meta)
     barrier(ctx)
     return meta
+
+
+def fit_camera_fault_stats(cfg: RunConfig, category: str, path: Path, *, progress: bool = True) -> None:
+    """Fit the camera-fault statistics on the normal training images and write them to ``path``."""
+    from tqdm.auto import tqdm
+
+    from multiflow.faults import MIN_OBJECTS, fit_camera_faults
+
+    import warnings
+
+    ds = open_dataset(cfg.data, category, "train", cfg.faults.size, load_masks=False)
+    normal = [i for i in range(len(ds)) if not any(ds.image_labels(i))]
+    if len(normal) < MIN_OBJECTS:
+        warnings.warn(f"{category}: only {len(normal)} normal training objects; no camera-fault statistics "
+                      f"written ({path.name} needs at least {MIN_OBJECTS}), so predict checks no camera",
+                      stacklevel=2)
+        return
+    it = (ds[i].images for i in tqdm(normal, desc="camera statistics", disable=not progress, leave=False))
+    fit_camera_faults(it, list(ds.view_names), size=cfg.faults.size, grid=cfg.faults.grid,
+                      margin=cfg.faults.margin).save(path)
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
