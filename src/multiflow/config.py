@@ -67,10 +67,19 @@ class MaskConfig:
 
 @dataclass
 class ModelConfig:
-    """The flow (paper Sec. 3.1, 3.3, 3.4; model.md)."""
+    """The flow (paper Sec. 3.1, 3.3, 3.4; model.md).
+
+    The camera graph (``docs/data-format.md``, "Camera graph"): ``graph`` is a preset of
+    ``multiflow.flow.graph.GRAPH_PRESETS`` or ``custom``; ``edges`` are undirected
+    ``[view_a, view_b]`` pairs of view names (``custom`` only); ``top_view`` names the top camera
+    of ``real_iad``/``top_only``/``ring`` (Real-IAD: ``C1``); ``ring_order`` lists the ring's views
+    (names, or positions on the view axis) in ring order.
+    """
 
     graph: str = "real_iad"
-    ring_order: list[int] = field(default_factory=list)
+    edges: list[list[str]] = field(default_factory=list)
+    top_view: str = ""
+    ring_order: list[int | str] = field(default_factory=list)
     n_blocks: int = 6
     hidden: int = 64
     kernel_sizes: list[int] = field(default_factory=lambda: [3, 3, 3, 3, 3, 5])
@@ -130,7 +139,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         _choice("data.format", self.data.format, {"realiad", "folder", "manifest"})
         _choice("masks.provider", self.masks.provider, {"isnet", "threshold", "file", "none"})
-        _choice("model.graph", self.model.graph, {"real_iad", "ring", "top_only", "none", "full"})
+        self._validate_graph()
         _choice("model.fusion", self.model.fusion, {"conv", "self_attention", "cross_attention"})
         _choice("model.noise", self.model.noise, {"none", "simplenet", "uniform", "softflow"})
         _choice("train.select", self.train.select, {"best_val", "last"})
@@ -158,6 +167,30 @@ class RunConfig:
         if len(self.train.betas) != 2:
             raise ConfigError(f"train.betas must have two values, got {self.train.betas}")
         return self
+
+    def _validate_graph(self) -> None:
+        """``model.graph``/``edges``/``top_view``/``ring_order``; in full when ``data.views`` is set."""
+        from multiflow.flow.graph import GRAPH_CHOICES, build_view_graph
+
+        m = self.model
+        _choice("model.graph", m.graph, set(GRAPH_CHOICES))
+        for k, pair in enumerate(m.edges):
+            if len(pair) != 2:
+                raise ConfigError(f"model.edges[{k}]: {pair!r} is not a pair [view_a, view_b]")
+        if m.graph != "custom" and m.edges:
+            raise ConfigError(
+                f"model.edges is only used with model.graph=custom, but model.graph is {m.graph!r}"
+            )
+        if m.graph == "custom" and m.single_view:
+            raise ConfigError("model.single_view has no cross-view links; it cannot use model.graph=custom")
+        if m.graph == "custom" and not m.edges:
+            raise ConfigError("model.graph=custom needs model.edges: a list of [view_a, view_b] pairs")
+        if self.data.views and not m.single_view:
+            try:
+                build_view_graph(m.graph, self.data.views, edges=m.edges, top=m.top_view or None,
+                                 ring_order=m.ring_order or None)
+            except ConfigError as exc:
+                raise ConfigError(f"model.graph={m.graph} with data.views={self.data.views}: {exc}") from exc
 
 
 def _choice(name: str, value: str, allowed: set[str]) -> None:

@@ -120,21 +120,12 @@ def open_dataset(data: DataConfig, category: str, split: str, image_size: int | 
 
 
 def build_graph(model: ModelConfig, view_names: list[str]):
-    """The view graph of ``model.graph`` for these views (first view = top camera for Real-IAD)."""
-    from multiflow.flow import ViewGraph
+    """The view graph of ``model.graph`` (``edges``, ``top_view``, ``ring_order``) for these views."""
+    from multiflow.flow.graph import build_view_graph
 
-    n = len(view_names)
-    ring = list(model.ring_order) or None
-    if model.graph == "full":
-        return ViewGraph.full(n, names=view_names)
-    if model.graph == "none":
-        return ViewGraph.none(n, names=view_names)
-    return ViewGraph.real_iad(
-        n - 1,
-        ring_order=ring,
-        top=model.graph in ("real_iad", "top_only"),
-        neighbours=model.graph in ("real_iad", "ring"),
-        names=view_names,
+    return build_view_graph(
+        model.graph, view_names, edges=model.edges, top=model.top_view or None,
+        ring_order=list(model.ring_order) or None,
     )
 
 
