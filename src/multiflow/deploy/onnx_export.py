@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from multiflow._atomic import atomic_path
+from multiflow._optional import require
 from multiflow.errors import CheckpointError, ConfigError, DataError
 
 INPUT_NAMES = ("images", "mask")
@@ -138,7 +140,7 @@ def export_onnx(
     Raises:
         CheckpointError: the model folder cannot be loaded. ConfigError: the export fails.
     """
-    import onnx
+    onnx = require("onnx", purpose="ONNX export")
 
     graph, meta = load_inference_graph(model_dir, threshold=threshold, with_mask=with_mask)
     out = Path(out)
@@ -154,42 +156,38 @@ def export_onnx(
         args = (images, torch.ones(2, v, h, w))
         input_names.append("mask")
     dynamic = {name: {0: "batch"} for name in (*input_names, *OUTPUT_NAMES)}
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer notes on Python-level shape checks (constant here)
-            torch.onnx.export(
-                graph, args, str(tmp), dynamo=False, input_names=input_names, output_names=list(OUTPUT_NAMES),
-                dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
-            )
-        model = onnx.load(str(tmp))
-        props = {
-            "format": "multiflow-onnx/1",
-            "category": str(meta.get("category", "")),
-            "view_names": json.dumps(list(meta["view_names"])),
-            "threshold": repr(float(meta["threshold"])),
-            "aggregation": graph.aggregation,
-            "input_size": str(s),
-            "feature_size": json.dumps([int(h), int(w)]),
-            "with_mask": json.dumps(bool(with_mask)),
-            "backbone": json.dumps(meta.get("extractor", {})),
-        }
-        onnx.helper.set_model_props(model, props)
-        if check:
-            onnx.checker.check_model(model)
-        onnx.save(model, str(tmp))
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer notes on Python-level shape checks (constant here)
+                torch.onnx.export(
+                    graph, args, str(tmp), dynamo=False, input_names=input_names, output_names=list(OUTPUT_NAMES),
+                    dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
+                )
+            model = onnx.load(str(tmp))
+            props = {
+                "format": "multiflow-onnx/1",
+                "category": str(meta.get("category", "")),
+                "view_names": json.dumps(list(meta["view_names"])),
+                "threshold": repr(float(meta["threshold"])),
+                "aggregation": graph.aggregation,
+                "input_size": str(s),
+                "feature_size": json.dumps([int(h), int(w)]),
+                "with_mask": json.dumps(bool(with_mask)),
+                "backbone": json.dumps(meta.get("extractor", {})),
+            }
+            onnx.helper.set_model_props(model, props)
+            if check:
+                onnx.checker.check_model(model)
+            onnx.save(model, str(tmp))
     except (RuntimeError, ValueError, TypeError, onnx.checker.ValidationError) as exc:
         raise ConfigError(f"ONNX export of {model_dir} failed: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The multiflow description stored in an exported file (JSON values decoded)."""
-    import onnx
+    onnx = require("onnx", purpose="reading an ONNX export")
 
     path = Path(path)
     try:

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from multiflow._optional import require
+
 DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
 
@@ -112,6 +114,8 @@ def collect_views(files: dict[str, list[bytes]], view_names: list[str], max_imag
 
 def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
     """The FastAPI application serving ``predictor`` (a loaded :class:`~multiflow.engine.predict.Predictor`)."""
+    require("fastapi", purpose="the HTTP service")
+    require("python_multipart", purpose="the HTTP service (multipart uploads)")
     from fastapi import FastAPI, Query, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
@@ -186,7 +190,9 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
 def serve(model_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, threshold: float | None = None,
           limits: ServiceLimits | None = None, log_level: str = "info") -> None:
     """Load the model once and run the service with uvicorn until interrupted."""
-    import uvicorn
+    for module in ("fastapi", "python_multipart"):
+        require(module, purpose="multiflow serve")
+    uvicorn = require("uvicorn", purpose="multiflow serve")
 
     from multiflow.engine.predict import Predictor
 
