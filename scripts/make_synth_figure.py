@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from multiflow._atomic import write_bytes
 from multiflow.synth import DEFAULT_CLASSES, DEFECT_CODES, render_sample
 
 
@@ -51,11 +51,7 @@ def main() -> None:
         fig = fig.quantize(colors=args.colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     buf = io.BytesIO()
     fig.save(buf, format="PNG", optimize=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, out)
+    out = write_bytes(args.out, buf.getvalue())
     print(f"wrote {out} ({len(buf.getvalue()) / 1024:.0f} KiB)")
 
 

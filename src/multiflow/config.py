@@ -305,9 +305,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the configuration as YAML (atomically)."""
-    import os
+    from multiflow._atomic import write_text
 
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, p)
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
