@@ -87,6 +87,12 @@ class Variant:
     rows: tuple[tuple[str, str, str], ...] = field(default_factory=tuple)
 
 
+#: Table 2 ablations: ``model.graph`` preset -> (row label, the paper's method name)
+TABLE2_GRAPHS: dict[str, tuple[str, str]] = {
+    "none": ("none", "graph=none"), "top_only": ("top only", "graph=top_only"), "ring": ("ring only", "graph=ring_only"),
+}
+
+
 def build_variants(*, base_masks: str, file_masks: bool, isnet: bool, patchcore: bool) -> list[Variant]:
     """The suite's variants; the base variant is a row of every ablation table."""
     base_label = {"threshold": "threshold (base)", "isnet": "IS-Net (base)", "file": "silhouettes (base)"}
@@ -98,8 +104,12 @@ def build_variants(*, base_masks: str, file_masks: bool, isnet: bool, patchcore:
         ("baselines", "Multi-Flow (ours, base)", "Multi-Flow"),
     ))
     out = [base]
-    for g, label, paper in (("none", "none", "graph=none"), ("top_only", "top only", "graph=top_only"),
-                            ("ring", "ring only", "graph=ring_only")):
+    from multiflow.errors import ConfigError
+    from multiflow.flow.graph import GRAPH_PRESETS
+
+    for g, (label, paper) in TABLE2_GRAPHS.items():
+        if g not in GRAPH_PRESETS:
+            raise ConfigError(f"Table 2 variant graph {g!r} is not one of the presets {list(GRAPH_PRESETS)}")
         out.append(Variant(f"graph-{g}", (f"model.graph={g}",), rows=(("table2", label, f"Multi-Flow[{paper}]"),)))
     for f, paper in (("self_attention", "fusion=self_attention"), ("cross_attention", "fusion=cross_view_attention")):
         out.append(Variant(f"fusion-{f}", (f"model.fusion={f}",), rows=(("table3", f, f"Multi-Flow[{paper}]"),)))
