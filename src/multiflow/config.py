@@ -185,6 +185,10 @@ class RunConfig:
             raise ConfigError("model.single_view has no cross-view links; it cannot use model.graph=custom")
         if m.graph == "custom" and not m.edges:
             raise ConfigError("model.graph=custom needs model.edges: a list of [view_a, view_b] pairs")
+        if m.graph == "custom" and m.top_view:
+            raise ConfigError("model.top_view is only used by the presets; model.graph=custom takes model.edges alone")
+        if m.top_view and self.data.views and m.top_view not in self.data.views:
+            raise ConfigError(f"model.top_view {m.top_view!r} is not one of data.views {self.data.views}")
         if self.data.views and not m.single_view:
             try:
                 build_view_graph(m.graph, self.data.views, edges=m.edges, top=m.top_view or None,

@@ -12,12 +12,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 from PIL import Image
 
 from multiflow.cli import main
-from multiflow.errors import ConfigError
 from multiflow.flow.graph import build_view_graph
 from multiflow.flow.io import load_flow
 
