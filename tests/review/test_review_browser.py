@@ -129,11 +129,11 @@ def test_object_page_keyboard_navigation_overlay_and_outline(page, live, trained
     size = page.evaluate("() => [document.querySelector('img.base').naturalWidth, "
                          "document.querySelector('img.heat').naturalWidth]")
     assert size == [96, 96]  # full resolution of the 96 px test images, map upsampled to it
+    page.screenshot(path=str(shots / "object.png"))
     page.fill("#opacity", "80")
     assert page.evaluate("() => getComputedStyle(document.querySelector('img.heat')).opacity") == "0.8"
     gt = page.locator("img.gt")
     assert gt.count() >= 1 and gt.first.is_visible()
-    page.screenshot(path=str(shots / "object.png"))
     page.uncheck("#gt-toggle")
     assert gt.first.is_hidden()
     page.check("#gt-toggle")

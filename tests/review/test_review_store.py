@@ -231,3 +231,20 @@ def test_api_rejects_bad_bodies(fake_run):
     r = c.post("/api/widget/threshold", json={"value": 1.0, "who": " "})
     assert r.status_code == 400 and "who" in r.json()["detail"]
     assert c.post("/api/widget/threshold", content=b"x" * 70_000).status_code == 413
+
+
+def test_thumbnails_are_flipped_like_the_maps(tmp_path):
+    from PIL import Image
+
+    from multiflow.review.images import small_rgb, view_rgb
+
+    arr = np.zeros((400, 600, 3), dtype=np.uint8)
+    arr[:100, :150] = (250, 20, 20)  # a red block in the top-left corner
+    path = tmp_path / "v.jpg"
+    Image.fromarray(arr).save(path, quality=95)
+    for flip in [None, "lr", "ud", "lrud"]:
+        full = view_rgb(str(path), flip).astype(float)  # the reference: the data loader's flip
+        small = np.asarray(small_rgb(str(path), flip, size=60), dtype=float)
+        assert small.shape == (40, 60, 3)
+        ref = np.asarray(Image.fromarray(full.astype(np.uint8)).resize((60, 40), Image.BILINEAR), dtype=float)
+        assert np.abs(small - ref).mean() < 12, flip

@@ -325,7 +325,7 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
             return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
         if kind == "thumb.jpg":
             data = im.cached(folder / f"thumb_{i}_{k}.jpg", lambda: im.thumbnail_jpeg(
-                im.view_rgb(s["image_paths"][k], flip), np.asarray(d.maps[i, k], dtype=np.float32), lo, hi))
+                im.small_rgb(s["image_paths"][k], flip), np.asarray(d.maps[i, k], dtype=np.float32), lo, hi))
             return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
         if kind == "heat.png":
             size = im.image_size(s["image_paths"][k])

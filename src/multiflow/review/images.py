@@ -38,6 +38,7 @@ def image_size(path: str) -> tuple[int, int]:
 
 
 def _colour(map_hw: np.ndarray, size: tuple[int, int], lo: float, hi: float) -> np.ndarray:
+    """``(H, W, 3)`` uint8 jet colours of the map bilinearly upsampled to ``size``."""
     from matplotlib import colormaps
 
     up = np.asarray(Image.fromarray(np.asarray(map_hw, dtype=np.float32), mode="F").resize(
@@ -47,8 +48,17 @@ def _colour(map_hw: np.ndarray, size: tuple[int, int], lo: float, hi: float) -> 
 
 
 def heat_png(map_hw: np.ndarray, size: tuple[int, int], lo: float, hi: float) -> bytes:
-    """The anomaly map upsampled to ``size`` ``(H, W)`` as an RGB PNG (jet over ``[lo, hi]``)."""
-    return encode(Image.fromarray(_colour(map_hw, size, lo, hi)), "PNG")
+    """The anomaly map upsampled to ``size`` ``(H, W)`` as an RGBA PNG: jet over ``[lo, hi]``, with
+    alpha rising with the value (``255 * clip((v - lo) / (hi - lo), 0, 1)``), so that low-scoring
+    pixels leave the image visible under the overlay."""
+    from matplotlib import colormaps
+
+    up = np.asarray(Image.fromarray(np.asarray(map_hw, dtype=np.float32), mode="F").resize(
+        (size[1], size[0]), Image.BILINEAR))
+    norm = np.clip((up - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
+    rgba = (colormaps["jet"](norm) * 255 + 0.5).astype(np.uint8)
+    rgba[..., 3] = (norm * 255 + 0.5).astype(np.uint8)
+    return encode(Image.fromarray(rgba, mode="RGBA"), "PNG")
 
 
 def outline_png(mask: np.ndarray) -> bytes:
@@ -62,10 +72,33 @@ def outline_png(mask: np.ndarray) -> bytes:
     return encode(Image.fromarray(rgba, mode="RGBA"), "PNG")
 
 
-def thumbnail_jpeg(rgb: np.ndarray, map_hw: np.ndarray, lo: float, hi: float, *, size: int = THUMB_SIZE) -> bytes:
-    """A ``size``-pixel (longest side) JPEG of the view with its anomaly map blended in at 40 %."""
-    im = Image.fromarray(rgb)
-    im.thumbnail((size, size), Image.BILINEAR)
+def small_rgb(path: str, flip: str | None, size: int = THUMB_SIZE) -> Image.Image:
+    """The view reduced to ``size`` pixels (longest side), flipped like its map.
+
+    JPEGs are decoded at a reduced scale (``Image.draft``), which makes thumbnails of 2,000 px
+    views several times cheaper than decoding them in full.
+    """
+    from multiflow.data.images import check_flip_mode
+    from multiflow.errors import DataError
+
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))
+            small = im.convert("RGB")
+            small.thumbnail((size, size), Image.BILINEAR)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image: {exc}", path) from None
+    if flip:
+        check_flip_mode(flip)
+        if "lr" in flip:
+            small = small.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if "ud" in flip:
+            small = small.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    return small
+
+
+def thumbnail_jpeg(im: Image.Image, map_hw: np.ndarray, lo: float, hi: float) -> bytes:
+    """JPEG of a reduced view (:func:`small_rgb`) with its anomaly map blended in at 40 %."""
     small = np.asarray(im, dtype=np.float32)
     heat = _colour(map_hw, small.shape[:2], lo, hi).astype(np.float32)
     return encode(Image.fromarray((0.6 * small + 0.4 * heat + 0.5).astype(np.uint8)), "JPEG")
