@@ -248,3 +248,17 @@ def test_thumbnails_are_flipped_like_the_maps(tmp_path):
         assert small.shape == (40, 60, 3)
         ref = np.asarray(Image.fromarray(full.astype(np.uint8)).resize((60, 40), Image.BILINEAR), dtype=float)
         assert np.abs(small - ref).mean() < 12, flip
+
+
+def test_pages_link_classes_by_their_url_encoded_name(tmp_path):
+    from multiflow.review.app import create_app
+
+    run = synthetic_run(tmp_path / "r", category="cap #2", n_objects=6, n_views=2, image_size=32, grid=4)
+    c = TestClient(create_app(run))
+    assert 'href="/c/cap%20%232"' in c.get("/").text
+    page = c.get("/c/cap%20%232")
+    assert page.status_code == 200 and 'href="/c/cap%20%232/o/' in page.text
+    first = page.text.split('href="/c/cap%20%232/o/')[1].split('"')[0]
+    obj = c.get(f"/c/cap%20%232/o/{first}")
+    assert obj.status_code == 200 and "/img/cap%20%232/" in obj.text
+    assert c.get("/img/cap%20%232/0/1/thumb.jpg").headers["content-type"] == "image/jpeg"

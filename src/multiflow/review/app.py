@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import numpy as np
 
@@ -46,6 +46,11 @@ class ReviewSettings:
 
 def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
+
+
+def seg(name: str) -> str:
+    """``name`` as one URL path segment (percent-encoded)."""
+    return quote(name, safe="")
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -131,7 +136,7 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
         return i
 
     def class_crumbs(name: str) -> list[tuple[str, str]]:
-        return [(run.name, "/"), (name, f"/c/{name}")]
+        return [(run.name, "/"), (name, f"/c/{seg(name)}")]
 
     # ------------------------------------------------------------------------------- overview
     @app.get("/", response_class=HTMLResponse)
@@ -153,12 +158,12 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
             fp = int(((d.labels == 0) & ng).sum())
             fn = int(((d.labels == 1) & ~ng).sum())
             n_lab = sum(1 for (c, _) in current if c == name)
-            rows.append(f'<tr><td><a href="/c/{esc(name)}">{esc(name)}</a></td><td>{len(d.sample_ids)}</td>'
+            rows.append(f'<tr><td><a href="/c/{esc(seg(name))}">{esc(name)}</a></td><td>{len(d.sample_ids)}</td>'
                         + "".join(f"<td>{pct(m.get(k))}</td>" for k, _ in cols)
-                        + f'<td>{fmt(d.threshold)}</td><td><a href="/c/{esc(name)}?filter=fp">{fp}</a> / '
-                        f'<a href="/c/{esc(name)}?filter=fn">{fn}</a></td><td>{n_lab}</td></tr>')
+                        + f'<td>{fmt(d.threshold)}</td><td><a href="/c/{esc(seg(name))}?filter=fp">{fp}</a> / '
+                        f'<a href="/c/{esc(seg(name))}?filter=fn">{fn}</a></td><td>{n_lab}</td></tr>')
             for code, r in sorted((m.get("per_defect") or {}).items()):
-                defect_rows.append(f'<tr><td>{esc(name)}</td><td><a href="/c/{esc(name)}?defect={esc(code)}">'
+                defect_rows.append(f'<tr><td>{esc(name)}</td><td><a href="/c/{esc(seg(name))}?defect={esc(code)}">'
                                    f'{esc(code)}</a></td><td>{esc(r.get("num_samples"))}</td>'
                                    f'<td>{pct(r.get("s_auroc"))}</td><td>{pct(r.get("i_auroc"))}</td></tr>')
         status = ("" if rm is not None else
@@ -208,11 +213,11 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
             kind = ("fp" if ng[i] and not d.labels[i] else "fn" if d.labels[i] and not ng[i] else "")
             thumbs = "".join(
                 f'<img loading="lazy" width="96" height="96" alt="{esc(v)}" title="{esc(v)}: {d.view_scores[i, k]:.3f}"'
-                f' class="{"decided" if k == dv[i] else ""}" src="/img/{esc(name)}/{i}/{k}/thumb.jpg">'
+                f' class="{"decided" if k == dv[i] else ""}" src="/img/{esc(seg(name))}/{i}/{k}/thumb.jpg">'
                 for k, v in enumerate(d.view_names))
             rows.append(
                 f'<tr class="{kind}" data-index="{i}"><td>{rank}</td><td class="thumbs">{thumbs}</td>'
-                f'<td><a class="obj" href="/c/{esc(name)}/o/{i}{esc(qs)}">{esc(d.sample_ids[i])}</a></td>'
+                f'<td><a class="obj" href="/c/{esc(seg(name))}/o/{i}{esc(qs)}">{esc(d.sample_ids[i])}</a></td>'
                 f"<td>{esc(d.defects[i])}</td><td>{'anomalous' if d.labels[i] else 'normal'}</td>"
                 f'<td class="decision {"ng" if ng[i] else "ok"}">{"NG" if ng[i] else "OK"}</td>'
                 f"<td>{esc(LABEL_TEXT[lab['label']]) if lab else ''}</td><td>{d.scores[i]:.3f}</td>"
@@ -226,13 +231,13 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
             f'<option value="{esc(v)}"{" selected" if v == view else ""}>{esc(v)}</option>' for v in d.view_names)
 
         def page_link(p: int, text: str) -> str:
-            return f'<a class="page" href="/c/{esc(name)}?{esc(urlencode(q | {"page": p}))}">{text}</a>'
+            return f'<a class="page" href="/c/{esc(seg(name))}?{esc(urlencode(q | {"page": p}))}">{text}</a>'
 
         pager = (f'<span id="pager">page {page} of {pages} '
                  + (page_link(page - 1, "&larr; previous") if page > 1 else "")
                  + (" " + page_link(page + 1, "next &rarr;") if page < pages else "") + "</span>")
         body = (f"<h1>{esc(name)}</h1><p>threshold {d.threshold:.4f} &middot; "
-                f'<a href="/c/{esc(name)}/threshold">threshold</a> &middot; <a href="/c/{esc(name)}/try">try a part</a></p>'
+                f'<a href="/c/{esc(seg(name))}/threshold">threshold</a> &middot; <a href="/c/{esc(seg(name))}/try">try a part</a></p>'
                 f'<form id="filters" method="get"><label>show <select name="filter">{opts}</select></label> '
                 f'<label><select name="defect">{dopts}</select></label> <label><select name="view">{vopts}</select>'
                 f'</label> <button type="submit">filter</button></form>'
@@ -258,16 +263,16 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
             p = int(pos[0])
             where = f"{p + 1} of {len(idx)} in the current filter"
             if p > 0:
-                prev_url = f"/c/{name}/o/{int(idx[p - 1])}{qs}"
+                prev_url = f"/c/{seg(name)}/o/{int(idx[p - 1])}{qs}"
             if p + 1 < len(idx):
-                next_url = f"/c/{name}/o/{int(idx[p + 1])}{qs}"
+                next_url = f"/c/{seg(name)}/o/{int(idx[p + 1])}{qs}"
         ng = bool(d.decisions[i])
         dv = int(d.deciding_view[i])
         sid = d.sample_ids[i]
         views = []
         for k, v in enumerate(d.view_names):
             has_mask = d.samples[i]["mask_paths"][k] is not None
-            base = f"/img/{esc(name)}/{i}/{k}"
+            base = f"/img/{esc(seg(name))}/{i}/{k}"
             views.append(
                 f'<figure class="view{" decided" if k == dv else ""}" data-view="{esc(v)}">'
                 f'<figcaption>{esc(v)}: <b>{d.view_scores[i, k]:.3f}</b>{" (decided)" if k == dv else ""}'
@@ -290,7 +295,7 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
                 f'<p class="nav"><a id="prev" href="{esc(prev_url)}"{"" if prev_url else " hidden"}>&larr; previous</a> '
                 f'<span id="position">{esc(where)}</span> '
                 f'<a id="next" href="{esc(next_url)}"{"" if next_url else " hidden"}>next &rarr;</a> '
-                f'<a href="/c/{esc(name)}{esc(qs)}">back to the list</a> <span class="hint">keys: &larr; / &rarr; '
+                f'<a href="/c/{esc(seg(name))}{esc(qs)}">back to the list</a> <span class="hint">keys: &larr; / &rarr; '
                 "or j / k</span></p>"
                 '<p class="controls"><label>overlay opacity <input id="opacity" type="range" min="0" max="100" value="45">'
                 '</label> <label><input id="gt-toggle" type="checkbox" checked> ground-truth outline</label></p>'
@@ -467,7 +472,7 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
         picks = "".join(f'<option value="{i}">{esc(d.sample_ids[i])} ({esc(d.defects[i])})</option>'
                         for i in d.order[:2000])
         return (f"<h1>{esc(d.name)}: try a part</h1>"
-                f'<form id="upload" method="post" enctype="multipart/form-data" action="/c/{esc(d.name)}/try">'
+                f'<form id="upload" method="post" enctype="multipart/form-data" action="/c/{esc(seg(d.name))}/try">'
                 f"<p>one image per camera (at most {settings.max_upload_bytes // 2**20} MiB in all):</p>{inputs}"
                 '<button type="submit">score</button></form>'
                 f'<form id="pick" method="get"><label>or a test sample <select name="sample">{picks}</select></label>'
