@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # the session's tiny run is trained and tested first (~30 s on 2 cores)
+
 CLASS = "toy_brick"  # the class of the `trained_run` fixture (conftest.py)
 
 

@@ -27,6 +27,7 @@ def fake_run(tmp_path):
     return synthetic_run(tmp_path / "fake", n_objects=60, n_views=3, image_size=32, grid=4, seed=2)
 
 
+@pytest.mark.slow  # uses the session's trained run
 def test_test_outputs_are_the_maps_and_paths_of_scores_csv(trained_run):
     folder = trained_run / CLASS
     rows = list(csv.DictReader(open(folder / "scores.csv")))
@@ -125,6 +126,7 @@ def test_reevaluation_with_corrected_labels_against_sklearn(fake_run, tmp_path):
     assert json.loads((fake_run / "widget" / "metrics_relabelled.json").read_text())["corrected"] == c
 
 
+@pytest.mark.slow  # uses the session's trained run
 def test_multiflow_test_labels_option(trained_run, tmp_path, capsys):
     from multiflow.cli import main
 
@@ -141,6 +143,7 @@ def test_multiflow_test_labels_option(trained_run, tmp_path, capsys):
     assert "label file not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # uses the session's trained run
 def test_apply_threshold_is_audited_and_the_predictor_uses_it(trained_run, tmp_path):
     from multiflow.engine.predict import Predictor
 
