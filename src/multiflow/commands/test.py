@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the view aggregation of the sample score")
     p.add_argument("--no-pictures", action="store_true", help="skip the figures")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--labels", metavar="CSV_OR_DB",
+                   help="re-evaluate the stored scores with operator labels from `multiflow review` (its "
+                        "labels.sqlite or CSV export) instead of recomputing: writes <class>/metrics_relabelled.json")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -28,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError("config.yaml not found: not a run folder written by `multiflow fit`", run_dir)
+    if args.labels:
+        from multiflow.review.reevaluate import reevaluate_run, relabelled_table
+
+        print(relabelled_table(reevaluate_run(run_dir, args.labels)))
+        return 0
     ov = list(args.overrides)
     if args.streaming:
         ov.append("eval.streaming=true")

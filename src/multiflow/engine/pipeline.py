@@ -10,6 +10,7 @@ One model per class (category). A run folder looks like::
         <category>/metrics.json          evaluation of the test split (after ``multiflow test``)
         <category>/scores.csv            per-sample and per-view scores of the test split
         <category>/adeval.pkl            predictions in ADEval's format
+        <category>/maps.npy, samples.json  per-view anomaly maps and image/mask paths (for review)
         <category>/figures/*.png         Fig. 5 layouts, ROC, histograms, worst FP / FN
         metrics.json / metrics.csv / metrics.md / report.html
 
@@ -454,6 +455,9 @@ def evaluate_category(
         image_scores=img_scores.reshape(-1),
         mask_paths=[m for r in ds.samples for m in r.mask_paths],
     )
+    from multiflow.engine.test_outputs import write_test_outputs
+
+    write_test_outputs(folder, ds, maps, test.view_names)  # maps.npy + samples.json for `multiflow review`
     if cfg.eval.pictures if pictures is None else pictures:
         _category_pictures(folder, category, ds, maps, img_scores, s_scores, labels, threshold, test.view_names, how)
     return metrics
