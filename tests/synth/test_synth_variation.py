@@ -100,8 +100,8 @@ def test_face_mismatch_is_seen_only_from_its_side(family):
         area = np.array([int(m.sum()) for m in s.masks])
         assert area.max() > 0 and d["views"] == [n for n, a in zip(s.view_names, area) if a > 0]
         assert not (s.masks & ~s.silhouettes).any()
-        # the top camera sees (almost) none of a side face
-        assert area[0] <= 0.15 * area.max()
+        # the top camera sees (almost) none of a side face (only what perspective shows at the rim)
+        assert area[0] <= 0.1 * area.max()
         # a camera on the far side of the mismatched face sees none of it
         yaw = inst["yaw"]
         u_local = np.asarray(d["normal"])

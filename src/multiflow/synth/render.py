@@ -148,7 +148,8 @@ def render_view(
         albedo *= (1.0 + tex * texture_noise(p, scene.waves) + grn * grain_noise(p))[:, None]
         face = None
         if scene.defect is not None and scene.defect.code == "FM":  # geometric normals, before the ribs
-            face = face_mismatch_mask(scene.defect, n, pid)
+            centres = np.stack([np.asarray(pp.prim.bounds()[0], np.float32) for pp in parts])
+            face = face_mismatch_mask(scene.defect, p, n, pid, centres)
         for i, pp in enumerate(parts):
             mat = pp.material
             if mat.ribs <= 0 and mat.slot is None:

@@ -603,10 +603,15 @@ def _face_mismatch(scene: Scene, rng: np.random.Generator) -> Defect:
                   hard=False, placement="face", face_parts=idx)
 
 
-def face_mismatch_mask(defect: Defect, n: np.ndarray, part: np.ndarray) -> np.ndarray:
-    """Bool ``(N,)``: points (geometric normals ``n (N, 3)``, local frame; part index ``part (N,)``)
-    on the FM defect's faces: on one of ``defect.face_parts`` with ``n . u > FACE_COS`` and ``|n_z| < 0.5``."""
-    return np.isin(part, defect.face_parts) & (n @ defect.normal > FACE_COS) & (np.abs(n[:, 2]) < 0.5)
+def face_mismatch_mask(defect: Defect, p: np.ndarray, n: np.ndarray, part: np.ndarray,
+                       centres: np.ndarray) -> np.ndarray:
+    """Bool ``(N,)``: points ``p (N, 3)`` (geometric normals ``n (N, 3)``, local frame; part index
+    ``part (N,)``; ``centres (P, 3)`` the parts' bounding centres) on the FM defect's outer faces: on
+    one of ``defect.face_parts``, ``n . u > FACE_COS``, ``|n_z| < 0.5`` and on the ``u`` side of its
+    part's centre (not the inside of a bore, whose far wall also faces ``u``)."""
+    u = defect.normal
+    return (np.isin(part, defect.face_parts) & (n @ u > FACE_COS) & (np.abs(n[:, 2]) < 0.5)
+            & (np.einsum("ij,j->i", p - centres[part], u) > 0))
 
 
 def texture_noise(p: np.ndarray, waves: np.ndarray) -> np.ndarray:
