@@ -127,9 +127,18 @@ def state_root(out: Path) -> Path:
     machine has one, since train_flow writes the whole state (~0.65 GB for the paper's flow) at its end
     and a cell never resumes from it (the cell is the unit of resumption)."""
     shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm / f"multiflow-learning-curve-{os.getpid()}"
-    return out / "tmp"
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        return out / "tmp"
+    import shutil
+
+    for stale in shm.glob("multiflow-learning-curve-*"):  # left behind by a killed run: free the memory
+        try:
+            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+    return shm / f"multiflow-learning-curve-{os.getpid()}"
 
 
 def cell_path(out: Path, cls: str, n: int, method: str, seed: int) -> Path:
@@ -275,7 +284,9 @@ def run_cell(cfg, grid: dict[str, Any], d: ClassData, cls: str, n: int, method: 
             gammas = np.abs(np.asarray(view_gammas(model)))  # (st-networks, views)
             rec["gamma_abs"] = {"per_view_mean": gammas.mean(axis=0).round(5).tolist(),
                                 "min": float(gammas.min()), "max": float(gammas.max())}
-            rec["steps"] = math.ceil(len(result.train_index) / tcfg.batch_size) * len(result.history)
+            per_epoch = math.ceil(len(result.train_index) / tcfg.batch_size)
+            rec["steps"] = per_epoch * len(result.history)
+            rec["steps_selected"] = per_epoch * max(result.best_epoch, 0)  # steps taken by the scored weights
             rec["epochs"] = len(result.history)
             rec["best_epoch"] = result.best_epoch
             rec["lr"] = tcfg.lr
@@ -423,12 +434,12 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
             per_view = np.mean([r["gamma_abs"]["per_view_mean"] for r in mf], axis=0)
             lo = min(r["gamma_abs"]["min"] for r in mf)
             hi = max(r["gamma_abs"]["max"] for r in mf)
-            steps = sorted({r["steps"] for r in mf})
+            steps = sorted({r.get("steps_selected", r["steps"]) for r in mf})
             lr = mf[0].get("lr")
-            lines.append(f"- learned |gamma| of Multi-Flow's st-networks (mean over blocks and runs) per view "
-                         f"{', '.join(f'{v}: {g:.3f}' for v, g in zip(ctx['views'], per_view))}; range "
+            lines.append(f"- learned |gamma| of Multi-Flow's st-networks (selected weights; mean over blocks and runs) "
+                         f"per view {', '.join(f'{v}: {g:.3f}' for v, g in zip(ctx['views'], per_view))}; range "
                          f"{lo:.3f}-{hi:.3f} after {steps[0]}-{steps[-1]} optimiser steps at lr {lr} "
-                         f"(steps x lr = {steps[-1] * lr:.2f}).")
+                         f"(steps x lr = {steps[-1] * lr:.2f}: Adam moves gamma by about lr per step).")
         key = f"multiflow@{n_max}"
         if key in off:
             parts = []

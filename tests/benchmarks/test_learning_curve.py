@@ -3,7 +3,6 @@ resume, --max-minutes) and its report logic on hand-made records."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -38,6 +37,9 @@ def test_quick_run_cells_resume_and_report(tmp_path, monkeypatch):
         assert len(mf["gamma_abs"]["per_view_mean"]) == 5 and mf["gamma_abs"]["max"] > 0
         assert len(sv["gamma_abs"]["per_view_mean"]) == 1
         assert "cross_view_off" in mf and "cross_view_off" not in sv
+        assert 0 < mf["steps_selected"] <= mf["steps"]
+        # Adam moves each gamma by at most about lr per step (the issue's lead), measured here
+        assert mf["gamma_abs"]["max"] <= 1.5 * mf["lr"] * mf["steps_selected"]
     # nested subsets: the smaller train set trained on fewer samples
     assert recs[(2, "multiflow")]["steps"] <= recs[(4, "multiflow")]["steps"]
     md = (out / "report.md").read_text()
