@@ -99,3 +99,20 @@ def test_estimates_grow_with_n_and_default_grid_fits_the_budget():
     assert 1.5 * 3600 < total < 3.2 * 3600  # "a few hours on 2 cores", as the issue asks
     cells = lc.plan(g)
     assert len(cells) == len(set(cells)) == 2 * 4 * 3 * 5 and [c[1] for c in cells] == sorted(c[1] for c in cells)
+
+
+def test_state_root_frees_states_of_killed_runs(tmp_path):
+    import os
+    import subprocess
+
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        assert lc.state_root(tmp_path) == tmp_path / "tmp"
+        return
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid is no longer alive
+    stale = shm / f"multiflow-learning-curve-{dead.pid}"
+    (stale / "tmpx").mkdir(parents=True, exist_ok=True)
+    mine = lc.state_root(tmp_path)
+    assert mine == shm / f"multiflow-learning-curve-{os.getpid()}"
+    assert not stale.exists()
