@@ -81,7 +81,8 @@ def test_two_ranks_give_the_same_metrics_and_only_rank_0_writes(runs):
 
 def test_sharded_extraction_wrote_the_single_process_caches(runs):
     from multiflow.config import load_config
-    from multiflow.engine.pipeline import build_extractor, prepare_split
+    from multiflow.engine.factories import build_extractor
+    from multiflow.engine.preprocess import prepare_split
 
     root, _, two, _ = runs
     cfg = load_config(two / "config.yaml", [f"features.cache_dir={root / 'cache-one'}"])
