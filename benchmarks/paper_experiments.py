@@ -516,7 +516,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=0, help="override train.epochs")
     p.add_argument("--quick", action="store_true", help="tiny check: 1 class, 8 train samples, 128 px, 1 epoch, 1 seed")
     p.add_argument("--only", nargs="*", help="run only these variant names (e.g. base graph-none patchcore)")
-    p.add_argument("--base-masks", default="", choices=["", "threshold", "isnet", "file", "none"],
+    from multiflow.features.masks import MASK_PROVIDERS
+
+    p.add_argument("--base-masks", default="", choices=["", *sorted(MASK_PROVIDERS)],
                    help="mask provider of the base variant (default: the config's masks.provider, i.e. "
                         "threshold without --config and isnet with configs/paper.yaml)")
     p.add_argument("--mask-root", default="", help="silhouette tree for the masks=file variant "

@@ -48,8 +48,11 @@ class PreparedSplit:
     view_names: list[str]
 
 
-def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progress: bool = True) -> PreparedSplit:
+def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progress: bool = True,
+                  on_corrupt: str = "error") -> PreparedSplit:
     """Open a split, extract (or reuse) its features and foreground masks.
+
+    ``on_corrupt``: ``"error"`` or ``"rebuild"`` a cache entry that fails its checks.
 
     Under ``torchrun`` the samples are shared among the ranks and every rank gets the whole
     result (:func:`multiflow.features.cache.build_entry`); every rank must call this.
@@ -64,7 +67,7 @@ def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progr
     ctx = current_context()
     feats = extract_features(
         ds, extractor, root, batch_size=cfg.features.batch_size, dtype=cfg.features.dtype,
-        num_workers=cfg.features.num_workers, progress=progress, ctx=ctx,
+        num_workers=cfg.features.num_workers, progress=progress, ctx=ctx, on_corrupt=on_corrupt,
     )
     masks = None
     if cfg.masks.provider != "none":
@@ -72,7 +75,7 @@ def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progr
         cm = compute_masks(
             ds, provider, root, grid=extractor.feature_size(extractor.input_size),
             dilation=cfg.masks.dilation, batch_size=cfg.features.batch_size,
-            num_workers=cfg.features.num_workers, progress=progress, ctx=ctx,
+            num_workers=cfg.features.num_workers, progress=progress, ctx=ctx, on_corrupt=on_corrupt,
         )
         masks = cm.grid
     return PreparedSplit(ds, feats.features, masks, list(feats.sample_ids), list(ds.view_names))
@@ -90,17 +93,17 @@ class ViewPreprocessor:
         self.extractor = extractor
         self.input_size = int(extractor.input_size)
         self.dtype = bundle.features.dtype
-        self.masks = bundle.masks
+        self.masks_spec = bundle.masks
         self.flips = dict(bundle.flips or {})
         self.view_names = list(bundle.view_names)
         self._static_provider = None
-        if self.masks.provider not in ("none", "file"):
-            self._static_provider = build_mask_provider(self.masks.to_config())
+        if self.masks_spec.provider not in ("none", "file"):
+            self._static_provider = build_mask_provider(self.masks_spec.to_config())
 
     @property
     def needs_paths(self) -> bool:
         """Whether masks come from files next to the images (``masks.provider=file``)."""
-        return self.masks.provider == "file"
+        return self.masks_spec.provider == "file"
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         """``(V, 3, H, W)`` in ``[0, 1]`` -> ``(V, 3, S, S)``, as the data sets resize at load."""
@@ -109,36 +112,46 @@ class ViewPreprocessor:
         return resize_images(images, self.input_size)
 
     @torch.no_grad()
-    def __call__(
-        self, images: torch.Tensor, *, image_paths: list[str] | None = None, image_root: str | None = None,
-        sample_id: str = "",
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``images (V, 3, H, W)`` (data-set orientation, any size) -> ``(features (1, V, C, h, w)
-        float32 rounded to the stored dtype, masks (1, V, h, w) float or None)``.
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (V, 3, S, S)`` (already resized) -> ``(1, V, C, h, w)`` float32 rounded to the stored dtype."""
+        return round_features(self.extractor.forward_views(x[None]).float(), self.dtype)
 
-        ``image_paths`` (in view order) and ``image_root`` are needed for ``masks.provider=file``.
+    def masks(self, x: torch.Tensor, *, image_paths: list[str] | None = None, image_root: str | None = None,
+              sample_id: str = "") -> torch.Tensor | None:
+        """Grid masks ``(1, V, h, w)`` float (1 = foreground) of ``x (V, 3, S, S)``, or None without masks.
+
+        ``image_paths`` (in view order) and ``image_root`` are needed for ``masks.provider=file``;
+        without them a :class:`DataError` says so (the threshold assumes those masks).
         """
         from multiflow.features.masks import view_mask
 
-        x = self.resize(images)
-        feats = round_features(self.extractor.forward_views(x[None]).float(), self.dtype)
-        if self.masks.provider == "none":
-            return feats, None
+        if self.masks_spec.provider == "none":
+            return None
         provider = self._static_provider
         if provider is None:  # file masks: the mask tree mirrors the images' root
             if not image_paths or not image_root:
                 raise DataError(
                     f"sample {sample_id!r}: this model was trained and calibrated with mask files "
-                    f"(masks.provider=file, mask_root {self.masks.mask_root!r}); score it from image files "
+                    f"(masks.provider=file, mask_root {self.masks_spec.mask_root!r}); score it from image files "
                     "inside a data set root (multiflow predict / api.predict) so their masks can be found"
                 )
-            provider = build_mask_provider(self.masks.to_config(), image_root=image_root)
-        grid = tuple(int(s) for s in feats.shape[-2:])
+            provider = build_mask_provider(self.masks_spec.to_config(), image_root=image_root)
+        grid = tuple(int(s) for s in self.extractor.feature_size(self.input_size))
         arr = x.permute(0, 2, 3, 1).numpy()
         paths = list(image_paths) if image_paths else [None] * arr.shape[0]
-        masks = np.stack([
+        out = np.stack([
             view_mask(provider, arr[v], paths[v], grid, flip=self.flips.get(self.view_names[v], ""),
-                      dilation=int(self.masks.dilation))[1]
+                      dilation=int(self.masks_spec.dilation))[1]
             for v in range(arr.shape[0])
         ])
-        return feats, torch.from_numpy(masks).float()[None]
+        return torch.from_numpy(out).float()[None]
+
+    def __call__(
+        self, images: torch.Tensor, *, image_paths: list[str] | None = None, image_root: str | None = None,
+        sample_id: str = "",
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``images (V, 3, H, W)`` (data-set orientation, any size) -> ``(features (1, V, C, h, w)
+        float32 rounded to the stored dtype, masks (1, V, h, w) float or None)``."""
+        x = self.resize(images)
+        mask = self.masks(x, image_paths=image_paths, image_root=image_root, sample_id=sample_id)
+        return self.features(x), mask

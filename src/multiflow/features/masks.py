@@ -242,12 +242,15 @@ class IsNetMasks:
         return self.segmenter(np.asarray(image)) > self.threshold
 
 
+#: The registry of foreground-mask providers (config validation and commands read it from here).
+MASK_PROVIDERS: dict[str, type] = {"none": NoMasks, "threshold": ThresholdMasks, "file": FileMasks, "isnet": IsNetMasks}
+
+
 def make_provider(name: str, **kwargs: Any) -> MaskProvider:
     """``"isnet"``, ``"threshold"``, ``"file"`` or ``"none"`` with the provider's keyword arguments."""
-    table = {"none": NoMasks, "threshold": ThresholdMasks, "file": FileMasks, "isnet": IsNetMasks}
-    if name not in table:
-        raise ConfigError(f"unknown mask provider {name!r}; choose one of {sorted(table)}")
-    return table[name](**kwargs)
+    if name not in MASK_PROVIDERS:
+        raise ConfigError(f"unknown mask provider {name!r}; choose one of {sorted(MASK_PROVIDERS)}")
+    return MASK_PROVIDERS[name](**kwargs)
 
 
 def reduce_to_grid(mask: np.ndarray, grid: tuple[int, int], mode: str = "area") -> np.ndarray:
