@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import paper_experiments as pe  # noqa: E402
 from benchmarks._report import machine_line, update_section  # noqa: E402
-from multiflow.engine.bundle import read_bundle  # noqa: E402
 
 SECTION = "paper-training-length"
 METRICS = (("s_auroc", "S-AUROC"), ("i_auroc", "I-AUROC"), ("p_auroc", "P-AUROC"), ("aupro", "AUPRO"))
@@ -47,11 +46,13 @@ def load_records(out: Path, run: str, variants: list[str]) -> list[dict] | None:
                 if not path.is_file():
                     return None
                 rec = json.loads(path.read_text())
-                training = read_bundle(folder).training if (folder / "model.json").is_file() else None
-                n_train = int(training.train_samples) if training else 0
-                epochs = len(training.history) if training else 0
+                meta_path = folder / "model.json"
+                meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+                training = meta.get("training", meta)  # bundle format 2 nests the training record
+                n_train = int(training.get("train_samples", 0))
+                epochs = len(training.get("history") or [])
                 rec["steps"] = math.ceil(n_train / pe.FULL["batch"]) * epochs if n_train else None
-                rec["best_epoch"] = training.best_epoch if training else None
+                rec["best_epoch"] = training.get("best_epoch")
                 records.append(rec)
     return records
 

@@ -24,19 +24,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rebuild-corrupt", action="store_true", help="rebuild a corrupt cache entry instead of failing")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Under ``torchrun`` the ranks share the samples; rank 0 writes the cache and reports."""
+def config_from(args: argparse.Namespace):
+    """The run configuration these arguments describe (what ``fit`` gets from the same options)."""
     from multiflow.config import load_config
-    from multiflow.engine.distributed import init_distributed
-    from multiflow.engine.factories import build_extractor, list_categories
-    from multiflow.engine.preprocess import prepare_split
 
     ov = overrides_from(args)
     if args.category:
         ov.append(f"data.categories=[{args.category}]")
     if args.cache:
         ov.append(f"features.cache_dir={args.cache}")
-    cfg = load_config(args.config, ov).validate()
+    return load_config(args.config, ov).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Under ``torchrun`` the ranks share the samples; rank 0 writes the cache and reports."""
+    from multiflow.engine.distributed import init_distributed
+    from multiflow.engine.factories import build_extractor, list_categories
+    from multiflow.engine.preprocess import prepare_split
+
+    cfg = config_from(args)
     ctx = init_distributed()
     say = print if ctx.is_main else (lambda *a, **k: None)
     extractor = build_extractor(cfg.features)
