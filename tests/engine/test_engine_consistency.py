@@ -23,6 +23,8 @@ import torch
 from multiflow import api
 from multiflow.errors import CheckpointError, ConfigError, DataError
 
+pytestmark = pytest.mark.slow  # one tiny fit shared by the module (about a minute on two cores)
+
 CLASS = "toy_brick"
 VIEWS = ["C1", "C2", "C3", "C4", "C5"]
 
@@ -131,6 +133,9 @@ def test_aggregation_override_is_applied_and_recorded(run, tmp_path):
 
     with pytest.raises(ConfigError, match="unknown test-time override"):
         evaluate_run(copy, overrides={"graph": "full"})
+    # a configuration value is not a silent override: it must be named as one
+    with pytest.raises(ConfigError, match="--aggregation mean"):
+        api.evaluate(copy, overrides=["eval.aggregation=mean"], progress=False, pictures=False)
 
 
 def test_a_changed_input_size_at_test_time_is_a_clear_error(run):

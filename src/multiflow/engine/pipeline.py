@@ -201,6 +201,12 @@ def evaluate_category(
     folder = run_dir / category
     model, bundle = load_bundle(folder)
     check_features_config(cfg.features, bundle, folder / BUNDLE_FILE)
+    if "aggregation" not in ov and cfg.eval.aggregation != bundle.scoring.aggregation:
+        raise ConfigError(
+            f"{folder / BUNDLE_FILE}: eval.aggregation={cfg.eval.aggregation} in the configuration differs from the "
+            f"model's {bundle.scoring.aggregation!r}; the model's setting is used unless you override it explicitly "
+            f"(multiflow test --aggregation {cfg.eval.aggregation}, recorded in metrics.json)"
+        )
     extractor = build_extractor(bundle.features.to_config())
     check_backbone(extractor, bundle, folder / BUNDLE_FILE)
     test_cfg = dataclasses.replace(
