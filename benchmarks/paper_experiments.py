@@ -214,15 +214,17 @@ def run_one(cfg, variant: Variant, seed: int, category: str, folder: Path, *, ma
         else:
             from multiflow.engine.pipeline import evaluate_category, fit_category
 
+            from multiflow.engine.bundle import read_bundle
+
             if (folder / category / "model.json").is_file():
-                meta = json.loads((folder / category / "model.json").read_text())
+                bundle = read_bundle(folder / category)
             else:
-                meta = fit_category(vcfg, category, folder, resume=True, progress=progress)
-            t_fit = float(meta.get("seconds", {}).get("total", 0.0)) - float(
-                meta.get("seconds", {}).get("features_and_masks", 0.0))
-            steps = int(meta.get("train_samples", 0)) * len(meta.get("history") or [])
-            if meta.get("single_view"):  # the single-view flow counts images: report 5-view samples
-                steps /= max(1, len(meta.get("view_names") or [1]))
+                bundle = fit_category(vcfg, category, folder, resume=True, progress=progress)
+            rec = bundle.training
+            t_fit = float(rec.seconds.get("total", 0.0)) - float(rec.seconds.get("features_and_masks", 0.0))
+            steps = int(rec.train_samples) * len(rec.history)
+            if bundle.single_view:  # the single-view flow counts images: report 5-view samples
+                steps /= max(1, len(bundle.view_names))
             train_sps = steps / t_fit if t_fit > 0 and steps else None
             metrics = evaluate_category(folder, category, vcfg, progress=progress, pictures=False)
     record = {
@@ -524,7 +526,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=0, help="override train.epochs")
     p.add_argument("--quick", action="store_true", help="tiny check: 1 class, 8 train samples, 128 px, 1 epoch, 1 seed")
     p.add_argument("--only", nargs="*", help="run only these variant names (e.g. base graph-none patchcore)")
-    p.add_argument("--base-masks", default="", choices=["", "threshold", "isnet", "file", "none"],
+    from multiflow.features.masks import MASK_PROVIDERS
+
+    p.add_argument("--base-masks", default="", choices=["", *sorted(MASK_PROVIDERS)],
                    help="mask provider of the base variant (default: the config's masks.provider, i.e. "
                         "threshold without --config and isnet with configs/paper.yaml)")
     p.add_argument("--mask-root", default="", help="silhouette tree for the masks=file variant "
@@ -577,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             mask_root = args.mask_root
         seeds = args.seeds if args.seeds else (sizes["seeds"] if synthetic else [0, 1, 2])
         cfg = make_config(args, data_root, out / "cache", classes, sizes)
-        from multiflow.engine.pipeline import list_categories
+        from multiflow.engine.factories import list_categories
 
         categories = list_categories(cfg.data)
         variants = build_variants(base_masks=cfg.masks.provider, file_masks=bool(mask_root) and Path(mask_root).is_dir(),

@@ -137,13 +137,19 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "RunConfig":
+        # the names of masks, fusions, noise schemes and aggregations come from their registries
+        from multiflow.features.masks import MASK_PROVIDERS
+        from multiflow.flow.fusion import FUSIONS
+        from multiflow.flow.noise import NOISE_SCHEMES
+        from multiflow.scoring import VIEW_AGGREGATIONS
+
         _choice("data.format", self.data.format, {"realiad", "folder", "manifest"})
-        _choice("masks.provider", self.masks.provider, {"isnet", "threshold", "file", "none"})
+        _choice("masks.provider", self.masks.provider, set(MASK_PROVIDERS))
         self._validate_graph()
-        _choice("model.fusion", self.model.fusion, {"conv", "self_attention", "cross_attention"})
-        _choice("model.noise", self.model.noise, {"none", "simplenet", "uniform", "softflow"})
+        _choice("model.fusion", self.model.fusion, set(FUSIONS))
+        _choice("model.noise", self.model.noise, set(NOISE_SCHEMES))
         _choice("train.select", self.train.select, {"best_val", "last"})
-        _choice("eval.aggregation", self.eval.aggregation, {"max", "mean", "mean_of_max"})
+        _choice("eval.aggregation", self.eval.aggregation, set(VIEW_AGGREGATIONS))
         _choice("features.dtype", self.features.dtype, {"float16", "float32"})
         if len(self.model.kernel_sizes) != self.model.n_blocks:
             raise ConfigError(

@@ -11,14 +11,12 @@ import csv
 import json
 import os
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from multiflow._atomic import write_json
 from multiflow.errors import CheckpointError, DataError
 
 FILTERS = ("all", "fp", "fn", "ng", "ok", "anomalous", "normal")
@@ -42,31 +40,21 @@ def resolve_under(root: str | os.PathLike, relative: str) -> Path:
 def apply_threshold(model_dir: str | os.PathLike, value: float, *, who: str, reason: str) -> dict[str, Any]:
     """Set the decision threshold of a class model; returns the audit record.
 
-    Rewrites ``<model_dir>/model.json`` atomically with ``threshold = value`` and appends
-    ``{value, previous, who, when, reason}`` to its ``threshold_history`` list. Every consumer
-    of the model (``predict``, ``export``, ``serve``, :class:`~multiflow.engine.predict.Predictor`)
-    reads the threshold from that file.
+    Goes through :func:`multiflow.engine.bundle.set_threshold`: ``model.json`` is rewritten
+    atomically with the new value and an audit record ``{value, previous, who, when, reason}``;
+    every consumer of the model (``predict``, ``export``, ``serve``,
+    :class:`~multiflow.engine.predict.Predictor`) reads the threshold from the bundle.
     """
+    from multiflow.engine.bundle import set_threshold
+
     path = Path(model_dir) / "model.json"
     value = float(value)
     if not np.isfinite(value):
         raise DataError(f"threshold must be a finite number, got {value}", path)
     if not who.strip():
         raise DataError("who must name the person applying the threshold", path)
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError("model.json not found", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"not valid JSON: {exc}", path) from None
-    if not isinstance(meta, dict) or "threshold" not in meta:
-        raise CheckpointError("not a class model description (no threshold)", path)
-    record = {"value": value, "previous": float(meta["threshold"]), "who": who.strip(),
-              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reason": reason.strip()}
-    meta["threshold"] = value
-    meta["threshold_history"] = list(meta.get("threshold_history") or []) + [record]
-    write_json(path, meta)
-    return record
+    bundle = set_threshold(model_dir, value, who=who.strip(), reason=reason.strip() or "set in multiflow review")
+    return asdict(bundle.threshold.audit[-1])
 
 
 @dataclass
@@ -189,9 +177,14 @@ def load_class(run_dir: Path, name: str) -> ClassData:
     folder = run_dir / name
     if not (folder / "model.json").is_file():
         raise NotFound(f"run {run_dir.name!r} has no class {name!r}")
-    meta = _read_json(folder / "model.json")
-    base = dict(name=name, folder=folder, threshold=float(meta.get("threshold", "nan")),
-                threshold_history=list(meta.get("threshold_history") or []))
+    from multiflow.engine.bundle import read_bundle
+
+    try:
+        bundle = read_bundle(folder)
+    except CheckpointError as exc:
+        raise DataError(str(exc), folder / "model.json") from None
+    base = dict(name=name, folder=folder, threshold=float(bundle.threshold.value),
+                threshold_history=[asdict(a) for a in bundle.threshold.audit])
     missing = [f for f in ("scores.csv", "samples.json", "maps.npy") if not (folder / f).is_file()]
     if missing:
         return ClassData(complete=False, reason="not evaluated yet (missing " + ", ".join(missing)

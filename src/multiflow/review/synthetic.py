@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from multiflow._atomic import write_json, write_text
+from multiflow.engine.bundle import FeaturesSpec, GraphSpec, MasksSpec, ModelBundle, ThresholdSpec, write_bundle
 from multiflow.engine.test_outputs import write_test_outputs
 
 
@@ -71,8 +72,14 @@ def synthetic_run(run_dir: str | Path, *, category: str = "widget", n_objects: i
                for i in range(n_objects)]
     folder.mkdir(parents=True, exist_ok=True)
     write_text(run / "config.yaml", f"name: {run.name}\n")
-    write_json(folder / "model.json", {"format": "multiflow-model/1", "category": category, "view_names": views,
-                                       "threshold": threshold, "aggregation": "max"})
+    bundle = ModelBundle(
+        category=category, view_names=list(views),
+        graph=GraphSpec(view_names=list(views), edges=[]),
+        features=FeaturesSpec(backbone="synthetic", input_size=grid, grid=[grid, grid]),
+        masks=MasksSpec(provider="none"),
+        threshold=ThresholdSpec(value=threshold, source="synthetic run (no trained flow)"),
+    )
+    write_bundle(folder, bundle)
     write_test_outputs(folder, _Samples(records), maps, views)
     with open(folder / "scores.csv", "w", newline="") as f:
         w = csv.writer(f)
