@@ -208,7 +208,8 @@ def make_config(grid: dict[str, Any], out: Path):
 
 def prepare(grid: dict[str, Any], out: Path, cfg, *, progress: bool, workers: int) -> dict[str, ClassData]:
     """Generate the data set (resumable) and extract/cache features and masks of every class."""
-    from multiflow.engine.pipeline import build_extractor, prepare_split
+    from multiflow.engine.factories import build_extractor
+    from multiflow.engine.preprocess import prepare_split
     from multiflow.synth import generate_dataset
 
     generate_dataset(out / "data", classes=grid["classes"], n_train=max(grid["sizes"]),
@@ -245,8 +246,8 @@ def _evaluate(maps: np.ndarray, d: ClassData) -> dict[str, Any]:
 def run_cell(cfg, grid: dict[str, Any], d: ClassData, cls: str, n: int, method: str, seed: int,
              tmp_root: Path) -> dict[str, Any]:
     """Train (or fit) one method on the first ``n`` training objects and score the shared test set."""
-    from multiflow.baselines.single_view import from_single_view, to_single_view
-    from multiflow.engine.pipeline import build_flow
+    from multiflow.flow.single_view import from_single_view, to_single_view
+    from multiflow.engine.factories import build_flow
     from multiflow.engine.scoring import compute_maps
     from multiflow.engine.train import train_flow
     from multiflow.flow.subnet import cross_view_scaled, view_gammas

@@ -28,7 +28,7 @@ def scores_table(run):
     scores = np.array([float(r["sample_score"]) for r in rows])
     labels = np.array([int(r["label"]) for r in rows])
     vs = np.array([[float(r[f"score_{v}"]) for v in views] for r in rows])
-    threshold = json.loads((run / CLASS / "model.json").read_text())["threshold"]
+    threshold = json.loads((run / CLASS / "model.json").read_text())["threshold"]["value"]
     return ids, scores, labels, vs, views, threshold, [r["defect"] for r in rows]
 
 
@@ -273,8 +273,8 @@ def test_apply_threshold_in_the_browser_then_predict_uses_it(page, live, trained
         page.click("#apply-form button")
         page.wait_for_function("() => document.getElementById('apply-status').textContent.startsWith('applied')")
         meta = json.loads((trained_run / CLASS / "model.json").read_text())
-        assert meta["threshold"] == pytest.approx(t_new)
-        rec = meta["threshold_history"][-1]
+        assert meta["threshold"]["value"] == pytest.approx(t_new)
+        rec = meta["threshold"]["audit"][-1]
         assert rec["previous"] == pytest.approx(t0) and rec["who"] == "line engineer"
         assert rec["reason"] == "fewer false alarms" and rec["when"].endswith("Z")
         pred = Predictor(trained_run / CLASS)

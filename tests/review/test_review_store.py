@@ -100,7 +100,7 @@ def test_reevaluation_with_corrected_labels_against_sklearn(fake_run, tmp_path):
     ids = [r["sample_id"] for r in rows]
     scores = np.array([float(r["sample_score"]) for r in rows])
     truth = np.array([int(r["label"]) for r in rows])
-    threshold = json.loads((fake_run / "widget" / "model.json").read_text())["threshold"]
+    threshold = json.loads((fake_run / "widget" / "model.json").read_text())["threshold"]["value"]
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(ids), size=20, replace=False)
     given = {ids[i]: LABELS[k % 3] for k, i in enumerate(chosen)}
@@ -153,15 +153,14 @@ def test_apply_threshold_is_audited_and_the_predictor_uses_it(trained_run, tmp_p
     rec = apply_threshold(folder, 12.5, who="ana", reason="line trial")
     apply_threshold(folder, 13.0, who="ben", reason="")
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["threshold"] == 13.0
-    before = list(old.get("threshold_history") or [])  # the browser tests may have applied one already
-    assert meta["threshold_history"][: len(before)] == before
-    new = meta["threshold_history"][len(before):]
+    assert meta["threshold"]["value"] == 13.0
+    before = list(old["threshold"]["audit"])  # the browser tests may have applied one already
+    assert meta["threshold"]["audit"][: len(before)] == before
+    new = meta["threshold"]["audit"][len(before):]
     assert [h["value"] for h in new] == [12.5, 13.0]
-    assert new[0] == rec and rec["previous"] == old["threshold"] and rec["who"] == "ana"
+    assert new[0] == rec and rec["previous"] == old["threshold"]["value"] and rec["who"] == "ana"
     assert new[1]["previous"] == 12.5 and new[1]["who"] == "ben"
-    assert {k: v for k, v in meta.items() if not k.startswith("threshold")} == \
-        {k: v for k, v in old.items() if not k.startswith("threshold")}
+    assert {k: v for k, v in meta.items() if k != "threshold"} == {k: v for k, v in old.items() if k != "threshold"}
     assert not list(folder.glob(".*tmp*"))
     assert Predictor(folder).threshold == 13.0
     with pytest.raises(DataError, match="finite"):
