@@ -71,15 +71,21 @@ def scores_with_present(model, feats: np.ndarray, masks: np.ndarray | None, pres
 
 def aurocs(img: np.ndarray, labels: np.ndarray, present: np.ndarray) -> tuple[float, float]:
     """``(S-AUROC, I-AUROC)``: sample score = max over the present views; images = present views only."""
-    from multiflow.metrics import auroc
+    import torch
 
-    s = np.where(present, img, -np.inf).max(1)
+    from multiflow.metrics import auroc
+    from multiflow.scoring import aggregate_scores
+
+    s = aggregate_scores(torch.from_numpy(img), "max", torch.from_numpy(present)).numpy()
     return float(auroc(s, labels.max(1))), float(auroc(img[present], labels[present]))
 
 
 def detection(sizes, data: Path, cache: Path, out: Path, category: str, progress: bool) -> dict[str, Any]:
-    from multiflow.baselines.single_view import from_single_view, to_single_view
-    from multiflow.engine.pipeline import build_extractor, fit_category, load_bundle, prepare_split
+    from multiflow.engine.bundle import load_bundle
+    from multiflow.engine.factories import build_extractor
+    from multiflow.engine.pipeline import fit_category
+    from multiflow.engine.preprocess import prepare_split
+    from multiflow.flow.single_view import from_single_view, to_single_view
     from multiflow.engine.scoring import compute_maps, image_scores
 
     res: dict[str, Any] = {}
@@ -88,7 +94,7 @@ def detection(sizes, data: Path, cache: Path, out: Path, category: str, progress
         cfg = config(sizes, data, cache, category, extra)
         if not (folder / category / "model.json").is_file():
             fit_category(cfg, category, folder, resume=True, progress=progress)
-        model, meta = load_bundle(folder / category)
+        model, _ = load_bundle(folder / category)
         test = prepare_split(cfg, category, "test", build_extractor(cfg.features), progress=progress)
         labels = np.array([test.dataset.image_labels(i) for i in range(len(test.dataset))])
         n, v = labels.shape

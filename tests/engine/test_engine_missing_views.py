@@ -44,8 +44,9 @@ def run(tmp_path_factory):
 def test_model_records_support_and_fault_statistics(run):
     folder, _ = run
     meta = json.loads((folder / "model.json").read_text())
+    assert meta["format"] == "multiflow-model/2"
     assert meta["supports_missing_views"] is True and meta["view_dropout"] == 0.3
-    assert (folder / "camera_faults.json").is_file()
+    assert meta["camera_faults"] == "camera_faults.json" and (folder / "camera_faults.json").is_file()
 
 
 def test_incomplete_object_is_scored_on_the_views_present(run):
@@ -97,3 +98,22 @@ def test_service_accepts_incomplete_objects(run):
     body = r.json()
     assert body["missing_views"] == ["C3", "C4"] and body["decision"] in ("OK", "NG", "CHECK CAMERA")
     assert body["view_scores"]["C3"] is None
+
+
+def test_fault_check_sees_the_images_of_the_preprocessing_path(run, monkeypatch):
+    import multiflow.faults as faults
+
+    folder, objs = run
+    pred = Predictor(folder)
+    seen = []
+    real = faults.detect_faults
+
+    def spy(model, images, *args, **kwargs):
+        seen.append(images.clone())
+        return real(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(faults, "detect_faults", spy)
+    big = torch.nn.functional.interpolate(objs[0], size=(2 * SIZE, 2 * SIZE), mode="nearest")
+    pred.predict(big, sample_id="big")
+    torch.testing.assert_close(seen[0], pred.preprocessor.resize(big), rtol=0, atol=0)
+    assert seen[0].shape[-2:] == (SIZE, SIZE)

@@ -1,8 +1,8 @@
 """Inference on new samples: pass/fail decision, per-view scores and anomaly maps.
 
 :class:`Predictor` loads a trained class model (``<run>/<class>/model.{safetensors,json}``) once,
-rebuilds the same frozen backbone (its weight digest must match the one the flow was trained on)
-and mask provider, and scores samples given as images ``(V, 3, H, W)`` in ``[0, 1]`` with the
+rebuilds the same frozen backbone (its weight digest, input size and layer must match the ones the
+flow was trained on) and mask provider from the model's bundle, and scores samples given as images ``(V, 3, H, W)`` in ``[0, 1]`` with the
 model's view names. The decision compares the sample score with the threshold calibrated on
 held-out normal training samples.
 
@@ -19,7 +19,7 @@ fingerprints for the frozen-frame check, so objects must be given in acquisition
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from multiflow._atomic import atomic_path, write_json, write_text
 from multiflow.errors import DataError
 
 
@@ -69,42 +70,43 @@ class Prediction:
 class Predictor:
     """Score new multi-view samples with a trained class model.
 
+    Everything comes from the model's bundle (:mod:`multiflow.engine.bundle`): backbone (weights
+    digest, input size, layer checked), feature dtype, masks, flips, aggregation, threshold. The
+    images go through the one preprocessing path (:class:`multiflow.engine.preprocess.ViewPreprocessor`),
+    so a sample scores here as it does in ``multiflow test``.
+
     Args:
         model_dir: ``<run>/<class>`` folder holding ``model.safetensors`` and ``model.json``.
         threshold: override the calibrated threshold.
     """
 
     def __init__(self, model_dir: str | os.PathLike, *, threshold: float | None = None) -> None:
-        from multiflow.config import FeatureConfig, MaskConfig
-        from multiflow.engine.pipeline import build_extractor, build_mask_provider, check_backbone, load_bundle
+        from multiflow.engine.bundle import BUNDLE_FILE, check_backbone, load_bundle, load_camera_faults
+        from multiflow.engine.factories import build_extractor
+        from multiflow.engine.preprocess import ViewPreprocessor
 
         self.model_dir = Path(model_dir)
-        self.flow, self.meta = load_bundle(self.model_dir)
-        f = self.meta["features"]
-        self.extractor = build_extractor(
-            FeatureConfig(backbone=f["backbone"], input_size=int(f["input_size"]), weights=f.get("weights") or "",
-                          layer=f.get("layer") or "")
-        )
-        check_backbone(self.extractor, self.meta, self.model_dir / "model.json")
-        m = self.meta["masks"]
-        self.mask_cfg = MaskConfig(provider=m["provider"], dilation=int(m["dilation"]), mask_root=m.get("mask_root", ""))
-        self.masker = None if m["provider"] in ("none", "file") else build_mask_provider(self.mask_cfg)
-        self.view_names: list[str] = list(self.meta["view_names"])
-        self.threshold = float(self.meta["threshold"] if threshold is None else threshold)
-        self.aggregation = self.meta.get("aggregation", "max")
-        self.input_size = int(f["input_size"])
-        self.single_view = bool(self.meta.get("single_view", False))
-        self.supports_missing_views = bool(self.meta.get("supports_missing_views", False))
-        self.fault_model = None
-        faults_path = self.model_dir / "camera_faults.json"
-        if faults_path.is_file():
-            from multiflow.faults import CameraFaultModel, FrameMemory
+        self.flow, self.bundle = load_bundle(self.model_dir)
+        self.extractor = build_extractor(self.bundle.features.to_config())
+        check_backbone(self.extractor, self.bundle, self.model_dir / BUNDLE_FILE)
+        self.preprocessor = ViewPreprocessor(extractor=self.extractor, bundle=self.bundle)
+        self.view_names: list[str] = list(self.bundle.view_names)
+        self.threshold = float(self.bundle.threshold.value if threshold is None else threshold)
+        self.aggregation = self.bundle.scoring.aggregation
+        self.input_size = int(self.bundle.features.input_size)
+        self.single_view = bool(self.bundle.single_view)
+        self.supports_missing_views = bool(self.bundle.supports_missing_views)
+        self.fault_model = load_camera_faults(self.model_dir, self.bundle)
+        self.frame_memory = None
+        if self.fault_model is not None:
+            from multiflow.faults import FrameMemory
 
-            self.fault_model = CameraFaultModel.load(faults_path)
-            if self.fault_model.view_names != self.view_names:
-                raise DataError(f"cameras {self.fault_model.view_names} differ from the model's {self.view_names}",
-                                faults_path)
             self.frame_memory = FrameMemory()
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The bundle as a JSON dict (read-only view for reports and the service)."""
+        return self.bundle.to_dict()
 
     def check_views(self, view_names: list[str], sample_id: str = "") -> None:
         missing = [v for v in self.view_names if v not in view_names]
@@ -127,39 +129,69 @@ class Predictor:
             )
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, view_names: list[str] | None = None, sample_id: str = "") -> Prediction:
-        """Score one object. ``images``: ``(V', 3, H, W)`` float in ``[0, 1]`` (any H, W: resized) for
-        the cameras ``view_names`` (default: all of the model's, in order; a subset only when the
-        model supports missing views)."""
+    def predict(self, images: torch.Tensor, view_names: list[str] | None = None, sample_id: str = "", *,
+                image_paths: list[str] | None = None, image_root: str | None = None) -> Prediction:
+        """Score one object.
+
+        Args:
+            images: ``(V', 3, H, W)`` float in ``[0, 1]`` for the cameras ``view_names`` (default:
+                all of the model's, in order; a non-empty subset, in any order, only when the model
+                supports missing views), in the data set's orientation (load-time flips applied);
+                any ``H, W`` (resized as the data sets resize).
+            image_paths, image_root: the files the images came from (in the order of ``view_names``)
+                and the data root they lie in; needed when the model uses mask files
+                (``masks.provider=file``).
+
+        The camera-fault check (when the bundle names statistics) sees the images as the
+        preprocessing path resized them; faulty views are not scored (module docstring).
+        """
         from multiflow.faults import decide, detect_faults
+        from multiflow.scoring import score_maps
 
         if images.ndim != 4 or images.shape[1] != 3:
             raise DataError(f"sample {sample_id!r}: images must be (V, 3, H, W), got {tuple(images.shape)}")
         given = list(view_names or self.view_names)
         if len(given) != images.shape[0]:
             raise DataError(f"sample {sample_id!r}: {images.shape[0]} images for {len(given)} views {given}")
+        if image_paths is not None and len(image_paths) != len(given):
+            raise DataError(f"sample {sample_id!r}: {len(image_paths)} image paths for {len(given)} views {given}")
         self.check_views(given, sample_id)
+        h_img, w_img = images.shape[-2:]
+        x = self.preprocessor.resize(images)  # (V', 3, S, S): what the cache and the flow see
         faults = []
         if self.fault_model is not None:
-            faults = detect_faults(self.fault_model, images, given, memory=self.frame_memory)
+            faults = detect_faults(self.fault_model, x, given, memory=self.frame_memory)
         faulty = {f.view for f in faults}
         usable = [v for v in self.view_names if v in given and v not in faulty]
         if faulty and not self.supports_missing_views:
             usable = []  # the product cannot be scored without every camera
-        h_img, w_img = images.shape[-2:]
-        full_images = images.new_zeros(len(self.view_names), 3, h_img, w_img)
-        for k, v in enumerate(given):
-            full_images[self.view_names.index(v)] = images[k]
+        n = len(self.view_names)
         present = torch.tensor([v in usable for v in self.view_names])
         if usable:
-            maps = self._maps(full_images, present if not bool(present.all()) else None)
-            view_scores = [float(maps[k].max()) if present[k] else float("nan") for k in range(len(self.view_names))]
-            sample_score = float(self._aggregate([s for s, p in zip(view_scores, present) if p]))
+            keep = [given.index(v) for v in usable]
+            pos = [self.view_names.index(v) for v in usable]
+            paths = None if image_paths is None else [image_paths[k] for k in keep]
+            f_sub, m_sub = self.preprocessor(x[keep], view_names=usable, image_paths=paths, image_root=image_root,
+                                             sample_id=sample_id)
+            feats = f_sub.new_zeros(1, n, *f_sub.shape[2:])
+            feats[:, pos] = f_sub
+            mask = None
+            if m_sub is not None:
+                mask = m_sub.new_zeros(1, n, *m_sub.shape[2:])
+                mask[:, pos] = m_sub
+            all_present = bool(present.all())
+            self.flow.eval()
+            if self.single_view:  # one shared single-view flow: every view is its own sample
+                nll = self.flow(feats.transpose(0, 1)).nll.transpose(0, 1)  # (1, V, h, w)
+            else:
+                nll = self.flow(feats, present=None if all_present else present[None]).nll
+            maps, vs, ss = score_maps(nll, mask, self.aggregation, None if all_present else present[None])
+            maps, view_scores, sample_score = maps[0], [float(s) for s in vs[0]], float(ss[0])
         else:
-            maps = torch.full((len(self.view_names), 1, 1), float("nan"))
-            view_scores = [float("nan")] * len(self.view_names)
+            maps = torch.full((n, 1, 1), float("nan"))
+            view_scores = [float("nan")] * n
             sample_score = float("nan")
-        decision, product = decide(None if not usable else sample_score, self.threshold, faults)
+        decision, product = decide(sample_score if usable else None, self.threshold, faults)
         full = torch.nn.functional.interpolate(maps[:, None], size=(h_img, w_img), mode="bilinear",
                                                align_corners=False)[:, 0]
         return Prediction(
@@ -176,35 +208,14 @@ class Predictor:
             product_decision=product,
         )
 
-    def _aggregate(self, scores: list[float]) -> float:
-        from multiflow.metrics import aggregate_views
 
-        return float(aggregate_views(torch.tensor([scores], dtype=torch.float64), self.aggregation)[0])
+def save_prediction(pred: Prediction, images: np.ndarray, out_dir: Path, *, vmax: float | None = None,
+                    image_views: list[str] | None = None) -> None:
+    """Write ``<out>/<sample_id>/<view>.npy`` (raw map), ``<view>.png`` (heat-map overlay) and ``result.json``.
 
-    def _maps(self, x: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
-        """Anomaly maps ``(V, h, w)`` of all ``V`` views ``x (V, 3, H, W)``; NaN for absent views."""
-        from multiflow.features.masks import postprocess_mask
-
-        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            x = torch.nn.functional.interpolate(x.float(), size=(self.input_size,) * 2, mode="bilinear",
-                                                align_corners=False)
-        feats = self.extractor.forward_views(x[None])  # (1, V, C, h, w)
-        grid = tuple(feats.shape[-2:])
-        mask = None
-        if self.masker is not None:
-            arr = x.permute(0, 2, 3, 1).numpy()
-            mask = torch.from_numpy(
-                np.stack([postprocess_mask(self.masker(arr[v]), grid, dilation=self.mask_cfg.dilation)[1]
-                          for v in range(arr.shape[0])])
-            )[None]
-        if self.single_view:  # one shared single-view flow: every view is its own sample
-            maps = self.flow.anomaly_map(feats.transpose(0, 1), None if mask is None else mask.transpose(0, 1))
-            return maps[:, 0]  # (V, h, w)
-        return self.flow.anomaly_map(feats, mask, None if present is None else present[None])[0]
-
-
-def save_prediction(pred: Prediction, images: np.ndarray, out_dir: Path, *, vmax: float | None = None) -> None:
-    """Write ``<out>/<sample_id>/<view>.npy`` (raw map), ``<view>.png`` (heat-map overlay) and ``result.json``."""
+    ``images`` ``(V', H, W, 3)`` are the object's images for the cameras ``image_views`` (default:
+    all of the prediction's views, in order); views without a map (missing, camera fault) are skipped.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,19 +231,17 @@ def save_prediction(pred: Prediction, images: np.ndarray, out_dir: Path, *, vmax
     for v, name in enumerate(pred.view_names):
         if not np.isfinite(pred.maps[v]).any():
             continue  # a view that was missing or not scored (camera fault): no map
-        np.save(folder / f"{name}.npy", pred.maps[v])
+        with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, pred.maps[v])
         norm = np.clip((pred.maps_full[v] - lo) / max(hi - lo, 1e-9), 0, 1)
         heat = (cm.jet(norm)[..., :3] * 255).astype(np.uint8)
-        img = images[v]
+        img = images[v if image_views is None else list(image_views).index(name)]
         if img.dtype != np.uint8:
             img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
         over = (0.55 * img + 0.45 * heat).astype(np.uint8)
-        tmp = folder / f".{name}.png.tmp"
-        Image.fromarray(over).save(tmp, format="PNG")
-        os.replace(tmp, folder / f"{name}.png")
-    tmp = folder / "result.json.tmp"
-    tmp.write_text(json.dumps(pred.as_dict(), indent=2))
-    os.replace(tmp, folder / "result.json")
+        with atomic_path(folder / f"{name}.png") as tmp:
+            Image.fromarray(over).save(tmp, format="PNG")
+    write_json(folder / "result.json", pred.as_dict())
 
 
 def _fmt(x: float | None) -> str:
@@ -250,18 +259,19 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *
         rec = dataset.samples[i]
         predictor.check_views(list(rec.view_names), rec.sample_id)
         s = dataset[i]
-        pred = predictor.predict(s.images, s.view_names, s.sample_id)
-        save_prediction(pred, s.images.permute(0, 2, 3, 1).numpy(), out)
+        root = getattr(dataset, "image_root", None) or getattr(dataset, "root", None)
+        pred = predictor.predict(s.images, s.view_names, s.sample_id, image_paths=list(rec.image_paths),
+                                 image_root=None if root is None else str(root))
+        save_prediction(pred, s.images.permute(0, 2, 3, 1).numpy(), out, image_views=list(s.view_names))
         rows.append(pred.as_dict())
-    tmp = out / "predictions.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["sample_id", "decision", "product_decision", "sample_score", "threshold"]
-                   + [f"score_{v}" for v in predictor.view_names] + ["missing_views", "camera_faults"])
-        for r in rows:
-            w.writerow([r["sample_id"], r["decision"], r["product_decision"] or "", _fmt(r["sample_score"]),
-                        f"{r['threshold']:.6f}"] + [_fmt(r["view_scores"][v]) for v in predictor.view_names]
-                       + [" ".join(r["missing_views"]),
-                          "; ".join(f"{f['view']}: {f['fault']}" for f in r["camera_faults"])])
-    os.replace(tmp, out / "predictions.csv")
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["sample_id", "decision", "product_decision", "sample_score", "threshold"]
+               + [f"score_{v}" for v in predictor.view_names] + ["missing_views", "camera_faults"])
+    for r in rows:
+        w.writerow([r["sample_id"], r["decision"], r["product_decision"] or "", _fmt(r["sample_score"]),
+                    f"{r['threshold']:.6f}"] + [_fmt(r["view_scores"][v]) for v in predictor.view_names]
+                   + [" ".join(r["missing_views"]),
+                      "; ".join(f"{f['view']}: {f['fault']}" for f in r["camera_faults"])])
+    write_text(out / "predictions.csv", buf.getvalue())
     return rows

@@ -20,7 +20,7 @@ Missing views: ``forward``, ``inverse`` and ``anomaly_map`` take an optional ``p
 present views (Eq. 4 averages over the present neighbours, see :mod:`multiflow.flow.subnet`); the
 features of absent views are replaced by zeros at the input, so nothing about them reaches a present
 view, and their outputs carry no meaning: ``anomaly_map`` sets them to NaN and the training loss
-leaves them out (:func:`present_mask`).
+leaves them out (:func:`multiflow.scoring.present_mask`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ from multiflow.flow.graph import ViewGraph
 from multiflow.flow.noise import NoiseConditioner
 from multiflow.flow.subnet import MultiViewSubnet, multiview_subnet_factory
 from multiflow.flow.transforms import AffineCoupling, FlowSequence, ViewPermutation
+from multiflow.scoring import blank_absent, fill_background, masked_loss, pixel_nll, present_mask
+
+__all__ = ["FlowOutput", "MultiFlow", "masked_loss", "present_mask"]
 
 
 @dataclass(frozen=True)
@@ -54,44 +57,6 @@ class FlowOutput:
     z: Tensor
     logdet: Tensor
     nll: Tensor
-
-
-def masked_loss(nll: Tensor, mask: Tensor) -> Tensor:
-    """Foreground-averaged NLL: ``sum(m * nll) / sum(m)``.
-
-    Args:
-        nll: ``(B, V, H, W)`` per-pixel NLL.
-        mask: ``(B, V, H, W)`` foreground mask (bool, or float weights >= 0; broadcastable).
-
-    Background values (``m == 0``) are never multiplied: they are selected away with
-    ``torch.where``, so NaN/inf there changes neither the loss nor any gradient (their gradient is
-    exactly 0). A batch without foreground gives a loss of exactly 0 (denominator clamped to 1).
-    The *features* must still be finite everywhere: the st-network convs mix neighbouring pixels,
-    so a NaN feature in the background would reach foreground pixels through the flow itself.
-    """
-    m = mask.to(nll.dtype) if mask.dtype != torch.bool else mask
-    if mask.dtype == torch.bool:
-        fg = mask
-        num = torch.where(fg, nll, torch.zeros((), dtype=nll.dtype, device=nll.device)).sum()
-        den = fg.sum().to(nll.dtype)
-    else:
-        fg = m > 0
-        num = torch.where(fg, m * torch.where(fg, nll, torch.zeros_like(nll)), torch.zeros_like(nll)).sum()
-        den = torch.where(fg, m, torch.zeros_like(m)).sum()
-    return num / den.clamp_min(1.0)
-
-
-def present_mask(mask: Tensor | None, present: Tensor | None, like: Tensor) -> Tensor | None:
-    """Foreground mask ``(B, V, H, W)`` with the absent views (``present (B, V)`` False) zeroed.
-
-    ``mask`` None means every pixel counts; ``present`` None means every view is present (the
-    mask is returned unchanged). ``like`` is the ``(B, V, H, W)`` NLL map (dtype and device).
-    """
-    if present is None:
-        return mask
-    p = present.to(device=like.device, dtype=torch.bool)[:, :, None, None]
-    base = torch.ones_like(like) if mask is None else mask.to(device=like.device, dtype=like.dtype)
-    return torch.where(p, base, torch.zeros((), dtype=like.dtype, device=like.device)).expand_as(like)
 
 
 class MultiFlow(nn.Module):
@@ -246,8 +211,16 @@ class MultiFlow(nn.Module):
         gen = generator if generator is not None else self._noise_gen
         x, cond = self.noise(features, gen)
         z, logdet = self.flow(x, cond) if present is None else self.flow(x, cond, present.to(x.device))
-        nll = (0.5 * (z * z).sum(dim=2) - logdet) / self.channels
-        return FlowOutput(z=z, logdet=logdet, nll=nll)
+        return FlowOutput(z=z, logdet=logdet, nll=pixel_nll(z, logdet))
+
+    def nll_of_noised(self, x: Tensor, cond: Tensor | None, present: Tensor | None = None) -> Tensor:
+        """Per-pixel NLL ``(B, V, H, W)`` of already-noised features ``x (B, V, C, H, W)`` with the
+        noise conditioning ``cond`` (what :attr:`noise` returned); :meth:`forward` without the noise.
+
+        ``present`` (``(B, V)`` bool) runs the flow on the induced subgraph; the caller must have
+        zeroed the absent views' features before the noise, as :meth:`forward` does."""
+        z, logdet = self.flow(x, cond) if present is None else self.flow(x, cond, present.to(x.device))
+        return pixel_nll(z, logdet)
 
     def inverse(self, z: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Eval-mode inverse (``eps = 0``): ``z (B, V, C, H, W) -> (features, logdet of the inverse)``.
@@ -272,10 +245,11 @@ class MultiFlow(nn.Module):
         """Per-pixel NLL in eval mode, ``(B, V, H, W)``; higher = more anomalous.
 
         With a foreground ``mask (B, V, H, W)``, background pixels are set to the minimum of the
-        foreground values of the same sample and view (no ties with a constant, no false highs);
+        foreground values of the same sample and view (no ties with a constant, no false highs;
+        :func:`multiflow.scoring.fill_background`);
         a view without foreground pixels keeps its raw map. With ``present`` (``(B, V)`` bool) the
-        flow runs on the present views only and the maps of absent views are NaN. The module's
-        train/eval mode is restored afterwards.
+        flow runs on the present views only and the maps of absent views are NaN
+        (:func:`multiflow.scoring.blank_absent`). The module's train/eval mode is restored afterwards.
         """
         was_training = self.training
         self.eval()
@@ -283,17 +257,7 @@ class MultiFlow(nn.Module):
             nll = self.forward(features, present=present).nll
         finally:
             self.train(was_training)
-        if mask is not None:
-            fg = mask.to(torch.bool).expand_as(nll)
-            inf = torch.tensor(math.inf, dtype=nll.dtype, device=nll.device)
-            fg_min = torch.where(fg, nll, inf).amin(dim=(2, 3), keepdim=True)
-            has_fg = fg.any(dim=3, keepdim=True).any(dim=2, keepdim=True)
-            fill = torch.where(has_fg, fg_min, nll)
-            nll = torch.where(fg, nll, fill)
-        if present is not None:
-            p = present.to(nll.device)[:, :, None, None]
-            nll = torch.where(p, nll, torch.full((), math.nan, dtype=nll.dtype, device=nll.device))
-        return nll
+        return blank_absent(fill_background(nll, mask), present)
 
 
 def _init_parameters(model: nn.Module, gen: torch.Generator) -> None:
