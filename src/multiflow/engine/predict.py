@@ -78,9 +78,12 @@ class Predictor:
     Args:
         model_dir: ``<run>/<class>`` folder holding ``model.safetensors`` and ``model.json``.
         threshold: override the calibrated threshold.
+        frozen_check: remember each object's fingerprints for the frozen-frame check (objects
+            must then come in acquisition order); False for tools that score parts in any order.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, *, threshold: float | None = None) -> None:
+    def __init__(self, model_dir: str | os.PathLike, *, threshold: float | None = None,
+                 frozen_check: bool = True) -> None:
         from multiflow.engine.bundle import BUNDLE_FILE, check_backbone, load_bundle, load_camera_faults
         from multiflow.engine.factories import build_extractor
         from multiflow.engine.preprocess import ViewPreprocessor
@@ -98,7 +101,7 @@ class Predictor:
         self.supports_missing_views = bool(self.bundle.supports_missing_views)
         self.fault_model = load_camera_faults(self.model_dir, self.bundle)
         self.frame_memory = None
-        if self.fault_model is not None:
+        if self.fault_model is not None and frozen_check:
             from multiflow.faults import FrameMemory
 
             self.frame_memory = FrameMemory()

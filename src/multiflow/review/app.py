@@ -439,7 +439,8 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
         with predict_lock:
             hit = predictors.get(d.name)
             if hit is None or hit[0] != stamp:
-                hit = (stamp, Predictor(d.folder))
+                # parts are tried in any order here, not in acquisition order: no frozen-frame check
+                hit = (stamp, Predictor(d.folder, frozen_check=False))
                 predictors[d.name] = hit
             return hit[1]
 
@@ -452,7 +453,8 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
         with predict_lock, torch.inference_mode():
             pred = pred_.predict(images, list(d.view_names), title)
         lo, hi = d.map_range
-        best = int(np.argmax(pred.view_scores))
+        scores = np.asarray(pred.view_scores, dtype=np.float64)
+        best = int(np.nanargmax(scores)) if np.isfinite(scores).any() else -1  # -1: no view scored
         figs = []
         for k, v in enumerate(pred.view_names):
             rgb = (images[k].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
@@ -461,9 +463,14 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
             figs.append(f'<figure class="view{" decided" if k == best else ""}"><figcaption>{esc(v)}: '
                         f'<b>{pred.view_scores[k]:.3f}</b></figcaption><img src="data:image/jpeg;base64,{b64}" '
                         f'alt="{esc(v)}"></figure>')
-        return (f'<h2>Result: <span id="try-decision" class="decision {pred.decision.lower()}">{pred.decision}</span></h2>'
+        faults = "".join(f"<li>{esc(f['view'])}: {esc(f['fault'])} ({esc(f.get('reason', ''))})</li>"
+                         for f in pred.camera_faults)
+        faults = f'<p>camera faults (not scored as product defects):</p><ul id="try-faults">{faults}</ul>' if faults else ""
+        decided = esc(pred.view_names[best]) if best >= 0 else "no view"
+        return (f'<h2>Result: <span id="try-decision" class="decision {pred.decision.lower().replace(" ", "-")}">'
+                f'{pred.decision}</span></h2>' + faults +
                 f'<p>sample score <b id="try-score">{pred.sample_score:.4f}</b> (threshold {pred.threshold:.4f}, '
-                f"{esc(pred_.aggregation)} over views; decided by {esc(pred.view_names[best])})</p>"
+                f"{esc(pred_.aggregation)} over views; decided by {decided})</p>"
                 f'<div class="views" style="--n:{len(pred.view_names)}">{"".join(figs)}</div>')
 
     def try_form(d: ClassData, result: str = "") -> str:
@@ -522,7 +529,7 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
                     files.setdefault(key, []).append(await value.read())
         finally:
             await form.close()
-        images = collect_views(files, list(d.view_names), n, settings.max_image_pixels)
+        images, _ = collect_views(files, list(d.view_names), n, settings.max_image_pixels, d.flips)
         result = await run_in_threadpool(result_html, d, images, "upload")
         return layout(f"{name}: try a part", try_form(d, result), page="try",
                       crumbs=class_crumbs(name) + [("try a part", "")])
