@@ -111,6 +111,15 @@ class EvalConfig:
     pictures: bool = True
     batch_size: int = 16
     pixel_metrics: bool = True
+    # how a map becomes an image score (multiflow.engine.postprocess): max | topk_mean | quantile | smoothed_max
+    image_score: str = "max"
+    image_score_k: float = 0.01  # topk_mean: fraction of foreground pixels (< 1) or a count (>= 1)
+    image_score_q: float = 0.99  # quantile: the quantile of the foreground pixels
+    image_score_sigma: float = 4.0  # smoothed_max: Gaussian sigma in pixels of the upsampled map
+    image_score_size: int = 0  # smoothed_max: side of the upsampled map (0 = features.input_size)
+    # per-view calibration of image scores before the max over views, fitted on held-out normal
+    # training samples at the end of fit: none | zscore | tail
+    calibration: str = "none"
 
 
 @dataclass
@@ -135,6 +144,12 @@ class RunConfig:
         _choice("model.noise", self.model.noise, {"none", "simplenet", "uniform", "softflow"})
         _choice("train.select", self.train.select, {"best_val", "last"})
         _choice("eval.aggregation", self.eval.aggregation, {"max", "mean", "mean_of_max"})
+        _choice("eval.image_score", self.eval.image_score, {"max", "topk_mean", "quantile", "smoothed_max"})
+        _choice("eval.calibration", self.eval.calibration, {"none", "zscore", "tail"})
+        if self.eval.image_score_k <= 0 or not 0.0 <= self.eval.image_score_q <= 1.0:
+            raise ConfigError("eval.image_score_k must be positive and eval.image_score_q in [0, 1]")
+        if self.eval.image_score_sigma <= 0 or self.eval.image_score_size < 0:
+            raise ConfigError("eval.image_score_sigma must be positive and eval.image_score_size >= 0")
         _choice("features.dtype", self.features.dtype, {"float16", "float32"})
         if len(self.model.kernel_sizes) != self.model.n_blocks:
             raise ConfigError(

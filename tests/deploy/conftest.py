@@ -16,7 +16,7 @@ VIEWS = ["C1", "C2", "C3"]
 INPUT_SIZE = 96
 
 
-def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none") -> Path:
+def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none", scoring: dict | None = None) -> Path:
     from multiflow.engine.pipeline import build_extractor, save_bundle
     from multiflow.config import FeatureConfig
     from multiflow.flow import MultiFlow, ViewGraph
@@ -39,6 +39,8 @@ def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none")
         "aggregation": "max",
         "threshold": threshold,
     }
+    if scoring is not None:
+        meta["scoring"] = scoring
     save_bundle(folder, flow, meta)
     return folder
 

@@ -10,7 +10,9 @@ The exported graph (:class:`InferenceGraph`) computes, for a batch of samples,
   (> 0.5 = foreground, computed outside the graph: IS-Net or threshold masks at the feature grid),
   background pixels take the minimum foreground value of the same view (views without foreground
   keep their raw map), exactly as :meth:`multiflow.flow.MultiFlow.anomaly_map`;
-* view scores ``(B, V)`` = max of each map; sample score ``(B,)`` = aggregation over views
+* view scores ``(B, V)`` = the model's image score of each map over its foreground (``max`` by
+  default), per-view calibrated when the model was fitted with ``eval.calibration``
+  (:class:`multiflow.engine.postprocess.ScorePostprocess`); sample score ``(B,)`` = aggregation over views
   (``max`` official; ``mean`` and ``mean_of_max`` are both the mean of the view maxima);
 * decision ``(B,)`` bool = ``sample score > threshold`` (threshold calibrated on held-out normal
   training samples, stored in ``model.json``).
@@ -48,10 +50,11 @@ class InferenceGraph(nn.Module):
         threshold: decision threshold on the sample score.
         aggregation: ``"max"``, ``"mean"`` or ``"mean_of_max"``.
         with_mask: whether :meth:`forward` takes a foreground mask.
+        postprocess: image score + calibration (default: max, uncalibrated).
     """
 
     def __init__(self, *, extractor: nn.Module, flow: nn.Module, threshold: float, aggregation: str = "max",
-                 with_mask: bool = True) -> None:
+                 with_mask: bool = True, postprocess: nn.Module | None = None) -> None:
         super().__init__()
         if aggregation not in ("max", "mean", "mean_of_max"):
             raise ConfigError(f"unknown view aggregation {aggregation!r}; choose max, mean or mean_of_max")
@@ -59,6 +62,11 @@ class InferenceGraph(nn.Module):
         self.flow = flow.eval()
         self.aggregation = aggregation
         self.with_mask = bool(with_mask)
+        if postprocess is None:
+            from multiflow.engine.postprocess import ScorePostprocess
+
+            postprocess = ScorePostprocess(image_size=int(extractor.input_size))
+        self.postprocess = postprocess
         self.input_size = int(extractor.input_size)
         self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float32))
         self.eval()
@@ -94,7 +102,7 @@ class InferenceGraph(nn.Module):
             maps = torch.where(fg, nll, fill)
         else:
             maps = nll
-        view_scores = maps.flatten(2).amax(dim=-1)
+        view_scores = self.postprocess(maps, None if mask is None else (mask > 0.5).to(maps.dtype))[1]
         sample = view_scores.amax(dim=1) if self.aggregation == "max" else view_scores.mean(dim=1)
         return maps, view_scores, sample, sample > self.threshold
 
@@ -115,7 +123,7 @@ def load_inference_graph(model_dir: str | os.PathLike, *, threshold: float | Non
             "export a multi-view model"
         )
     graph = InferenceGraph(extractor=pred.extractor, flow=pred.flow, threshold=pred.threshold,
-                           aggregation=pred.aggregation, with_mask=with_mask)
+                           aggregation=pred.aggregation, with_mask=with_mask, postprocess=pred.postprocess)
     return graph, dict(pred.meta, threshold=pred.threshold)
 
 
@@ -169,6 +177,7 @@ def export_onnx(
             "view_names": json.dumps(list(meta["view_names"])),
             "threshold": repr(float(meta["threshold"])),
             "aggregation": graph.aggregation,
+            "scoring": json.dumps(meta.get("scoring") or {}),
             "input_size": str(s),
             "feature_size": json.dumps([int(h), int(w)]),
             "with_mask": json.dumps(bool(with_mask)),
@@ -202,6 +211,7 @@ def onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     out: dict[str, Any] = dict(props)
     for key in ("view_names", "feature_size", "with_mask", "backbone"):
         out[key] = json.loads(props[key])
+    out["scoring"] = json.loads(props.get("scoring", "{}"))
     out["threshold"] = float(props["threshold"])
     out["input_size"] = int(props["input_size"])
     return out

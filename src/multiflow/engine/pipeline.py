@@ -264,7 +264,7 @@ def load_bundle(folder: str | Path):
 def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool = False, progress: bool = True) -> dict:
     """Train the flow of one class and calibrate its threshold on held-out normal training samples."""
     from multiflow.engine.distributed import barrier, compute_maps_sharded, current_context
-    from multiflow.engine.scoring import calibrate_threshold, sample_scores
+    from multiflow.engine.scoring import calibrate_threshold
     from multiflow.engine.train import train_flow
 
     ctx = current_context()
@@ -302,7 +302,12 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         from multiflow.baselines.single_view import from_single_view
 
         val_maps = from_single_view(val_maps, n_views)
-    val_scores = sample_scores(val_maps, cfg.eval.aggregation)
+    from multiflow.engine.postprocess import fit_scoring
+
+    scoring, val_scores = fit_scoring(  # image score + per-view calibration; threshold after calibration
+        cfg.eval, val_maps, None if train.masks is None else train.masks[val],
+        image_size=extractor.input_size, how=cfg.eval.aggregation,
+    )
     threshold = calibrate_threshold(val_scores, cfg.train.threshold_quantile)
     meta = {
         "category": category,
@@ -315,6 +320,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         "masks": {"provider": cfg.masks.provider, "dilation": cfg.masks.dilation, "mask_root": cfg.masks.mask_root},
         "flips": cfg.data.flips,
         "aggregation": cfg.eval.aggregation,
+        "scoring": scoring,
         "threshold": threshold,
         "threshold_quantile": cfg.train.threshold_quantile,
         "threshold_source": "held-out normal training samples" if len(result.val_index) else "training samples",
@@ -398,7 +404,6 @@ def evaluate_category(
 ) -> dict[str, Any]:
     """Evaluate one class model on its test split; writes metrics, scores, ADEval pkl and figures."""
     from multiflow.engine.distributed import compute_maps_sharded, current_context
-    from multiflow.engine.scoring import image_scores, sample_scores
     from multiflow.metrics import StreamingEvaluator, evaluate_exact, write_adeval_pkl
 
     ctx = current_context()
@@ -425,7 +430,10 @@ def evaluate_category(
     ds = test.dataset
     defects = [r.defect for r in ds.samples]
     how = meta.get("aggregation", cfg.eval.aggregation)
-    img_scores = image_scores(maps)
+    from multiflow.engine.postprocess import score_maps, scoring_from_meta
+
+    spec, calibration = scoring_from_meta(meta)  # I-AUROC and the sample score use the calibrated view scores
+    _, img_scores, s_scores = score_maps(maps, test.masks, spec, calibration, image_size=extractor.input_size, how=how)
     if cfg.eval.pixel_metrics:
         gt_size = ground_truth_masks(ds, 0).shape[-2:]
         if cfg.eval.streaming:
@@ -445,7 +453,6 @@ def evaluate_category(
         result = evaluate_exact(maps, None, labels=labels, image_scores=img_scores,
                                 sample_ids=test.sample_ids, defects=defects, how=how)
     labels = np.array([ds.image_labels(i) for i in range(len(ds))])
-    s_scores = sample_scores(maps, how)
     threshold = float(meta["threshold"])
     decisions = s_scores > threshold
     s_labels = labels.max(1)

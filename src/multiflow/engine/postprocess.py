@@ -383,3 +383,39 @@ def scoring_from_meta(meta: dict[str, Any]) -> tuple[ImageScoreSpec, ViewCalibra
     if not isinstance(sec, dict):
         raise ConfigError(f"model.json 'scoring' must be a mapping, got {type(sec).__name__}")
     return ImageScoreSpec.from_dict(sec.get("image_score")), ViewCalibration.from_dict(sec.get("calibration"))
+
+
+# --------------------------------------------------------------- numpy entry points (pipeline)
+def spec_from_config(ev: Any) -> ImageScoreSpec:
+    """The :class:`ImageScoreSpec` of an :class:`multiflow.config.EvalConfig`."""
+    return ImageScoreSpec(name=ev.image_score, k=ev.image_score_k, q=ev.image_score_q,
+                          sigma=ev.image_score_sigma, size=ev.image_score_size)
+
+
+def score_maps(maps: Any, masks: Any | None, spec: ImageScoreSpec, calibration: ViewCalibration, *,
+               image_size: int, how: str = "max", batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maps ``(N, V, h, w)`` (+ grid masks) -> raw view scores ``(N, V)``, calibrated view scores
+    ``(N, V)`` and sample scores ``(N,)`` (aggregation ``how`` of the calibrated view scores)."""
+    from multiflow.metrics.aggregate import aggregate_views
+
+    n = int(maps.shape[0])
+    raw = []
+    for a in range(0, n, batch_size):
+        m = None if masks is None else np.asarray(masks[a : a + batch_size])
+        raw.append(image_score(np.asarray(maps[a : a + batch_size]), m, spec, image_size=image_size).numpy())
+    if not raw:
+        raise DataError("no anomaly maps to score")
+    r = np.concatenate(raw)
+    cal = calibration.apply(torch.from_numpy(r)).numpy().astype(r.dtype)
+    return r, cal, aggregate_views(torch.from_numpy(cal), how).numpy()
+
+
+def fit_scoring(ev: Any, val_maps: Any, val_masks: Any | None, *, image_size: int,
+                how: str = "max") -> tuple[dict[str, Any], np.ndarray]:
+    """Fit the scoring of a model on held-out normal maps ``(N, V, h, w)``: returns the
+    ``model.json`` ``scoring`` section and the held-out sample scores (for the threshold)."""
+    spec = spec_from_config(ev)
+    raw, _, _ = score_maps(val_maps, val_masks, spec, ViewCalibration(), image_size=image_size, how=how)
+    cal = ViewCalibration.fit(raw, ev.calibration)
+    _, _, samples = score_maps(val_maps, val_masks, spec, cal, image_size=image_size, how=how)
+    return scoring_meta(spec, cal), samples

@@ -74,6 +74,10 @@ class Predictor:
         self.aggregation = self.meta.get("aggregation", "max")
         self.input_size = int(f["input_size"])
         self.single_view = bool(self.meta.get("single_view", False))
+        from multiflow.engine.postprocess import ScorePostprocess, scoring_from_meta
+
+        spec, calibration = scoring_from_meta(self.meta)
+        self.postprocess = ScorePostprocess(spec=spec, calibration=calibration, image_size=self.input_size)
 
     def check_views(self, view_names: list[str], sample_id: str = "") -> None:
         missing = [v for v in self.view_names if v not in view_names]
@@ -90,7 +94,7 @@ class Predictor:
     def predict(self, images: torch.Tensor, view_names: list[str] | None = None, sample_id: str = "") -> Prediction:
         """Score one sample. ``images``: ``(V, 3, H, W)`` float in ``[0, 1]`` (any H, W: resized)."""
         from multiflow.features.masks import postprocess_mask
-        from multiflow.metrics import aggregate_views, image_scores_from_maps
+        from multiflow.metrics import aggregate_views
 
         if images.ndim != 4 or images.shape[1] != 3:
             raise DataError(f"sample {sample_id!r}: images must be (V, 3, H, W), got {tuple(images.shape)}")
@@ -113,7 +117,7 @@ class Predictor:
             maps = maps[:, 0]  # (V, h, w)
         else:
             maps = self.flow.anomaly_map(feats, mask)[0]  # (V, h, w)
-        view_scores = image_scores_from_maps(maps)
+        view_scores = self.postprocess(maps, None if mask is None else mask[0])[1]  # calibrated (V,)
         sample_score = float(aggregate_views(view_scores[None], self.aggregation)[0])
         full = torch.nn.functional.interpolate(maps[:, None], size=(h_img, w_img), mode="bilinear",
                                                align_corners=False)[:, 0]
