@@ -35,11 +35,24 @@ def run(tmp_path_factory):
     ]
     run_dir = api.fit(overrides=overrides, progress=False)
     results = api.evaluate(run_dir, progress=False)
-    return run_dir, results, data
+    return run_dir, results, data, overrides
+
+
+@pytest.fixture(scope="module")
+def scored_run(run):
+    """The same data and flow settings with a non-default image score and per-view calibration."""
+    _, _, data, overrides = run
+    ov = [o for o in overrides if not o.startswith(("name=", "eval.pictures"))] + [
+        "name=scored", "eval.pictures=false", "eval.image_score=topk_mean", "eval.image_score_k=0.2",
+        "eval.calibration=zscore",
+    ]
+    run_dir = api.fit(overrides=ov, progress=False)
+    api.evaluate(run_dir, progress=False)
+    return run_dir, data
 
 
 def test_run_folder_has_everything(run):
-    run_dir, results, _ = run
+    run_dir, results, _, _ = run
     for name in ["config.yaml", "metrics.json", "metrics.csv", "metrics.md", "report.html"]:
         assert (run_dir / name).is_file(), name
     cls = run_dir / CLASS
@@ -53,7 +66,7 @@ def test_run_folder_has_everything(run):
 
 
 def test_metrics_agree_with_an_independent_oracle_on_the_written_scores(run):
-    run_dir, _, _ = run
+    run_dir, _, _, _ = run
     rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
     labels = np.array([int(r["label"]) for r in rows])
     scores = np.array([float(r["sample_score"]) for r in rows])
@@ -70,7 +83,7 @@ def test_metrics_agree_with_an_independent_oracle_on_the_written_scores(run):
 
 
 def test_threshold_comes_from_held_out_training_samples(run):
-    run_dir, _, _ = run
+    run_dir, _, _, _ = run
     meta = json.loads((run_dir / CLASS / "model.json").read_text())
     assert meta["val_samples"] >= 1 and meta["train_samples"] + meta["val_samples"] == 6
     assert meta["threshold_source"] == "held-out normal training samples"
@@ -78,7 +91,7 @@ def test_threshold_comes_from_held_out_training_samples(run):
 
 
 def test_predict_matches_the_evaluation_scores(run, tmp_path):
-    run_dir, _, data = run
+    run_dir, _, data, _ = run
     rows = {r["sample_id"]: r for r in csv.DictReader(open(run_dir / CLASS / "scores.csv"))}
     preds = api.predict(run_dir / CLASS, data_root=data, data_format="realiad", split="test",
                         out_dir=tmp_path, progress=False)
@@ -96,7 +109,7 @@ def test_missing_view_at_inference_is_named(run):
 
     from multiflow.engine.predict import Predictor
 
-    run_dir, _, _ = run
+    run_dir, _, _, _ = run
     pred = Predictor(run_dir / CLASS)
     with pytest.raises(DataError, match=r"missing: \['C3'\]"):
         pred.predict(torch.rand(4, 3, 96, 96), ["C1", "C2", "C4", "C5"], sample_id="s1")
@@ -110,3 +123,37 @@ def test_broken_model_folder_is_a_clear_error(run, tmp_path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_bundle(tmp_path)
+
+
+@pytest.mark.slow
+def test_scoring_switches_are_fitted_stored_and_honoured_by_test_and_predict(scored_run, tmp_path):
+    from multiflow.engine.postprocess import ImageScoreSpec, scoring_from_meta
+
+    run_dir, data = scored_run
+    meta = json.loads((run_dir / CLASS / "model.json").read_text())
+    spec, cal = scoring_from_meta(meta)
+    assert spec == ImageScoreSpec(name="topk_mean", k=0.2) and cal.mode == "zscore" and cal.n_views == 5
+    assert all(s > 0 for s in cal.scale)
+    # the threshold is a quantile of *calibrated* held-out scores: z-scores of the very samples the
+    # calibration was fitted on average to zero over views
+    assert abs(meta["val_sample_scores"]["mean"]) < 10.0 and meta["threshold"] == pytest.approx(
+        meta["val_sample_scores"]["max"], abs=1.0)
+    rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
+    views = [k[len("score_"):] for k in rows[0] if k.startswith("score_")]
+    view_scores = np.array([[float(r[f"score_{v}"]) for v in views] for r in rows])
+    np.testing.assert_allclose([float(r["sample_score"]) for r in rows], view_scores.max(1), rtol=1e-5)
+    m = json.loads((run_dir / CLASS / "metrics.json").read_text())
+    img_labels = np.array([[int(r[f"label_{v}"]) for v in views] for r in rows])
+    assert m["i_auroc"] == pytest.approx(roc_auc_score(img_labels.ravel(), view_scores.ravel()), abs=1e-5)
+    by_id = {r["sample_id"]: r for r in rows}
+    preds = api.predict(run_dir / CLASS, data_root=data, data_format="realiad", split="test",
+                        out_dir=tmp_path, progress=False)
+    # test reads float16 cached features, predict fresh float32 ones: compare on the raw NLL scale
+    # (z * sigma_v + mu_v): agreement to float16 rounding of the features (rel 5e-4)
+    loc, scale = np.array(cal.loc), np.array(cal.scale)
+    for p in preds:
+        r = by_id[p["sample_id"]]
+        got = np.array([p["view_scores"][v] for v in views]) * scale + loc
+        want = np.array([float(r[f"score_{v}"]) for v in views]) * scale + loc
+        np.testing.assert_allclose(got, want, rtol=5e-4, atol=1e-4)
+        assert p["decision"] == r["decision"]

@@ -107,7 +107,11 @@ def _foreground(maps: Tensor, foreground: Tensor | None) -> Tensor:
 
 
 def _as_tensor(x: Any) -> Tensor:
-    t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    if isinstance(x, Tensor):
+        t = x
+    else:
+        a = np.asarray(x)
+        t = torch.from_numpy(a if a.flags.writeable else a.copy())
     return t if t.is_floating_point() else t.float()
 
 
