@@ -63,6 +63,8 @@ class MaskConfig:
     provider: str = "threshold"
     dilation: int = 8
     mask_root: str = ""
+    # extra dilation as a fraction of the object's bounding-box diagonal (0 = the paper's masks)
+    margin: float = 0.0
 
 
 @dataclass
@@ -144,6 +146,8 @@ class RunConfig:
         _choice("model.noise", self.model.noise, {"none", "simplenet", "uniform", "softflow"})
         _choice("train.select", self.train.select, {"best_val", "last"})
         _choice("eval.aggregation", self.eval.aggregation, {"max", "mean", "mean_of_max"})
+        if self.masks.margin < 0:
+            raise ConfigError(f"masks.margin must be >= 0, got {self.masks.margin}")
         _choice("eval.image_score", self.eval.image_score, {"max", "topk_mean", "quantile", "smoothed_max"})
         _choice("eval.calibration", self.eval.calibration, {"none", "zscore", "tail"})
         if self.eval.image_score_k <= 0 or not 0.0 <= self.eval.image_score_q <= 1.0:

@@ -211,7 +211,7 @@ def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progr
         provider = build_mask_provider(cfg.masks, ds)
         cm = compute_masks(
             ds, provider, root, grid=extractor.feature_size(extractor.input_size),
-            dilation=cfg.masks.dilation, batch_size=cfg.features.batch_size,
+            dilation=cfg.masks.dilation, margin=cfg.masks.margin, batch_size=cfg.features.batch_size,
             num_workers=cfg.features.num_workers, progress=progress, ctx=ctx,
         )
         masks = cm.grid
@@ -317,7 +317,8 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
             "backbone": cfg.features.backbone, "input_size": cfg.features.input_size,
             "weights": cfg.features.weights, "layer": cfg.features.layer,
         },
-        "masks": {"provider": cfg.masks.provider, "dilation": cfg.masks.dilation, "mask_root": cfg.masks.mask_root},
+        "masks": {"provider": cfg.masks.provider, "dilation": cfg.masks.dilation, "mask_root": cfg.masks.mask_root,
+                  "margin": cfg.masks.margin},
         "flips": cfg.data.flips,
         "aggregation": cfg.eval.aggregation,
         "scoring": scoring,

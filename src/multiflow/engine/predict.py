@@ -67,7 +67,8 @@ class Predictor:
         )
         check_backbone(self.extractor, self.meta, self.model_dir / "model.json")
         m = self.meta["masks"]
-        self.mask_cfg = MaskConfig(provider=m["provider"], dilation=int(m["dilation"]), mask_root=m.get("mask_root", ""))
+        self.mask_cfg = MaskConfig(provider=m["provider"], dilation=int(m["dilation"]), mask_root=m.get("mask_root", ""),
+                                   margin=float(m.get("margin", 0.0)))
         self.masker = None if m["provider"] in ("none", "file") else build_mask_provider(self.mask_cfg)
         self.view_names: list[str] = list(self.meta["view_names"])
         self.threshold = float(self.meta["threshold"] if threshold is None else threshold)
@@ -109,7 +110,8 @@ class Predictor:
         if self.masker is not None:
             arr = x.permute(0, 2, 3, 1).numpy()
             mask = torch.from_numpy(
-                np.stack([postprocess_mask(self.masker(arr[v]), grid, dilation=self.mask_cfg.dilation)[1]
+                np.stack([postprocess_mask(self.masker(arr[v]), grid, dilation=self.mask_cfg.dilation,
+                                           margin=self.mask_cfg.margin)[1]
                           for v in range(arr.shape[0])])
             )[None]
         if self.single_view:  # one shared single-view flow: every view is its own sample
