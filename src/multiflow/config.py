@@ -47,8 +47,10 @@ class FeatureConfig:
     """Frozen backbone and its feature cache."""
 
     backbone: str = "lite0"
-    input_size: int = 384
+    input_size: int = 384  # 0 = the data's image size (the larger side of the first training image)
     weights: str = ""
+    # "" = the preset's stage; "blocks:N", "features:I", or several taps "blocks:3+blocks:5[@blocks:5]"
+    # resampled to one grid (the finest, or the one after @) and concatenated
     layer: str = ""
     dtype: str = "float16"
     batch_size: int = 8
@@ -146,6 +148,8 @@ class RunConfig:
         _choice("model.noise", self.model.noise, {"none", "simplenet", "uniform", "softflow"})
         _choice("train.select", self.train.select, {"best_val", "last"})
         _choice("eval.aggregation", self.eval.aggregation, {"max", "mean", "mean_of_max"})
+        if self.features.input_size < 0:
+            raise ConfigError(f"features.input_size must be >= 0 (0 = the data's image size), got {self.features.input_size}")
         if self.masks.margin < 0:
             raise ConfigError(f"masks.margin must be >= 0, got {self.masks.margin}")
         _choice("eval.image_score", self.eval.image_score, {"max", "topk_mean", "quantile", "smoothed_max"})
@@ -163,7 +167,6 @@ class RunConfig:
         for name, value in [
             ("train.epochs", self.train.epochs),
             ("train.batch_size", self.train.batch_size),
-            ("features.input_size", self.features.input_size),
             ("model.hidden", self.model.hidden),
         ]:
             if value <= 0:

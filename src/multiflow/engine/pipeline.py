@@ -176,6 +176,18 @@ def build_mask_provider(cfg: MaskConfig, dataset=None):
     return make_provider(cfg.provider)
 
 
+def resolve_input_size(cfg: RunConfig, category: str) -> RunConfig:
+    """``features.input_size: 0`` = follow the data: the larger side of the first training image
+    of ``category`` (the model then stores the resolved size). Other values are returned as is."""
+    if cfg.features.input_size > 0:
+        return cfg
+    ds = open_dataset(cfg.data, category, "train", None, load_masks=False)
+    if len(ds) == 0:
+        raise DataError(f"the train split of {category!r} has no samples", getattr(ds, "json_path", cfg.data.root))
+    h, w = _native_size(ds.samples[0].image_paths[0])
+    return dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, input_size=max(h, w)))
+
+
 @dataclass
 class PreparedSplit:
     """A split with its cached features ``(N, V, C, h, w)`` and grid masks ``(N, V, h, w)`` (or None)."""
@@ -271,6 +283,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
     progress = progress and ctx.is_main
     t0 = time.perf_counter()
     out = run_dir / category
+    cfg = resolve_input_size(cfg, category)
     extractor = build_extractor(cfg.features)
     train = prepare_split(cfg, category, "train", extractor, progress=progress)
     t_feat = time.perf_counter() - t0
@@ -411,6 +424,7 @@ def evaluate_category(
     progress = progress and ctx.is_main
     folder = run_dir / category
     model, meta = load_bundle(folder)
+    cfg = resolve_input_size(cfg, category)
     extractor = build_extractor(cfg.features)
     check_backbone(extractor, meta, folder / "model.json")
     test = prepare_split(cfg, category, "test", extractor, progress=progress)
