@@ -16,12 +16,13 @@ VIEWS = ["C1", "C2", "C3"]
 INPUT_SIZE = 96
 
 
-def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none", scoring: dict | None = None) -> Path:
+def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none", scoring: dict | None = None,
+                layer: str = "") -> Path:
     from multiflow.engine.pipeline import build_extractor, save_bundle
     from multiflow.config import FeatureConfig
     from multiflow.flow import MultiFlow, ViewGraph
 
-    extractor = build_extractor(FeatureConfig(backbone="lite0", input_size=INPUT_SIZE))
+    extractor = build_extractor(FeatureConfig(backbone="lite0", input_size=INPUT_SIZE, layer=layer))
     flow = MultiFlow(extractor.channels, ViewGraph.real_iad(2, names=VIEWS), n_blocks=2, hidden=8,
                      kernel_sizes=(3, 3), seed=4)
     gen = torch.Generator().manual_seed(11)
@@ -33,7 +34,7 @@ def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none",
         "category": "tiny",
         "view_names": VIEWS,
         "extractor": extractor.describe(),
-        "features": {"backbone": "lite0", "input_size": INPUT_SIZE, "weights": "", "layer": ""},
+        "features": {"backbone": "lite0", "input_size": INPUT_SIZE, "weights": "", "layer": layer},
         "masks": {"provider": provider, "dilation": 1, "mask_root": ""},
         "flips": {},
         "aggregation": "max",

@@ -153,3 +153,25 @@ def test_export_parity_with_image_score_and_calibration(tiny_model, tmp_path, im
         unmasked = graph(x)
     np.testing.assert_allclose(p.view_scores, unmasked[1][2].numpy(), rtol=1e-4, atol=1e-4)
     assert p.sample_score == pytest.approx(float(unmasked[2][2]), rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_export_parity_with_two_stage_features(tmp_path):
+    """features.layer with two stages: the exported graph resamples and concatenates like PyTorch."""
+    from conftest import make_bundle
+
+    folder = make_bundle(tmp_path / "multi", threshold=0.0, layer="blocks:3+blocks:5")
+    graph, _ = load_inference_graph(folder)
+    assert graph.extractor.feature_size(INPUT_SIZE) == (6, 6)  # stage-4 grid (stride 16)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, len(VIEWS), 3, INPUT_SIZE, INPUT_SIZE, generator=g)
+    m = (torch.rand(2, len(VIEWS), 6, 6, generator=g) > 0.3).float()
+    with torch.no_grad():
+        ref = [t.numpy() for t in graph(x, m)]
+    path = export_onnx(folder, tmp_path / "multi.onnx", threshold=float(np.median(ref[2])))
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy(), "mask": m.numpy()}
+    )
+    scale = float(np.abs(ref[0]).max())
+    for r, o in zip(ref[:3], out[:3]):
+        np.testing.assert_allclose(o, r, rtol=0, atol=1e-4 * scale)
