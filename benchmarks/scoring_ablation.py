@@ -13,6 +13,7 @@ is evaluated post hoc (no retraining). Trained variants (each retrained, scored 
 
 * ``paper``: the paper's configuration (``max`` + ``none`` on it is the reference row);
 * ``margin``: ``masks.margin=0.05`` (mask grown by 5 % of the object's bounding-box diagonal);
+* ``soft``: ``masks.soft=0.1`` (background cells count in the loss with weight 0.1);
 * ``multiscale``: ``features.layer=blocks:3+blocks:5`` (stage 4 + stage 6 on the stage-4 grid).
 
 Each (variant, seed, class) writes ``<out>/<run>/scoring/<variant>/seed<k>/<class>.json``
@@ -49,6 +50,7 @@ QUICK = dict(pe.QUICK, n_train=6, n_test_good=3, n_test_defect=5, size=96)
 TRAINED = (
     pe.Variant("paper"),
     pe.Variant("margin", ("masks.margin=0.05",)),
+    pe.Variant("soft", ("masks.soft=0.1",)),
     pe.Variant("multiscale", ("features.layer=blocks:3+blocks:5",)),
 )
 IMAGE_SCORES = (

@@ -65,12 +65,14 @@ def test_scoring_mask_and_feature_switches_are_validated():
     from multiflow.errors import ConfigError
 
     cfg = load_config(None, ["eval.image_score=quantile", "eval.image_score_q=0.95", "eval.calibration=tail",
-                             "masks.margin=0.05", "features.input_size=0", "features.layer=blocks:3+blocks:5"])
+                             "masks.margin=0.05", "features.input_size=0", "features.layer=blocks:3+blocks:5",
+                             "masks.soft=0.2"])
     cfg.validate()
     assert (cfg.eval.image_score, cfg.eval.calibration, cfg.masks.margin) == ("quantile", "tail", 0.05)
     default = load_config(None, [])
     assert (default.eval.image_score, default.eval.calibration, default.masks.margin) == ("max", "none", 0.0)
     for bad in ["eval.image_score=median", "eval.calibration=platt", "eval.image_score_q=1.5",
-                "eval.image_score_k=0", "eval.image_score_sigma=0", "masks.margin=-0.1", "features.input_size=-1"]:
+                "eval.image_score_k=0", "eval.image_score_sigma=0", "masks.margin=-0.1", "features.input_size=-1",
+                "masks.soft=1.5"]:
         with pytest.raises(ConfigError):
             load_config(None, [bad]).validate()

@@ -67,6 +67,9 @@ class MaskConfig:
     mask_root: str = ""
     # extra dilation as a fraction of the object's bounding-box diagonal (0 = the paper's masks)
     margin: float = 0.0
+    # loss weight of background cells in training (0 = the paper: ignored; 1 = no mask in the loss);
+    # scoring still uses the binary mask
+    soft: float = 0.0
 
 
 @dataclass
@@ -152,6 +155,8 @@ class RunConfig:
             raise ConfigError(f"features.input_size must be >= 0 (0 = the data's image size), got {self.features.input_size}")
         if self.masks.margin < 0:
             raise ConfigError(f"masks.margin must be >= 0, got {self.masks.margin}")
+        if not 0.0 <= self.masks.soft <= 1.0:
+            raise ConfigError(f"masks.soft must be in [0, 1], got {self.masks.soft}")
         _choice("eval.image_score", self.eval.image_score, {"max", "topk_mean", "quantile", "smoothed_max"})
         _choice("eval.calibration", self.eval.calibration, {"none", "zscore", "tail"})
         if self.eval.image_score_k <= 0 or not 0.0 <= self.eval.image_score_q <= 1.0:

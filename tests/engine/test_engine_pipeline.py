@@ -44,7 +44,7 @@ def scored_run(run):
     _, _, data, overrides = run
     ov = [o for o in overrides if not o.startswith(("name=", "eval.pictures", "features.input_size"))] + [
         "name=scored", "eval.pictures=false", "eval.image_score=topk_mean", "eval.image_score_k=0.2",
-        "eval.calibration=zscore", "masks.margin=0.05", "features.input_size=0",
+        "eval.calibration=zscore", "masks.margin=0.05", "features.input_size=0", "masks.soft=0.2",
     ]
     run_dir = api.fit(overrides=ov, progress=False)
     api.evaluate(run_dir, progress=False)
@@ -134,6 +134,7 @@ def test_scoring_switches_are_fitted_stored_and_honoured_by_test_and_predict(sco
     spec, cal = scoring_from_meta(meta)
     assert spec == ImageScoreSpec(name="topk_mean", k=0.2) and cal.mode == "zscore" and cal.n_views == 5
     assert meta["features"]["input_size"] == 96 and meta["masks"]["margin"] == 0.05  # 0 -> the data's size
+    assert meta["masks"]["soft"] == 0.2
     assert all(s > 0 for s in cal.scale)
     # the threshold is a quantile of *calibrated* held-out scores: z-scores of the very samples the
     # calibration was fitted on average to zero over views

@@ -295,6 +295,10 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
 
         feats, masks = to_single_view(feats, masks)
         flow_views, model_cfg = ["view"], dataclasses.replace(cfg.model, graph="none")
+    if masks is not None and cfg.masks.soft > 0:  # background cells count in the loss with this weight
+        from multiflow.features.masks import loss_weights
+
+        masks = loss_weights(masks, cfg.masks.soft)
     model = build_flow(model_cfg, extractor.channels, flow_views, cfg.train.seed)
     result = train_flow(
         model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress
@@ -331,7 +335,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
             "weights": cfg.features.weights, "layer": cfg.features.layer,
         },
         "masks": {"provider": cfg.masks.provider, "dilation": cfg.masks.dilation, "mask_root": cfg.masks.mask_root,
-                  "margin": cfg.masks.margin},
+                  "margin": cfg.masks.margin, "soft": cfg.masks.soft},
         "flips": cfg.data.flips,
         "aggregation": cfg.eval.aggregation,
         "scoring": scoring,
