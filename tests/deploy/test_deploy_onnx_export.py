@@ -9,7 +9,7 @@ import torch
 from multiflow.deploy.onnx_export import export_onnx, load_inference_graph, onnx_metadata
 from multiflow.errors import CheckpointError, DataError
 
-from conftest import INPUT_SIZE, VIEWS
+from conftest import INPUT_SIZE, VIEWS, make_bundle
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -119,8 +119,6 @@ def test_errors_name_the_problem(tiny_model, tmp_path):
 def test_export_parity_with_image_score_and_calibration(tiny_model, tmp_path, image_score, calibration):
     """A non-default image score and a fitted per-view calibration: onnxruntime == PyTorch graph ==
     Predictor, and the graph's view scores are the calibrated postprocess functions of its maps."""
-    from conftest import make_bundle
-
     from multiflow.engine.postprocess import ImageScoreSpec, ViewCalibration, image_score as score_fn, scoring_meta
     from multiflow.engine.predict import Predictor
 
@@ -158,8 +156,6 @@ def test_export_parity_with_image_score_and_calibration(tiny_model, tmp_path, im
 @pytest.mark.slow
 def test_export_parity_with_two_stage_features(tmp_path):
     """features.layer with two stages: the exported graph resamples and concatenates like PyTorch."""
-    from conftest import make_bundle
-
     folder = make_bundle(tmp_path / "multi", threshold=0.0, layer="blocks:3+blocks:5")
     graph, _ = load_inference_graph(folder)
     assert graph.extractor.feature_size(INPUT_SIZE) == (6, 6)  # stage-4 grid (stride 16)
