@@ -5,7 +5,7 @@ For each trained variant, seed and class the flow is trained once (``fit`` + ``t
 :func:`benchmarks.paper_experiments.run_one`, resumable), then its held-out normal training maps
 and test maps are recomputed from the cached features and every combination of
 
-* image score (:mod:`multiflow.engine.postprocess`): ``max`` (paper), ``topk_mean`` (k = 1 % of
+* image score (:mod:`multiflow.scoring`): ``max`` (paper), ``topk_mean`` (k = 1 % of
   the foreground cells), ``quantile`` (q = 0.99), ``smoothed_max`` (sigma = 4 px at the input size);
 * calibration: ``none`` (paper), ``zscore``, ``tail`` (fitted on the held-out normal maps)
 
@@ -28,6 +28,7 @@ Results: BENCHMARKS.md section ``scoring_ablation`` (one table + per-defect S-AU
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -70,16 +71,22 @@ def score_run(cfg, folder: Path, category: str) -> dict[str, Any]:
     Returns ``{combo: {"metrics": {...}, "per_defect": {...}}}``; the pixel metrics (the maps do
     not depend on the scoring) are computed once and shared by every combination.
     """
-    from multiflow.engine.pipeline import (
-        build_extractor, ground_truth_masks, load_bundle, prepare_split, resolve_input_size,
-    )
-    from multiflow.engine.postprocess import ImageScoreSpec, ViewCalibration, score_maps
-    from multiflow.engine.scoring import compute_maps
+    from multiflow.data.ground_truth import ground_truth_masks
+    from multiflow.engine.bundle import load_bundle
+    from multiflow.engine.factories import build_extractor
+    from multiflow.engine.preprocess import prepare_split
+    from multiflow.engine.scoring import compute_maps, postprocess_scores
     from multiflow.engine.train import split_train_val
     from multiflow.metrics import evaluate_exact
+    from multiflow.scoring import ImageScoreSpec, ScorePostprocess, ViewCalibration
 
-    cfg = resolve_input_size(cfg, category)
-    model, meta = load_bundle(folder / category)
+    model, bundle = load_bundle(folder / category)
+    # the bundle's backbone (input size resolved at fit) and masks, the run's data and cache settings
+    cfg = dataclasses.replace(
+        cfg, features=dataclasses.replace(cfg.features, input_size=int(bundle.features.input_size)),
+        masks=bundle.masks.to_config(),
+    )
+    how = bundle.scoring.aggregation
     extractor = build_extractor(cfg.features)
     train = prepare_split(cfg, category, "train", extractor, progress=False)
     _, val = split_train_val(len(train.sample_ids), cfg.train.val_fraction, cfg.train.seed)
@@ -96,17 +103,18 @@ def score_run(cfg, folder: Path, category: str) -> dict[str, Any]:
     size = extractor.input_size
     for name, params in IMAGE_SCORES:
         spec = ImageScoreSpec(name=name, **params)
-        raw_val, _, _ = score_maps(val_maps, val_masks, spec, ViewCalibration(), image_size=size)
+        raw_val, _, _ = postprocess_scores(val_maps, val_masks, ScorePostprocess(spec=spec, image_size=size), how)
         for mode in CALIBRATIONS:
             cal = ViewCalibration.fit(raw_val, mode)
-            _, view_scores, _ = score_maps(maps, test.masks, spec, cal, image_size=size, how=meta["aggregation"])
+            post = ScorePostprocess(spec=spec, calibration=cal, image_size=size)
+            _, view_scores, _ = postprocess_scores(maps, test.masks, post, how)
             if not pixel:
                 res = evaluate_exact(maps, gt, image_scores=view_scores, sample_ids=test.sample_ids, defects=defects,
-                                     how=meta["aggregation"]).as_dict()
+                                     how=how).as_dict()
                 pixel = {"p_auroc": res.get("p_auroc"), "aupro": res.get("aupro")}
             else:
                 res = evaluate_exact(maps, None, labels=labels, image_scores=view_scores, sample_ids=test.sample_ids,
-                                     defects=defects, how=meta["aggregation"]).as_dict()
+                                     defects=defects, how=how).as_dict()
             out[combo_name(name, mode)] = {
                 "metrics": {"s_auroc": res.get("s_auroc"), "i_auroc": res.get("i_auroc"), **pixel},
                 "per_defect": {d: {"s_auroc": r.get("s_auroc"), "i_auroc": r.get("i_auroc")}
@@ -125,11 +133,10 @@ def run_variant(cfg, variant, seed: int, category: str, out: Path, *, progress: 
     from multiflow.config import load_config
 
     vcfg = load_config(folder / "config.yaml")
-    meta = json.loads((folder / category / "model.json").read_text())
+    features = json.loads((folder / category / "model.json").read_text())["features"]
     record = {"variant": variant.name, "seed": seed, "category": category, "combos": score_run(vcfg, folder, category),
               "fit_seconds": rec.get("seconds"), "train_samples_per_s": rec.get("train_samples_per_s"),
-              "channels": meta.get("extractor", {}).get("channels"),
-              "grid": meta.get("extractor", {}).get("input_size", 0) // max(1, meta.get("extractor", {}).get("stride", 1))}
+              "channels": features.get("channels"), "grid": (features.get("grid") or [0])[0]}
     write_json(path, record, default=float)
     shutil.rmtree(folder / category / "train_state", ignore_errors=True)
     (folder / category / "model.safetensors").unlink(missing_ok=True)

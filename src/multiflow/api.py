@@ -36,13 +36,23 @@ def fit(
 
 
 def evaluate(run_dir: str | os.PathLike, *, progress: bool = True, pictures: bool | None = None,
-             overrides: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate every class model of a run on its test split; writes metrics and the HTML report."""
+             overrides: list[str] | None = None, aggregation: str | None = None,
+             image_score: dict[str, Any] | None = None, calibration: str | None = None) -> dict[str, Any]:
+    """Evaluate every class model of a run on its test split; writes metrics and the HTML report.
+
+    The models' bundles define how they score; ``overrides`` (``section.key=value``) change the
+    run configuration's data location and evaluation settings; ``aggregation``, ``image_score``
+    (e.g. ``{"name": "quantile", "q": 0.95}``) and ``calibration`` (only ``"none"``: drop a fitted
+    calibration) are explicit test-time overrides of the bundles' scoring, recorded in each
+    ``metrics.json`` (see :func:`multiflow.engine.pipeline.check_overrides`).
+    """
     from multiflow.engine.pipeline import evaluate_run
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", overrides) if overrides else None
-    return evaluate_run(run_dir, cfg, progress=progress, pictures=pictures)
+    given = {"aggregation": aggregation, "image_score": image_score, "calibration": calibration}
+    ov = {k: v for k, v in given.items() if v is not None} or None
+    return evaluate_run(run_dir, cfg, progress=progress, pictures=pictures, overrides=ov)
 
 
 def predict(
@@ -64,14 +74,14 @@ def predict(
     under ``out_dir`` (default ``<model_dir>/predictions``); returns the per-sample results.
     """
     from multiflow.config import DataConfig
-    from multiflow.engine.pipeline import open_dataset
+    from multiflow.engine.factories import open_dataset
     from multiflow.engine.predict import Predictor, predict_dataset
 
     predictor = Predictor(model_dir, threshold=threshold)
     data = DataConfig(root=str(data_root), format=data_format, views=list(predictor.view_names), resolution=resolution,
-                      flips=dict(predictor.meta.get("flips") or {}))
+                      flips=dict(predictor.bundle.flips))
     if data_format == "manifest":
         data.manifest, data.root = str(data_root), ""
-    ds = open_dataset(data, category or predictor.meta["category"], split, predictor.input_size, load_masks=False)
+    ds = open_dataset(data, category or predictor.bundle.category, split, predictor.input_size, load_masks=False)
     out = Path(out_dir) if out_dir else Path(model_dir) / "predictions"
     return predict_dataset(predictor, ds, out, progress=progress)

@@ -16,10 +16,18 @@ VIEWS = ["C1", "C2", "C3"]
 INPUT_SIZE = 96
 
 
-def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none", scoring: dict | None = None,
+def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none", scoring=None,
                 layer: str = "") -> Path:
-    from multiflow.engine.pipeline import build_extractor, save_bundle
+    """Features stored as float32 (no cache rounding), so the graph and the flow compare at 1e-5.
+
+    ``scoring``: a :class:`multiflow.engine.bundle.ScoringSpec` (default: the paper's scoring);
+    ``layer``: the backbone tap(s).
+    """
     from multiflow.config import FeatureConfig
+    from multiflow.engine.bundle import (
+        FeaturesSpec, GraphSpec, MasksSpec, ModelBundle, ScoringSpec, ThresholdSpec, save_bundle,
+    )
+    from multiflow.engine.factories import build_extractor
     from multiflow.flow import MultiFlow, ViewGraph
 
     extractor = build_extractor(FeatureConfig(backbone="lite0", input_size=INPUT_SIZE, layer=layer))
@@ -30,19 +38,19 @@ def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none",
         for p in flow.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     flow.eval()
-    meta = {
-        "category": "tiny",
-        "view_names": VIEWS,
-        "extractor": extractor.describe(),
-        "features": {"backbone": "lite0", "input_size": INPUT_SIZE, "weights": "", "layer": layer},
-        "masks": {"provider": provider, "dilation": 1, "mask_root": ""},
-        "flips": {},
-        "aggregation": "max",
-        "threshold": threshold,
-    }
-    if scoring is not None:
-        meta["scoring"] = scoring
-    save_bundle(folder, flow, meta)
+    graph = flow.graph.to_dict()
+    bundle = ModelBundle(
+        category="tiny",
+        view_names=VIEWS,
+        graph=GraphSpec(view_names=VIEWS, edges=graph["edges"]),
+        features=FeaturesSpec(backbone="lite0", input_size=INPUT_SIZE, layer=layer, dtype="float32",
+                              weights_digest=extractor.digest, channels=extractor.channels,
+                              grid=list(extractor.feature_size()), extractor=extractor.describe()),
+        masks=MasksSpec(provider=provider, dilation=1),
+        threshold=ThresholdSpec(value=threshold),
+        scoring=scoring if scoring is not None else ScoringSpec(),
+    )
+    save_bundle(folder, flow, bundle)
     return folder
 
 

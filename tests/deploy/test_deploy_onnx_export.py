@@ -119,8 +119,9 @@ def test_errors_name_the_problem(tiny_model, tmp_path):
 def test_export_parity_with_image_score_and_calibration(tiny_model, tmp_path, image_score, calibration):
     """A non-default image score and a fitted per-view calibration: onnxruntime == PyTorch graph ==
     Predictor, and the graph's view scores are the calibrated postprocess functions of its maps."""
-    from multiflow.engine.postprocess import ImageScoreSpec, ViewCalibration, image_score as score_fn, scoring_meta
+    from multiflow.engine.bundle import ScoringSpec
     from multiflow.engine.predict import Predictor
+    from multiflow.scoring import ImageScoreSpec, ViewCalibration, image_score as score_fn
 
     spec = ImageScoreSpec(**image_score)
     plain, _ = load_inference_graph(tiny_model)
@@ -129,7 +130,7 @@ def test_export_parity_with_image_score_and_calibration(tiny_model, tmp_path, im
         maps = plain(x_normal, m_normal)[0]
     raw = score_fn(maps, m_normal, spec, image_size=INPUT_SIZE)
     cal = ViewCalibration.fit(raw.double() * torch.tensor([1.0, 3.0, 0.5], dtype=torch.float64), calibration)
-    folder = make_bundle(tmp_path / "scored", threshold=0.0, scoring=scoring_meta(spec, cal))
+    folder = make_bundle(tmp_path / "scored", threshold=0.0, scoring=ScoringSpec(image_score=spec, calibration=cal))
     graph, meta = load_inference_graph(folder)
     x, m = _inputs(3, 8)
     with torch.no_grad():

@@ -84,10 +84,12 @@ def test_metrics_agree_with_an_independent_oracle_on_the_written_scores(run):
 
 def test_threshold_comes_from_held_out_training_samples(run):
     run_dir, _, _, _ = run
-    meta = json.loads((run_dir / CLASS / "model.json").read_text())
-    assert meta["val_samples"] >= 1 and meta["train_samples"] + meta["val_samples"] == 6
-    assert meta["threshold_source"] == "held-out normal training samples"
-    assert meta["val_sample_scores"]["mean"] <= meta["threshold"] + 1e-6 or meta["threshold_quantile"] < 1
+    from multiflow.engine.bundle import read_bundle
+
+    b = read_bundle(run_dir / CLASS)
+    assert b.training.val_samples >= 1 and b.training.train_samples + b.training.val_samples == 6
+    assert b.threshold.source == "held-out normal training samples"
+    assert b.training.val_sample_scores["mean"] <= b.threshold.value + 1e-6 or b.threshold.quantile < 1
 
 
 def test_predict_matches_the_evaluation_scores(run, tmp_path):
@@ -116,7 +118,7 @@ def test_missing_view_at_inference_is_named(run):
 
 
 def test_broken_model_folder_is_a_clear_error(run, tmp_path):
-    from multiflow.engine.pipeline import load_bundle
+    from multiflow.engine.bundle import load_bundle
 
     with pytest.raises(CheckpointError, match="model.json not found"):
         load_bundle(tmp_path)
@@ -127,19 +129,20 @@ def test_broken_model_folder_is_a_clear_error(run, tmp_path):
 
 @pytest.mark.slow
 def test_scoring_switches_are_fitted_stored_and_honoured_by_test_and_predict(scored_run, tmp_path):
-    from multiflow.engine.postprocess import ImageScoreSpec, scoring_from_meta
+    from multiflow.engine.bundle import read_bundle
+    from multiflow.scoring import ImageScoreSpec
 
     run_dir, data = scored_run
-    meta = json.loads((run_dir / CLASS / "model.json").read_text())
-    spec, cal = scoring_from_meta(meta)
+    b = read_bundle(run_dir / CLASS)
+    spec, cal = b.scoring.image_score, b.scoring.calibration
     assert spec == ImageScoreSpec(name="topk_mean", k=0.2) and cal.mode == "zscore" and cal.n_views == 5
-    assert meta["features"]["input_size"] == 96 and meta["masks"]["margin"] == 0.05  # 0 -> the data's size
-    assert meta["masks"]["soft"] == 0.2
+    assert b.features.input_size == 96 and b.masks.margin == 0.05  # 0 -> the data's size
+    assert b.masks.soft == 0.2
     assert all(s > 0 for s in cal.scale)
     # the threshold is a quantile of *calibrated* held-out scores: z-scores of the very samples the
     # calibration was fitted on average to zero over views
-    assert abs(meta["val_sample_scores"]["mean"]) < 10.0 and meta["threshold"] == pytest.approx(
-        meta["val_sample_scores"]["max"], abs=1.0)
+    vs = b.training.val_sample_scores
+    assert abs(vs["mean"]) < 10.0 and b.threshold.value == pytest.approx(vs["max"], abs=1.0)
     rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
     views = [k[len("score_"):] for k in rows[0] if k.startswith("score_")]
     view_scores = np.array([[float(r[f"score_{v}"]) for v in views] for r in rows])
@@ -159,3 +162,27 @@ def test_scoring_switches_are_fitted_stored_and_honoured_by_test_and_predict(sco
         want = np.array([float(r[f"score_{v}"]) for v in views]) * scale + loc
         np.testing.assert_allclose(got, want, rtol=5e-4, atol=1e-4)
         assert p["decision"] == r["decision"]
+
+
+@pytest.mark.slow
+def test_scoring_overrides_at_test_time_are_checked_and_recorded(scored_run):
+    """A fitted calibration can only be dropped at test time, an image-score override needs that,
+    and the override (recorded in metrics.json) scores with the plain max of the stored maps."""
+    from multiflow.errors import ConfigError
+    from multiflow.scoring import ImageScoreSpec
+
+    run_dir, _ = scored_run
+    with pytest.raises(ConfigError, match="calibration: none"):
+        api.evaluate(run_dir, progress=False, pictures=False, image_score={"name": "max"})
+    with pytest.raises(ConfigError, match="only 'none'"):
+        api.evaluate(run_dir, progress=False, pictures=False, calibration="tail")
+    with pytest.raises(ConfigError, match="eval.calibration"):  # the configuration alone is no override
+        api.evaluate(run_dir, progress=False, pictures=False, overrides=["eval.calibration=none"])
+    api.evaluate(run_dir, progress=False, pictures=False, image_score={"name": "max"}, calibration="none")
+    m = json.loads((run_dir / CLASS / "metrics.json").read_text())
+    assert m["overrides"] == {"image_score": ImageScoreSpec().to_dict(), "calibration": "none"}
+    assert m["calibration"] == "none" and m["image_score"]["name"] == "max"
+    rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
+    maps = np.load(run_dir / CLASS / "maps.npy").astype(np.float64)  # float16 copies of the maps
+    np.testing.assert_allclose([float(r["sample_score"]) for r in rows], maps.reshape(len(rows), -1).max(1),
+                               rtol=2e-3)

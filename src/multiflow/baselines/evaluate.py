@@ -1,7 +1,7 @@
 """Run a feature-based baseline (PatchCore) through multiflow's data, cache and evaluation.
 
 The baseline sees exactly what the flow sees: the cached features ``(N, V, C, h, w)`` and grid
-masks ``(N, V, h, w)`` of :func:`multiflow.engine.pipeline.prepare_split`, and is evaluated by the
+masks ``(N, V, h, w)`` of :func:`multiflow.engine.preprocess.prepare_split`, and is evaluated by the
 same exact evaluator (S-AUROC = max over views, I-AUROC, P-AUROC, AUPRO, per defect type).
 """
 
@@ -25,12 +25,10 @@ def evaluate_patchcore(cfg: RunConfig, category: str, out_dir: Path, *, seed: in
     """
     from multiflow.baselines.patchcore import PatchCore
     from multiflow._atomic import write_json
-    from multiflow.engine.pipeline import (
-        _json_default,
-        build_extractor,
-        ground_truth_masks,
-        prepare_split,
-    )
+    from multiflow.data.ground_truth import ground_truth_masks
+    from multiflow.engine.bundle import json_default
+    from multiflow.engine.factories import build_extractor
+    from multiflow.engine.preprocess import prepare_split
     from multiflow.engine.scoring import image_scores
     from multiflow.metrics import evaluate_exact
 
@@ -57,5 +55,5 @@ def evaluate_patchcore(cfg: RunConfig, category: str, out_dir: Path, *, seed: in
     metrics["baseline"] = model.describe()
     metrics["seconds"] = {"features_and_masks": t1 - t0, "fit": t2 - t1, "score": t3 - t2,
                           "total": time.perf_counter() - t0}
-    write_json(Path(out_dir) / category / "metrics.json", metrics, default=_json_default)
+    write_json(Path(out_dir) / category / "metrics.json", metrics, default=json_default)
     return metrics

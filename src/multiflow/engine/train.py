@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +39,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from multiflow._atomic import atomic_path
 from multiflow.config import TrainConfig
 from multiflow.engine.distributed import DistContext, ShardedLoss, all_reduce_sum, barrier, current_context, shard_range
 from multiflow.errors import CheckpointError, TrainingError
-from multiflow.flow.model import masked_loss
+from multiflow.scoring import masked_loss, masked_nll_sums
 
 STATE_FILE = "state.safetensors"
 STATE_FORMAT = "multiflow-train-state/1"
@@ -104,11 +104,9 @@ def evaluate_loss(model, features, masks, index: np.ndarray, batch_size: int, ct
         x, m = _batch(features, masks, index[start : start + batch_size])
         x = x.to(device)
         m = None if m is None else m.to(device)
-        nll = model(x).nll
-        if m is None:
-            m = torch.ones_like(nll)
-        num += float(torch.where(m > 0, nll, torch.zeros_like(nll)).sum())
-        den += float(m.sum())
+        n_sum, m_sum = masked_nll_sums(model(x).nll, m)
+        num += float(n_sum)
+        den += float(m_sum)
     if ctx is not None and ctx.enabled:
         num, den = (float(v) for v in all_reduce_sum(torch.tensor([num, den], dtype=torch.float64), ctx))
     return num / max(den, 1.0)
@@ -135,9 +133,8 @@ def _save_state(path: Path, model, optimizer, best_state: dict, meta: dict[str, 
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optim.{pid}.{name}"] = t.detach().cpu().contiguous()
     meta = dict(meta, format=STATE_FORMAT, param_groups=opt["param_groups"])
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
 
 
 def _load_state(path: Path, model, optimizer) -> tuple[dict, dict[str, Any]]:
@@ -253,7 +250,7 @@ def train_flow(
                 loss, loss_value = sharded(x, m, noise_gen)
             else:
                 out = model(x, generator=noise_gen)
-                loss = out.nll.mean() if m is None else masked_loss(out.nll, m)
+                loss = masked_loss(out.nll, m)
                 loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise TrainingError(

@@ -1,7 +1,11 @@
 """Post-processing switches: how an anomaly map becomes an image score, and per-view calibration.
 
-Pure torch functions (traceable by ``torch.onnx.export``), used by evaluation, :class:`Predictor`
-and the ONNX graph alike (:class:`ScorePostprocess`), so the three compute the same scores.
+Pure torch functions (traceable by ``torch.onnx.export``). A bottom-level module beside
+:mod:`multiflow.scoring`, which re-exports its public names and applies :class:`ScorePostprocess`
+in :func:`multiflow.scoring.score_maps`; evaluation, :class:`multiflow.engine.predict.Predictor`
+(and so the service) and the ONNX graph all score through it, so they compute the same scores.
+The settings and the fitted calibration are stored in the model bundle's scoring section
+(:class:`multiflow.engine.bundle.ScoringSpec`).
 
 Image score of one view's map ``(h, w)`` over its foreground pixels ``F`` (mask ``> 0.5``; all
 pixels when a view has no foreground), a named choice (:class:`ImageScoreSpec`):
@@ -359,67 +363,28 @@ class ScorePostprocess(nn.Module):
         for name, t in (self.calibration.tensors().items() if self.mode != "none" else []):
             self.register_buffer(name, t.float(), persistent=False)
 
-    def forward(self, maps: Tensor, foreground: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        raw = _dispatch(maps, foreground, self.spec, self.image_size)
+    @property
+    def is_identity(self) -> bool:
+        """Whether this is the paper's scoring (max over the map, no calibration)."""
+        return self.spec.name == "max" and self.mode == "none"
+
+    def image_scores(self, maps: Tensor, foreground: Tensor | None = None) -> Tensor:
+        """Raw (uncalibrated) image scores ``(B, V)`` of maps ``(B, V, h, w)``."""
+        return _dispatch(maps, foreground, self.spec, self.image_size)
+
+    def calibrate(self, scores: Tensor) -> Tensor:
+        """Calibrated view scores ``(..., V)`` of raw ones ``(..., V)`` (identity without calibration)."""
         if self.mode == "none":
-            return raw, raw
-        cal = calibrate(raw, self.mode, self.loc, self.scale, getattr(self, "knots", None), getattr(self, "levels", None))
-        return raw, cal
+            return scores
+        return calibrate(scores, self.mode, self.loc.to(scores.dtype), self.scale.to(scores.dtype),
+                         *(getattr(self, n).to(scores.dtype) if hasattr(self, n) else None for n in ("knots", "levels")))
+
+    def forward(self, maps: Tensor, foreground: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raw = self.image_scores(maps, foreground)
+        return raw, self.calibrate(raw)
 
 
 def _max_score(maps: Tensor, foreground: Tensor | None) -> Tensor:
     f = _foreground(maps, foreground)
     flat = maps.reshape(f.shape)
     return torch.where(f, flat, torch.full_like(flat, -math.inf)).amax(dim=-1)
-
-
-# ------------------------------------------------------------------------ model.json section
-def scoring_meta(spec: ImageScoreSpec, calibration: ViewCalibration) -> dict[str, Any]:
-    """The ``model.json`` ``scoring`` section (to move into the typed bundle's scoring spec)."""
-    return {"image_score": spec.to_dict(), "calibration": calibration.to_dict()}
-
-
-def scoring_from_meta(meta: dict[str, Any]) -> tuple[ImageScoreSpec, ViewCalibration]:
-    """Read the ``scoring`` section of ``model.json``; models without it score as the paper does."""
-    sec = meta.get("scoring")
-    if sec is None:
-        return ImageScoreSpec(), ViewCalibration()
-    if not isinstance(sec, dict):
-        raise ConfigError(f"model.json 'scoring' must be a mapping, got {type(sec).__name__}")
-    return ImageScoreSpec.from_dict(sec.get("image_score")), ViewCalibration.from_dict(sec.get("calibration"))
-
-
-# --------------------------------------------------------------- numpy entry points (pipeline)
-def spec_from_config(ev: Any) -> ImageScoreSpec:
-    """The :class:`ImageScoreSpec` of an :class:`multiflow.config.EvalConfig`."""
-    return ImageScoreSpec(name=ev.image_score, k=ev.image_score_k, q=ev.image_score_q,
-                          sigma=ev.image_score_sigma, size=ev.image_score_size)
-
-
-def score_maps(maps: Any, masks: Any | None, spec: ImageScoreSpec, calibration: ViewCalibration, *,
-               image_size: int, how: str = "max", batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Maps ``(N, V, h, w)`` (+ grid masks) -> raw view scores ``(N, V)``, calibrated view scores
-    ``(N, V)`` and sample scores ``(N,)`` (aggregation ``how`` of the calibrated view scores)."""
-    from multiflow.metrics.aggregate import aggregate_views
-
-    n = int(maps.shape[0])
-    raw = []
-    for a in range(0, n, batch_size):
-        m = None if masks is None else np.asarray(masks[a : a + batch_size])
-        raw.append(image_score(np.asarray(maps[a : a + batch_size]), m, spec, image_size=image_size).numpy())
-    if not raw:
-        raise DataError("no anomaly maps to score")
-    r = np.concatenate(raw)
-    cal = calibration.apply(torch.from_numpy(r)).numpy().astype(r.dtype)
-    return r, cal, aggregate_views(torch.from_numpy(cal), how).numpy()
-
-
-def fit_scoring(ev: Any, val_maps: Any, val_masks: Any | None, *, image_size: int,
-                how: str = "max") -> tuple[dict[str, Any], np.ndarray]:
-    """Fit the scoring of a model on held-out normal maps ``(N, V, h, w)``: returns the
-    ``model.json`` ``scoring`` section and the held-out sample scores (for the threshold)."""
-    spec = spec_from_config(ev)
-    raw, _, _ = score_maps(val_maps, val_masks, spec, ViewCalibration(), image_size=image_size, how=how)
-    cal = ViewCalibration.fit(raw, ev.calibration)
-    _, _, samples = score_maps(val_maps, val_masks, spec, cal, image_size=image_size, how=how)
-    return scoring_meta(spec, cal), samples

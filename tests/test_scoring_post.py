@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
-from multiflow.engine.postprocess import (
-    ImageScoreSpec,
-    ScorePostprocess,
-    ViewCalibration,
-    image_score,
-    scoring_from_meta,
-    scoring_meta,
-    smooth,
-)
+from multiflow.engine.bundle import ScoringSpec
+from multiflow.scoring import ImageScoreSpec, ScorePostprocess, ViewCalibration, image_score
+from multiflow.scoring_post import smooth
 from multiflow.errors import ConfigError, DataError
 
 
@@ -195,9 +191,10 @@ def test_module_matches_functions_and_meta_round_trip():
     fg = torch.from_numpy(rng.random((4, 3, 6, 6)) > 0.3).float()
     spec = ImageScoreSpec(name="topk_mean", k=0.1)
     cal = ViewCalibration.fit(rng.normal(size=(10, 3)), "tail")
-    spec2, cal2 = scoring_from_meta({"scoring": scoring_meta(spec, cal)})
+    back = ScoringSpec.from_dict(json.loads(json.dumps(asdict(ScoringSpec(image_score=spec, calibration=cal)))))
+    spec2, cal2 = back.image_score, back.calibration
     assert spec2 == spec and cal2 == cal
     raw, calibrated = ScorePostprocess(spec=spec2, calibration=cal2)(maps, fg)
     np.testing.assert_allclose(raw.numpy(), image_score(maps, fg, spec).numpy(), rtol=1e-6)
     np.testing.assert_allclose(calibrated.numpy(), cal.apply(raw.double()).numpy(), rtol=1e-5)
-    assert scoring_from_meta({}) == (ImageScoreSpec(), ViewCalibration())
+    assert ScoringSpec.from_dict({}) == ScoringSpec()  # bundles without the fields score as the paper
