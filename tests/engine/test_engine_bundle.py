@@ -170,3 +170,26 @@ def test_scoring_and_mask_switches_round_trip_and_default_when_absent(tmp_path):
         (tmp_path / "model.json").write_text(json.dumps(data | {"scoring": bad}))
         with pytest.raises(CheckpointError, match=match):
             read_bundle(tmp_path)
+
+
+def test_format_1_with_a_scoring_section_keeps_it(tmp_path):
+    """Format-1 files written by the scoring-switch branch stored image_score/calibration under
+    'scoring' and margin/soft under 'masks': the migration keeps them."""
+    from multiflow.flow import save_flow
+    from multiflow.scoring import ImageScoreSpec, ViewCalibration
+
+    flow = _flow()
+    save_flow(flow, tmp_path / "model.safetensors")
+    cal = ViewCalibration.fit([[1.0, 2.0, 3.0], [2.0, 2.5, 1.0]], "zscore")
+    v1 = {
+        "format": "multiflow-model/1", "category": "part", "view_names": VIEWS,
+        "extractor": {"weights_digest": "cd" * 32, "channels": 4},
+        "features": {"backbone": "lite0", "input_size": 64, "weights": "", "layer": ""},
+        "masks": {"provider": "threshold", "dilation": 8, "mask_root": "", "margin": 0.05, "soft": 0.1},
+        "aggregation": "max", "threshold": 0.5,
+        "scoring": {"image_score": {"name": "topk_mean", "k": 0.2}, "calibration": cal.to_dict()},
+    }
+    (tmp_path / "model.json").write_text(json.dumps(v1))
+    b = read_bundle(tmp_path)
+    assert b.scoring.image_score == ImageScoreSpec(name="topk_mean", k=0.2) and b.scoring.calibration == cal
+    assert (b.masks.margin, b.masks.soft) == (0.05, 0.1)

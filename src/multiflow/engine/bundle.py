@@ -284,7 +284,10 @@ def migrate_v1(meta: dict[str, Any], flow_config: dict[str, Any] | None, where: 
                             soft=float(m.get("soft", 0.0))),
             threshold=ThresholdSpec(value=float(meta["threshold"]), quantile=meta.get("threshold_quantile"),
                                     source=str(meta.get("threshold_source", ""))),
-            scoring=ScoringSpec(aggregation=str(meta.get("aggregation", "max"))),
+            # format-1 files of the scoring-switch branch carried image_score/calibration under "scoring"
+            scoring=ScoringSpec.from_dict(
+                {**(meta.get("scoring") or {}), "aggregation": str(meta.get("aggregation", "max"))}
+            ),
             flips=dict(meta.get("flips") or {}),
             single_view=bool(meta.get("single_view", False)),
             training=TrainingRecord(
@@ -296,7 +299,7 @@ def migrate_v1(meta: dict[str, Any], flow_config: dict[str, Any] | None, where: 
         )
     except KeyError as exc:
         raise CheckpointError(f"format-1 model description lacks the field {exc.args[0]!r}", where) from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"malformed format-1 model description: {exc}", where) from None
     bundle.check(where)
     return bundle

@@ -68,7 +68,8 @@ def postprocess_scores(maps, masks, post: ScorePostprocess, how: str = "max", *,
                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Background-filled maps ``(N, V, h, w)`` (+ grid masks ``(N, V, h, w)`` or None) ->
     raw image scores ``(N, V)``, calibrated view scores ``(N, V)`` and sample scores ``(N,)``
-    (aggregation ``how`` of the calibrated view scores), by :func:`multiflow.scoring.view_scores`."""
+    (aggregation ``how`` of the calibrated view scores): the computation of
+    :func:`multiflow.scoring.view_scores`, batched, keeping the raw scores too."""
     n = int(maps.shape[0])
     if n == 0:
         raise DataError("no anomaly maps to score")
