@@ -36,12 +36,12 @@ def _state(model):
 def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
     feats, masks = _data()
     full = _model()
-    res_full = train_flow(full, feats, masks, _cfg(), tmp_path / "a", progress=False)
+    res_full = train_flow(full, feats, masks, _cfg(checkpoint_every=1), tmp_path / "a", progress=False)
 
     part = _model()
-    train_flow(part, feats, masks, _cfg(), tmp_path / "b", progress=False, stop_after_epochs=2)
+    train_flow(part, feats, masks, _cfg(checkpoint_every=1), tmp_path / "b", progress=False, stop_after_epochs=2)
     resumed = _model()  # a fresh process would rebuild the model from its config
-    res_resumed = train_flow(resumed, feats, masks, _cfg(), tmp_path / "b", resume=True, progress=False)
+    res_resumed = train_flow(resumed, feats, masks, _cfg(checkpoint_every=1), tmp_path / "b", resume=True, progress=False)
 
     assert res_full.history == res_resumed.history
     assert res_full.best_epoch == res_resumed.best_epoch

@@ -176,6 +176,19 @@ def build_mask_provider(cfg: MaskConfig, dataset=None):
     return make_provider(cfg.provider)
 
 
+def run_device(cfg: RunConfig, device: torch.device | None = None) -> tuple[torch.device, str]:
+    """``(device, precision)`` of this process: the given ``device``, else the rank's device under
+    ``torchrun``, else ``train.device`` resolved (:func:`multiflow.device.resolve_device`); the
+    precision is ``train.precision`` where the device supports it (else fp32, with a notice)."""
+    from multiflow.device import resolve_device, resolve_precision
+    from multiflow.engine.distributed import current_context
+
+    ctx = current_context()
+    if device is None:
+        device = ctx.device if ctx.enabled else resolve_device(cfg.train.device)
+    return device, resolve_precision(cfg.train.precision, device, notice=ctx.is_main)
+
+
 @dataclass
 class PreparedSplit:
     """A split with its cached features ``(N, V, C, h, w)`` and grid masks ``(N, V, h, w)`` (or None)."""
@@ -187,11 +200,13 @@ class PreparedSplit:
     view_names: list[str]
 
 
-def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progress: bool = True) -> PreparedSplit:
+def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progress: bool = True,
+                  device: torch.device | None = None) -> PreparedSplit:
     """Open a split, extract (or reuse) its features and foreground masks.
 
-    Under ``torchrun`` the samples are shared among the ranks and every rank gets the whole
-    result (:func:`multiflow.features.cache.build_entry`); every rank must call this.
+    The backbone runs on ``device`` (moved there; default: where it is). Under ``torchrun`` the
+    samples are shared among the ranks and every rank gets the whole result
+    (:func:`multiflow.features.cache.build_entry`); every rank must call this.
     """
     from multiflow.engine.distributed import current_context
     from multiflow.features.cache import extract_features
@@ -202,6 +217,8 @@ def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progr
         raise DataError(f"the {split} split of {category!r} has no samples", getattr(ds, "json_path", cfg.data.root))
     root = cache_dir(cfg.features)
     ctx = current_context()
+    if device is not None:
+        extractor.to(device)
     feats = extract_features(
         ds, extractor, root, batch_size=cfg.features.batch_size, dtype=cfg.features.dtype,
         num_workers=cfg.features.num_workers, progress=progress, ctx=ctx,
@@ -261,18 +278,22 @@ def load_bundle(folder: str | Path):
 
 
 # ------------------------------------------------------------------------------------ fitting
-def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train the flow of one class and calibrate its threshold on held-out normal training samples."""
+def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool = False, progress: bool = True,
+                 device: torch.device | None = None) -> dict:
+    """Train the flow of one class and calibrate its threshold on held-out normal training samples.
+
+    Features, training and scoring run on ``device`` (default: :func:`run_device`)."""
     from multiflow.engine.distributed import barrier, compute_maps_sharded, current_context
     from multiflow.engine.scoring import calibrate_threshold, sample_scores
     from multiflow.engine.train import train_flow
 
     ctx = current_context()
     progress = progress and ctx.is_main
+    device, precision = run_device(cfg, device)
     t0 = time.perf_counter()
     out = run_dir / category
     extractor = build_extractor(cfg.features)
-    train = prepare_split(cfg, category, "train", extractor, progress=progress)
+    train = prepare_split(cfg, category, "train", extractor, progress=progress, device=device)
     t_feat = time.perf_counter() - t0
     feats, masks, flow_views, model_cfg = train.features, train.masks, train.view_names, cfg.model
     n_views = len(train.view_names)
@@ -284,7 +305,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         flow_views, model_cfg = ["view"], dataclasses.replace(cfg.model, graph="none")
     model = build_flow(model_cfg, extractor.channels, flow_views, cfg.train.seed)
     result = train_flow(
-        model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress
+        model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress, device=device
     )
     val = result.val_index if result.val_index is not None and len(result.val_index) else result.train_index
     if cfg.model.single_view:
@@ -297,7 +318,9 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         val = np.sort(val)
         val_feats = train.features[val]
         val_masks = None if train.masks is None else train.masks[val]
-    val_maps = compute_maps_sharded(model, val_feats, val_masks, ctx, batch_size=cfg.eval.batch_size)
+    val_maps = compute_maps_sharded(model, val_feats, val_masks, ctx, batch_size=cfg.eval.batch_size,
+                                    device=device, precision=precision)
+    model.to("cpu")  # the flow returns to the CPU where it is saved
     if cfg.model.single_view:
         from multiflow.baselines.single_view import from_single_view
 
@@ -321,6 +344,9 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         "val_sample_scores": {"n": int(len(val_scores)), "mean": float(val_scores.mean()), "max": float(val_scores.max())},
         "single_view": bool(cfg.model.single_view),
         "best_epoch": result.best_epoch,
+        "stop_reason": result.stop_reason,
+        "device": str(device),
+        "precision": precision,
         "best_val_loss": result.best_val_loss,
         "history": result.history,
         "train_samples": int(len(result.train_index)),
@@ -356,10 +382,11 @@ def fit_run(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
     barrier(ctx)
+    device, _ = run_device(cfg)
     for category in list_categories(cfg.data):
         if progress:
-            print(f"== {category}: training", flush=True)
-        fit_category(cfg, category, run_dir, resume=resume, progress=progress)
+            print(f"== {category}: training on {device}", flush=True)
+        fit_category(cfg, category, run_dir, resume=resume, progress=progress, device=device)
     return run_dir
 
 
@@ -394,20 +421,24 @@ def ground_truth_masks(dataset, index: int) -> np.ndarray:
 
 
 def evaluate_category(
-    run_dir: Path, category: str, cfg: RunConfig, *, progress: bool = True, pictures: bool | None = None
+    run_dir: Path, category: str, cfg: RunConfig, *, progress: bool = True, pictures: bool | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one class model on its test split; writes metrics, scores, ADEval pkl and figures."""
+    """Evaluate one class model on its test split; writes metrics, scores, ADEval pkl and figures.
+
+    Features and anomaly maps are computed on ``device`` (default: :func:`run_device`)."""
     from multiflow.engine.distributed import compute_maps_sharded, current_context
     from multiflow.engine.scoring import image_scores, sample_scores
     from multiflow.metrics import StreamingEvaluator, evaluate_exact, write_adeval_pkl
 
     ctx = current_context()
     progress = progress and ctx.is_main
+    device, precision = run_device(cfg, device)
     folder = run_dir / category
     model, meta = load_bundle(folder)
     extractor = build_extractor(cfg.features)
     check_backbone(extractor, meta, folder / "model.json")
-    test = prepare_split(cfg, category, "test", extractor, progress=progress)
+    test = prepare_split(cfg, category, "test", extractor, progress=progress, device=device)
     if test.view_names != meta["view_names"]:
         raise DataError(f"test views {test.view_names} differ from the model's {meta['view_names']}", folder)
     if meta.get("single_view"):
@@ -415,11 +446,11 @@ def evaluate_category(
 
         sv_feats, sv_masks = to_single_view(test.features, test.masks)
         maps = compute_maps_sharded(model, sv_feats, sv_masks, ctx, batch_size=cfg.eval.batch_size,
-                                    progress=progress)
+                                    progress=progress, device=device, precision=precision)
         maps = from_single_view(maps, len(test.view_names))
     else:
         maps = compute_maps_sharded(model, test.features, test.masks, ctx, batch_size=cfg.eval.batch_size,
-                                    progress=progress)
+                                    progress=progress, device=device, precision=precision)
     if not ctx.is_main:
         return {}  # rank 0 computes the metrics from the gathered maps and writes everything
     ds = test.dataset
@@ -572,10 +603,11 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig | None = None, *, progress:
     if not cats:
         raise CheckpointError("no trained class models (…/<class>/model.json) in this run folder", run_dir)
     per_class = {}
+    device, _ = run_device(cfg)
     for cat in cats:
         if progress:
-            print(f"== {cat}: evaluating", flush=True)
-        per_class[cat] = evaluate_category(run_dir, cat, cfg, progress=progress, pictures=pictures)
+            print(f"== {cat}: evaluating on {device}", flush=True)
+        per_class[cat] = evaluate_category(run_dir, cat, cfg, progress=progress, pictures=pictures, device=device)
     barrier(ctx)
     if not ctx.is_main:
         return {"per_class": {}, "table": "", "per_defect": "", "rows": []}

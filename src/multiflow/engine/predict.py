@@ -52,20 +52,29 @@ class Predictor:
     Args:
         model_dir: ``<run>/<class>`` folder holding ``model.safetensors`` and ``model.json``.
         threshold: override the calibrated threshold.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a device: backbone and flow run
+            there (:func:`multiflow.device.resolve_device`); maps come back to the CPU.
+        precision: ``"fp32"`` or ``"bf16"`` (bf16 autocast st-networks; fp32 where unsupported).
     """
 
-    def __init__(self, model_dir: str | os.PathLike, *, threshold: float | None = None) -> None:
+    def __init__(self, model_dir: str | os.PathLike, *, threshold: float | None = None,
+                 device: str | torch.device = "auto", precision: str = "fp32") -> None:
         from multiflow.config import FeatureConfig, MaskConfig
+        from multiflow.device import resolve_device, resolve_precision
         from multiflow.engine.pipeline import build_extractor, build_mask_provider, check_backbone, load_bundle
 
         self.model_dir = Path(model_dir)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.flow, self.meta = load_bundle(self.model_dir)
+        self.flow.to(self.device)
         f = self.meta["features"]
         self.extractor = build_extractor(
             FeatureConfig(backbone=f["backbone"], input_size=int(f["input_size"]), weights=f.get("weights") or "",
                           layer=f.get("layer") or "")
         )
         check_backbone(self.extractor, self.meta, self.model_dir / "model.json")
+        self.extractor.to(self.device)
         m = self.meta["masks"]
         self.mask_cfg = MaskConfig(provider=m["provider"], dilation=int(m["dilation"]), mask_root=m.get("mask_root", ""))
         self.masker = None if m["provider"] in ("none", "file") else build_mask_provider(self.mask_cfg)
@@ -89,6 +98,7 @@ class Predictor:
     @torch.no_grad()
     def predict(self, images: torch.Tensor, view_names: list[str] | None = None, sample_id: str = "") -> Prediction:
         """Score one sample. ``images``: ``(V, 3, H, W)`` float in ``[0, 1]`` (any H, W: resized)."""
+        from multiflow.device import autocast, to_device
         from multiflow.features.masks import postprocess_mask
         from multiflow.metrics import aggregate_views, image_scores_from_maps
 
@@ -99,7 +109,7 @@ class Predictor:
         x = images.float()
         if (h_img, w_img) != (self.input_size, self.input_size):
             x = torch.nn.functional.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
-        feats = self.extractor.forward_views(x[None])  # (1, V, C, h, w)
+        feats = self.extractor.forward_views(to_device(x[None], self.device))  # (1, V, C, h, w), on the device
         grid = tuple(feats.shape[-2:])
         mask = None
         if self.masker is not None:
@@ -108,11 +118,14 @@ class Predictor:
                 np.stack([postprocess_mask(self.masker(arr[v]), grid, dilation=self.mask_cfg.dilation)[1]
                           for v in range(arr.shape[0])])
             )[None]
-        if self.single_view:  # one shared single-view flow: every view is its own sample
-            maps = self.flow.anomaly_map(feats.transpose(0, 1), None if mask is None else mask.transpose(0, 1))
-            maps = maps[:, 0]  # (V, h, w)
-        else:
-            maps = self.flow.anomaly_map(feats, mask)[0]  # (V, h, w)
+            mask = to_device(mask, self.device)
+        with autocast(self.device, self.precision):
+            if self.single_view:  # one shared single-view flow: every view is its own sample
+                maps = self.flow.anomaly_map(feats.transpose(0, 1), None if mask is None else mask.transpose(0, 1))
+                maps = maps[:, 0]  # (V, h, w)
+            else:
+                maps = self.flow.anomaly_map(feats, mask)[0]  # (V, h, w)
+        maps = maps.float().cpu()
         view_scores = image_scores_from_maps(maps)
         sample_score = float(aggregate_views(view_scores[None], self.aggregation)[0])
         full = torch.nn.functional.interpolate(maps[:, None], size=(h_img, w_img), mode="bilinear",
