@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--masks file: folder mirroring the image folder (default: silhouettes_<res> next to realiad_<res>)")
     parser.add_argument("--isnet-variant", choices=("small", "medium"), default="medium")
     parser.add_argument("--keep-full-masks", action="store_true", help="also cache masks at image resolution")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--rebuild-corrupt", action="store_true", help="rebuild a corrupt cache entry instead of failing")
 
 
@@ -61,16 +63,20 @@ def run(args: argparse.Namespace) -> int:
     from multiflow.features.cache import extract_features
     from multiflow.features.masks import compute_masks
 
+    from multiflow.device import resolve_device
+
     ctx = init_distributed()
     say = print if ctx.is_main else (lambda *a, **k: None)
+    progress = ctx.is_main and not args.quiet
+    device = ctx.device if ctx.enabled else resolve_device(args.device)
     extractor = build_backbone(
         args.backbone, input_size=args.input_size, weights=args.weights,
         pretrained=not args.random_weights, layers=args.layers,
-    )
+    ).to(device)
     image_size = args.image_size or extractor.input_size
     grid = extractor.feature_size()
     on_corrupt = "rebuild" if args.rebuild_corrupt else "error"
-    say(f"backbone {extractor.name} ({extractor.weights_source}): {extractor.channels} channels, "
+    say(f"backbone {extractor.name} ({extractor.weights_source}) on {device}: {extractor.channels} channels, "
           f"stride {extractor.stride}, input {extractor.input_size} -> grid {grid[0]}x{grid[1]}")
     resolution = args.resolution
     if resolution is not None and resolution.isdigit():
@@ -82,14 +88,14 @@ def run(args: argparse.Namespace) -> int:
         )
         feats = extract_features(
             dataset, extractor, args.cache, batch_size=args.batch_size, dtype=args.dtype,
-            num_workers=args.workers, on_corrupt=on_corrupt, progress=ctx.is_main, ctx=ctx,
+            num_workers=args.workers, on_corrupt=on_corrupt, progress=progress, ctx=ctx,
         )
         say(f"{split}: features {tuple(feats.features.shape)} {feats.features.dtype} -> {feats.path}")
         if args.masks:
             masks = compute_masks(
                 dataset, _provider(args, dataset), args.cache, grid=grid, keep_full=args.keep_full_masks,
                 batch_size=args.batch_size, num_workers=args.workers, on_corrupt=on_corrupt,
-                progress=ctx.is_main, ctx=ctx,
+                progress=progress, ctx=ctx,
             )
             share = float(masks.grid.mean()) if masks.grid.size else 0.0
             say(f"{split}: masks ({args.masks}) {tuple(masks.grid.shape)}, foreground {share:.1%} -> {masks.path}")
