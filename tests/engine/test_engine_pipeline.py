@@ -52,6 +52,15 @@ def test_run_folder_has_everything(run):
     assert "| mean |" in results["table"]
 
 
+def test_run_records_its_device_precision_and_writes_less_state(run):
+    run_dir, _, _ = run
+    meta = json.loads((run_dir / CLASS / "model.json").read_text())
+    assert meta["device"] == "cpu" and meta["precision"] == "fp32"  # train.device=auto without CUDA
+    assert meta["stop_reason"] == "" and len(meta["history"]) == 2
+    state = run_dir / CLASS / "train_state"
+    assert (state / "state.safetensors").is_file() and not list(state.glob("*.tmp*"))
+
+
 def test_metrics_agree_with_an_independent_oracle_on_the_written_scores(run):
     run_dir, _, _ = run
     rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
