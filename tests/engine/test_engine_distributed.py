@@ -22,7 +22,7 @@ from multiflow.flow import MultiFlow, ViewGraph
 
 # 9 samples, 2 held out -> 7 training samples in batches of 3, 3, 1: the last global batch leaves
 # rank 1 with an empty shard, and the 3-sample batches split unevenly (2 + 1).
-CFG = dict(epochs=2, batch_size=3, lr=2e-3, seed=7, val_fraction=0.2)
+CFG = dict(epochs=2, batch_size=3, lr=2e-3, seed=7, val_fraction=0.2, device="cpu")
 
 
 def _model() -> MultiFlow:

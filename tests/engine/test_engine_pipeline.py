@@ -31,7 +31,7 @@ def run(tmp_path_factory):
         f"data.root={data}", f"data.categories=[{CLASS}]", "data.resolution=96", "features.input_size=96",
         f"features.cache_dir={root / 'cache'}", "model.hidden=8", "model.n_blocks=2", "model.kernel_sizes=[3,3]",
         "train.epochs=2", "train.batch_size=2", "train.lr=0.001", f"out={root / 'results'}", "name=r",
-        "eval.pictures=true",
+        "eval.pictures=true", "train.device=cpu",
     ]
     run_dir = api.fit(overrides=overrides, progress=False)
     results = api.evaluate(run_dir, progress=False)
@@ -55,7 +55,7 @@ def test_run_folder_has_everything(run):
 def test_run_records_its_device_precision_and_writes_less_state(run):
     run_dir, _, _ = run
     meta = json.loads((run_dir / CLASS / "model.json").read_text())
-    assert meta["device"] == "cpu" and meta["precision"] == "fp32"  # train.device=auto without CUDA
+    assert meta["device"] == "cpu" and meta["precision"] == "fp32"
     assert meta["stop_reason"] == "" and len(meta["history"]) == 2
     state = run_dir / CLASS / "train_state"
     assert (state / "state.safetensors").is_file() and not list(state.glob("*.tmp*"))

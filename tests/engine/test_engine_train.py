@@ -24,7 +24,7 @@ def _data(n: int = 10, seed: int = 0):
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(epochs=4, batch_size=3, lr=1e-3, seed=5, val_fraction=0.2)
+    base = dict(epochs=4, batch_size=3, lr=1e-3, seed=5, val_fraction=0.2, device="cpu")  # exact on CPU
     base.update(kw)
     return TrainConfig(**base)
 
