@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    if args.device != "cpu" else "")
     rerun = f"`.venv/bin/python benchmarks/bench_flow.py{extra}`"
     bf_rows = []
-    for name, label in (("forward", "eval forward"), ("train_step_adamw", "training step (fwd + masked loss + bwd + AdamW)")):
+    labels = (("forward", "eval forward"), ("train_step_adamw", "training step (fwd + masked loss + bwd + AdamW)"))
+    for name, label in labels:
         bf_rows.append(
             f"| {label} | {f[name]['wall_s']:.2f} | {h[name]['wall_s']:.2f} | "
             f"{f[name]['wall_s'] / h[name]['wall_s']:.2f}x | {f[name]['cpu_s']:.2f} | {h[name]['cpu_s']:.2f} | "

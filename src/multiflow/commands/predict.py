@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from multiflow.api import predict
 
     rows = predict(args.model, data_root=args.data, data_format=args.format, split=args.split,
-                   category=args.category, resolution=args.resolution, out_dir=args.out, threshold=args.threshold, progress=not args.quiet,
+                   category=args.category, resolution=args.resolution, out_dir=args.out, threshold=args.threshold,
+                   progress=not args.quiet,
                    device=args.device, precision=args.precision)
     n_ng = sum(r["decision"] == "NG" for r in rows)
     for r in rows:
