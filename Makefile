@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench clean chromium review-screenshots
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,17 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 
 venv: $(STAMP)
 
+## Debian's chromium for the browser tests of `multiflow review` (apt-get as root when missing).
+chromium:
+	@bash scripts/ensure_chromium.sh
+
 ## Run the whole test suite.
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+## Re-take the README's screenshots of `multiflow review` (docs/review/*.png) with the browser tests.
+review-screenshots: $(STAMP) chromium
+	MULTIFLOW_REVIEW_SCREENSHOTS=docs/review $(PY) -m pytest -q tests/review/test_review_browser.py
 
 ## Generate synthetic data, extract features, compute masks, train, evaluate, report.
 demo: $(STAMP)

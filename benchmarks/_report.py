@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from multiflow._atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 HEADER = (
@@ -33,9 +35,7 @@ def update_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> None
         text = pattern.sub(lambda _: block, text)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 class CpuShare:

@@ -28,7 +28,8 @@ from _report import CpuShare, machine_line, peak_rss_mb, update_section  # noqa:
 
 def build_model(folder: Path, views: int, input_size: int) -> Path:
     from multiflow.config import FeatureConfig
-    from multiflow.engine.pipeline import build_extractor, save_bundle
+    from multiflow.engine.bundle import FeaturesSpec, GraphSpec, MasksSpec, ModelBundle, ThresholdSpec, save_bundle
+    from multiflow.engine.factories import build_extractor
     from multiflow.flow import MultiFlow, ViewGraph
 
     extractor = build_extractor(FeatureConfig(backbone="lite0", input_size=input_size))
@@ -38,14 +39,14 @@ def build_model(folder: Path, views: int, input_size: int) -> Path:
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=gen))
-    meta = {
-        "category": "bench", "view_names": names,
-        "extractor": extractor.describe() | {"digest": extractor.digest},
-        "features": {"backbone": "lite0", "input_size": input_size, "weights": "", "layer": ""},
-        "masks": {"provider": "none", "dilation": 8, "mask_root": ""}, "flips": {},
-        "aggregation": "max", "threshold": 0.0,
-    }
-    save_bundle(folder, flow.eval(), meta)
+    bundle = ModelBundle(
+        category="bench", view_names=names, graph=GraphSpec(view_names=names, edges=flow.graph.to_dict()["edges"]),
+        features=FeaturesSpec(backbone="lite0", input_size=input_size, dtype="float32", weights_digest=extractor.digest,
+                              channels=extractor.channels, grid=list(extractor.feature_size()),
+                              extractor=extractor.describe()),
+        masks=MasksSpec(provider="none", dilation=8), threshold=ThresholdSpec(value=0.0),
+    )
+    save_bundle(folder, flow.eval(), bundle)
     return folder
 
 

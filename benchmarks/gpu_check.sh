@@ -51,12 +51,13 @@ trap 'rm -rf "$WORK" "$LOG"' EXIT
     "$PY" - "$WORK/results/e2e-$prec" "$prec" <<'PYEOF'
 import json, sys
 run, prec = sys.argv[1], sys.argv[2]
-meta = json.load(open(f"{run}/bottle_cap/model.json"))
+from multiflow.engine.bundle import read_bundle
+training = read_bundle(f"{run}/bottle_cap").training
 metrics = json.load(open(f"{run}/bottle_cap/metrics.json"))
-assert meta["device"].startswith("cuda"), meta["device"]
-assert meta["precision"] == prec, meta["precision"]
-print(f"gpu_check e2e {prec}: device {meta['device']}, precision {meta['precision']}, "
-      f"S-AUROC {metrics['s_auroc']:.3f}, I-AUROC {metrics['i_auroc']:.3f}, history {len(meta['history'])} epochs")
+assert training.device.startswith("cuda"), training.device
+assert training.precision == prec, training.precision
+print(f"gpu_check e2e {prec}: device {training.device}, precision {training.precision}, "
+      f"S-AUROC {metrics['s_auroc']:.3f}, I-AUROC {metrics['i_auroc']:.3f}, history {len(training.history)} epochs")
 PYEOF
     echo "gpu_check e2e $prec: $(( $(date +%s) - t0 )) s for fit + test + predict"
   done

@@ -87,6 +87,12 @@ class Variant:
     rows: tuple[tuple[str, str, str], ...] = field(default_factory=tuple)
 
 
+#: Table 2 ablations: ``model.graph`` preset -> (row label, the paper's method name)
+TABLE2_GRAPHS: dict[str, tuple[str, str]] = {
+    "none": ("none", "graph=none"), "top_only": ("top only", "graph=top_only"), "ring": ("ring only", "graph=ring_only"),
+}
+
+
 def build_variants(*, base_masks: str, file_masks: bool, isnet: bool, patchcore: bool) -> list[Variant]:
     """The suite's variants; the base variant is a row of every ablation table."""
     base_label = {"threshold": "threshold (base)", "isnet": "IS-Net (base)", "file": "silhouettes (base)"}
@@ -98,8 +104,12 @@ def build_variants(*, base_masks: str, file_masks: bool, isnet: bool, patchcore:
         ("baselines", "Multi-Flow (ours, base)", "Multi-Flow"),
     ))
     out = [base]
-    for g, label, paper in (("none", "none", "graph=none"), ("top_only", "top only", "graph=top_only"),
-                            ("ring", "ring only", "graph=ring_only")):
+    from multiflow.errors import ConfigError
+    from multiflow.flow.graph import GRAPH_PRESETS
+
+    for g, (label, paper) in TABLE2_GRAPHS.items():
+        if g not in GRAPH_PRESETS:
+            raise ConfigError(f"Table 2 variant graph {g!r} is not one of the presets {list(GRAPH_PRESETS)}")
         out.append(Variant(f"graph-{g}", (f"model.graph={g}",), rows=(("table2", label, f"Multi-Flow[{paper}]"),)))
     for f, paper in (("self_attention", "fusion=self_attention"), ("cross_attention", "fusion=cross_view_attention")):
         out.append(Variant(f"fusion-{f}", (f"model.fusion={f}",), rows=(("table3", f, f"Multi-Flow[{paper}]"),)))
@@ -204,15 +214,17 @@ def run_one(cfg, variant: Variant, seed: int, category: str, folder: Path, *, ma
         else:
             from multiflow.engine.pipeline import evaluate_category, fit_category
 
+            from multiflow.engine.bundle import read_bundle
+
             if (folder / category / "model.json").is_file():
-                meta = json.loads((folder / category / "model.json").read_text())
+                bundle = read_bundle(folder / category)
             else:
-                meta = fit_category(vcfg, category, folder, resume=True, progress=progress)
-            t_fit = float(meta.get("seconds", {}).get("total", 0.0)) - float(
-                meta.get("seconds", {}).get("features_and_masks", 0.0))
-            steps = int(meta.get("train_samples", 0)) * len(meta.get("history") or [])
-            if meta.get("single_view"):  # the single-view flow counts images: report 5-view samples
-                steps /= max(1, len(meta.get("view_names") or [1]))
+                bundle = fit_category(vcfg, category, folder, resume=True, progress=progress)
+            rec = bundle.training
+            t_fit = float(rec.seconds.get("total", 0.0)) - float(rec.seconds.get("features_and_masks", 0.0))
+            steps = int(rec.train_samples) * len(rec.history)
+            if bundle.single_view:  # the single-view flow counts images: report 5-view samples
+                steps /= max(1, len(bundle.view_names))
             train_sps = steps / t_fit if t_fit > 0 and steps else None
             metrics = evaluate_category(folder, category, vcfg, progress=progress, pictures=False)
     record = {
@@ -514,7 +526,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=0, help="override train.epochs")
     p.add_argument("--quick", action="store_true", help="tiny check: 1 class, 8 train samples, 128 px, 1 epoch, 1 seed")
     p.add_argument("--only", nargs="*", help="run only these variant names (e.g. base graph-none patchcore)")
-    p.add_argument("--base-masks", default="", choices=["", "threshold", "isnet", "file", "none"],
+    from multiflow.features.masks import MASK_PROVIDERS
+
+    p.add_argument("--base-masks", default="", choices=["", *sorted(MASK_PROVIDERS)],
                    help="mask provider of the base variant (default: the config's masks.provider, i.e. "
                         "threshold without --config and isnet with configs/paper.yaml)")
     p.add_argument("--mask-root", default="", help="silhouette tree for the masks=file variant "
@@ -567,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             mask_root = args.mask_root
         seeds = args.seeds if args.seeds else (sizes["seeds"] if synthetic else [0, 1, 2])
         cfg = make_config(args, data_root, out / "cache", classes, sizes)
-        from multiflow.engine.pipeline import list_categories
+        from multiflow.engine.factories import list_categories
 
         categories = list_categories(cfg.data)
         variants = build_variants(base_masks=cfg.masks.provider, file_masks=bool(mask_root) and Path(mask_root).is_dir(),

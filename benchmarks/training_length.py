@@ -48,10 +48,11 @@ def load_records(out: Path, run: str, variants: list[str]) -> list[dict] | None:
                 rec = json.loads(path.read_text())
                 meta_path = folder / "model.json"
                 meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-                n_train = int(meta.get("train_samples", 0))
-                epochs = len(meta.get("history") or [])
+                training = meta.get("training", meta)  # bundle format 2 nests the training record
+                n_train = int(training.get("train_samples", 0))
+                epochs = len(training.get("history") or [])
                 rec["steps"] = math.ceil(n_train / pe.FULL["batch"]) * epochs if n_train else None
-                rec["best_epoch"] = meta.get("best_epoch")
+                rec["best_epoch"] = training.get("best_epoch")
                 records.append(rec)
     return records
 

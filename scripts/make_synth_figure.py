@@ -1,21 +1,22 @@
 """Render one defective sample per synthetic class from all views, defect masks outlined in green.
 
 Usage: ``python scripts/make_synth_figure.py [--out docs/synth_samples.png] [--size 144] [--seed 0]
-[--defects HS,CI,YW,QS,ZW] [--colours 256]`` (one defect code per class, in class order).
+[--defects HS,CI,YW,QS,ZW] [--colours 256] [--variation realistic]`` (one defect code per class, in
+class order). The cross-view defect picture: ``--defects FM --variation realistic --out docs/synth_fm.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from multiflow.synth import DEFAULT_CLASSES, DEFECT_CODES, render_sample
+from multiflow._atomic import write_bytes
+from multiflow.synth import ALL_DEFECT_CODES, DEFAULT_CLASSES, VARIATIONS, render_sample
 
 
 def outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -34,16 +35,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--defects", default="HS,CI,YW,QS,ZW", help="one code per class, cycled")
     parser.add_argument("--colours", type=int, default=256, help="palette size (0 = full RGB)")
+    parser.add_argument("--variation", default="default", choices=sorted(VARIATIONS),
+                        help="instance variation preset of multiflow.synth (lots, pose jitter)")
     args = parser.parse_args()
     codes = args.defects.split(",")
     rows = []
     for k, cls in enumerate(DEFAULT_CLASSES):
         code = codes[k % len(codes)]
-        s = render_sample(cls, defect=code, size=args.size, seed=args.seed)
+        lots, jitter = VARIATIONS[args.variation]
+        s = render_sample(cls, defect=code, size=args.size, seed=args.seed, lots=lots, pose_jitter=jitter)
         tiles = [outline(img, m) for img, m in zip(s.images, s.masks)]
         row = Image.fromarray(np.concatenate(tiles, axis=1))
         label = Image.new("RGB", (row.width, 16), (20, 20, 20))
-        ImageDraw.Draw(label).text((4, 2), f"{cls}  {code} ({DEFECT_CODES[code]})   views: "
+        ImageDraw.Draw(label).text((4, 2), f"{cls}  {code} ({ALL_DEFECT_CODES[code]})   views: "
                                    + " ".join(s.view_names), fill=(230, 230, 230))
         rows.append(np.concatenate([np.asarray(label), np.asarray(row)], axis=0))
     fig = Image.fromarray(np.concatenate(rows, axis=0))
@@ -51,11 +55,7 @@ def main() -> None:
         fig = fig.quantize(colors=args.colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     buf = io.BytesIO()
     fig.save(buf, format="PNG", optimize=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, out)
+    out = write_bytes(args.out, buf.getvalue())
     print(f"wrote {out} ({len(buf.getvalue()) / 1024:.0f} KiB)")
 
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 
 from multiflow.flow import MultiFlow, ViewGraph
+from multiflow.flow.fusion import FUSIONS
+from multiflow.flow.noise import NOISE_SCHEMES
 from multiflow.flow.summary import format_breakdown
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Multi-Flow parameter count per component")
     ap.add_argument("--channels", type=int, default=304)
-    ap.add_argument("--fusion", default="conv", choices=["conv", "self_attention", "cross_attention"])
-    ap.add_argument("--noise", default="simplenet", choices=["none", "simplenet", "uniform", "softflow"])
+    ap.add_argument("--fusion", default="conv", choices=sorted(FUSIONS))
+    ap.add_argument("--noise", default="simplenet", choices=list(NOISE_SCHEMES))
     ap.add_argument("--share-side-weights", action="store_true")
     args = ap.parse_args(argv)
     model = MultiFlow(args.channels, ViewGraph.real_iad(), fusion=args.fusion, noise=args.noise,

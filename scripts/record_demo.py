@@ -17,6 +17,8 @@ import re
 import time
 from pathlib import Path
 
+from multiflow._atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,9 +49,7 @@ def main() -> int:
     text, n = re.subn(r"<!-- BEGIN demo -->.*?<!-- END demo -->", lambda _: block, text, flags=re.S)
     if n != 1:
         raise SystemExit("README.md has no demo section markers")
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, readme)
+    write_text(readme, text)
     print(block)
     return 0
 

@@ -81,3 +81,32 @@ def test_paper_config_keeps_the_fixed_schedule():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")
     assert cfg.train.early_stopping_patience == 0 and cfg.train.epochs == 112
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["model.graph=custom"], "model.graph=custom needs model.edges"),
+        (["model.edges=[[a, b]]"], "model.edges is only used with model.graph=custom"),
+        (["model.graph=custom", "model.edges=[[a, b, c]]"], r"model.edges\[0\].*is not a pair"),
+        (["model.graph=custom", "model.edges=[[a, b]]", "data.views=[a, b, c]"],
+         r"views \['c'\] are not connected"),
+        (["model.graph=custom", "model.edges=[[a, x]]", "data.views=[a, b]"], "unknown view 'x'"),
+        (["model.top_view=C9", "data.views=[C1, C2, C3]"], r"model.top_view 'C9' is not one of data.views"),
+        (["model.graph=none", "model.top_view=C9", "data.views=[C1, C2]"], "is not one of data.views"),
+        (["model.graph=custom", "model.edges=[[a, b]]", "model.top_view=a"], "only used by the presets"),
+        (["data.views=[left, right, back]"], "model.graph=real_iad with data.views=.*model.top_view"),
+        (["model.graph=custom", "model.edges=[[a, b]]", "model.single_view=true"], "single_view"),
+    ],
+)
+def test_camera_graph_settings_are_checked_at_load(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_camera_graph_settings_load():
+    cfg = load_config(None, ["model.graph=custom", "model.edges=[[a, b], [b, c]]", "data.views=[a, b, c]"])
+    assert cfg.model.edges == [["a", "b"], ["b", "c"]]
+    cfg = load_config(None, ["model.top_view=back", "data.views=[left, back, right]", "model.ring_order=[right, left]"])
+    assert cfg.model.top_view == "back" and cfg.model.ring_order == ["right", "left"]
+    assert load_config(None, ["model.ring_order=[1, 3, 2, 4]"]).model.ring_order == [1, 3, 2, 4]

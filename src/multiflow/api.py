@@ -36,13 +36,19 @@ def fit(
 
 
 def evaluate(run_dir: str | os.PathLike, *, progress: bool = True, pictures: bool | None = None,
-             overrides: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate every class model of a run on its test split; writes metrics and the HTML report."""
+             overrides: list[str] | None = None, aggregation: str | None = None) -> dict[str, Any]:
+    """Evaluate every class model of a run on its test split; writes metrics and the HTML report.
+
+    The models' bundles define how they score; ``overrides`` (``section.key=value``) change the
+    run configuration's data location and evaluation settings; ``aggregation`` is an explicit
+    test-time override of the bundles' view aggregation, recorded in each ``metrics.json``.
+    """
     from multiflow.engine.pipeline import evaluate_run
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", overrides) if overrides else None
-    return evaluate_run(run_dir, cfg, progress=progress, pictures=pictures)
+    ov = {"aggregation": aggregation} if aggregation else None
+    return evaluate_run(run_dir, cfg, progress=progress, pictures=pictures, overrides=ov)
 
 
 def predict(
@@ -67,14 +73,14 @@ def predict(
     ``device`` / ``precision`` as in :class:`multiflow.engine.predict.Predictor`.
     """
     from multiflow.config import DataConfig
-    from multiflow.engine.pipeline import open_dataset
+    from multiflow.engine.factories import open_dataset
     from multiflow.engine.predict import Predictor, predict_dataset
 
     predictor = Predictor(model_dir, threshold=threshold, device=device, precision=precision)
     data = DataConfig(root=str(data_root), format=data_format, views=list(predictor.view_names), resolution=resolution,
-                      flips=dict(predictor.meta.get("flips") or {}))
+                      flips=dict(predictor.bundle.flips))
     if data_format == "manifest":
         data.manifest, data.root = str(data_root), ""
-    ds = open_dataset(data, category or predictor.meta["category"], split, predictor.input_size, load_masks=False)
+    ds = open_dataset(data, category or predictor.bundle.category, split, predictor.input_size, load_masks=False)
     out = Path(out_dir) if out_dir else Path(model_dir) / "predictions"
     return predict_dataset(predictor, ds, out, progress=progress)

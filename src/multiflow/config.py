@@ -67,10 +67,19 @@ class MaskConfig:
 
 @dataclass
 class ModelConfig:
-    """The flow (paper Sec. 3.1, 3.3, 3.4; model.md)."""
+    """The flow (paper Sec. 3.1, 3.3, 3.4; model.md).
+
+    The camera graph (``docs/data-format.md``, "Camera graph"): ``graph`` is a preset of
+    ``multiflow.flow.graph.GRAPH_PRESETS`` or ``custom``; ``edges`` are undirected
+    ``[view_a, view_b]`` pairs of view names (``custom`` only); ``top_view`` names the top camera
+    of ``real_iad``/``top_only``/``ring`` (Real-IAD: ``C1``); ``ring_order`` lists the ring's views
+    (names, or positions on the view axis) in ring order.
+    """
 
     graph: str = "real_iad"
-    ring_order: list[int] = field(default_factory=list)
+    edges: list[list[str]] = field(default_factory=list)
+    top_view: str = ""
+    ring_order: list[int | str] = field(default_factory=list)
     n_blocks: int = 6
     hidden: int = 64
     kernel_sizes: list[int] = field(default_factory=lambda: [3, 3, 3, 3, 3, 5])
@@ -140,13 +149,19 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "RunConfig":
+        # the names of masks, fusions, noise schemes and aggregations come from their registries
+        from multiflow.features.masks import MASK_PROVIDERS
+        from multiflow.flow.fusion import FUSIONS
+        from multiflow.flow.noise import NOISE_SCHEMES
+        from multiflow.scoring import VIEW_AGGREGATIONS
+
         _choice("data.format", self.data.format, {"realiad", "folder", "manifest"})
-        _choice("masks.provider", self.masks.provider, {"isnet", "threshold", "file", "none"})
-        _choice("model.graph", self.model.graph, {"real_iad", "ring", "top_only", "none", "full"})
-        _choice("model.fusion", self.model.fusion, {"conv", "self_attention", "cross_attention"})
-        _choice("model.noise", self.model.noise, {"none", "simplenet", "uniform", "softflow"})
+        _choice("masks.provider", self.masks.provider, set(MASK_PROVIDERS))
+        self._validate_graph()
+        _choice("model.fusion", self.model.fusion, set(FUSIONS))
+        _choice("model.noise", self.model.noise, set(NOISE_SCHEMES))
         _choice("train.select", self.train.select, {"best_val", "last"})
-        _choice("eval.aggregation", self.eval.aggregation, {"max", "mean", "mean_of_max"})
+        _choice("eval.aggregation", self.eval.aggregation, set(VIEW_AGGREGATIONS))
         _choice("features.dtype", self.features.dtype, {"float16", "float32"})
         _choice("train.precision", self.train.precision, {"fp32", "bf16"})
         dev = self.train.device.strip().lower()
@@ -182,6 +197,34 @@ class RunConfig:
         if len(self.train.betas) != 2:
             raise ConfigError(f"train.betas must have two values, got {self.train.betas}")
         return self
+
+    def _validate_graph(self) -> None:
+        """``model.graph``/``edges``/``top_view``/``ring_order``; in full when ``data.views`` is set."""
+        from multiflow.flow.graph import GRAPH_CHOICES, build_view_graph
+
+        m = self.model
+        _choice("model.graph", m.graph, set(GRAPH_CHOICES))
+        for k, pair in enumerate(m.edges):
+            if len(pair) != 2:
+                raise ConfigError(f"model.edges[{k}]: {pair!r} is not a pair [view_a, view_b]")
+        if m.graph != "custom" and m.edges:
+            raise ConfigError(
+                f"model.edges is only used with model.graph=custom, but model.graph is {m.graph!r}"
+            )
+        if m.graph == "custom" and m.single_view:
+            raise ConfigError("model.single_view has no cross-view links; it cannot use model.graph=custom")
+        if m.graph == "custom" and not m.edges:
+            raise ConfigError("model.graph=custom needs model.edges: a list of [view_a, view_b] pairs")
+        if m.graph == "custom" and m.top_view:
+            raise ConfigError("model.top_view is only used by the presets; model.graph=custom takes model.edges alone")
+        if m.top_view and self.data.views and m.top_view not in self.data.views:
+            raise ConfigError(f"model.top_view {m.top_view!r} is not one of data.views {self.data.views}")
+        if self.data.views and not m.single_view:
+            try:
+                build_view_graph(m.graph, self.data.views, edges=m.edges, top=m.top_view or None,
+                                 ring_order=m.ring_order or None)
+            except ConfigError as exc:
+                raise ConfigError(f"model.graph={m.graph} with data.views={self.data.views}: {exc}") from exc
 
 
 def _choice(name: str, value: str, allowed: set[str]) -> None:
@@ -296,9 +339,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the configuration as YAML (atomically)."""
-    import os
+    from multiflow._atomic import write_text
 
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, p)
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -64,8 +64,8 @@ def resolve_device(spec: str | torch.device = "auto", *, local_rank: int | None 
             f"device {spec!r} requested but torch sees no CUDA device "
             f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use device=cpu or auto"
         )
-    if local_rank is None and _env_int("WORLD_SIZE", 1) > 1:
-        local_rank = _env_int("LOCAL_RANK", 0)
+    if local_rank is None and env_int("WORLD_SIZE", 1) > 1:
+        local_rank = env_int("LOCAL_RANK", 0)
     if local_rank is not None:
         index = int(local_rank)
     count = torch.cuda.device_count()
@@ -74,10 +74,13 @@ def resolve_device(spec: str | torch.device = "auto", *, local_rank: int | None 
     return torch.device("cuda", index if index is not None else torch.cuda.current_device())
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
+def env_int(name: str, default: int) -> int:
+    """Integer environment variable ``name`` (``default`` when unset or empty)."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
     try:
-        return int(raw) if raw else default
+        return int(raw)
     except ValueError:
         raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
 

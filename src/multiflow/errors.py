@@ -35,3 +35,7 @@ class CheckpointError(MultiflowError):
 
 class TrainingError(MultiflowError):
     """Training diverged (NaN/inf loss) or cannot continue."""
+
+
+class MissingDependencyError(MultiflowError):
+    """An optional package (an extra of ``pyproject.toml``) needed for this feature is not installed."""

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,14 +20,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from multiflow._atomic import atomic_path, write_text  # noqa: E402
+
 
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (the format follows the suffix) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -149,9 +151,7 @@ def write_html_report(
         for img in images:
             parts.append(f"<div><img src='{html.escape(img)}' alt='{html.escape(img)}'></div>")
     parts.append("</body></html>")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)
+    write_text(path, "\n".join(parts))
     return path
 
 

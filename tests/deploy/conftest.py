@@ -17,8 +17,10 @@ INPUT_SIZE = 96
 
 
 def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none") -> Path:
-    from multiflow.engine.pipeline import build_extractor, save_bundle
+    """Features stored as float32 (no cache rounding), so the graph and the flow compare at 1e-5."""
     from multiflow.config import FeatureConfig
+    from multiflow.engine.bundle import FeaturesSpec, GraphSpec, MasksSpec, ModelBundle, ThresholdSpec, save_bundle
+    from multiflow.engine.factories import build_extractor
     from multiflow.flow import MultiFlow, ViewGraph
 
     extractor = build_extractor(FeatureConfig(backbone="lite0", input_size=INPUT_SIZE))
@@ -29,17 +31,18 @@ def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none")
         for p in flow.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     flow.eval()
-    meta = {
-        "category": "tiny",
-        "view_names": VIEWS,
-        "extractor": extractor.describe(),
-        "features": {"backbone": "lite0", "input_size": INPUT_SIZE, "weights": "", "layer": ""},
-        "masks": {"provider": provider, "dilation": 1, "mask_root": ""},
-        "flips": {},
-        "aggregation": "max",
-        "threshold": threshold,
-    }
-    save_bundle(folder, flow, meta)
+    graph = flow.graph.to_dict()
+    bundle = ModelBundle(
+        category="tiny",
+        view_names=VIEWS,
+        graph=GraphSpec(view_names=VIEWS, edges=graph["edges"]),
+        features=FeaturesSpec(backbone="lite0", input_size=INPUT_SIZE, dtype="float32",
+                              weights_digest=extractor.digest, channels=extractor.channels,
+                              grid=list(extractor.feature_size()), extractor=extractor.describe()),
+        masks=MasksSpec(provider=provider, dilation=1),
+        threshold=ThresholdSpec(value=threshold),
+    )
+    save_bundle(folder, flow, bundle)
     return folder
 
 

@@ -54,9 +54,12 @@ def test_run_folder_has_everything(run):
 
 def test_run_records_its_device_precision_and_writes_less_state(run):
     run_dir, _, _ = run
-    meta = json.loads((run_dir / CLASS / "model.json").read_text())
-    assert meta["device"] == "cpu" and meta["precision"] == "fp32"
-    assert meta["stop_reason"] == "" and len(meta["history"]) == 2
+    from multiflow.engine.bundle import read_bundle
+
+    training = read_bundle(run_dir / CLASS).training  # the typed record, as every consumer reads it
+    assert training.device == "cpu" and training.precision == "fp32"
+    assert training.stop_reason == "" and len(training.history) == 2
+    assert json.loads((run_dir / CLASS / "model.json").read_text())["training"]["device"] == "cpu"
     state = run_dir / CLASS / "train_state"
     assert (state / "state.safetensors").is_file() and not list(state.glob("*.tmp*"))
 
@@ -80,10 +83,12 @@ def test_metrics_agree_with_an_independent_oracle_on_the_written_scores(run):
 
 def test_threshold_comes_from_held_out_training_samples(run):
     run_dir, _, _ = run
-    meta = json.loads((run_dir / CLASS / "model.json").read_text())
-    assert meta["val_samples"] >= 1 and meta["train_samples"] + meta["val_samples"] == 6
-    assert meta["threshold_source"] == "held-out normal training samples"
-    assert meta["val_sample_scores"]["mean"] <= meta["threshold"] + 1e-6 or meta["threshold_quantile"] < 1
+    from multiflow.engine.bundle import read_bundle
+
+    b = read_bundle(run_dir / CLASS)
+    assert b.training.val_samples >= 1 and b.training.train_samples + b.training.val_samples == 6
+    assert b.threshold.source == "held-out normal training samples"
+    assert b.training.val_sample_scores["mean"] <= b.threshold.value + 1e-6 or b.threshold.quantile < 1
 
 
 def test_predict_matches_the_evaluation_scores(run, tmp_path):
@@ -112,7 +117,7 @@ def test_missing_view_at_inference_is_named(run):
 
 
 def test_broken_model_folder_is_a_clear_error(run, tmp_path):
-    from multiflow.engine.pipeline import load_bundle
+    from multiflow.engine.bundle import load_bundle
 
     with pytest.raises(CheckpointError, match="model.json not found"):
         load_bundle(tmp_path)

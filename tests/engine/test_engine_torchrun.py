@@ -61,12 +61,13 @@ def test_two_ranks_train_the_same_model(runs):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
-    m1 = json.loads((one / CLASS / "model.json").read_text())
-    m2 = json.loads((two / CLASS / "model.json").read_text())
-    assert m2["best_epoch"] == m1["best_epoch"]
-    assert m2["threshold"] == pytest.approx(m1["threshold"], rel=1e-4)
-    assert [h["train_loss"] for h in m2["history"]] == pytest.approx([h["train_loss"] for h in m1["history"]],
-                                                                      rel=1e-5)
+    from multiflow.engine.bundle import read_bundle
+
+    m1, m2 = read_bundle(one / CLASS), read_bundle(two / CLASS)
+    assert m2.training.best_epoch == m1.training.best_epoch
+    assert m2.threshold.value == pytest.approx(m1.threshold.value, rel=1e-4)
+    assert [h["train_loss"] for h in m2.training.history] == pytest.approx(
+        [h["train_loss"] for h in m1.training.history], rel=1e-5)
 
 
 def test_two_ranks_give_the_same_metrics_and_only_rank_0_writes(runs):
@@ -81,7 +82,8 @@ def test_two_ranks_give_the_same_metrics_and_only_rank_0_writes(runs):
 
 def test_sharded_extraction_wrote_the_single_process_caches(runs):
     from multiflow.config import load_config
-    from multiflow.engine.pipeline import build_extractor, prepare_split
+    from multiflow.engine.factories import build_extractor
+    from multiflow.engine.preprocess import prepare_split
 
     root, _, two, _ = runs
     cfg = load_config(two / "config.yaml", [f"features.cache_dir={root / 'cache-one'}"])

@@ -21,21 +21,35 @@ def _parse(module, argv):
     return parser.parse_args(argv)
 
 
-def test_features_arguments_and_mask_provider(tmp_path):
-    args = _parse(features_cmd, ["--data", "d", "--category", "c", "--cache", "x", "--masks", "file"])
-    assert args.backbone == "lite0" and args.dtype == "float16" and args.splits == "train,test"
+def test_features_command_builds_what_fit_builds(tmp_path):
+    """`features` has no backbone/mask flags of its own: the same options give fit's configuration
+    and the same factories build its backbone and masks."""
+    from multiflow.commands import fit as fit_cmd
+    from multiflow.config import load_config
+    from multiflow.engine.factories import build_mask_provider
+
+    opts = ["--data", "d", "--set", "masks.provider=file", "--set", f"masks.mask_root={tmp_path / 'sil'}",
+            "--set", "features.input_size=128"]
+    args = _parse(features_cmd, [*opts, "--category", "c", "--cache", str(tmp_path / "x")])
+    cfg = features_cmd.config_from(args)
+    fit_args = _parse(fit_cmd, [*opts, "--classes", "c", "--set", f"features.cache_dir={tmp_path / 'x'}"])
+    from multiflow.commands._common import overrides_from
+
+    assert cfg == load_config(None, overrides_from(fit_args))
+    assert cfg.features.input_size == 128 and cfg.features.dtype == "float16" and cfg.data.categories == ["c"]
 
     class DS:
         image_root = str(tmp_path / "realiad_256")
 
-    prov = features_cmd._provider(args, DS())
-    assert isinstance(prov, FileMasks)
-    assert prov.mask_root == tmp_path / "silhouettes_256"  # the synthetic generator's layout
-    DS.image_root = str(tmp_path / "images")
-    with pytest.raises(ConfigError, match="--mask-root"):
-        features_cmd._provider(args, DS())
-    args = _parse(features_cmd, ["--data", "d", "--category", "c", "--cache", "x", "--masks", "threshold"])
-    assert isinstance(features_cmd._provider(args, DS()), ThresholdMasks)
+    prov = build_mask_provider(cfg.masks, DS())
+    assert isinstance(prov, FileMasks) and prov.mask_root == tmp_path / "sil"
+    args = _parse(features_cmd, ["--data", "d", "--set", "masks.provider=file"])
+    with pytest.raises(ConfigError, match="masks.mask_root"):
+        build_mask_provider(features_cmd.config_from(args).masks, DS())
+    args = _parse(features_cmd, ["--data", "d", "--set", "masks.provider=threshold"])
+    assert isinstance(build_mask_provider(features_cmd.config_from(args).masks, DS()), ThresholdMasks)
+    with pytest.raises(SystemExit):
+        _parse(features_cmd, ["--data", "d", "--backbone", "b5"])  # no flags of its own that could diverge
 
 
 def test_setup_isnet_from_tarball_then_already_present(tmp_path, capsys):

@@ -107,3 +107,94 @@ def test_dict_round_trip():
     for g in [ViewGraph.real_iad(ring_order=[2, 1, 3, 4]), ViewGraph.none(2), ViewGraph.full(3, names="abc")]:
         back = ViewGraph.from_dict(json.loads(json.dumps(g.to_dict())))
         assert back == g and back.edges == g.edges and back.names == g.names
+
+
+# ---------------------------------------------------------------------- graphs from configuration
+from multiflow.flow.graph import GRAPH_CHOICES, GRAPH_PRESETS, build_view_graph  # noqa: E402
+
+REAL_IAD_VIEWS = ["C1", "C2", "C3", "C4", "C5"]
+
+
+@pytest.mark.parametrize("preset", GRAPH_PRESETS)
+def test_presets_match_the_hand_built_real_iad_graphs(preset):
+    """With Real-IAD's names the presets are the paper's graphs (Fig. 4, Tab. 2), top camera C1."""
+    expected = {
+        "real_iad": ViewGraph.real_iad(4, ring_order=[1, 3, 2, 4]),
+        "top_only": ViewGraph.real_iad(4, ring_order=[1, 3, 2, 4], neighbours=False),
+        "ring": ViewGraph.real_iad(4, ring_order=[1, 3, 2, 4], top=False),
+        "none": ViewGraph.none(5, names=REAL_IAD_VIEWS),
+        "full": ViewGraph.full(5, names=REAL_IAD_VIEWS),
+    }[preset]
+    assert build_view_graph(preset, REAL_IAD_VIEWS, ring_order=[1, 3, 2, 4]) == expected
+    # ring order by name gives the same graph as by position
+    assert build_view_graph(preset, REAL_IAD_VIEWS, ring_order=["C2", "C4", "C3", "C5"]) == expected
+
+
+def test_top_view_is_found_by_name_not_position():
+    views = ["C3", "C1", "C2", "C4", "C5"]
+    g = build_view_graph("top_only", views, top="C1")
+    assert _undirected(g) == {frozenset((1, s)) for s in (0, 2, 3, 4)}
+    with pytest.raises(ConfigError, match=r"top view 'C9' is not among the views"):
+        build_view_graph("real_iad", views, top="C9")
+    # position 0 is not C1 or top: which camera is on top cannot be told
+    with pytest.raises(ConfigError, match="needs the top camera: name it with model.top_view"):
+        build_view_graph("real_iad", views)
+    with pytest.raises(ConfigError, match="model.top_view"):
+        build_view_graph("top_only", ["left", "right", "back"])
+    # unambiguous fallbacks: a first view called top, or two views (same graph either way)
+    assert build_view_graph("top_only", ["top", "a", "b"]).neighbours(0) == (1, 2)
+    assert build_view_graph("real_iad", ["a", "b"]).edges == ((0, 1), (1, 0))
+    # ring without a top camera: all views in one ring; with one: the top camera has no links
+    assert _undirected(build_view_graph("ring", ["a", "b", "c", "d"])) == {
+        frozenset(p) for p in [(0, 1), (1, 2), (2, 3), (3, 0)]
+    }
+    assert build_view_graph("ring", ["a", "b", "c", "d"], top="b").neighbours(1) == ()
+
+
+def test_custom_edges_are_undirected_and_exact():
+    g = build_view_graph("custom", ["C1", "C2", "C3"], edges=[["C1", "C2"], ["C3", "C2"]])
+    assert g.edges == ((0, 1), (1, 0), (1, 2), (2, 1)) and g.names == ("C1", "C2", "C3")
+    assert ViewGraph.from_named_edges(["a", "b"], [("b", "a")]) == ViewGraph.full(2, names=["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(preset="custom", edges=[["C1", "C9"]]), r"names unknown view 'C9'; the views are \['C1', 'C2', 'C3'\]"),
+        (dict(preset="custom", edges=[["C1", "C2"], ["C2", "C2"]]), r"\[C2, C2\] is a self-loop"),
+        (dict(preset="custom", edges=[["C1", "C2"], ["C2", "C3"], ["C2", "C1"]]),
+         r"\[C2, C1\] is given twice \(first as \[C1, C2\]\)"),
+        (dict(preset="custom", edges=[["C1", "C2"]]), r"views \['C3'\] are not connected to views \['C1', 'C2'\]"),
+        (dict(preset="custom", edges=[]), "'custom' needs edges"),
+        (dict(preset="custom", edges=[["C1"]]), "is not a pair"),
+        (dict(preset="real_iad", edges=[["C1", "C2"]]), "edges are only used with graph 'custom'"),
+        (dict(preset="star", edges=None), "must be one of"),
+        (dict(preset="real_iad", ring_order=["C2", "C2"]), r"ring_order .* exactly once \(not the top view C1\)"),
+        (dict(preset="ring", ring_order=["C2", "C9"]), "ring_order names unknown view 'C9'"),
+    ],
+)
+def test_bad_graph_configurations_name_the_problem(kwargs, match):
+    preset = kwargs.pop("preset")
+    with pytest.raises(ConfigError, match=match):
+        build_view_graph(preset, ["C1", "C2", "C3"], **kwargs)
+
+
+def test_disconnected_report_lists_every_stray_view():
+    views = ["a", "b", "c", "d", "e"]
+    with pytest.raises(ConfigError, match=r"views \['d', 'e'\] are not connected to views \['a', 'b', 'c'\]"):
+        build_view_graph("custom", views, edges=[["a", "b"], ["b", "c"], ["d", "e"]])
+    parts = ViewGraph.from_named_edges(views, [["a", "b"], ["d", "e"]], allow_isolated=True).components()
+    assert parts == [[0, 1], [2], [3, 4]]
+
+
+def test_graph_choices_are_the_presets_plus_custom():
+    assert GRAPH_CHOICES == GRAPH_PRESETS + ("custom",)
+
+
+def test_named_graph_round_trips_through_a_saved_flow(tmp_path):
+    from multiflow.flow import MultiFlow, load_flow, save_flow
+
+    g = build_view_graph("custom", ["left", "mid", "right"], edges=[["left", "mid"], ["mid", "right"]])
+    save_flow(MultiFlow(4, g, n_blocks=1, hidden=4, kernel_sizes=(3,), seed=0), tmp_path / "m.safetensors")
+    again = load_flow(tmp_path / "m.safetensors").graph
+    assert again == g and again.names == ("left", "mid", "right")

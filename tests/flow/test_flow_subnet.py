@@ -109,3 +109,50 @@ def test_bad_input_shape():
         net(_u(4))
     with pytest.raises(ConfigError):
         net(_u(3, c=2))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_cross_view_switched_off_equals_zero_edge_weights(fused, randomise):
+    """``cross_view_scaled(net, 0)`` = the same network with every edge operator's output zeroed."""
+    from multiflow.flow.subnet import cross_view_scaled
+
+    g = ViewGraph.real_iad()
+    net = randomise(_net(g, fused=fused))
+    u = _u(5)
+    full = net(u)
+    with cross_view_scaled(net, 0.0):
+        off = net(u)
+    assert net.cross_view_scale == 1.0  # restored
+    torch.testing.assert_close(net(u), full, rtol=0, atol=0)
+    assert (off - full).abs().max() > 1e-3  # the messages mattered
+    with torch.no_grad():
+        for op in net.edge_ops:
+            op.conv.weight.zero_()
+            op.conv.bias.zero_()
+    torch.testing.assert_close(off, net(u), rtol=1e-12, atol=1e-12)
+
+
+def test_half_scaled_messages_are_linear(randomise):
+    from multiflow.flow.subnet import cross_view_scaled
+
+    net = randomise(_net(ViewGraph.ring(4)))
+    u = _u(4)
+    full = net(u)
+    with cross_view_scaled(net, 0.0):
+        off = net(u)
+    with cross_view_scaled(net, 0.5):
+        half = net(u)
+    torch.testing.assert_close(half, (full + off) / 2, rtol=1e-10, atol=1e-12)
+
+
+def test_view_gammas_lists_every_subnet():
+    from multiflow.flow import MultiFlow
+    from multiflow.flow.subnet import view_gammas
+
+    model = MultiFlow(6, ViewGraph.real_iad(), n_blocks=2, hidden=4, kernel_sizes=(3, 3))
+    gammas = view_gammas(model)
+    n_subnets = sum(isinstance(m, MultiViewSubnet) for m in model.modules())
+    assert len(gammas) == n_subnets >= 2 and all(len(v) == 5 for v in gammas)
+    with torch.no_grad():
+        next(m for m in model.modules() if isinstance(m, MultiViewSubnet)).gamma[2] = 0.25
+    assert view_gammas(model)[0] == [0.0, 0.0, 0.25, 0.0, 0.0]

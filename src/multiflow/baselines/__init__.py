@@ -1,8 +1,8 @@
 """Baselines the paper compares Multi-Flow against, run on the same cached features and masks.
 
-- :mod:`~multiflow.baselines.single_view`: the same flow without cross-view links, trained and
-  scored view by view (every image an independent sample of one shared flow, ``V = 1``); selected
-  by ``model.single_view=true`` in the pipeline.
+- the single-view flow: the same flow without cross-view links, trained and scored view by view
+  (every image an independent sample of one shared flow, ``V = 1``); a model option
+  (``model.single_view=true``) that lives in :mod:`multiflow.flow.single_view` and is re-exported here.
 - :mod:`~multiflow.baselines.patchcore`: PatchCore (Roth et al., CVPR 2022) on our cached
   backbone features: a k-center-greedy coreset of normal patch features and nearest-neighbour
   distances as the anomaly map. Uses anomalib's ``KCenterGreedy`` when anomalib is installed.
@@ -10,7 +10,7 @@
 
 from multiflow.baselines.evaluate import evaluate_patchcore
 from multiflow.baselines.patchcore import PatchCore, anomalib_available, kcenter_greedy
-from multiflow.baselines.single_view import (
+from multiflow.flow.single_view import (
     from_single_view,
     single_view_indices,
     to_single_view,

@@ -1,7 +1,7 @@
 """Run a feature-based baseline (PatchCore) through multiflow's data, cache and evaluation.
 
 The baseline sees exactly what the flow sees: the cached features ``(N, V, C, h, w)`` and grid
-masks ``(N, V, h, w)`` of :func:`multiflow.engine.pipeline.prepare_split`, and is evaluated by the
+masks ``(N, V, h, w)`` of :func:`multiflow.engine.preprocess.prepare_split`, and is evaluated by the
 same exact evaluator (S-AUROC = max over views, I-AUROC, P-AUROC, AUPRO, per defect type).
 """
 
@@ -25,19 +25,18 @@ def evaluate_patchcore(cfg: RunConfig, category: str, out_dir: Path, *, seed: in
     """
     from multiflow.baselines.patchcore import PatchCore
     from multiflow._atomic import write_json
-    from multiflow.engine.pipeline import (
-        _json_default,
-        build_extractor,
-        ground_truth_masks,
-        prepare_split,
-    )
+    from multiflow.data.ground_truth import ground_truth_masks
+    from multiflow.engine.bundle import json_default
+    from multiflow.engine.factories import build_extractor, run_device
+    from multiflow.engine.preprocess import prepare_split
     from multiflow.engine.scoring import image_scores
     from multiflow.metrics import evaluate_exact
 
     t0 = time.perf_counter()
     extractor = build_extractor(cfg.features)
-    train = prepare_split(cfg, category, "train", extractor, progress=progress)
-    test = prepare_split(cfg, category, "test", extractor, progress=progress)
+    device, _ = run_device(cfg.train)  # the backbone runs on train.device; PatchCore itself on the CPU
+    train = prepare_split(cfg, category, "train", extractor, progress=progress, device=device)
+    test = prepare_split(cfg, category, "test", extractor, progress=progress, device=device)
     t1 = time.perf_counter()
     model = PatchCore(coreset_ratio=coreset_ratio, sampler=sampler, seed=seed).fit(train.features, train.masks)
     t2 = time.perf_counter()
@@ -57,5 +56,5 @@ def evaluate_patchcore(cfg: RunConfig, category: str, out_dir: Path, *, seed: in
     metrics["baseline"] = model.describe()
     metrics["seconds"] = {"features_and_masks": t1 - t0, "fit": t2 - t1, "score": t3 - t2,
                           "total": time.perf_counter() - t0}
-    write_json(Path(out_dir) / category / "metrics.json", metrics, default=_json_default)
+    write_json(Path(out_dir) / category / "metrics.json", metrics, default=json_default)
     return metrics

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from multiflow.errors import ConfigError, DataError
+from multiflow.scoring import fill_background
 
 
 def anomalib_available() -> bool:
@@ -177,7 +178,5 @@ class PatchCore:
             fg = torch.from_numpy(np.array(masks, dtype=bool))
             if fg.shape != maps.shape:
                 raise DataError(f"PatchCore: masks must be {tuple(maps.shape)}, got {tuple(fg.shape)}")
-            fg_min = torch.where(fg, maps, torch.tensor(math.inf)).amin(dim=(2, 3), keepdim=True)
-            has_fg = fg.any(dim=3, keepdim=True).any(dim=2, keepdim=True)
-            maps = torch.where(fg, maps, torch.where(has_fg, fg_min, maps))
+            maps = fill_background(maps, fg)
         return maps.numpy().astype(np.float32)

@@ -56,12 +56,12 @@ DEMO_OVERRIDES = [
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import time
     from pathlib import Path
 
     import torch
 
+    from multiflow._atomic import write_json
     from multiflow.config import load_config
     from multiflow.engine.pipeline import evaluate_run, fit_run
     from multiflow.synth import generate_dataset
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     print(res["per_defect"])
     timing = {"data_s": round(t_data, 1), "fit_s": round(t_fit, 1), "total_s": round(t_total, 1),
               "threads": torch.get_num_threads()}
-    (run_dir / "timing.json").write_text(json.dumps(timing, indent=2))
+    write_json(run_dir / "timing.json", timing)
     print(f"\ntime: {timing}")
     print(f"report: {run_dir / 'report.html'}")
     return 0

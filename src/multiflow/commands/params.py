@@ -11,8 +11,11 @@ HELP = "print the Multi-Flow parameter count per component (default: the paper c
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", type=int, default=304, help="feature channels C (default 304)")
     parser.add_argument("--views", type=int, default=5, help="views of the Real-IAD-style graph (top + sides)")
-    parser.add_argument("--fusion", default="conv", choices=["conv", "self_attention", "cross_attention"])
-    parser.add_argument("--noise", default="simplenet", choices=["none", "simplenet", "uniform", "softflow"])
+    from multiflow.flow.fusion import FUSIONS
+    from multiflow.flow.noise import NOISE_SCHEMES
+
+    parser.add_argument("--fusion", default="conv", choices=sorted(FUSIONS))
+    parser.add_argument("--noise", default="simplenet", choices=list(NOISE_SCHEMES))
     parser.add_argument("--share-side-weights", action="store_true", help="tie weights of symmetric views")
 
 

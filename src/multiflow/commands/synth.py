@@ -18,10 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-defect", type=int, default=18,
                         help="defective test samples per class (cycling through the defect codes)")
     parser.add_argument("--defects", default="AK,BX,CH,HS,PS,QS,YW,ZW,CI",
-                        help="comma-separated defect codes to use")
+                        help="comma-separated defect codes to use (also: FM, the cross-view face colour "
+                             "mismatch; not in the default set)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--views", type=int, default=5, help="number of cameras (C1 top + side cameras), 1..9")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variation", default="default", choices=["default", "realistic"],
+                        help="instance variation: default (the original generator) or realistic "
+                             "(4 production lots shifting colour/gloss, 2.5x pose jitter)")
+    parser.add_argument("--lots", type=int, default=None, help="number of production lots (0: none; "
+                        "overrides --variation)")
+    parser.add_argument("--pose-jitter", type=float, default=None,
+                        help="scale of yaw / tray-offset variation (1: default; overrides --variation)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
 
 
@@ -34,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         n_train=args.train, n_test_good=args.test_good, n_test_defect=args.test_defect,
         size=args.size, n_views=args.views, seed=args.seed, workers=args.workers,
         defects=[c.strip() for c in args.defects.split(",") if c.strip()],
+        variation=args.variation, lots=args.lots, pose_jitter=args.pose_jitter,
     )
     for cls, info in summary["classes"].items():
         print(f"{cls}: {info['train']} train / {info['test']} test images -> {info['json']}")

@@ -199,8 +199,71 @@ def read_image_array(
         DataError: missing, unreadable, truncated or unsupported image (names the file).
     """
     p = Path(path)
+    return _decode(_open(p, "image"), p, size=size, flip=flip, fast_jpeg=fast_jpeg)
+
+
+def read_image_bytes(
+    data: bytes,
+    *,
+    name: str,
+    size: int | tuple[int, int] | None = None,
+    flip: str | None = None,
+    max_pixels: int | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image_array` for an encoded image in memory (an upload): the same conversion,
+    resize and flip, so a file and its bytes give the same array.
+
+    ``name`` labels errors; with ``max_pixels`` an image whose header announces more pixels is
+    refused (:class:`ImageTooLarge`) before any pixel is decoded.
+    """
+    import io
+
+    if not data:
+        raise DataError("empty image file", name)
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise DataError("not a readable image (unknown format or corrupt header)", name) from exc
+    except _OPEN_ERRORS as exc:
+        raise DataError(f"cannot open image: {exc}", name) from exc
+    if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+        w, h = im.size
+        im.close()
+        raise ImageTooLarge(f"image {w}x{h} has more than {max_pixels} pixels", name)
+    return _decode(im, Path(name), size=size, flip=flip, fast_jpeg=False)
+
+
+class ImageTooLarge(DataError):
+    """An image whose header announces more pixels than allowed (nothing was decoded)."""
+
+
+def resize_images(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize ``(N, 3, H, W)`` float images in ``[0, 1]`` exactly as the data sets do at load time.
+
+    The values are taken as 8-bit (``round(255 x)``, what every 8-bit file decodes to) and resized
+    with Pillow's bilinear filter, then divided by 255: for images decoded from 8-bit files the
+    result equals :func:`read_image_array` with ``size``. Images already at ``size`` are returned
+    unchanged.
+    """
     target = _pil_size(size)
-    im = _open(p, "image")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise DataError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+    if (int(images.shape[-1]), int(images.shape[-2])) == target:
+        return images.float()
+    u8 = np.rint(images.detach().float().clamp(0, 1).cpu().numpy() * 255.0).astype(np.uint8)
+    out = []
+    for img in u8:
+        im = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)), mode="RGB")
+        arr = np.asarray(im.resize(target, resample=Image.Resampling.BILINEAR))
+        out.append(np.divide(np.ascontiguousarray(arr.transpose(2, 0, 1)), np.float32(255.0), dtype=np.float32))
+    return torch.from_numpy(np.stack(out))
+
+
+def _decode(
+    im: Image.Image, p: Path, *, size: int | tuple[int, int] | None, flip: str | None, fast_jpeg: bool
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The one decoding path: convert (:func:`_to_float_or_rgb`), bilinear resize, flip, ``[0, 1]``."""
+    target = _pil_size(size)
     try:
         with im:
             native = (im.size[1], im.size[0])

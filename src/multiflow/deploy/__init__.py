@@ -5,5 +5,7 @@
 * :mod:`multiflow.deploy.serve`: :func:`create_app`, a FastAPI application around
   :class:`multiflow.engine.predict.Predictor`.
 
-Heavy dependencies (onnx, fastapi) are imported inside these modules only.
+Their optional dependencies (onnx; fastapi, uvicorn, python-multipart: the extras `export` and
+`serve`) are imported inside these modules only, through :func:`multiflow._optional.require`,
+which names the extra to install when one is missing.
 """

@@ -4,16 +4,13 @@ The exported graph (:class:`InferenceGraph`) computes, for a batch of samples,
 
 * ``images`` ``(B, V, 3, S, S)`` float RGB in ``[0, 1]``, ``S`` = the backbone input size the model
   was trained with (resize outside the graph), normalised ``(x - mean) / std`` per channel;
-* features ``(B, V, C, h, w)`` = frozen backbone of every view;
-* anomaly maps ``(B, V, h, w)`` = per-pixel NLL of the flow in eval mode (no noise),
-  ``(0.5 * sum_c z_c^2 - logdet) / C`` (paper Eq. 7); with a foreground ``mask`` ``(B, V, h, w)``
-  (> 0.5 = foreground, computed outside the graph: IS-Net or threshold masks at the feature grid),
-  background pixels take the minimum foreground value of the same view (views without foreground
-  keep their raw map), exactly as :meth:`multiflow.flow.MultiFlow.anomaly_map`;
-* view scores ``(B, V)`` = max of each map; sample score ``(B,)`` = aggregation over views
-  (``max`` official; ``mean`` and ``mean_of_max`` are both the mean of the view maxima);
-* decision ``(B,)`` bool = ``sample score > threshold`` (threshold calibrated on held-out normal
-  training samples, stored in ``model.json``).
+* features ``(B, V, C, h, w)`` = frozen backbone of every view, rounded to the bundle's
+  ``features.dtype`` as the feature cache stores them;
+* anomaly maps ``(B, V, h, w)`` = per-pixel NLL of the flow in eval mode (no noise); with a
+  foreground ``mask`` ``(B, V, h, w)`` (> 0.5 = foreground, computed outside the graph by
+  :class:`multiflow.engine.preprocess.ViewPreprocessor`), the background fill; view scores
+  ``(B, V)``, sample score ``(B,)`` and decision ``(B,)``: all by the same torch functions as
+  every other path (:mod:`multiflow.scoring`), traced into the graph.
 
 The batch axis is dynamic. The file carries the model's description as ONNX metadata
 (``view_names``, ``threshold``, ``input_size``, ``feature_size``, ``aggregation``, ...; read it
@@ -32,7 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from multiflow._atomic import atomic_path
+from multiflow._optional import require
 from multiflow.errors import CheckpointError, ConfigError, DataError
+from multiflow.scoring import check_aggregation, decide, score_maps
 
 INPUT_NAMES = ("images", "mask")
 OUTPUT_NAMES = ("anomaly_maps", "view_scores", "sample_score", "decision")
@@ -46,15 +46,19 @@ class InferenceGraph(nn.Module):
         extractor: a frozen :class:`multiflow.features.backbones.FeatureExtractor`.
         flow: a trained :class:`multiflow.flow.MultiFlow` (put in eval mode here).
         threshold: decision threshold on the sample score.
-        aggregation: ``"max"``, ``"mean"`` or ``"mean_of_max"``.
+        aggregation: one of :data:`multiflow.scoring.VIEW_AGGREGATIONS`.
         with_mask: whether :meth:`forward` takes a foreground mask.
+        feature_dtype: the bundle's ``features.dtype``; ``"float16"`` rounds the features as the
+            feature cache stores them (what the flow was trained and calibrated on).
     """
 
     def __init__(self, *, extractor: nn.Module, flow: nn.Module, threshold: float, aggregation: str = "max",
-                 with_mask: bool = True) -> None:
+                 with_mask: bool = True, feature_dtype: str = "float32") -> None:
         super().__init__()
-        if aggregation not in ("max", "mean", "mean_of_max"):
-            raise ConfigError(f"unknown view aggregation {aggregation!r}; choose max, mean or mean_of_max")
+        check_aggregation(aggregation)
+        if feature_dtype not in ("float16", "float32"):
+            raise ConfigError(f"feature_dtype must be float16 or float32, got {feature_dtype!r}")
+        self.round_to = torch.float16 if feature_dtype == "float16" else None
         self.extractor = extractor
         self.flow = flow.eval()
         self.aggregation = aggregation
@@ -82,29 +86,22 @@ class InferenceGraph(nn.Module):
         x = (x - self.extractor.mean) / self.extractor.std
         feats = self.extractor.body(x)
         feats = feats.reshape(b, v, feats.shape[1], feats.shape[2], feats.shape[3])
+        if self.round_to is not None:  # the feature cache's storage precision (features.dtype)
+            feats = feats.to(self.round_to).float()
         nll = self.flow(feats).nll  # (B, V, h, w)
-        if mask is not None:
-            if mask.dim() != 4 or tuple(mask.shape[1:]) != tuple(nll.shape[1:]):
-                raise DataError(f"mask must have shape (B, {v}, {nll.shape[2]}, {nll.shape[3]}), got {tuple(mask.shape)}")
-            fg = mask > 0.5
-            inf = torch.full_like(nll, float("inf"))
-            fg_min = torch.where(fg, nll, inf).amin(dim=(2, 3), keepdim=True)
-            has_fg = fg.to(nll.dtype).amax(dim=(2, 3), keepdim=True) > 0
-            fill = torch.where(has_fg, fg_min, nll)
-            maps = torch.where(fg, nll, fill)
-        else:
-            maps = nll
-        view_scores = maps.flatten(2).amax(dim=-1)
-        sample = view_scores.amax(dim=1) if self.aggregation == "max" else view_scores.mean(dim=1)
-        return maps, view_scores, sample, sample > self.threshold
+        if mask is not None and (mask.dim() != 4 or tuple(mask.shape[1:]) != tuple(nll.shape[1:])):
+            raise DataError(f"mask must have shape (B, {v}, {nll.shape[2]}, {nll.shape[3]}), got {tuple(mask.shape)}")
+        maps, view_scores, sample = score_maps(nll, mask, self.aggregation)
+        return maps, view_scores, sample, decide(sample, self.threshold)
 
 
 def load_inference_graph(model_dir: str | os.PathLike, *, threshold: float | None = None,
                          with_mask: bool = True) -> tuple[InferenceGraph, dict[str, Any]]:
     """Build the :class:`InferenceGraph` of a trained class model (``<run>/<class>``).
 
-    Returns ``(graph, meta)`` where ``meta`` is the model's ``model.json`` content. The backbone
-    is rebuilt exactly as :class:`multiflow.engine.predict.Predictor` does (weight digest checked).
+    Returns ``(graph, meta)`` where ``meta`` is the model's bundle as a dict (``threshold`` the value
+    used). The backbone is rebuilt exactly as :class:`multiflow.engine.predict.Predictor` does
+    (weights digest, input size and layer checked).
     """
     from multiflow.engine.predict import Predictor
 
@@ -115,8 +112,9 @@ def load_inference_graph(model_dir: str | os.PathLike, *, threshold: float | Non
             "export a multi-view model"
         )
     graph = InferenceGraph(extractor=pred.extractor, flow=pred.flow, threshold=pred.threshold,
-                           aggregation=pred.aggregation, with_mask=with_mask)
-    return graph, dict(pred.meta, threshold=pred.threshold)
+                           aggregation=pred.aggregation, with_mask=with_mask,
+                           feature_dtype=pred.bundle.features.dtype)
+    return graph, dict(pred.meta, threshold=pred.threshold, view_names=list(pred.view_names))
 
 
 def export_onnx(
@@ -138,7 +136,7 @@ def export_onnx(
     Raises:
         CheckpointError: the model folder cannot be loaded. ConfigError: the export fails.
     """
-    import onnx
+    onnx = require("onnx", purpose="ONNX export")
 
     graph, meta = load_inference_graph(model_dir, threshold=threshold, with_mask=with_mask)
     out = Path(out)
@@ -154,42 +152,39 @@ def export_onnx(
         args = (images, torch.ones(2, v, h, w))
         input_names.append("mask")
     dynamic = {name: {0: "batch"} for name in (*input_names, *OUTPUT_NAMES)}
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer notes on Python-level shape checks (constant here)
-            torch.onnx.export(
-                graph, args, str(tmp), dynamo=False, input_names=input_names, output_names=list(OUTPUT_NAMES),
-                dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
-            )
-        model = onnx.load(str(tmp))
-        props = {
-            "format": "multiflow-onnx/1",
-            "category": str(meta.get("category", "")),
-            "view_names": json.dumps(list(meta["view_names"])),
-            "threshold": repr(float(meta["threshold"])),
-            "aggregation": graph.aggregation,
-            "input_size": str(s),
-            "feature_size": json.dumps([int(h), int(w)]),
-            "with_mask": json.dumps(bool(with_mask)),
-            "backbone": json.dumps(meta.get("extractor", {})),
-        }
-        onnx.helper.set_model_props(model, props)
-        if check:
-            onnx.checker.check_model(model)
-        onnx.save(model, str(tmp))
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer notes on Python-level shape checks (constant here)
+                torch.onnx.export(
+                    graph, args, str(tmp), dynamo=False, input_names=input_names, output_names=list(OUTPUT_NAMES),
+                    dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
+                )
+            model = onnx.load(str(tmp))
+            props = {
+                "format": "multiflow-onnx/1",
+                "category": str(meta.get("category", "")),
+                "view_names": json.dumps(list(meta["view_names"])),
+                "threshold": repr(float(meta["threshold"])),
+                "aggregation": graph.aggregation,
+                "input_size": str(s),
+                "feature_size": json.dumps([int(h), int(w)]),
+                "with_mask": json.dumps(bool(with_mask)),
+                "backbone": json.dumps(meta["features"]),
+                "feature_dtype": meta["features"]["dtype"],
+            }
+            onnx.helper.set_model_props(model, props)
+            if check:
+                onnx.checker.check_model(model)
+            onnx.save(model, str(tmp))
     except (RuntimeError, ValueError, TypeError, onnx.checker.ValidationError) as exc:
         raise ConfigError(f"ONNX export of {model_dir} failed: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The multiflow description stored in an exported file (JSON values decoded)."""
-    import onnx
+    onnx = require("onnx", purpose="reading an ONNX export")
 
     path = Path(path)
     try:

@@ -18,8 +18,12 @@ Validation (every failure is a 4xx JSON ``{"detail": message}``; nothing reaches
 field, a view given twice, more than ``max_images`` files, a part that is not an image, views of
 different sizes; 422 for a bad query parameter.
 
-The model is loaded once (:class:`multiflow.engine.predict.Predictor`); requests are scored one at
-a time under a lock (bounded memory; torch uses all its threads for one sample).
+The model is loaded once (:class:`multiflow.engine.predict.Predictor`, everything from the model's
+bundle); uploads are decoded like the data sets decode files and go through the same
+preprocessing (:mod:`multiflow.engine.preprocess`), so a sample scores here as in ``multiflow
+test``. A model trained with mask files (``masks.provider=file``) cannot be served (an upload has
+no mask file): :func:`create_app` refuses it. Requests are scored one at a time under a lock
+(bounded memory; torch uses all its threads for one sample).
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the annotations of the endpoint
@@ -33,6 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from multiflow._optional import require
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
@@ -56,25 +62,26 @@ class RequestError(Exception):
         self.message = message
 
 
-def decode_image(data: bytes, *, name: str, max_pixels: int) -> torch.Tensor:
-    """Image bytes (PNG, JPEG, ...) -> ``(3, H, W)`` float32 RGB in ``[0, 1]``.
+def decode_image(data: bytes, *, name: str, max_pixels: int, flip: str | None = None) -> torch.Tensor:
+    """Image bytes (PNG, JPEG, ...) -> ``(3, H, W)`` float32 RGB in ``[0, 1]``, decoded exactly as
+    the data sets decode files (:func:`multiflow.data.images.read_image_bytes`: same colour
+    conversion, then the model's load-time ``flip`` of this view).
 
     The size is read from the header before any pixel is decoded; an image over ``max_pixels``
     is refused (413) without decompressing it.
     """
-    from PIL import Image, UnidentifiedImageError
+    from multiflow.data.images import ImageTooLarge, read_image_bytes
+    from multiflow.errors import DataError
 
     if not data:
         raise RequestError(400, f"view {name!r}: empty file")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise RequestError(413, f"view {name!r}: image {w}x{h} has more than {max_pixels} pixels")
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise RequestError(400, f"view {name!r}: not a readable image ({type(exc).__name__}: {exc})") from None
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
+        arr, _ = read_image_bytes(data, name=name, max_pixels=max_pixels, flip=flip)
+    except ImageTooLarge as exc:
+        raise RequestError(413, f"view {name!r}: {exc.args[0]}") from None
+    except DataError as exc:
+        raise RequestError(400, f"view {name!r}: not a readable image ({exc.args[0]})") from None
+    return torch.from_numpy(arr)
 
 
 def encode_map_png(values: np.ndarray, lo: float, hi: float) -> str:
@@ -89,7 +96,7 @@ def encode_map_png(values: np.ndarray, lo: float, hi: float) -> str:
 
 
 def collect_views(files: dict[str, list[bytes]], view_names: list[str], max_images: int,
-                  max_pixels: int) -> torch.Tensor:
+                  max_pixels: int, flips: dict[str, str] | None = None) -> torch.Tensor:
     """Check the uploaded parts against the model's views; returns ``(V, 3, H, W)`` in view order."""
     n_files = sum(len(v) for v in files.values())
     if n_files > max_images:
@@ -103,7 +110,8 @@ def collect_views(files: dict[str, list[bytes]], view_names: list[str], max_imag
     missing = [v for v in view_names if v not in files]
     if missing:
         raise RequestError(400, f"missing view(s) {missing}; send one image per view: {view_names}")
-    images = [decode_image(files[v][0], name=v, max_pixels=max_pixels) for v in view_names]
+    flips = flips or {}
+    images = [decode_image(files[v][0], name=v, max_pixels=max_pixels, flip=flips.get(v)) for v in view_names]
     sizes = {tuple(t.shape[-2:]) for t in images}
     if len(sizes) > 1:
         raise RequestError(400, f"all views must have the same size, got {[tuple(t.shape[-2:]) for t in images]}")
@@ -112,6 +120,8 @@ def collect_views(files: dict[str, list[bytes]], view_names: list[str], max_imag
 
 def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
     """The FastAPI application serving ``predictor`` (a loaded :class:`~multiflow.engine.predict.Predictor`)."""
+    require("fastapi", purpose="the HTTP service")
+    require("python_multipart", purpose="the HTTP service (multipart uploads)")
     from fastapi import FastAPI, Query, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
@@ -119,7 +129,16 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     limits = limits or ServiceLimits()
+    if getattr(predictor, "preprocessor", None) is not None and predictor.preprocessor.needs_paths:
+        from multiflow.errors import ConfigError
+
+        raise ConfigError(
+            f"{predictor.model_dir}: this model was trained and calibrated with mask files (masks.provider=file); "
+            "an upload carries no mask files, so the service cannot score it as the threshold assumes. "
+            "Use `multiflow predict` on a data set with its mask tree, or train with masks.provider=threshold/isnet"
+        )
     view_names = list(predictor.view_names)
+    flips = dict(getattr(getattr(predictor, "bundle", None), "flips", {}) or {})
     max_images = int(limits.max_images or len(view_names))
     lock = threading.Lock()
     app = FastAPI(title="multiflow inference", version="1")
@@ -142,7 +161,7 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
     async def health() -> dict[str, Any]:
         return {
             "status": "ok",
-            "category": predictor.meta.get("category", ""),
+            "category": predictor.bundle.category,
             "view_names": view_names,
             "threshold": predictor.threshold,
             "input_size": predictor.input_size,
@@ -176,7 +195,7 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
                     raise RequestError(400, f"unexpected form field {key!r} (views: {view_names}; or sample_id)")
         finally:
             await form.close()
-        images = collect_views(files, view_names, max_images, limits.max_image_pixels)
+        images = collect_views(files, view_names, max_images, limits.max_image_pixels, flips)
         del files
         return await run_in_threadpool(_score, images, sample_id, maps)
 
@@ -187,7 +206,9 @@ def serve(model_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 
           limits: ServiceLimits | None = None, log_level: str = "info", device: str = "auto",
           precision: str = "fp32") -> None:
     """Load the model once (on ``device``, in ``precision``) and run the service with uvicorn until interrupted."""
-    import uvicorn
+    for module in ("fastapi", "python_multipart"):
+        require(module, purpose="multiflow serve")
+    uvicorn = require("uvicorn", purpose="multiflow serve")
 
     from multiflow.engine.predict import Predictor
 

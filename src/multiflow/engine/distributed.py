@@ -26,7 +26,6 @@ import os
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -34,49 +33,15 @@ import torch
 import torch.distributed as dist
 
 from multiflow.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process stands: ``rank`` of ``world_size`` (``local_rank`` on its node)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    backend: str = ""
-
-    @property
-    def enabled(self) -> bool:
-        """True when more than one process takes part."""
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the only process that writes files."""
-        return self.rank == 0
-
-    @property
-    def device(self) -> torch.device:
-        """``cuda:<local_rank>`` with the nccl backend, else the CPU."""
-        return torch.device(f"cuda:{self.local_rank}") if self.backend == "nccl" else torch.device("cpu")
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
-
-
-def current_context() -> DistContext:
-    """The context of the initialised default process group, else a single process."""
-    if dist.is_available() and dist.is_initialized():
-        return DistContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", dist.get_rank()),
-                           dist.get_backend())
-    return DistContext()
+from multiflow.parallel import (  # noqa: F401  (re-exported: the engine's users import them from here)
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    current_context,
+    env_int,
+    gather_shards,
+    shard_range,
+)
 
 
 def init_distributed(backend: str | None = None) -> DistContext:
@@ -86,30 +51,17 @@ def init_distributed(backend: str | None = None) -> DistContext:
     """
     if dist.is_available() and dist.is_initialized():
         return current_context()
-    world = _env_int("WORLD_SIZE", 1)
+    world = env_int("WORLD_SIZE", 1)
     if world <= 1:
         return DistContext()
     if not dist.is_available():
         raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    rank, local = env_int("RANK", 0), env_int("LOCAL_RANK", 0)
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(local)
     dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return DistContext(rank, world, local, backend)
-
-
-def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """``[start, end)`` of rank ``rank``'s contiguous share of ``n`` items.
-
-    The first ``n % world_size`` ranks get one item more (``torch.tensor_split`` convention); a
-    rank may get nothing when ``n < world_size``.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"bad rank {rank} of world size {world_size}")
-    base, extra = divmod(int(n), world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
 
 
 def shutdown_distributed(*, wait: bool = True) -> bool:
@@ -147,30 +99,6 @@ def exit_after_distributed(code: int) -> NoReturn:
         except (OSError, ValueError):
             pass
     os._exit(code)
-
-
-def barrier(ctx: DistContext) -> None:
-    """Wait for every rank (no-op for a single process)."""
-    if ctx.enabled:
-        dist.barrier()
-
-
-def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Sum of ``values`` over ranks (a new tensor; float64 on the context's device for the reduction)."""
-    if not ctx.enabled:
-        return values.clone()
-    t = values.detach().to(device=ctx.device, dtype=torch.float64).clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.to(values.device)
-
-
-def gather_shards(shard: np.ndarray, ctx: DistContext) -> np.ndarray:
-    """Concatenate every rank's array along axis 0 in rank order (each rank gets the result)."""
-    if not ctx.enabled:
-        return shard
-    parts: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(parts, shard)
-    return np.concatenate(parts, axis=0)
 
 
 @torch.no_grad()
@@ -233,16 +161,15 @@ def spawn_local(fn: Callable[..., Any], world_size: int, *args: Any) -> None:
 
 
 class _FlowNLL(torch.nn.Module):
-    """The flow's per-pixel NLL for already-noised features: ``(x (b, V, C, h, w), cond) -> (b, V, h, w)``,
-    ``nll = (0.5 * sum_c z^2 - logdet) / C`` (paper Eq. 7), as in :meth:`MultiFlow.forward`."""
+    """The flow's per-pixel NLL of already-noised features, :meth:`MultiFlow.nll_of_noised`
+    (``(x (b, V, C, h, w), cond) -> (b, V, h, w)``), as a module DistributedDataParallel can wrap."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        z, logdet = self.model.flow(x, cond)
-        return (0.5 * (z * z).sum(dim=2) - logdet) / self.model.channels
+        return self.model.nll_of_noised(x, cond)
 
 
 class ShardedLoss:
@@ -269,17 +196,17 @@ class ShardedLoss:
     def __call__(self, x: torch.Tensor, m: torch.Tensor | None,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, float]:
         from multiflow.device import autocast, to_device
-        from multiflow.flow.model import masked_loss
+        from multiflow.scoring import masked_nll_sums
 
         dev = self.ctx.device
         x = to_device(x, dev)
         xin, cond = self.model.noise(x, generator)
         start, end = shard_range(int(x.shape[0]), self.ctx.rank, self.ctx.world_size)
-        with autocast(dev, self.precision):
+        with autocast(dev, self.precision):  # st-networks in bf16; coupling math and NLL in fp32
             nll = self.ddp(xin[start:end], None if cond is None else cond[start:end])
+        nll = nll.float()
         mm = torch.ones_like(nll) if m is None else to_device(m[start:end], dev).to(nll.dtype)
-        den_r = torch.where(mm > 0, mm, torch.zeros_like(mm)).sum()
-        num_r = masked_loss(nll, mm) * den_r.clamp_min(1.0)
+        num_r, den_r = masked_nll_sums(nll, mm)
         stats = all_reduce_sum(torch.stack([den_r.detach(), num_r.detach()]), self.ctx)
         den = float(stats[0].clamp_min(1.0))
         return num_r * (self.ctx.world_size / den), float(stats[1]) / den

@@ -1,11 +1,15 @@
-"""From a trained flow to anomaly maps, image scores, sample scores and a decision threshold.
+"""From a trained flow to anomaly maps, image scores, sample scores and a decision threshold, for
+whole arrays of cached features (evaluation, calibration, baselines).
+
+The formulas live in :mod:`multiflow.scoring` (one place for the NLL, the background fill, the
+image and sample scores); this module batches them over ``(N, V, C, h, w)`` arrays:
 
 * anomaly map = per-pixel NLL ``(0.5 * sum_c z_c^2 - logdet) / C`` in eval mode (no noise),
   shape ``(N, V, h, w)``; background pixels (mask 0) are set to the foreground minimum of that
   view's map, so they can neither tie with nor exceed a foreground pixel (model.md, fault 8);
 * image score = max over the map of one view (= max over its foreground);
 * sample score = aggregation over views (``max`` official; ``mean``; ``mean_of_max``), see
-  :mod:`multiflow.metrics.aggregate`.
+  :data:`multiflow.scoring.VIEW_AGGREGATIONS`.
 
 The decision threshold is a quantile of the sample scores of *held-out normal training samples*
 (never the test set).
@@ -59,7 +63,7 @@ def image_scores(maps: np.ndarray) -> np.ndarray:
 
 
 def sample_scores(maps: np.ndarray, how: str = "max") -> np.ndarray:
-    """``(N, V, h, w)`` -> ``(N,)`` sample scores (aggregation of the view scores, :mod:`multiflow.metrics.aggregate`)."""
+    """``(N, V, h, w)`` -> ``(N,)`` sample scores (aggregation of the view scores, :mod:`multiflow.scoring`)."""
     return aggregate_views(image_scores_from_maps(maps), how).numpy()
 
 

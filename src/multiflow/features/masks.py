@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from multiflow.errors import ConfigError, DataError
+from multiflow.parallel import DistContext
 
 DILATION = 8
 
@@ -241,12 +242,15 @@ class IsNetMasks:
         return self.segmenter(np.asarray(image)) > self.threshold
 
 
+#: The registry of foreground-mask providers (config validation and commands read it from here).
+MASK_PROVIDERS: dict[str, type] = {"none": NoMasks, "threshold": ThresholdMasks, "file": FileMasks, "isnet": IsNetMasks}
+
+
 def make_provider(name: str, **kwargs: Any) -> MaskProvider:
     """``"isnet"``, ``"threshold"``, ``"file"`` or ``"none"`` with the provider's keyword arguments."""
-    table = {"none": NoMasks, "threshold": ThresholdMasks, "file": FileMasks, "isnet": IsNetMasks}
-    if name not in table:
-        raise ConfigError(f"unknown mask provider {name!r}; choose one of {sorted(table)}")
-    return table[name](**kwargs)
+    if name not in MASK_PROVIDERS:
+        raise ConfigError(f"unknown mask provider {name!r}; choose one of {sorted(MASK_PROVIDERS)}")
+    return MASK_PROVIDERS[name](**kwargs)
 
 
 def reduce_to_grid(mask: np.ndarray, grid: tuple[int, int], mode: str = "area") -> np.ndarray:
@@ -304,6 +308,22 @@ def _apply_flip(mask: np.ndarray, mode: str) -> np.ndarray:
     return np.ascontiguousarray(mask)
 
 
+def view_mask(
+    provider: MaskProvider, image: np.ndarray, path: str | None, grid: tuple[int, int], *, flip: str | None = "",
+    dilation: int = DILATION, mode: str = "area",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The foreground mask of one view, exactly as the cache computes it (one path for the cache,
+    test, predict, serve and export): ``provider(image (H, W, 3), path)``, the data set's load-time
+    ``flip`` for providers that read files (their masks are in the files' orientation), then
+    :func:`postprocess_mask`. Returns ``(full (H, W) bool, grid mask (h, w) bool)``.
+    """
+    raw = provider(image, path)
+    if getattr(provider, "reads_files", False):
+        raw = _apply_flip(raw, flip or "")
+    full, g = postprocess_mask(raw, grid, dilation=dilation, mode=mode)
+    return full, g
+
+
 @dataclass
 class CachedMasks:
     """Cached masks: ``grid`` ``(N, V, h, w)`` bool memmap; ``full`` ``(N, V, H, W)`` or ``None``."""
@@ -333,7 +353,7 @@ def compute_masks(
     verify: bool = True,
     on_corrupt: str = "error",
     progress: bool = True,
-    ctx: Any = None,
+    ctx: DistContext | None = None,
 ) -> CachedMasks:
     """Post-processed foreground masks of every sample of ``dataset``, computed once and cached.
 
@@ -376,10 +396,8 @@ def compute_masks(
         fulls = np.zeros((len(indices), v, *imgs.shape[2:4]), dtype=bool) if keep_full else None
         for b in range(len(indices)):
             for k in range(v):
-                raw = provider(imgs[b, k], batch.image_paths[b][k])
-                if getattr(provider, "reads_files", False):
-                    raw = _apply_flip(raw, flips.get(batch.view_names[k], ""))
-                full, g = postprocess_mask(raw, (h, w), dilation=dilation, mode=mode)
+                full, g = view_mask(provider, imgs[b, k], batch.image_paths[b][k], (h, w),
+                                    flip=flips.get(batch.view_names[k], ""), dilation=dilation, mode=mode)
                 grids[b, k] = g
                 if fulls is not None:
                     fulls[b, k] = full

@@ -8,6 +8,9 @@ connected to itself by the self path ``f_ii`` of Eq. 4.
 Ready-made layouts: :meth:`ViewGraph.real_iad` (top view ``0`` <-> every side view, side views in a
 ring, Fig. 4 of the paper, with the ablations of Tab. 2), :meth:`ring`, :meth:`top_only`,
 :meth:`none`, :meth:`full` and :meth:`from_edges` for anything else.
+
+From configuration (view names, a preset name or ``custom`` edges between named views):
+:func:`build_view_graph`, whose presets are listed once in :data:`GRAPH_PRESETS`.
 """
 
 from __future__ import annotations
@@ -68,6 +71,61 @@ class ViewGraph:
     ) -> "ViewGraph":
         """Graph with exactly the given directed edges ``(j, i)`` = ``j -> i``."""
         return cls(n, edges, names)
+
+    @classmethod
+    def from_named_edges(
+        cls, names: Sequence[str], edges: Iterable[Sequence[str]], *, allow_isolated: bool = False
+    ) -> "ViewGraph":
+        """Graph over the views ``names`` with undirected edges between named views.
+
+        Each pair ``[a, b]`` links ``a`` and ``b`` both ways (``a -> b`` and ``b -> a``): two cameras
+        that see overlapping regions of the part exchange messages in both directions (Eq. 4).
+
+        Raises:
+            ConfigError: a pair that is not two names, a name not in ``names``, a self-loop, the same
+                pair twice (in either order), or, unless ``allow_isolated``, views that are not
+                connected to the rest (the message names them).
+        """
+        names = [str(v) for v in names]
+        index = {v: k for k, v in enumerate(names)}
+        if len(index) != len(names):
+            raise ConfigError(f"view names are not unique: {names}")
+        if isinstance(edges, (str, bytes)):
+            raise ConfigError(f"graph edges must be a list of [view_a, view_b] pairs, got {edges!r}")
+        seen: dict[frozenset[int], list[str]] = {}
+        directed: list[tuple[int, int]] = []
+        for pair in edges:
+            if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+                raise ConfigError(f"graph edge {pair!r} is not a pair [view_a, view_b]")
+            a, b = str(pair[0]), str(pair[1])
+            for v in (a, b):
+                if v not in index:
+                    raise ConfigError(f"graph edge [{a}, {b}] names unknown view {v!r}; the views are {names}")
+            if a == b:
+                raise ConfigError(
+                    f"graph edge [{a}, {b}] is a self-loop; a view is always connected to itself"
+                )
+            key = frozenset((index[a], index[b]))
+            if key in seen:
+                first = seen[key]
+                raise ConfigError(
+                    f"graph edge [{a}, {b}] is given twice (first as [{first[0]}, {first[1]}]); "
+                    "edges are undirected"
+                )
+            seen[key] = [a, b]
+            directed += [(index[a], index[b]), (index[b], index[a])]
+        graph = cls(len(names), directed, names)
+        if not allow_isolated:
+            parts = graph.components()
+            if len(parts) > 1:
+                main = max(parts, key=len)
+                rest = sorted((v for p in parts if p is not main for v in p))
+                raise ConfigError(
+                    f"graph views {[names[v] for v in rest]} are not connected to views "
+                    f"{[names[v] for v in main]}; add edges linking them (or use model.graph=none "
+                    "for independent views)"
+                )
+        return graph
 
     @classmethod
     def none(cls, n: int, names: Sequence[str] | None = None) -> "ViewGraph":
@@ -147,6 +205,29 @@ class ViewGraph:
 
     def has_edge(self, j: int, i: int) -> bool:
         return (j, i) in set(self._edges)
+
+    def components(self) -> list[list[int]]:
+        """Connected components of the graph with edge directions ignored (sorted, by first view)."""
+        adj: list[set[int]] = [set() for _ in range(self._n)]
+        for j, i in self._edges:
+            adj[j].add(i)
+            adj[i].add(j)
+        comp = [-1] * self._n
+        parts: list[list[int]] = []
+        for start in range(self._n):
+            if comp[start] != -1:
+                continue
+            comp[start] = len(parts)
+            stack, part = [start], []
+            while stack:
+                v = stack.pop()
+                part.append(v)
+                for u in adj[v]:
+                    if comp[u] == -1:
+                        comp[u] = comp[start]
+                        stack.append(u)
+            parts.append(sorted(part))
+        return parts
 
     def reachable_from(self, i: int, hops: int) -> set[int]:
         """Views that can influence view ``i`` within ``hops`` applications of Eq. 4.
@@ -290,3 +371,120 @@ def _ring_edges(order: list[int]) -> list[tuple[int, int]]:
         return []
     pairs = [(order[k], order[(k + 1) % n]) for k in range(n if n > 2 else 1)]
     return [e for (a, b) in pairs for e in ((a, b), (b, a))]
+
+
+#: Named layouts of :func:`build_view_graph` (``model.graph``), Tab. 2 of the paper plus ``full``:
+#: ``real_iad`` top camera <-> every side camera + side cameras in a ring (Fig. 4); ``top_only`` the
+#: top links alone; ``ring`` the ring alone (a top camera, if named, keeps no links); ``none`` no
+#: cross-view links; ``full`` every pair of views.
+GRAPH_PRESETS: tuple[str, ...] = ("real_iad", "top_only", "ring", "none", "full")
+#: What ``model.graph`` accepts: a preset, or ``custom`` with explicit ``model.edges``.
+GRAPH_CHOICES: tuple[str, ...] = GRAPH_PRESETS + ("custom",)
+#: View names whose first entry is known to be the top camera when none is named (Real-IAD and
+#: ``multiflow synth`` call it ``C1``; the folder-format example calls it ``top``).
+TOP_VIEW_NAMES: tuple[str, ...] = ("C1", "top")
+
+
+def build_view_graph(
+    preset: str,
+    view_names: Sequence[str],
+    *,
+    edges: Sequence[Sequence[str]] | None = None,
+    top: str | None = None,
+    ring_order: Sequence[int | str] | None = None,
+) -> ViewGraph:
+    """The view graph of a configured camera rig.
+
+    Args:
+        preset: one of :data:`GRAPH_CHOICES`. ``custom`` takes exactly ``edges``.
+        view_names: the views in the order of the view axis ``V``.
+        edges: for ``custom``: undirected ``[view_a, view_b]`` pairs (see
+            :meth:`ViewGraph.from_named_edges`); every view must be connected to the others.
+        top: name of the top camera for ``real_iad``, ``top_only`` and ``ring`` (ignored by
+            ``none``/``full``). When not given, position ``0`` is the top camera only where that is
+            unambiguous: at most two views (the graph is the same either way) or a first view
+            named as in :data:`TOP_VIEW_NAMES`; otherwise ``real_iad``/``top_only`` raise, and
+            ``ring`` links all views in one ring.
+        ring_order: the ring's views in ring order (names, or positions in ``view_names``); must
+            be a permutation of the views other than the top camera. Default: their order in
+            ``view_names``.
+
+    Returns:
+        a :class:`ViewGraph` named by ``view_names``.
+
+    Raises:
+        ConfigError: unknown preset, edges with a preset or none with ``custom``, an invalid edge
+            (unknown view, self-loop, duplicate), disconnected views in a custom graph, a top
+            camera that is not among the views or cannot be told, a bad ``ring_order``.
+    """
+    names = [str(v) for v in view_names]
+    n = len(names)
+    if n == 0:
+        raise ConfigError("a view graph needs at least one view")
+    if preset not in GRAPH_CHOICES:
+        raise ConfigError(f"view graph must be one of {list(GRAPH_CHOICES)}, got {preset!r}")
+    edges = list(edges or [])
+    if preset == "custom":
+        if not edges and n > 1:
+            raise ConfigError(
+                f"view graph 'custom' needs edges: a list of [view_a, view_b] pairs over {names}"
+            )
+        return ViewGraph.from_named_edges(names, edges)
+    if edges:
+        raise ConfigError(
+            f"view graph edges {edges} were given with the preset {preset!r}; "
+            "edges are only used with graph 'custom'"
+        )
+    if preset == "none":
+        return ViewGraph.none(n, names)
+    if preset == "full":
+        return ViewGraph.full(n, names)
+    t = _top_view(preset, names, top)
+    ring = _ring_views(names, t, ring_order)
+    directed: list[tuple[int, int]] = []
+    if preset in ("real_iad", "top_only"):
+        directed += [e for s in ring for e in ((t, s), (s, t))]
+    if preset in ("real_iad", "ring"):
+        directed += _ring_edges(ring)
+    return ViewGraph(n, directed, names)
+
+
+def _top_view(preset: str, names: list[str], top: str | None) -> int | None:
+    """Index of the top camera (``None``: no top camera, only possible for ``ring``)."""
+    if top:
+        if top not in names:
+            raise ConfigError(f"top view {top!r} is not among the views {names}")
+        return names.index(top)
+    if len(names) <= 2 or names[0] in TOP_VIEW_NAMES:
+        return 0
+    if preset == "ring":
+        return None
+    raise ConfigError(
+        f"view graph {preset!r} needs the top camera: name it with model.top_view (one of {names}); "
+        f"position 0 is assumed only when the first view is called {' or '.join(TOP_VIEW_NAMES)}"
+    )
+
+
+def _ring_views(names: list[str], top: int | None, ring_order: Sequence[int | str] | None) -> list[int]:
+    """The ring's view indices in ring order: every view except ``top``, validated."""
+    expected = [v for v in range(len(names)) if v != top]
+    if not ring_order:
+        return expected
+    order: list[int] = []
+    for v in ring_order:
+        if isinstance(v, str) and not v.lstrip("-").isdigit():
+            if v not in names:
+                raise ConfigError(f"ring_order names unknown view {v!r}; the views are {names}")
+            order.append(names.index(v))
+        else:
+            k = int(v)
+            if not 0 <= k < len(names):
+                raise ConfigError(f"ring_order position {k} is outside the views 0..{len(names) - 1}")
+            order.append(k)
+    if sorted(order) != expected:
+        raise ConfigError(
+            f"ring_order {list(ring_order)} must list each of the ring views "
+            f"{[names[v] for v in expected]} exactly once"
+            + ("" if top is None else f" (not the top view {names[top]})")
+        )
+    return order

@@ -2,20 +2,20 @@
 
 File layout: the model's ``state_dict`` tensors, plus the metadata entries
 ``"format": "multiflow.flow"``, ``"format_version": "1"`` and ``"config"`` (the JSON of
-:attr:`MultiFlow.config`). The write goes to a temporary file in the same directory followed by
-``os.replace``, so an interrupted save never leaves a half-written checkpoint.
+:attr:`MultiFlow.config`, which includes the view graph: view names and directed edges). The
+write goes through :func:`multiflow._atomic.atomic_path`, so an interrupted save never leaves a
+half-written checkpoint or a temporary file.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from os import PathLike
 from pathlib import Path
 
 import torch
 
+from multiflow._atomic import atomic_path
 from multiflow.errors import CheckpointError, MultiflowError
 from multiflow.flow.model import MultiFlow
 
@@ -28,17 +28,10 @@ def save_flow(model: MultiFlow, path: str | PathLike) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(model.config)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -32,6 +32,9 @@ from multiflow.flow.graph import ViewGraph
 from multiflow.flow.noise import NoiseConditioner
 from multiflow.flow.subnet import MultiViewSubnet, multiview_subnet_factory
 from multiflow.flow.transforms import AffineCoupling, FlowSequence, ViewPermutation
+from multiflow.scoring import fill_background, masked_loss, pixel_nll
+
+__all__ = ["FlowOutput", "MultiFlow", "masked_loss"]
 
 
 @dataclass(frozen=True)
@@ -47,31 +50,6 @@ class FlowOutput:
     z: Tensor
     logdet: Tensor
     nll: Tensor
-
-
-def masked_loss(nll: Tensor, mask: Tensor) -> Tensor:
-    """Foreground-averaged NLL: ``sum(m * nll) / sum(m)``.
-
-    Args:
-        nll: ``(B, V, H, W)`` per-pixel NLL.
-        mask: ``(B, V, H, W)`` foreground mask (bool, or float weights >= 0; broadcastable).
-
-    Background values (``m == 0``) are never multiplied: they are selected away with
-    ``torch.where``, so NaN/inf there changes neither the loss nor any gradient (their gradient is
-    exactly 0). A batch without foreground gives a loss of exactly 0 (denominator clamped to 1).
-    The *features* must still be finite everywhere: the st-network convs mix neighbouring pixels,
-    so a NaN feature in the background would reach foreground pixels through the flow itself.
-    """
-    m = mask.to(nll.dtype) if mask.dtype != torch.bool else mask
-    if mask.dtype == torch.bool:
-        fg = mask
-        num = torch.where(fg, nll, torch.zeros((), dtype=nll.dtype, device=nll.device)).sum()
-        den = fg.sum().to(nll.dtype)
-    else:
-        fg = m > 0
-        num = torch.where(fg, m * torch.where(fg, nll, torch.zeros_like(nll)), torch.zeros_like(nll)).sum()
-        den = torch.where(fg, m, torch.zeros_like(m)).sum()
-    return num / den.clamp_min(1.0)
 
 
 class MultiFlow(nn.Module):
@@ -207,8 +185,13 @@ class MultiFlow(nn.Module):
         gen = generator if generator is not None else self._noise_gen
         x, cond = self.noise(features, gen)
         z, logdet = self.flow(x, cond)
-        nll = (0.5 * (z * z).sum(dim=2) - logdet) / self.channels
-        return FlowOutput(z=z, logdet=logdet, nll=nll)
+        return FlowOutput(z=z, logdet=logdet, nll=pixel_nll(z, logdet))
+
+    def nll_of_noised(self, x: Tensor, cond: Tensor | None) -> Tensor:
+        """Per-pixel NLL ``(B, V, H, W)`` of already-noised features ``x (B, V, C, H, W)`` with the
+        noise conditioning ``cond`` (what :attr:`noise` returned); :meth:`forward` without the noise."""
+        z, logdet = self.flow(x, cond)
+        return pixel_nll(z, logdet)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Eval-mode inverse (``eps = 0``): ``z (B, V, C, H, W) -> (features, logdet of the inverse)``."""
@@ -226,7 +209,8 @@ class MultiFlow(nn.Module):
         """Per-pixel NLL in eval mode, ``(B, V, H, W)``; higher = more anomalous.
 
         With a foreground ``mask (B, V, H, W)``, background pixels are set to the minimum of the
-        foreground values of the same sample and view (no ties with a constant, no false highs);
+        foreground values of the same sample and view (no ties with a constant, no false highs;
+        :func:`multiflow.scoring.fill_background`);
         a view without foreground pixels keeps its raw map. The module's train/eval mode is
         restored afterwards.
         """
@@ -236,14 +220,7 @@ class MultiFlow(nn.Module):
             nll = self.forward(features).nll
         finally:
             self.train(was_training)
-        if mask is None:
-            return nll
-        fg = mask.to(torch.bool).expand_as(nll)
-        inf = torch.tensor(math.inf, dtype=nll.dtype, device=nll.device)
-        fg_min = torch.where(fg, nll, inf).amin(dim=(2, 3), keepdim=True)
-        has_fg = fg.any(dim=3, keepdim=True).any(dim=2, keepdim=True)
-        fill = torch.where(has_fg, fg_min, nll)
-        return torch.where(fg, nll, fill)
+        return fill_background(nll, mask)
 
 
 def _init_parameters(model: nn.Module, gen: torch.Generator) -> None:

@@ -26,7 +26,8 @@ Two formulations of the conv fusion compute the same function from the same para
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,9 @@ class MultiViewSubnet(nn.Module):
             factory(hidden, out_channels, kernel_size, heads) for _ in range(n_ec)
         )
         self.gamma = nn.Parameter(torch.zeros(n_vc))
+        #: weight of the neighbour mean in Eq. 4 (1 = the paper's network). Not part of the model's
+        #: state: 0 switches the cross-view messages off at inference (diagnosis, :func:`cross_view_scaled`).
+        self.cross_view_scale = 1.0
         self.fused = fused
         self._neigh = [graph.neighbours(i) for i in range(graph.n_views)]
 
@@ -120,7 +124,7 @@ class MultiViewSubnet(nn.Module):
                 for j in neigh:
                     e = self.edge_ops[self.edge_class[(j, i)]](h[i], h[j])
                     acc = e if acc is None else acc + e
-                o = o + acc / len(neigh)
+                o = o + (acc / len(neigh) if self.cross_view_scale == 1.0 else acc * (self.cross_view_scale / len(neigh)))
             outs.append(self.gamma[vc[i]] * o)
         return torch.stack(outs, dim=1)
 
@@ -147,7 +151,7 @@ class MultiViewSubnet(nn.Module):
                 outs.append(F.conv2d(h[:, i], g * sc.weight, g * sc.bias))
                 continue
             convs = [self.edge_ops[self.edge_class[(j, i)]].conv for j in neigh]
-            scale = g / len(neigh)
+            scale = g / len(neigh) if self.cross_view_scale == 1.0 else g * (self.cross_view_scale / len(neigh))
             weight = torch.cat([g * sc.weight] + [scale * c.weight for c in convs], dim=1)
             bias = g * sc.bias + scale * torch.stack([c.bias for c in convs]).sum(0)
             idx = torch.tensor((i,) + tuple(neigh), device=u.device)
@@ -182,3 +186,32 @@ def multiview_subnet_factory(
         )
 
     return factory
+
+
+def view_gammas(model: nn.Module) -> list[list[float]]:
+    """The learned ``gamma`` of every st-network in ``model``, in module order: one list per
+    :class:`MultiViewSubnet` with one value per view class (per view unless weights are shared).
+
+    ``gamma_i`` multiplies the whole output of view ``i``'s st-network (self path and cross-view
+    messages, Eq. 4) and starts at 0, so ``|gamma|`` measures how far training moved the coupling
+    away from the identity.
+    """
+    return [[float(g) for g in m.gamma.detach().cpu()] for m in model.modules() if isinstance(m, MultiViewSubnet)]
+
+
+@contextlib.contextmanager
+def cross_view_scaled(model: nn.Module, scale: float) -> Iterator[nn.Module]:
+    """Within the block, every :class:`MultiViewSubnet` of ``model`` weights its neighbour messages by
+    ``scale`` (0: each view's st-network sees only its own view; 1: unchanged). Restored on exit.
+
+    For diagnosis at test time: how much of a trained model's detection comes from the cross-view term.
+    """
+    subnets = [m for m in model.modules() if isinstance(m, MultiViewSubnet)]
+    before = [m.cross_view_scale for m in subnets]
+    try:
+        for m in subnets:
+            m.cross_view_scale = float(scale)
+        yield model
+    finally:
+        for m, b in zip(subnets, before):
+            m.cross_view_scale = b

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from multiflow._atomic import write_bytes
 from multiflow.errors import DataError
 from multiflow.metrics.curves import as_numpy
 
@@ -96,12 +97,7 @@ def write_adeval_pkl(
         if mask is not None and not isinstance(mask, str):
             raise DataError(f"mask path {mask!r} of {key} must be a string or None", path)
         preds[key] = (amap, float(np.float32(score)), mask)
-    out = Path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(preds, f, protocol=4)
-    os.replace(tmp, out)
-    return out
+    return write_bytes(path, pickle.dumps(preds, protocol=4))
 
 
 def read_adeval_pkl(path: str | os.PathLike) -> AdevalPredictions:

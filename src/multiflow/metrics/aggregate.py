@@ -18,16 +18,10 @@ from typing import Any
 
 import torch
 
-from multiflow.errors import ConfigError, DataError
+from multiflow.errors import DataError
+from multiflow.scoring import VIEW_AGGREGATIONS, aggregate_scores, check_aggregation
 
-VIEW_AGGREGATIONS = ("max", "mean", "mean_of_max")
-
-
-def check_aggregation(how: str) -> str:
-    """Return ``how`` if it is one of :data:`VIEW_AGGREGATIONS`, else raise :class:`ConfigError`."""
-    if how not in VIEW_AGGREGATIONS:
-        raise ConfigError(f"unknown view aggregation {how!r}; choose one of {VIEW_AGGREGATIONS}")
-    return how
+__all__ = ["VIEW_AGGREGATIONS", "aggregate_views", "check_aggregation", "image_scores_from_maps"]
 
 
 def aggregate_views(image_scores: Any, how: str = "max") -> torch.Tensor:
@@ -38,9 +32,7 @@ def aggregate_views(image_scores: Any, how: str = "max") -> torch.Tensor:
         raise DataError(f"image scores must have shape (N, V) with V >= 1, got {tuple(s.shape)}")
     if not torch.isfinite(s).all():
         raise DataError("image scores contain NaN or infinite values")
-    if how == "max":
-        return s.amax(dim=1)
-    return s.to(torch.float64 if s.dtype == torch.float64 else torch.float32).mean(dim=1)
+    return aggregate_scores(s, how)
 
 
 def image_scores_from_maps(maps: Any, foreground: Any | None = None) -> torch.Tensor:

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from multiflow._atomic import atomic_path
 from multiflow.errors import CheckpointError, DataError
 from multiflow.metrics.aggregate import check_aggregation
 from multiflow.metrics.curves import CurvePoints, _ap_from_points, _auroc_from_points, _f1_max_from_points, partial_area
@@ -258,7 +259,7 @@ class StreamingEvaluator:
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the full state to ``path`` (``.npz``) atomically (temp file + ``os.replace``)."""
+        """Write the full state to ``path`` (``.npz``) atomically (:func:`multiflow._atomic.atomic_path`)."""
         path = Path(path)
         h = self.histogram
         scores, labels = (
@@ -276,10 +277,8 @@ class StreamingEvaluator:
             sample_ids=np.asarray(self.records.sample_ids, dtype=np.str_),
             defects=np.asarray(self.records.defects, dtype=np.str_),
         )
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **state)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> StreamingEvaluator:

@@ -36,12 +36,25 @@ from multiflow._atomic import write_bytes, write_json
 from multiflow.errors import ConfigError
 from multiflow.synth.geometry import camera_rig
 from multiflow.synth.render import render_view
-from multiflow.synth.scene import DEFECT_CODES, FAMILIES, canonical_class, sample_defect, sample_scene
+from multiflow.synth.scene import (
+    ALL_DEFECT_CODES,
+    DEFECT_CODES,
+    FAMILIES,
+    apply_lot,
+    apply_pose_jitter,
+    canonical_class,
+    lot_variation,
+    sample_defect,
+    sample_scene,
+)
 
 GENERATOR_VERSION = "1"
 DEFAULT_CLASSES: tuple[str, ...] = tuple(FAMILIES)
 DEFAULT_DEFECTS: tuple[str, ...] = tuple(DEFECT_CODES)
 _SPLIT_CODE = {"train": 0, "test": 1}
+_LOT_TAG = 0x4C4F54  # "LOT": seed-sequence tag of the per-lot parameters
+#: ``variation`` presets: (lots, pose_jitter). "default" is the original generator, byte for byte.
+VARIATIONS: dict[str, tuple[int, float]] = {"default": (0, 1.0), "realistic": (4, 2.5)}
 _BASE_TIME = _dt.datetime(2024, 3, 4, 8, 0, 0)
 
 
@@ -76,21 +89,37 @@ def _seed_sequence(seed: int, class_name: str, split: str, code: str, sample_id:
     return np.random.SeedSequence([int(seed), zlib.crc32(class_name.encode()), _SPLIT_CODE[split], code_num, sample_id])
 
 
+def lot_of(seed: int, class_name: str, split: str, code: str, sample_id: int, lots: int) -> int:
+    """The production lot (``0..lots-1``) of one sample; its own seed-sequence child, so turning lots
+    on does not change any other random draw of the sample."""
+    ss = _seed_sequence(seed, class_name, split, code, sample_id).spawn(4)[3]
+    return int(np.random.default_rng(ss).integers(lots))
+
+
 def render_sample(
     class_name: str, *, defect: str | None = None, size: int = 64, n_views: int = 5, seed: int = 0,
-    sample_id: int = 1, split: str = "test",
+    sample_id: int = 1, split: str = "test", lots: int = 0, pose_jitter: float = 1.0,
 ) -> RenderedSample:
     """Render one sample of ``class_name`` from all ``n_views`` cameras, in memory.
 
-    ``defect``: a code of :data:`multiflow.synth.scene.DEFECT_CODES` or ``None`` for a normal object.
-    A defect is redrawn (deterministically) until at least one view sees it.
+    ``defect``: a code of :data:`multiflow.synth.scene.ALL_DEFECT_CODES` or ``None`` for a normal
+    object. A defect is redrawn (deterministically) until at least one view sees it.
+    ``lots > 0``: the object belongs to one of ``lots`` production lots (:func:`lot_of`), whose colour
+    and gloss shift (:func:`multiflow.synth.scene.lot_variation`) is shared by every object of that
+    lot, train and test alike. ``pose_jitter``: scale of the yaw / tray-offset deviation (1 = default).
+    ``lots=0, pose_jitter=1`` renders exactly what earlier versions rendered.
     """
     class_name = canonical_class(class_name)
     code = "OK" if defect is None else defect
-    if code != "OK" and code not in DEFECT_CODES:
-        raise ValueError(f"unknown defect code {code!r}; known: {sorted(DEFECT_CODES)}")
+    if code != "OK" and code not in ALL_DEFECT_CODES:
+        raise ValueError(f"unknown defect code {code!r}; known: {sorted(ALL_DEFECT_CODES)}")
     ss_scene, ss_defect, ss_noise = _seed_sequence(seed, class_name, split, code, sample_id).spawn(3)
     scene = sample_scene(class_name, np.random.default_rng(ss_scene))
+    if lots > 0:
+        lot = lot_of(seed, class_name, split, code, sample_id, lots)
+        lot_ss = np.random.SeedSequence([int(seed), zlib.crc32(class_name.encode()), _LOT_TAG, lot])
+        apply_lot(scene, lot_variation(np.random.default_rng(lot_ss), lot))
+    apply_pose_jitter(scene, float(pose_jitter))
     cams = camera_rig(n_views=n_views, size=size)
     rays = [cam.rays() for cam in cams]
     noise_rng = np.random.default_rng(ss_noise)
@@ -173,6 +202,8 @@ class _Job:
     size: int
     n_views: int
     seed: int
+    lots: int = 0
+    pose_jitter: float = 1.0
 
     @property
     def record_path(self) -> Path:
@@ -189,7 +220,8 @@ def _run_job(job: _Job) -> dict:
         except (OSError, json.JSONDecodeError):
             pass  # a damaged record: render the sample again
     s = render_sample(job.class_name, defect=None if job.code == "OK" else job.code, size=job.size,
-                      n_views=job.n_views, seed=job.seed, sample_id=job.sample_id, split=job.split)
+                      n_views=job.n_views, seed=job.seed, sample_id=job.sample_id, split=job.split,
+                      lots=job.lots, pose_jitter=job.pose_jitter)
     out = Path(job.out)
     img_root = out / f"realiad_{job.size}" / job.class_name
     sil_root = out / f"silhouettes_{job.size}" / job.class_name
@@ -213,14 +245,17 @@ def _run_job(job: _Job) -> dict:
 
 
 def _plan(class_name: str, out: str, n_train: int, n_test_good: int, n_test_defect: int,
-          defects: Sequence[str], size: int, n_views: int, seed: int) -> list[_Job]:
-    jobs = [_Job(out, class_name, "train", "OK", i + 1, size, n_views, seed) for i in range(n_train)]
-    jobs += [_Job(out, class_name, "test", "OK", n_train + i + 1, size, n_views, seed) for i in range(n_test_good)]
+          defects: Sequence[str], size: int, n_views: int, seed: int, lots: int = 0,
+          pose_jitter: float = 1.0) -> list[_Job]:
+    var = (lots, pose_jitter)
+    jobs = [_Job(out, class_name, "train", "OK", i + 1, size, n_views, seed, *var) for i in range(n_train)]
+    jobs += [_Job(out, class_name, "test", "OK", n_train + i + 1, size, n_views, seed, *var)
+             for i in range(n_test_good)]
     counts: dict[str, int] = {}
     for i in range(n_test_defect):
         code = defects[i % len(defects)]
         counts[code] = counts.get(code, 0) + 1
-        jobs.append(_Job(out, class_name, "test", code, counts[code], size, n_views, seed))
+        jobs.append(_Job(out, class_name, "test", code, counts[code], size, n_views, seed, *var))
     return jobs
 
 
@@ -237,6 +272,9 @@ def generate_dataset(
     workers: int = 1,
     defects: Sequence[str] = DEFAULT_DEFECTS,
     progress: bool = True,
+    variation: str = "default",
+    lots: int | None = None,
+    pose_jitter: float | None = None,
 ) -> dict:
     """Write a synthetic multi-view data set in Real-IAD's format under ``out`` (see module docstring).
 
@@ -246,6 +284,11 @@ def generate_dataset(
     Returns a summary ``{"classes": {cls: {"train": n_images, "test": n_images, "json": path}}}``.
     Raises :class:`ConfigError` for invalid arguments or when ``out`` already holds a data set made
     with another configuration.
+
+    ``variation``: a preset of :data:`VARIATIONS` (``"default"``: the original generator, byte for
+    byte; ``"realistic"``: 4 production lots and 2.5x pose jitter); ``lots`` / ``pose_jitter``
+    override the preset's values (see :func:`render_sample`). Cross-view defect codes
+    (:data:`multiflow.synth.scene.CROSS_VIEW_CODES`, e.g. ``FM``) may be listed in ``defects``.
     """
     from tqdm import tqdm
 
@@ -255,9 +298,17 @@ def generate_dataset(
         raise ConfigError(str(exc)) from None
     if len(set(classes)) != len(classes) or not classes:
         raise ConfigError(f"classes must be a non-empty list without repeats, got {classes}")
-    bad = [c for c in defects if c not in DEFECT_CODES]
+    bad = [c for c in defects if c not in ALL_DEFECT_CODES]
     if bad or not defects:
-        raise ConfigError(f"unknown defect codes {bad}; known: {sorted(DEFECT_CODES)}")
+        raise ConfigError(f"unknown defect codes {bad}; known: {sorted(ALL_DEFECT_CODES)}")
+    if variation not in VARIATIONS:
+        raise ConfigError(f"unknown variation {variation!r}; known: {sorted(VARIATIONS)}")
+    lots = VARIATIONS[variation][0] if lots is None else int(lots)
+    pose_jitter = VARIATIONS[variation][1] if pose_jitter is None else float(pose_jitter)
+    if not 0 <= lots <= 1000:
+        raise ConfigError(f"lots must be in 0..1000 (0: no lots), got {lots}")
+    if not 0.0 <= pose_jitter <= 5.0:
+        raise ConfigError(f"pose_jitter must be in 0..5, got {pose_jitter}")
     if min(n_train, n_test_good, n_test_defect) < 0:
         raise ConfigError("sample counts must be >= 0")
     if n_train + n_test_good > 9999 or n_test_defect > 9999:
@@ -274,6 +325,8 @@ def generate_dataset(
         "n_views": int(n_views), "n_train": int(n_train), "n_test_good": int(n_test_good),
         "n_test_defect": int(n_test_defect), "defects": list(defects),
     }
+    if (lots, pose_jitter) != VARIATIONS["default"]:  # absent for default data: older folders still resume
+        config |= {"lots": lots, "pose_jitter": pose_jitter}
     jobs: list[_Job] = []
     for cls in classes:
         cfg_path = out / "synth_meta" / ".parts" / cls / "config.json"
@@ -288,7 +341,8 @@ def generate_dataset(
                                   f"(old, new): {diff}; use another --out or the same options")
         else:
             write_json(cfg_path, config, indent=1)
-        jobs += _plan(cls, str(out), n_train, n_test_good, n_test_defect, defects, size, n_views, seed)
+        jobs += _plan(cls, str(out), n_train, n_test_good, n_test_defect, defects, size, n_views, seed,
+                      lots, pose_jitter)
 
     records: list[dict] = []
     bar = tqdm(total=len(jobs), unit="sample", desc="synth", disable=not progress)
@@ -316,7 +370,7 @@ def generate_dataset(
             "seed": int(seed),
             "coordinate_frame": "world z up, tray z=0; x_cam = R x_world + t; pixel ~ K x_cam",
             "cameras": cams,
-            "defect_codes": DEFECT_CODES,
+            "defect_codes": {c: ALL_DEFECT_CODES[c] for c in dict.fromkeys([*DEFECT_CODES, *defects])},
             "image_root": f"realiad_{size}/{cls}",
             "silhouette_root": f"silhouettes_{size}/{cls}",
             "samples": [{k: v for k, v in r.items()} for r in recs],

@@ -11,7 +11,7 @@ towards the light hits the object), a sky fill term ``0.12 * max(n_z, 0)``, gamm
 noise. Surface defects are painted on the 3D hit points, so a defect shows exactly in the views that
 see that piece of surface, and its mask is the set of pixels whose visible surface point lies in the
 defect (for a missing part: where the part would have been visible; for a foreign object or a
-re-coloured part: that part's visible pixels).
+re-coloured part or face: the visible pixels of that part or face).
 """
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from multiflow.synth.geometry import INF, Camera, sphere_hit_mask
-from multiflow.synth.scene import Part, Scene, apply_surface_defect, dust, grain_noise, texture_noise
+from multiflow.synth.scene import (
+    Part,
+    Scene,
+    apply_surface_defect,
+    dust,
+    face_mismatch_mask,
+    grain_noise,
+    texture_noise,
+)
 
 SURFACE_CODES = ("AK", "BX", "CH", "HS", "PS", "ZW")
 
@@ -138,6 +146,10 @@ def render_view(
         tex = np.array([pp.material.texture for pp in parts], dtype=np.float32)[pid]
         grn = np.array([pp.material.grain for pp in parts], dtype=np.float32)[pid]
         albedo *= (1.0 + tex * texture_noise(p, scene.waves) + grn * grain_noise(p))[:, None]
+        face = None
+        if scene.defect is not None and scene.defect.code == "FM":  # geometric normals, before the ribs
+            centres = np.stack([np.asarray(pp.prim.bounds()[0], np.float32) for pp in parts])
+            face = face_mismatch_mask(scene.defect, p, n, pid, centres)
         for i, pp in enumerate(parts):
             mat = pp.material
             if mat.ribs <= 0 and mat.slot is None:
@@ -173,6 +185,10 @@ def render_view(
                 sel = pid == k
                 albedo[sel] *= (scene.defect.colour / np.maximum(target.material.albedo, 1e-3))[None, :]
                 mask[obj[sel]] = True
+            elif code == "FM":
+                target = scene.parts[scene.defect.part].material.albedo
+                albedo[face] *= (scene.defect.colour / np.maximum(target, 1e-3))[None, :]
+                mask[obj[face]] = True
         ndl = np.maximum(n @ light, 0.0)
         shadow = _occluded(parts, p + n * 2e-3, light, center, radius)
         key = scene.light * (1.0 - 0.8 * shadow)

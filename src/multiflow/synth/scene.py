@@ -26,6 +26,21 @@ ZW    contamination           stain with an irregular boundary (oil, rust, resid
 CI    colour inconsistency    one part of a colour group in another colour that is normal for
                               other instances (e.g. one blue stud on a red brick)
 ====  ======================  ===================================================================
+
+Cross-view defect families (opt-in, :data:`CROSS_VIEW_CODES`; not in the default set, so data sets
+generated with the default codes are unchanged):
+
+====  ======================  ===================================================================
+FM    face colour mismatch    the side faces of the main body that face one horizontal direction
+                              are in another colour of the class's palette: every surface patch
+                              has a colour that normal instances have, the top camera and the
+                              cameras on the opposite side see a normal object; only the views
+                              facing that side (or comparing them with the others) reveal it
+====  ======================  ===================================================================
+
+Realistic variation (opt-in, see :func:`lot_variation` and :func:`apply_pose_jitter`): *lots* (a
+production lot shifts the albedo per channel, the gloss and the highlight sharpness of every part of
+the objects made in it) and a larger *pose jitter* (yaw and tray offset scaled up).
 """
 
 from __future__ import annotations
@@ -48,6 +63,11 @@ DEFECT_CODES: dict[str, str] = {
     "ZW": "contamination",
     "CI": "colour_inconsistency",
 }
+#: Defects that only a comparison across views reveals (opt-in: not in the default defect set).
+CROSS_VIEW_CODES: dict[str, str] = {
+    "FM": "face_colour_mismatch",
+}
+ALL_DEFECT_CODES: dict[str, str] = {**DEFECT_CODES, **CROSS_VIEW_CODES}
 
 FAMILY_ALIASES: dict[str, str] = {
     "cap": "bottle_cap",
@@ -116,11 +136,12 @@ class Defect:
     placement: str = "any"
     polyline: np.ndarray | None = None  # (P, 3) for cracks
     extra_parts: list[Part] = field(default_factory=list)  # foreign objects
+    face_parts: list[int] = field(default_factory=list)  # FM: parts whose faces along ``normal`` change colour
 
     def to_dict(self) -> dict:
         d = {
             "code": self.code,
-            "type": DEFECT_CODES[self.code],
+            "type": ALL_DEFECT_CODES[self.code],
             "part": int(self.part),
             "anchor": _r(self.anchor),
             "normal": _r(self.normal),
@@ -135,6 +156,8 @@ class Defect:
             d["colour"] = _r(self.colour)
         if self.polyline is not None:
             d["polyline"] = [_r(p) for p in self.polyline]
+        if self.face_parts:
+            d["face_parts"] = [int(i) for i in self.face_parts]
         if self.extra_parts:
             d["foreign_parts"] = [
                 {"center": _r(p.prim.center), "radius": round(float(p.prim.radius), 5)}
@@ -163,6 +186,7 @@ class Scene:
     params: dict
     defect: Defect | None = None
     removed: int = -1  # part index removed by a QS defect
+    lot_gain: np.ndarray | None = None  # (3,) albedo gain of the object's production lot (None: no lots)
 
     @property
     def rotation(self) -> np.ndarray:
@@ -319,6 +343,18 @@ GROUP_PALETTES: dict[tuple[str, str], list[tuple[float, float, float]]] = {
 }
 
 
+#: FM defect: (names of the main-body parts, colours the body takes in normal instances) per family.
+FACE_PALETTES: dict[str, tuple[tuple[str, ...], list[tuple[float, float, float]]]] = {
+    "bottle_cap": (("shell",), GROUP_PALETTES[("bottle_cap", "shell")]),
+    "toy_brick": (("body",), GROUP_PALETTES[("toy_brick", "brick")]),
+    "plastic_plug": (("housing",), [PLASTIC[c] for c in ("black", "white", "grey")]),
+    "terminal_block": (("housing_0", "housing_1", "housing_2"), [PLASTIC[c] for c in ("grey", "beige", "green")]),
+    "lock_nut": (("nut",), list(METAL.values())),
+}
+#: FM defect: a surface point belongs to the mismatched face when ``n . u > FACE_COS`` and ``|n_z| < 0.5``.
+FACE_COS = 0.6
+
+
 def canonical_class(name: str) -> str:
     """Family name for a class name or alias (``cap`` -> ``bottle_cap``); ValueError if unknown."""
     name = FAMILY_ALIASES.get(name, name)
@@ -360,6 +396,64 @@ def sample_scene(family: str, rng: np.random.Generator) -> Scene:
                   for p in parts},
     })
     return scene
+
+
+@dataclass(frozen=True)
+class Lot:
+    """One production lot: multiplies every part's albedo by ``gain (3,)`` (hue and brightness),
+    its specular weight by ``gloss`` and its Blinn-Phong exponent by ``sharpness``."""
+
+    index: int
+    gain: np.ndarray
+    gloss: float
+    sharpness: float
+
+    def to_dict(self) -> dict:
+        return {"lot": self.index, "gain": _r(self.gain), "gloss": round(self.gloss, 4),
+                "sharpness": round(self.sharpness, 4)}
+
+
+def lot_variation(rng: np.random.Generator, index: int, *, spread: float = 0.08) -> Lot:
+    """Draw lot ``index``'s parameters: per-channel log-albedo gain ~ N(0, spread) (clipped to
+    +-2.5 spread), log gloss ~ N(0, 2.5 spread), log sharpness ~ N(0, 2 spread).
+
+    The instance-to-instance jitter within a lot is +-6 % per channel (uniform, std 3.5 %), so with the
+    default ``spread`` objects of one lot are closer in colour than objects of different lots.
+    """
+    gain = np.exp(np.clip(rng.normal(0.0, spread, 3), -2.5 * spread, 2.5 * spread)).astype(np.float32)
+    gloss = float(np.exp(rng.normal(0.0, 2.5 * spread)))
+    sharp = float(np.exp(rng.normal(0.0, 2.0 * spread)))
+    return Lot(index=int(index), gain=gain, gloss=gloss, sharpness=sharp)
+
+
+def apply_lot(scene: Scene, lot: Lot) -> None:
+    """Apply ``lot`` to every part of ``scene`` (each shared material once); records it in ``params``."""
+    seen: set[int] = set()
+    for part in scene.parts:
+        mat = part.material
+        if id(mat) in seen:
+            continue
+        seen.add(id(mat))
+        mat.albedo = np.clip(mat.albedo * lot.gain, 0.0, 1.0).astype(np.float32)
+        mat.specular = float(min(mat.specular * lot.gloss, 0.9))
+        mat.shininess = float(mat.shininess * lot.sharpness)
+    scene.lot_gain = lot.gain
+    scene.params["lot"] = lot.to_dict()
+    for part in scene.parts:
+        rec = scene.params.get("parts", {}).get(part.name)
+        if rec is not None:
+            rec.update({"albedo": _r(part.material.albedo), "specular": round(part.material.specular, 4),
+                        "shininess": round(part.material.shininess, 2)})
+
+
+def apply_pose_jitter(scene: Scene, factor: float) -> None:
+    """Scale the instance's pose deviation: yaw (std 8 deg at ``factor`` 1) and tray offset
+    (+-0.06 at 1) are multiplied by ``factor``; ``factor`` 1 leaves the scene unchanged."""
+    if factor == 1.0:
+        return
+    scene.yaw = float(scene.yaw * factor)
+    scene.offset = (scene.offset * np.float32(factor)).astype(np.float32)
+    scene.params.update({"yaw": round(scene.yaw, 5), "offset": _r(scene.offset), "pose_jitter": float(factor)})
 
 
 # ----------------------------------------------------------------------------------- defects
@@ -407,8 +501,13 @@ def sample_defect(scene: Scene, code: str, rng: np.random.Generator) -> Defect:
     About 30 % of defects are *hard*: small (x0.5-0.7), low contrast (x0.35-0.6) and, for surface
     defects, placed on a side face (often seen by a single side camera).
     """
-    if code not in DEFECT_CODES:
-        raise ValueError(f"unknown defect code {code!r}; known: {sorted(DEFECT_CODES)}")
+    if code not in ALL_DEFECT_CODES:
+        raise ValueError(f"unknown defect code {code!r}; known: {sorted(ALL_DEFECT_CODES)}")
+    if code == "FM":
+        d = _face_mismatch(scene, rng)
+        scene.removed = -1
+        scene.defect = d
+        return d
     hard = bool(rng.random() < 0.3)
     sf = float(rng.uniform(0.5, 0.7)) if hard else float(rng.uniform(0.8, 1.4))
     cf = float(rng.uniform(0.35, 0.6)) if hard else float(rng.uniform(0.8, 1.2))
@@ -484,6 +583,35 @@ def sample_defect(scene: Scene, code: str, rng: np.random.Generator) -> Defect:
             d.width = float(r)
     scene.defect = d
     return d
+
+
+def _face_mismatch(scene: Scene, rng: np.random.Generator) -> Defect:
+    """FM: the body's faces towards a random horizontal direction ``u`` (local frame) take another
+    colour of the family's body palette (times the object's lot gain, so it is a colour normal
+    objects of this lot have). ``Defect.normal = Defect.tangent = u``."""
+    names, palette = FACE_PALETTES[scene.family]
+    idx = [i for i, p in enumerate(scene.parts) if p.name in names]
+    current = scene.parts[idx[0]].material.albedo
+    gain = np.ones(3, np.float32) if scene.lot_gain is None else scene.lot_gain
+    choices = [np.clip(np.asarray(c, np.float32) * gain, 0, 1) for c in palette]
+    choices = [c for c in choices if np.abs(c - current).max() > 0.12]
+    colour = _jitter(rng, choices[int(rng.integers(len(choices)))], 0.04)
+    az = float(rng.uniform(0, 2 * math.pi))
+    u = np.array([math.cos(az), math.sin(az), 0.0], dtype=np.float32)
+    c, r = scene.parts[idx[0]].prim.bounds()
+    return Defect("FM", np.asarray(c, np.float32), u, u.copy(), idx[0], size=float(r), colour=colour,
+                  hard=False, placement="face", face_parts=idx)
+
+
+def face_mismatch_mask(defect: Defect, p: np.ndarray, n: np.ndarray, part: np.ndarray,
+                       centres: np.ndarray) -> np.ndarray:
+    """Bool ``(N,)``: points ``p (N, 3)`` (geometric normals ``n (N, 3)``, local frame; part index
+    ``part (N,)``; ``centres (P, 3)`` the parts' bounding centres) on the FM defect's outer faces: on
+    one of ``defect.face_parts``, ``n . u > FACE_COS``, ``|n_z| < 0.5`` and on the ``u`` side of its
+    part's centre (not the inside of a bore, whose far wall also faces ``u``)."""
+    u = defect.normal
+    return (np.isin(part, defect.face_parts) & (n @ u > FACE_COS) & (np.abs(n[:, 2]) < 0.5)
+            & (np.einsum("ij,j->i", p - centres[part], u) > 0))
 
 
 def texture_noise(p: np.ndarray, waves: np.ndarray) -> np.ndarray:

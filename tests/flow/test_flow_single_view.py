@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multiflow.baselines.single_view import (
+from multiflow.flow.single_view import (
     from_single_view,
     single_view_indices,
     to_single_view,

@@ -1,4 +1,5 @@
-"""The single-view baseline: one flow for all images, each image an independent sample.
+"""The single-view flow (a model option, ``model.single_view``; the baseline of the paper): one flow
+for all images, each image an independent sample.
 
 Multi-Flow scores a sample of ``V`` views jointly (paper Eq. 4: every st-network sees the
 neighbour views). The single-view baseline removes every cross-view link *and* the per-view

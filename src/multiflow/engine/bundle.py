@@ -1,0 +1,397 @@
+"""The trained-model bundle: one typed, versioned description of a trained class model.
+
+A class folder ``<run>/<class>/`` holds ``model.safetensors`` (the flow: weights and its
+constructor config, :mod:`multiflow.flow.io`) and ``model.json`` (this module's
+:class:`ModelBundle`, format :data:`BUNDLE_FORMAT`). Everything a consumer needs to score new
+images the way the model was trained and calibrated is here: the backbone (name, input size,
+weights, layer, feature dtype, weights digest), the foreground masks, the view graph and names,
+the load-time flips, the scoring (view aggregation), the decision threshold with its audit trail.
+Test, predict, export, serve and the review app read the bundle and nothing else; the run's
+``config.yaml`` only says where the data is.
+
+Format history: ``multiflow-model/1`` was a flat dict (``engine/pipeline.py`` before the bundle);
+:func:`load_bundle` migrates it on load. Loading executes no code from the files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from multiflow._atomic import write_json
+from multiflow.config import FeatureConfig, MaskConfig
+from multiflow.errors import CheckpointError
+from multiflow.scoring import check_aggregation
+
+BUNDLE_FORMAT = "multiflow-model/2"
+LEGACY_FORMATS = ("multiflow-model/1",)
+BUNDLE_FILE = "model.json"
+FLOW_FILE = "model.safetensors"
+
+
+@dataclass
+class GraphSpec:
+    """The flow's view graph as :class:`multiflow.flow.ViewGraph` stores it: view names in view
+    order and directed edges ``[j, i]`` (view ``j`` sends messages to view ``i``). For a
+    single-view model it is the one-view graph of the shared flow."""
+
+    view_names: list[str]
+    edges: list[list[int]]
+
+
+@dataclass
+class FeaturesSpec:
+    """The frozen backbone and how its features were stored (``dtype``: the cache's rounding)."""
+
+    backbone: str
+    input_size: int
+    weights: str = ""
+    layer: str = ""
+    dtype: str = "float16"
+    weights_digest: str = ""
+    channels: int = 0
+    grid: list[int] = field(default_factory=list)
+    extractor: dict[str, Any] = field(default_factory=dict)
+
+    def to_config(self) -> FeatureConfig:
+        """The :class:`FeatureConfig` that rebuilds this backbone."""
+        return FeatureConfig(backbone=self.backbone, input_size=int(self.input_size), weights=self.weights,
+                             layer=self.layer, dtype=self.dtype)
+
+
+@dataclass
+class MasksSpec:
+    """Foreground masks the model was trained and calibrated with."""
+
+    provider: str = "none"
+    dilation: int = 8
+    mask_root: str = ""
+
+    def to_config(self) -> MaskConfig:
+        return MaskConfig(provider=self.provider, dilation=int(self.dilation), mask_root=self.mask_root)
+
+
+@dataclass
+class ScoringSpec:
+    """From anomaly maps to a sample score (:mod:`multiflow.scoring`): the view ``aggregation``.
+
+    Later settings of the map post-processing or of score calibration belong here, with defaults
+    that reproduce today's scores, so older bundles keep loading.
+    """
+
+    aggregation: str = "max"
+
+
+@dataclass
+class ThresholdChange:
+    """One entry of the threshold's audit trail."""
+
+    value: float
+    previous: float | None
+    who: str
+    when: str
+    reason: str
+
+
+@dataclass
+class ThresholdSpec:
+    """The decision threshold on the sample score (``score > value`` = NG)."""
+
+    value: float
+    quantile: float | None = None
+    source: str = ""
+    audit: list[ThresholdChange] = field(default_factory=list)
+
+
+@dataclass
+class TrainingRecord:
+    """How the flow was trained (informative; not needed for scoring).
+
+    ``stop_reason``: empty unless early stopping ended the run (``train.early_stopping_patience``);
+    ``device`` and ``precision``: where and how it was trained (``train.device``, ``train.precision``
+    as resolved; empty in bundles written before these were recorded).
+    """
+
+    best_epoch: int = 0
+    best_val_loss: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_samples: int = 0
+    val_samples: int = 0
+    val_sample_scores: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    stop_reason: str = ""
+    device: str = ""
+    precision: str = ""
+
+
+@dataclass
+class ModelBundle:
+    """A trained class model's description (``model.json``, format :data:`BUNDLE_FORMAT`)."""
+
+    category: str
+    view_names: list[str]
+    graph: GraphSpec
+    features: FeaturesSpec
+    masks: MasksSpec
+    threshold: ThresholdSpec
+    scoring: ScoringSpec = field(default_factory=ScoringSpec)
+    flips: dict[str, str] = field(default_factory=dict)
+    single_view: bool = False
+    training: TrainingRecord = field(default_factory=TrainingRecord)
+    format: str = BUNDLE_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``format`` first)."""
+        d = asdict(self)
+        return {"format": BUNDLE_FORMAT} | {k: v for k, v in d.items() if k != "format"}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | Path = "") -> "ModelBundle":
+        """Parse the JSON form of format 2; :class:`CheckpointError` naming ``where`` on anything malformed."""
+        if not isinstance(data, dict):
+            raise CheckpointError("a model description must be a JSON object", where)
+        try:
+            bundle = cls(
+                category=str(data["category"]),
+                view_names=[str(v) for v in data["view_names"]],
+                graph=_build(GraphSpec, data["graph"], where, "graph"),
+                features=_build(FeaturesSpec, data["features"], where, "features"),
+                masks=_build(MasksSpec, data.get("masks", {}), where, "masks"),
+                threshold=_threshold(data["threshold"], where),
+                scoring=_build(ScoringSpec, data.get("scoring", {}), where, "scoring"),
+                flips={str(k): str(v) for k, v in (data.get("flips") or {}).items()},
+                single_view=bool(data.get("single_view", False)),
+                training=_build(TrainingRecord, data.get("training", {}), where, "training"),
+            )
+        except KeyError as exc:
+            raise CheckpointError(f"model description lacks the field {exc.args[0]!r}", where) from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"malformed model description: {exc}", where) from None
+        bundle.check(where)
+        return bundle
+
+    def check(self, where: str | Path = "") -> None:
+        """Consistency of the fields (views, aggregation, threshold); raises :class:`CheckpointError`."""
+        if not self.view_names:
+            raise CheckpointError("model description has no view names", where)
+        if not self.single_view and list(self.graph.view_names) != list(self.view_names):
+            raise CheckpointError(
+                f"graph views {self.graph.view_names} differ from the model's views {self.view_names}", where
+            )
+        try:
+            check_aggregation(self.scoring.aggregation)
+        except Exception as exc:
+            raise CheckpointError(str(exc), where) from None
+        if not np.isfinite(float(self.threshold.value)):
+            raise CheckpointError(f"threshold {self.threshold.value!r} is not a finite number", where)
+
+
+def _build(cls, data: Any, where: str | Path, what: str):
+    if not isinstance(data, dict):
+        raise CheckpointError(f"model description: {what!r} must be an object, got {type(data).__name__}", where)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise CheckpointError(f"model description: unknown field(s) {unknown} in {what!r}", where)
+    return cls(**data)
+
+
+def _threshold(data: Any, where: str | Path) -> ThresholdSpec:
+    spec = _build(ThresholdSpec, data, where, "threshold")
+    spec.value = float(spec.value)
+    spec.audit = [_build(ThresholdChange, a, where, "threshold.audit") for a in spec.audit]
+    return spec
+
+
+def json_default(o: Any) -> Any:
+    """``json.dumps`` default for numpy scalars/arrays and paths."""
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def migrate_v1(meta: dict[str, Any], flow_config: dict[str, Any] | None, where: str | Path = "") -> ModelBundle:
+    """A format-1 ``model.json`` (flat dict) as a :class:`ModelBundle`.
+
+    Format 1 stored no feature dtype (the cache's default, float16, was the only one used by the
+    pipeline that wrote it) and the graph only inside the flow file (``flow_config``).
+    """
+    try:
+        f = meta["features"]
+        ext = dict(meta.get("extractor") or {})
+        graph = (flow_config or {}).get("graph") or {}
+        names = [str(v) for v in meta["view_names"]]
+        single = bool(meta.get("single_view", False))
+        m = meta.get("masks") or {}
+        bundle = ModelBundle(
+            category=str(meta.get("category", "")),
+            view_names=names,
+            graph=GraphSpec(view_names=list(graph.get("names") or (["view"] if single else names)),
+                            edges=[[int(a), int(b)] for a, b in graph.get("edges", [])]),
+            features=FeaturesSpec(
+                backbone=str(f["backbone"]), input_size=int(f["input_size"]), weights=f.get("weights") or "",
+                layer=f.get("layer") or "", dtype=str(f.get("dtype") or "float16"),
+                weights_digest=str(ext.get("weights_digest", "")), channels=int(ext.get("channels", 0)),
+                grid=[], extractor=ext,
+            ),
+            masks=MasksSpec(provider=str(m.get("provider", "none")), dilation=int(m.get("dilation", 8)),
+                            mask_root=str(m.get("mask_root", ""))),
+            threshold=ThresholdSpec(value=float(meta["threshold"]), quantile=meta.get("threshold_quantile"),
+                                    source=str(meta.get("threshold_source", ""))),
+            scoring=ScoringSpec(aggregation=str(meta.get("aggregation", "max"))),
+            flips=dict(meta.get("flips") or {}),
+            single_view=bool(meta.get("single_view", False)),
+            training=TrainingRecord(
+                best_epoch=int(meta.get("best_epoch", 0)), best_val_loss=meta.get("best_val_loss"),
+                history=list(meta.get("history") or []), train_samples=int(meta.get("train_samples", 0)),
+                val_samples=int(meta.get("val_samples", 0)),
+                val_sample_scores=dict(meta.get("val_sample_scores") or {}), seconds=dict(meta.get("seconds") or {}),
+            ),
+        )
+    except KeyError as exc:
+        raise CheckpointError(f"format-1 model description lacks the field {exc.args[0]!r}", where) from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"malformed format-1 model description: {exc}", where) from None
+    bundle.check(where)
+    return bundle
+
+
+def _flow_config(path: Path) -> dict[str, Any] | None:
+    """The constructor config stored in a flow file's metadata (None when unreadable: the flow
+    load that follows reports the file's problem)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return json.loads((f.metadata() or {}).get("config", "null"))
+    except Exception:  # safetensors raises its own types; load_flow names the problem
+        return None
+
+
+def save_bundle(folder: str | Path, flow, bundle: ModelBundle) -> None:
+    """Write ``model.safetensors`` (the flow) and ``model.json`` (the bundle), each atomically."""
+    from multiflow.flow import save_flow
+
+    folder = Path(folder)
+    bundle.check(folder / BUNDLE_FILE)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_flow(flow, folder / FLOW_FILE)
+    write_bundle(folder, bundle)
+
+
+def write_bundle(folder: str | Path, bundle: ModelBundle) -> None:
+    """Rewrite ``model.json`` alone, atomically (the flow file is untouched)."""
+    write_json(Path(folder) / BUNDLE_FILE, bundle.to_dict(), default=json_default)
+
+
+def read_bundle(folder: str | Path) -> ModelBundle:
+    """The :class:`ModelBundle` of a class folder (format 1 migrated); the flow is not loaded."""
+    folder = Path(folder)
+    path = folder / BUNDLE_FILE
+    if not path.is_file():
+        raise CheckpointError("model.json not found (is this a trained class folder of a run?)", path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"not valid JSON: {exc}", path) from None
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt == BUNDLE_FORMAT:
+        return ModelBundle.from_dict(data, path)
+    if fmt in LEGACY_FORMATS:
+        return migrate_v1(data, _flow_config(folder / FLOW_FILE), path)
+    raise CheckpointError(
+        f"unsupported model description format {fmt!r} (this multiflow reads {BUNDLE_FORMAT} and migrates "
+        f"{', '.join(LEGACY_FORMATS)}): retrain the class with `multiflow fit`, or use the multiflow "
+        "version that wrote it",
+        path,
+    )
+
+
+def load_bundle(folder: str | Path):
+    """Load a trained class model: returns ``(flow, bundle)`` (flow in eval mode). Never executes code."""
+    from multiflow.flow import load_flow
+
+    folder = Path(folder)
+    bundle = read_bundle(folder)
+    flow = load_flow(folder / FLOW_FILE)
+    flow.eval()
+    want = list(bundle.graph.view_names)
+    if flow.graph.n_views != len(want):
+        raise CheckpointError(
+            f"the flow has {flow.graph.n_views} views but the model description's graph names {len(want)}: {want}",
+            folder / FLOW_FILE,
+        )
+    return flow, bundle
+
+
+def set_threshold(folder: str | Path, value: float, *, who: str, reason: str) -> ModelBundle:
+    """Set the decision threshold of a trained class model; appends an audit record and rewrites
+    ``model.json`` atomically (predict, export and serve read the new value). Returns the bundle."""
+    folder = Path(folder)
+    value = float(value)
+    if not np.isfinite(value):
+        raise CheckpointError(f"threshold must be a finite number, got {value!r}", folder / BUNDLE_FILE)
+    if not who or not reason:
+        raise CheckpointError("a threshold change needs who made it and why (who=..., reason=...)", folder / BUNDLE_FILE)
+    bundle = read_bundle(folder)
+    bundle.threshold.audit.append(ThresholdChange(
+        value=value, previous=float(bundle.threshold.value), who=str(who),
+        when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), reason=str(reason),
+    ))
+    bundle.threshold.value = value
+    bundle.threshold.source = f"set by {who}"
+    write_bundle(folder, bundle)
+    return bundle
+
+
+def check_backbone(extractor, bundle: ModelBundle, where: str | Path) -> None:
+    """The backbone rebuilt for inference must be the one the flow was trained on: same weights
+    digest, input size, layer and channels; raises :class:`CheckpointError` naming the difference."""
+    f = bundle.features
+    if not f.weights_digest:
+        raise CheckpointError("model.json records no backbone weights digest (features.weights_digest)", where)
+    if int(extractor.input_size) != int(f.input_size):
+        raise CheckpointError(
+            f"the backbone's input size {extractor.input_size} differs from the {f.input_size} the model was "
+            f"trained with (features.input_size)", where,
+        )
+    if f.channels and int(extractor.channels) != int(f.channels):
+        raise CheckpointError(
+            f"the backbone gives {extractor.channels} channels, the model was trained on {f.channels} "
+            f"(features.layer {f.layer!r})", where,
+        )
+    if extractor.digest != f.weights_digest:
+        raise CheckpointError(
+            f"the backbone's weights ({extractor.digest[:12]}…) differ from those the model was trained "
+            f"with ({f.weights_digest[:12]}…): same backbone, input size and weights file?",
+            where,
+        )
+
+
+def check_features_config(cfg: FeatureConfig, bundle: ModelBundle, where: str | Path) -> None:
+    """A run configuration's ``features`` section must describe the bundle's backbone (the test
+    split's cache is built from it); :class:`CheckpointError` names each differing key."""
+    f = bundle.features
+    diffs = [
+        f"features.{k}: configuration {a!r}, model {b!r}"
+        for k, a, b in [
+            ("backbone", cfg.backbone, f.backbone), ("input_size", int(cfg.input_size), int(f.input_size)),
+            ("weights", cfg.weights or "", f.weights or ""), ("layer", cfg.layer or "", f.layer or ""),
+            ("dtype", cfg.dtype, f.dtype),
+        ]
+        if a != b
+    ]
+    if diffs:
+        raise CheckpointError(
+            "the run configuration's features differ from those the model was trained with ("
+            + "; ".join(diffs) + "): retrain, or undo the override", where,
+        )

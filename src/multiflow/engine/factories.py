@@ -1,0 +1,162 @@
+"""Factories: configuration sections -> data sets, backbones, mask providers, view graphs, flows.
+
+Every command and library entry point (``fit``, ``test``, ``features``, ``predict``, the
+baselines, the benchmarks) builds these objects here, from the same typed configuration, so a
+cache built by one of them is the cache the others read. Below the orchestrator
+(:mod:`multiflow.engine.pipeline`), above the layers it assembles (data, features, flow).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from multiflow.config import DataConfig, FeatureConfig, MaskConfig, ModelConfig, TrainConfig
+from multiflow.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def cache_dir(cfg: FeatureConfig) -> Path:
+    """Feature/mask cache root: ``features.cache_dir``, else ``$MULTIFLOW_CACHE``, else ~/.cache/multiflow."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    env = os.environ.get("MULTIFLOW_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "multiflow"
+
+
+def list_categories(data: DataConfig) -> list[str]:
+    """The classes a run covers: ``data.categories`` or every class found under ``data.root``."""
+    if data.categories:
+        return list(data.categories)
+    if data.format == "folder":
+        return [Path(data.root).resolve().name]
+    if data.format == "manifest":
+        return [Path(data.manifest).stem]
+    from multiflow.data.realiad import list_categories as realiad_categories
+
+    cats = realiad_categories(data.root, json_variant=data.json_variant, resolution=data.resolution or None)
+    if not cats:
+        raise DataError(f"no Real-IAD class JSON found under {data.root} ({data.json_variant})", data.root)
+    return list(cats)
+
+
+def open_dataset(data: DataConfig, category: str, split: str, image_size: int | None, *, load_masks: bool = True):
+    """A dataset of ``split`` for ``category`` from whichever source ``data.format`` names.
+
+    Images are decoded and resized to ``image_size`` (Pillow bilinear) at load time by
+    :func:`multiflow.data.images.read_image_array`, the one decoding path of the project.
+    """
+    if not data.root and data.format != "manifest":
+        raise ConfigError("data.root is not set (give --data or data.root in the configuration)")
+    views = list(data.views) or None
+    if data.format == "realiad":
+        from multiflow.data.realiad import RealIADDataset
+
+        return RealIADDataset(
+            data.root,
+            category,
+            split=split,
+            json_variant=data.json_variant,
+            resolution=data.resolution or None,
+            image_size=image_size,
+            views=views,
+            flips=data.flips or None,
+            skip_incomplete=data.skip_incomplete,
+            load_masks=load_masks,
+        )
+    if data.format == "folder":
+        from multiflow.data.folder import FolderDataset
+
+        if not views:
+            raise ConfigError("data.views must list the camera names (in view order) for the folder format")
+        return FolderDataset(
+            data.root, split=split, views=views, category=category, image_size=image_size, flips=data.flips or None,
+            skip_incomplete=data.skip_incomplete, load_masks=load_masks,
+        )
+    from multiflow.data.manifest import ManifestDataset
+
+    if not views:
+        raise ConfigError("data.views must list the camera names (in view order) for the manifest format")
+    return ManifestDataset(
+        data.manifest, split=split, views=views, category=category, image_size=image_size, flips=data.flips or None,
+        skip_incomplete=data.skip_incomplete, load_masks=load_masks,
+    )
+
+
+def build_graph(model: ModelConfig, view_names: list[str]):
+    """The view graph of ``model.graph`` (``edges``, ``top_view``, ``ring_order``) for these views."""
+    from multiflow.flow.graph import build_view_graph
+
+    return build_view_graph(
+        model.graph, view_names, edges=model.edges, top=model.top_view or None,
+        ring_order=list(model.ring_order) or None,
+    )
+
+
+def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: int):
+    """A freshly initialised :class:`multiflow.flow.MultiFlow` for ``channels`` features of these views."""
+    from multiflow.flow import MultiFlow
+
+    return MultiFlow(
+        channels,
+        build_graph(model, view_names),
+        n_blocks=model.n_blocks,
+        hidden=model.hidden,
+        kernel_sizes=model.kernel_sizes,
+        clamp=model.clamp,
+        fusion=model.fusion,
+        noise=model.noise,
+        noise_std=model.noise_std,
+        share_side_weights=model.share_side_weights,
+        heads=model.heads,
+        seed=seed,
+    )
+
+
+def build_extractor(cfg: FeatureConfig):
+    """The frozen backbone of ``features`` (name, input size, weights file, layer)."""
+    from multiflow.features.backbones import build_backbone
+
+    return build_backbone(
+        cfg.backbone, input_size=cfg.input_size, weights=cfg.weights or None, layers=cfg.layer or None
+    )
+
+
+def build_mask_provider(cfg: MaskConfig, dataset: Any = None, *, image_root: str | os.PathLike | None = None):
+    """The foreground-mask provider of ``masks``.
+
+    ``masks.provider=file`` reads ``<mask_root>/<rel>.png`` for an image ``<image_root>/<rel>``:
+    the image root is ``image_root`` if given, else the data set's (``image_root`` or ``root``).
+    """
+    from multiflow.features.masks import make_provider
+
+    if cfg.provider == "file":
+        if not cfg.mask_root:
+            raise ConfigError("masks.provider=file needs masks.mask_root (a tree of masks parallel to the images)")
+        root = image_root or getattr(dataset, "image_root", None) or getattr(dataset, "root", "")
+        if not root:
+            raise ConfigError("masks.provider=file needs the image root the mask tree mirrors")
+        return make_provider("file", mask_root=cfg.mask_root, image_root=root)
+    return make_provider(cfg.provider)
+
+
+def run_device(cfg: TrainConfig, device: torch.device | None = None) -> tuple[torch.device, str]:
+    """``(device, precision)`` of this process, resolved once per run.
+
+    The device: the given ``device``, else this rank's device under ``torchrun``
+    (:attr:`multiflow.parallel.DistContext.device`), else ``train.device`` resolved by
+    :func:`multiflow.device.resolve_device`. The precision: ``train.precision`` where the device
+    supports it, else fp32 (with a one-line notice, :func:`multiflow.device.resolve_precision`).
+    """
+    from multiflow.device import resolve_device, resolve_precision
+    from multiflow.parallel import current_context
+
+    ctx = current_context()
+    if device is None:
+        device = ctx.device if ctx.enabled else resolve_device(cfg.device)
+    return device, resolve_precision(cfg.precision, device, notice=ctx.is_main)

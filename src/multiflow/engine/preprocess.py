@@ -1,0 +1,174 @@
+"""One preprocessing path from images to what the flow scores: decode, resize, masks, features.
+
+* Files are decoded and resized once, by :func:`multiflow.data.images.read_image_array` (Pillow
+  bilinear to the backbone's input size, the data set's load-time flips): the data sets (and with
+  them the feature cache, ``test`` and ``predict``) and the HTTP service
+  (:func:`multiflow.data.images.read_image_bytes`, same conversion) all use it; images handed over
+  as tensors at another size are resized the same way (:func:`multiflow.data.images.resize_images`).
+* Foreground masks of a view: :func:`multiflow.features.masks.view_mask`, as the mask cache.
+* Features: the frozen backbone, then rounded to the stored feature dtype (``features.dtype``,
+  float16 by default) exactly as the cache stores them, so inference sees what training and the
+  threshold calibration saw.
+
+:func:`prepare_split` is the cached path for whole splits (fit, test, baselines);
+:class:`ViewPreprocessor` is the per-sample path (predict, serve, export's masks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from multiflow.config import RunConfig
+from multiflow.engine.factories import build_mask_provider, cache_dir, open_dataset
+from multiflow.errors import ConfigError, DataError
+from multiflow.parallel import current_context
+
+FEATURE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def round_features(features: torch.Tensor, dtype: str) -> torch.Tensor:
+    """``features`` rounded to the cache's storage ``dtype`` and back to float32."""
+    if dtype not in FEATURE_DTYPES:
+        raise ConfigError(f"features.dtype must be one of {sorted(FEATURE_DTYPES)}, got {dtype!r}")
+    return features.to(FEATURE_DTYPES[dtype]).float()
+
+
+@dataclass
+class PreparedSplit:
+    """A split with its cached features ``(N, V, C, h, w)`` and grid masks ``(N, V, h, w)`` (or None)."""
+
+    dataset: Any
+    features: np.ndarray
+    masks: np.ndarray | None
+    sample_ids: list[str]
+    view_names: list[str]
+
+
+def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progress: bool = True,
+                  on_corrupt: str = "error", device: torch.device | None = None) -> PreparedSplit:
+    """Open a split, extract (or reuse) its features and foreground masks.
+
+    ``on_corrupt``: ``"error"`` or ``"rebuild"`` a cache entry that fails its checks.
+    ``device``: the backbone is moved there and runs there (one transfer per batch); default:
+    wherever it is.
+
+    Under ``torchrun`` the samples are shared among the ranks and every rank gets the whole
+    result (:func:`multiflow.features.cache.build_entry`); every rank must call this.
+    """
+    from multiflow.features.cache import extract_features
+    from multiflow.features.masks import compute_masks
+
+    ds = open_dataset(cfg.data, category, split, cfg.features.input_size, load_masks=False)
+    if len(ds) == 0:
+        raise DataError(f"the {split} split of {category!r} has no samples", getattr(ds, "json_path", cfg.data.root))
+    root = cache_dir(cfg.features)
+    ctx = current_context()
+    if device is not None:
+        extractor.to(device)
+    feats = extract_features(
+        ds, extractor, root, batch_size=cfg.features.batch_size, dtype=cfg.features.dtype,
+        num_workers=cfg.features.num_workers, progress=progress, ctx=ctx, on_corrupt=on_corrupt,
+    )
+    masks = None
+    if cfg.masks.provider != "none":
+        provider = build_mask_provider(cfg.masks, ds)
+        cm = compute_masks(
+            ds, provider, root, grid=extractor.feature_size(extractor.input_size),
+            dilation=cfg.masks.dilation, batch_size=cfg.features.batch_size,
+            num_workers=cfg.features.num_workers, progress=progress, ctx=ctx, on_corrupt=on_corrupt,
+        )
+        masks = cm.grid
+    return PreparedSplit(ds, feats.features, masks, list(feats.sample_ids), list(ds.view_names))
+
+
+class ViewPreprocessor:
+    """Images of one sample -> the flow's input, as the cache computes it.
+
+    Args:
+        extractor: the frozen backbone (checked against the bundle by the caller).
+        bundle: the :class:`multiflow.engine.bundle.ModelBundle` (features dtype, masks, flips).
+        device: where features and masks are returned (the backbone is moved there; default: where
+            the backbone is). Images are decoded, resized and masked on the CPU, then moved once.
+    """
+
+    def __init__(self, *, extractor, bundle, device: torch.device | None = None) -> None:
+        if device is not None:
+            extractor.to(device)
+        self.extractor = extractor
+        if device is None:  # where the backbone's weights are (the CPU for one without any)
+            first = next(iter([*extractor.parameters(), *extractor.buffers()]), None)
+            device = torch.device("cpu") if first is None else first.device
+        self.device = device
+        self.input_size = int(extractor.input_size)
+        self.dtype = bundle.features.dtype
+        self.masks_spec = bundle.masks
+        self.flips = dict(bundle.flips or {})
+        self.view_names = list(bundle.view_names)
+        self._static_provider = None
+        if self.masks_spec.provider not in ("none", "file"):
+            self._static_provider = build_mask_provider(self.masks_spec.to_config())
+
+    @property
+    def needs_paths(self) -> bool:
+        """Whether masks come from files next to the images (``masks.provider=file``)."""
+        return self.masks_spec.provider == "file"
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """``(V, 3, H, W)`` in ``[0, 1]`` -> ``(V, 3, S, S)``, as the data sets resize at load."""
+        from multiflow.data.images import resize_images
+
+        return resize_images(images, self.input_size)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (V, 3, S, S)`` (already resized) -> ``(1, V, C, h, w)`` float32 rounded to the stored
+        dtype, on :attr:`device`."""
+        from multiflow.device import to_device
+
+        return round_features(self.extractor.forward_views(to_device(x[None], self.device)).float(), self.dtype)
+
+    def masks(self, x: torch.Tensor, *, image_paths: list[str] | None = None, image_root: str | None = None,
+              sample_id: str = "") -> torch.Tensor | None:
+        """Grid masks ``(1, V, h, w)`` float (1 = foreground) of ``x (V, 3, S, S)``, or None without masks.
+
+        ``image_paths`` (in view order) and ``image_root`` are needed for ``masks.provider=file``;
+        without them a :class:`DataError` says so (the threshold assumes those masks).
+        """
+        from multiflow.features.masks import view_mask
+
+        if self.masks_spec.provider == "none":
+            return None
+        provider = self._static_provider
+        if provider is None:  # file masks: the mask tree mirrors the images' root
+            if not image_paths or not image_root:
+                raise DataError(
+                    f"sample {sample_id!r}: this model was trained and calibrated with mask files "
+                    f"(masks.provider=file, mask_root {self.masks_spec.mask_root!r}); score it from image files "
+                    "inside a data set root (multiflow predict / api.predict) so their masks can be found"
+                )
+            provider = build_mask_provider(self.masks_spec.to_config(), image_root=image_root)
+        grid = tuple(int(s) for s in self.extractor.feature_size(self.input_size))
+        arr = x.permute(0, 2, 3, 1).numpy()
+        paths = list(image_paths) if image_paths else [None] * arr.shape[0]
+        out = np.stack([
+            view_mask(provider, arr[v], paths[v], grid, flip=self.flips.get(self.view_names[v], ""),
+                      dilation=int(self.masks_spec.dilation))[1]
+            for v in range(arr.shape[0])
+        ])
+        return torch.from_numpy(out).float()[None]
+
+    def __call__(
+        self, images: torch.Tensor, *, image_paths: list[str] | None = None, image_root: str | None = None,
+        sample_id: str = "",
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``images (V, 3, H, W)`` (data-set orientation, any size) -> ``(features (1, V, C, h, w)
+        float32 rounded to the stored dtype, masks (1, V, h, w) float or None)``, both on :attr:`device`."""
+        from multiflow.device import to_device
+
+        x = self.resize(images.cpu())
+        mask = self.masks(x, image_paths=image_paths, image_root=image_root, sample_id=sample_id)
+        return self.features(x), None if mask is None else to_device(mask, self.device)

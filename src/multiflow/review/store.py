@@ -1,0 +1,252 @@
+"""Reading a tested run folder for review, and writing a class model's threshold.
+
+A class is *complete* when ``<run>/<class>/`` holds ``model.json``, ``scores.csv``,
+``samples.json`` and ``maps.npy`` (written by ``multiflow test``); otherwise it is shown as
+incomplete with the reason (a run still being trained or evaluated is not an error).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from multiflow.errors import CheckpointError, DataError
+
+FILTERS = ("all", "fp", "fn", "ng", "ok", "anomalous", "normal")
+
+
+class NotFound(LookupError):
+    """An unknown class, object or file: the message says which."""
+
+
+def resolve_under(root: str | os.PathLike, relative: str) -> Path:
+    """``root / relative`` resolved (links followed); :class:`NotFound` if it leaves ``root``."""
+    base = Path(root).resolve()
+    if "\x00" in relative:
+        raise NotFound("invalid path")
+    target = (base / relative).resolve()
+    if target != base and base not in target.parents:
+        raise NotFound(f"{relative!r} is outside the run folder")
+    return target
+
+
+def apply_threshold(model_dir: str | os.PathLike, value: float, *, who: str, reason: str) -> dict[str, Any]:
+    """Set the decision threshold of a class model; returns the audit record.
+
+    Goes through :func:`multiflow.engine.bundle.set_threshold`: ``model.json`` is rewritten
+    atomically with the new value and an audit record ``{value, previous, who, when, reason}``;
+    every consumer of the model (``predict``, ``export``, ``serve``,
+    :class:`~multiflow.engine.predict.Predictor`) reads the threshold from the bundle.
+    """
+    from multiflow.engine.bundle import set_threshold
+
+    path = Path(model_dir) / "model.json"
+    value = float(value)
+    if not np.isfinite(value):
+        raise DataError(f"threshold must be a finite number, got {value}", path)
+    if not who.strip():
+        raise DataError("who must name the person applying the threshold", path)
+    bundle = set_threshold(model_dir, value, who=who.strip(), reason=reason.strip() or "set in multiflow review")
+    return asdict(bundle.threshold.audit[-1])
+
+
+@dataclass
+class ClassData:
+    """One class of a run as the review pages need it (arrays in ``scores.csv`` row order).
+
+    ``scores`` ``(N,)``, ``view_scores`` ``(N, V)``, ``labels`` ``(N,)`` 0/1 sample ground truth,
+    ``view_labels`` ``(N, V)``; ``maps`` ``(N, V, h, w)`` float16 (memory-mapped) or None.
+    """
+
+    name: str
+    folder: Path
+    complete: bool
+    reason: str = ""
+    threshold: float | None = None
+    threshold_history: list[dict[str, Any]] = field(default_factory=list)
+    view_names: list[str] = field(default_factory=list)
+    sample_ids: list[str] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    view_labels: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    view_scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    flips: dict[str, str] = field(default_factory=dict)
+    maps: np.ndarray | None = None
+    metrics: dict[str, Any] | None = None
+    map_range: tuple[float, float] = (0.0, 1.0)
+    order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def decisions(self) -> np.ndarray:
+        """``(N,)`` bool: NG at the class model's current threshold (score > threshold)."""
+        return self.scores > self.threshold
+
+    @property
+    def deciding_view(self) -> np.ndarray:
+        """``(N,)`` index of the view with the highest image score."""
+        return self.view_scores.argmax(1)
+
+    def index_of(self, sample_id: str) -> int:
+        try:
+            return self._index[sample_id]
+        except KeyError:
+            raise NotFound(f"class {self.name!r} has no test object {sample_id!r}") from None
+
+    def __post_init__(self) -> None:
+        self._index = {s: i for i, s in enumerate(self.sample_ids)}
+
+    def select(self, kind: str = "all", *, defect: str = "", view: str = "") -> np.ndarray:
+        """Indices of the objects matching a filter, highest sample score first.
+
+        ``kind``: ``all``, ``fp`` (normal but NG), ``fn`` (anomalous but OK), ``ng``, ``ok``,
+        ``anomalous``, ``normal``; ``defect``: keep one defect code; ``view``: keep the objects
+        whose highest-scoring view is this camera.
+        """
+        if kind not in FILTERS:
+            raise NotFound(f"unknown filter {kind!r} (one of {', '.join(FILTERS)})")
+        keep = np.ones(len(self.scores), dtype=bool)
+        ng = self.decisions
+        if kind == "fp":
+            keep &= (self.labels == 0) & ng
+        elif kind == "fn":
+            keep &= (self.labels == 1) & ~ng
+        elif kind == "ng":
+            keep &= ng
+        elif kind == "ok":
+            keep &= ~ng
+        elif kind == "anomalous":
+            keep &= self.labels == 1
+        elif kind == "normal":
+            keep &= self.labels == 0
+        if defect:
+            keep &= np.array([d == defect for d in self.defects], dtype=bool)
+        if view:
+            if view not in self.view_names:
+                raise NotFound(f"class {self.name!r} has no view {view!r} (views: {self.view_names})")
+            keep &= self.deciding_view == self.view_names.index(view)
+        return self.order[keep[self.order]]
+
+
+def read_scores_csv(path: Path) -> dict[str, Any]:
+    """Parse ``scores.csv`` (written by ``multiflow test``) into arrays; :class:`DataError` if malformed."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            head = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read scores: {exc}", path) from None
+    views = [k[len("score_"):] for k in head if k.startswith("score_")]
+    need = {"sample_id", "defect", "label", "sample_score"} | {f"label_{v}" for v in views}
+    if not views or not need <= set(head):
+        raise DataError(f"not a scores.csv of `multiflow test` (columns {head})", path)
+    try:
+        return {
+            "view_names": views,
+            "sample_ids": [r["sample_id"] for r in rows],
+            "defects": [r["defect"] for r in rows],
+            "labels": np.array([int(r["label"]) for r in rows], dtype=np.int64),
+            "scores": np.array([float(r["sample_score"]) for r in rows], dtype=np.float64),
+            "view_scores": np.array([[float(r[f"score_{v}"]) for v in views] for r in rows],
+                                    dtype=np.float64).reshape(len(rows), len(views)),
+            "view_labels": np.array([[int(r[f"label_{v}"]) for v in views] for r in rows],
+                                    dtype=np.int64).reshape(len(rows), len(views)),
+        }
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"malformed row: {exc}", path) from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"not valid JSON: {exc}", path) from None
+
+
+def load_class(run_dir: Path, name: str) -> ClassData:
+    """Read one class of a run (see :class:`ClassData`); incomplete classes carry a ``reason``."""
+    folder = run_dir / name
+    if not (folder / "model.json").is_file():
+        raise NotFound(f"run {run_dir.name!r} has no class {name!r}")
+    from multiflow.engine.bundle import read_bundle
+
+    try:
+        bundle = read_bundle(folder)
+    except CheckpointError as exc:
+        raise DataError(str(exc), folder / "model.json") from None
+    base = dict(name=name, folder=folder, threshold=float(bundle.threshold.value),
+                threshold_history=[asdict(a) for a in bundle.threshold.audit])
+    missing = [f for f in ("scores.csv", "samples.json", "maps.npy") if not (folder / f).is_file()]
+    if missing:
+        return ClassData(complete=False, reason="not evaluated yet (missing " + ", ".join(missing)
+                         + "): run `multiflow test` on this run", **base)
+    table = read_scores_csv(folder / "scores.csv")
+    info = _read_json(folder / "samples.json")
+    samples = info.get("samples") if isinstance(info, dict) else None
+    if not isinstance(samples, list) or [s.get("sample_id") for s in samples] != table["sample_ids"]:
+        raise DataError("samples do not match scores.csv (re-run `multiflow test`)", folder / "samples.json")
+    try:
+        maps = np.load(folder / "maps.npy", mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read anomaly maps: {exc}", folder / "maps.npy") from None
+    n, v = len(table["sample_ids"]), len(table["view_names"])
+    if maps.ndim != 4 or maps.shape[:2] != (n, v):
+        raise DataError(f"maps of shape {maps.shape} do not match {n} objects x {v} views", folder / "maps.npy")
+    metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
+    step = max(1, n // 200)  # the colour range from a subsample keeps start-up fast at 1,000+ objects
+    sub = np.asarray(maps[::step], dtype=np.float32)
+    lo, hi = float(np.percentile(sub, 1)), float(np.percentile(sub, 99.9))
+    order = np.argsort(-table["scores"], kind="stable")
+    return ClassData(complete=True, samples=samples, flips=dict(info.get("flips") or {}), maps=maps,
+                     metrics=metrics, map_range=(lo, hi if hi > lo else lo + 1.0), order=order, **table, **base)
+
+
+class RunStore:
+    """A run folder with a per-class cache that reloads a class when its files change."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        if not self.run_dir.is_dir():
+            raise CheckpointError("run folder not found", self.run_dir)
+        self._cache: dict[str, tuple[tuple, ClassData]] = {}
+        self._lock = threading.Lock()
+
+    def class_names(self) -> list[str]:
+        return sorted(p.parent.name for p in self.run_dir.glob("*/model.json"))
+
+    def run_metrics(self) -> dict[str, Any] | None:
+        p = self.run_dir / "metrics.json"
+        return _read_json(p) if p.is_file() else None
+
+    def _stamp(self, name: str) -> tuple:
+        out = []
+        for f in ("model.json", "scores.csv", "samples.json", "maps.npy", "metrics.json"):
+            try:
+                st = (self.run_dir / name / f).stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def get(self, name: str) -> ClassData:
+        """The class ``name`` (:class:`NotFound` if the run has no such class)."""
+        if name not in self.class_names():
+            raise NotFound(f"run {self.run_dir.name!r} has no class {name!r}")
+        stamp = self._stamp(name)
+        with self._lock:
+            hit = self._cache.get(name)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+        data = load_class(self.run_dir, name)
+        with self._lock:
+            self._cache[name] = (stamp, data)
+        return data

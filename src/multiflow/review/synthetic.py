@@ -1,0 +1,96 @@
+"""A synthetic *tested* run folder for load tests of the review app (no training, no backbone).
+
+:func:`synthetic_run` writes what ``multiflow fit`` + ``multiflow test`` leave in a run folder
+that the review pages read (``config.yaml``, ``<class>/model.json``, ``scores.csv``,
+``samples.json``, ``maps.npy``, ``metrics.json``, ``<run>/metrics.json``) plus the view images and
+masks, with scores drawn so that defective objects tend to score higher. It has no
+``model.safetensors``: "try a part" and the predictor are not available on it.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from multiflow._atomic import write_json, write_text
+from multiflow.engine.bundle import FeaturesSpec, GraphSpec, MasksSpec, ModelBundle, ThresholdSpec, write_bundle
+from multiflow.engine.test_outputs import write_test_outputs
+
+
+class _Record:
+    def __init__(self, sample_id: str, defect: str, image_paths: list[str], mask_paths: list[str | None]) -> None:
+        self.sample_id, self.defect = sample_id, defect
+        self.image_paths, self.mask_paths = tuple(image_paths), tuple(mask_paths)
+
+
+class _Samples:
+    def __init__(self, samples: list[_Record]) -> None:
+        self.samples, self.flips = samples, {}
+
+
+def synthetic_run(run_dir: str | Path, *, category: str = "widget", n_objects: int = 1000, n_views: int = 5,
+                  image_size: int = 256, grid: int = 16, defect_rate: float = 0.4, seed: int = 0) -> Path:
+    """Write a tested run with ``n_objects`` objects of ``n_views`` views under ``run_dir``.
+
+    Views are ``C1..C{n_views}``; images are ``image_size``-pixel JPEGs (``n_views`` distinct
+    pictures shared by all objects, so writing 1,000 objects stays fast); maps are ``(grid, grid)``.
+    """
+    from multiflow.metrics.curves import auroc
+
+    rng = np.random.default_rng(seed)
+    run = Path(run_dir)
+    folder = run / category
+    img_dir = run / "_images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    views = [f"C{k + 1}" for k in range(n_views)]
+    yy, xx = np.mgrid[:image_size, :image_size] / image_size
+    image_paths, mask_path = [], img_dir / "mask.png"
+    for k in range(n_views):
+        rgb = np.stack([np.sin(6 * xx + k), np.cos(5 * yy - k), np.sin(4 * (xx + yy) + 2 * k)], -1)
+        p = img_dir / f"view{k}.jpg"
+        Image.fromarray(((rgb + 1) * 127.5).astype(np.uint8)).save(p, quality=85)
+        image_paths.append(str(p))
+    Image.fromarray((((xx - 0.5) ** 2 + (yy - 0.4) ** 2 < 0.02) * 255).astype(np.uint8)).save(mask_path)
+    codes = ["AK", "BX", "CH", "HS", "PS", "QS", "ZW"]
+    labels = (rng.random(n_objects) < defect_rate).astype(np.int64)
+    defects = [codes[int(rng.integers(len(codes)))] if lab else "OK" for lab in labels]
+    view_labels = np.zeros((n_objects, n_views), dtype=np.int64)
+    maps = rng.normal(0.0, 1.0, (n_objects, n_views, grid, grid)).astype(np.float32)
+    for i in np.flatnonzero(labels):
+        hit = rng.choice(n_views, size=int(rng.integers(1, n_views + 1)), replace=False)
+        view_labels[i, hit] = 1
+        r, c = rng.integers(0, grid - 3, size=2)
+        maps[i, hit, r:r + 3, c:c + 3] += rng.uniform(1.0, 5.0)
+    view_scores = maps.reshape(n_objects, n_views, -1).max(-1)
+    scores = view_scores.max(1)
+    threshold = float(np.quantile(scores[labels == 0], 0.95)) if (labels == 0).any() else float(scores.mean())
+    records = [_Record(f"S{i:05d}", defects[i], image_paths,
+                       [str(mask_path) if view_labels[i, k] else None for k in range(n_views)])
+               for i in range(n_objects)]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(run / "config.yaml", f"name: {run.name}\n")
+    bundle = ModelBundle(
+        category=category, view_names=list(views),
+        graph=GraphSpec(view_names=list(views), edges=[]),
+        features=FeaturesSpec(backbone="synthetic", input_size=grid, grid=[grid, grid]),
+        masks=MasksSpec(provider="none"),
+        threshold=ThresholdSpec(value=threshold, source="synthetic run (no trained flow)"),
+    )
+    write_bundle(folder, bundle)
+    write_test_outputs(folder, _Samples(records), maps, views)
+    with open(folder / "scores.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sample_id", "defect", "label", "sample_score", "decision"]
+                   + [f"score_{v}" for v in views] + [f"label_{v}" for v in views])
+        for i, r in enumerate(records):
+            w.writerow([r.sample_id, r.defect, int(labels[i]), f"{scores[i]:.6f}",
+                        "NG" if scores[i] > threshold else "OK"]
+                       + [f"{x:.6f}" for x in view_scores[i]] + [int(x) for x in view_labels[i]])
+    both = 0 < labels.sum() < n_objects
+    m = {"s_auroc": auroc(scores, labels) if both else None, "threshold": threshold}
+    write_json(folder / "metrics.json", m)
+    write_json(run / "metrics.json", {"per_class": {category: m}})
+    return run

@@ -1,0 +1,124 @@
+"""The scoring math, written once: per-pixel NLL, masked loss, map post-processing, image and
+sample scores, decision.
+
+Every consumer calls these torch functions: the flow (:meth:`multiflow.flow.MultiFlow.forward`
+and ``anomaly_map``), training and its data-parallel loss (:mod:`multiflow.engine.train`,
+:mod:`multiflow.engine.distributed`), evaluation and prediction (:mod:`multiflow.engine.scoring`,
+:mod:`multiflow.engine.predict`), the PatchCore baseline and the exported ONNX graph
+(:mod:`multiflow.deploy.onnx_export`). Everything here is traceable by the ONNX exporter (no
+data-dependent Python branches). A bottom-level module: it imports torch and nothing of multiflow
+but the error types.
+
+* per-pixel NLL (paper Eq. 7, up to the constant ``0.5 log 2 pi``), ``(B, V, H, W)``::
+
+      nll = (0.5 * sum_c z_c^2 - logdet) / C
+
+* masked loss = foreground-averaged NLL ``sum(m * nll) / max(sum(m), 1)``;
+* background fill: with a foreground mask, background pixels take the minimum foreground value
+  of the same sample and view, so they can neither tie with nor exceed a foreground pixel; a view
+  without foreground keeps its raw map;
+* image (view) score = max of the view's map; sample score = aggregation over views
+  (:data:`VIEW_AGGREGATIONS`: ``max`` official; ``mean``; ``mean_of_max``, numerically the mean of
+  the view maxima); decision = ``sample score > threshold``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from multiflow.errors import ConfigError
+
+#: The registry of view aggregations (config validation, commands and export read it from here).
+VIEW_AGGREGATIONS = ("max", "mean", "mean_of_max")
+
+
+def check_aggregation(how: str) -> str:
+    """Return ``how`` if it is one of :data:`VIEW_AGGREGATIONS`, else raise :class:`ConfigError`."""
+    if how not in VIEW_AGGREGATIONS:
+        raise ConfigError(f"unknown view aggregation {how!r}; choose one of {VIEW_AGGREGATIONS}")
+    return how
+
+
+def pixel_nll(z: Tensor, logdet: Tensor) -> Tensor:
+    """Per-pixel NLL (Eq. 7): ``z (B, V, C, H, W)``, ``logdet (B, V, H, W)`` -> ``(B, V, H, W)``."""
+    return (0.5 * (z * z).sum(dim=2) - logdet) / z.shape[2]
+
+
+def masked_nll_sums(nll: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(sum(m * nll), sum(m))`` over foreground pixels: the numerator and denominator of the loss.
+
+    Args:
+        nll: ``(B, V, H, W)`` per-pixel NLL.
+        mask: ``(B, V, H, W)`` foreground mask (bool, or float weights >= 0; broadcastable), or
+            ``None`` (every pixel counts with weight 1).
+
+    Background values (``m == 0``) are never multiplied: they are selected away with
+    ``torch.where``, so NaN/inf there changes neither sum nor any gradient (their gradient is
+    exactly 0).
+    """
+    zero = torch.zeros((), dtype=nll.dtype, device=nll.device)
+    if mask is None:
+        return nll.sum(), torch.tensor(float(nll.numel()), dtype=nll.dtype, device=nll.device)
+    if mask.dtype == torch.bool:
+        fg = mask.expand_as(nll)
+        return torch.where(fg, nll, zero).sum(), fg.sum().to(nll.dtype)
+    m = mask.to(nll.dtype)
+    fg = m > 0
+    num = torch.where(fg, m * torch.where(fg, nll, torch.zeros_like(nll)), torch.zeros_like(nll)).sum()
+    den = torch.where(fg, m, torch.zeros_like(m)).sum()
+    return num, den
+
+
+def masked_loss(nll: Tensor, mask: Tensor | None) -> Tensor:
+    """Foreground-averaged NLL ``sum(m * nll) / max(sum(m), 1)`` (see :func:`masked_nll_sums`).
+
+    ``mask=None`` is the plain mean over all pixels. A batch without foreground gives exactly 0.
+    The *features* must still be finite everywhere: the st-network convs mix neighbouring pixels,
+    so a NaN feature in the background would reach foreground pixels through the flow itself.
+    """
+    if mask is None:
+        return nll.mean()
+    num, den = masked_nll_sums(nll, mask)
+    return num / den.clamp_min(1.0)
+
+
+def fill_background(nll: Tensor, mask: Tensor | None) -> Tensor:
+    """Anomaly maps ``(B, V, H, W)`` with background pixels set to the view's foreground minimum.
+
+    ``mask`` ``(B, V, H, W)`` (or broadcastable): foreground where ``mask > 0.5`` (bool masks:
+    where True). A view without foreground pixels keeps its raw map. ``mask=None`` returns ``nll``.
+    """
+    if mask is None:
+        return nll
+    fg = (mask.to(nll.dtype) > 0.5).expand_as(nll)
+    inf = torch.full_like(nll, float("inf"))
+    fg_min = torch.where(fg, nll, inf).amin(dim=(2, 3), keepdim=True)
+    has_fg = fg.to(nll.dtype).amax(dim=(2, 3), keepdim=True) > 0
+    fill = torch.where(has_fg, fg_min, nll)
+    return torch.where(fg, nll, fill)
+
+
+def view_scores(maps: Tensor) -> Tensor:
+    """Image scores: ``(..., H, W)`` -> ``(...)``, the max of each map."""
+    return maps.flatten(-2).amax(dim=-1)
+
+
+def aggregate_scores(scores: Tensor, how: str = "max") -> Tensor:
+    """Sample scores ``(N,)`` from view scores ``(N, V)``: ``max``, or the mean (``mean``, ``mean_of_max``)."""
+    check_aggregation(how)
+    if how == "max":
+        return scores.amax(dim=1)
+    return scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32).mean(dim=1)
+
+
+def decide(sample_score: Tensor, threshold: Tensor | float) -> Tensor:
+    """The decision ``sample_score > threshold`` (True = NG, anomalous)."""
+    return sample_score > threshold
+
+
+def score_maps(nll: Tensor, mask: Tensor | None, how: str = "max") -> tuple[Tensor, Tensor, Tensor]:
+    """Raw NLL ``(B, V, H, W)`` -> ``(maps (B, V, H, W), view scores (B, V), sample scores (B,))``."""
+    maps = fill_background(nll, mask)
+    vs = view_scores(maps)
+    return maps, vs, aggregate_scores(vs, how)

@@ -1,0 +1,144 @@
+"""The trained-model bundle: typed round trip, format-1 migration, clear errors, audited threshold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from multiflow.engine.bundle import (
+    BUNDLE_FORMAT,
+    FeaturesSpec,
+    GraphSpec,
+    MasksSpec,
+    ModelBundle,
+    ScoringSpec,
+    ThresholdSpec,
+    TrainingRecord,
+    load_bundle,
+    read_bundle,
+    save_bundle,
+    set_threshold,
+)
+from multiflow.errors import CheckpointError
+from multiflow.flow import MultiFlow, ViewGraph
+
+VIEWS = ["top", "left", "right"]
+
+
+def _flow() -> MultiFlow:
+    flow = MultiFlow(4, ViewGraph.real_iad(2, names=VIEWS), n_blocks=1, hidden=4, kernel_sizes=(3,), seed=1)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return flow.eval()
+
+
+def _bundle(flow: MultiFlow) -> ModelBundle:
+    return ModelBundle(
+        category="part",
+        view_names=list(VIEWS),
+        graph=GraphSpec(view_names=list(VIEWS), edges=flow.graph.to_dict()["edges"]),
+        features=FeaturesSpec(backbone="lite0", input_size=64, dtype="float16", weights_digest="ab" * 32,
+                              channels=4, grid=[2, 2]),
+        masks=MasksSpec(provider="threshold", dilation=3),
+        threshold=ThresholdSpec(value=1.25, quantile=0.99, source="held-out normal training samples"),
+        scoring=ScoringSpec(aggregation="mean"),
+        flips={"left": "lr"},
+        training=TrainingRecord(best_epoch=3, best_val_loss=0.5, history=[{"epoch": 1, "train_loss": 1.0}],
+                                train_samples=5, val_samples=1),
+    )
+
+
+def test_round_trip_keeps_every_field_and_the_flow(tmp_path):
+    flow = _flow()
+    bundle = _bundle(flow)
+    save_bundle(tmp_path, flow, bundle)
+    loaded_flow, loaded = load_bundle(tmp_path)
+    assert loaded == bundle
+    assert json.loads((tmp_path / "model.json").read_text())["format"] == BUNDLE_FORMAT
+    x = torch.randn(2, 3, 4, 2, 2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(loaded_flow.anomaly_map(x), flow.anomaly_map(x))
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_format_1_is_migrated(tmp_path):
+    from multiflow.flow import save_flow
+
+    flow = _flow()
+    save_flow(flow, tmp_path / "model.safetensors")
+    v1 = {
+        "format": "multiflow-model/1", "category": "part", "view_names": VIEWS,
+        "extractor": {"weights_digest": "cd" * 32, "channels": 4, "input_size": 64},
+        "features": {"backbone": "lite0", "input_size": 64, "weights": "", "layer": ""},
+        "masks": {"provider": "isnet", "dilation": 8, "mask_root": ""}, "flips": {}, "aggregation": "mean_of_max",
+        "threshold": 2.5, "threshold_quantile": 0.95, "threshold_source": "training samples",
+        "single_view": False, "best_epoch": 4, "best_val_loss": 0.25, "history": [{"epoch": 1}],
+        "train_samples": 9, "val_samples": 1, "seconds": {"total": 3.0},
+    }
+    (tmp_path / "model.json").write_text(json.dumps(v1))
+    _, b = load_bundle(tmp_path)
+    assert b.features.weights_digest == "cd" * 32 and b.features.dtype == "float16" and b.features.input_size == 64
+    assert b.scoring.aggregation == "mean_of_max" and b.threshold.value == 2.5 and b.threshold.quantile == 0.95
+    assert b.masks.provider == "isnet" and b.training.train_samples == 9 and b.training.best_epoch == 4
+    assert b.graph.view_names == VIEWS and sorted(map(tuple, b.graph.edges)) == sorted(
+        map(tuple, flow.graph.to_dict()["edges"]))
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ({"format": "multiflow-model/9"}, "retrain the class"),
+        ({"format": "something-else"}, "unsupported model description format"),
+        ([1, 2], "unsupported model description format"),
+    ],
+)
+def test_unknown_formats_say_what_to_do(tmp_path, content, match):
+    (tmp_path / "model.json").write_text(json.dumps(content))
+    with pytest.raises(CheckpointError, match=match) as err:
+        read_bundle(tmp_path)
+    assert "model.json" in str(err.value)
+
+
+def test_malformed_format_2_names_the_field(tmp_path):
+    flow = _flow()
+    save_bundle(tmp_path, flow, _bundle(flow))
+    data = json.loads((tmp_path / "model.json").read_text())
+    del data["features"]
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="'features'"):
+        read_bundle(tmp_path)
+    data = json.loads((tmp_path / "model.json").read_text()) | {"features": {"backbone": "x", "input_size": 1, "bad": 1}}
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"unknown field\(s\) \['bad'\]"):
+        read_bundle(tmp_path)
+
+
+def test_bundle_with_a_mismatched_flow_is_refused(tmp_path):
+    flow = _flow()
+    bundle = _bundle(flow)
+    other = MultiFlow(4, ViewGraph.real_iad(3), n_blocks=1, hidden=4, kernel_sizes=(3,), seed=1)
+    with pytest.raises(CheckpointError, match="graph views"):
+        save_bundle(tmp_path, flow, ModelBundle(**{**bundle.__dict__, "view_names": ["a", "b", "c"]}))
+    save_bundle(tmp_path, other, bundle)
+    with pytest.raises(CheckpointError, match="the flow has 4 views"):
+        load_bundle(tmp_path)
+
+
+def test_set_threshold_rewrites_atomically_and_audits(tmp_path):
+    flow = _flow()
+    save_bundle(tmp_path, flow, _bundle(flow))
+    set_threshold(tmp_path, 1.75, who="alice", reason="fewer false alarms on line 2")
+    b = set_threshold(tmp_path, 1.5, who="bob", reason="review of week 12")
+    again = read_bundle(tmp_path)
+    assert again == b and again.threshold.value == 1.5
+    assert [(a.value, a.previous, a.who) for a in again.threshold.audit] == [(1.75, 1.25, "alice"), (1.5, 1.75, "bob")]
+    assert again.threshold.audit[0].reason == "fewer false alarms on line 2" and again.threshold.audit[0].when
+    assert not list(tmp_path.glob(".*tmp*"))
+    with pytest.raises(CheckpointError, match="finite"):
+        set_threshold(tmp_path, float("nan"), who="eve", reason="x")
+    with pytest.raises(CheckpointError, match="who made it and why"):
+        set_threshold(tmp_path, 1.0, who="", reason="")
+    assert read_bundle(tmp_path).threshold.value == 1.5
