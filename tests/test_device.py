@@ -90,3 +90,21 @@ def test_autocast_runs_convs_in_bf16_only_when_asked():
 def test_to_device_is_a_no_op_on_the_same_device():
     t = torch.randn(3)
     assert to_device(t, torch.device("cpu")) is t
+
+
+def test_dist_context_device_follows_resolve_device(fake_cuda):
+    from multiflow.parallel import DistContext
+
+    assert DistContext(rank=1, world_size=2, local_rank=1, backend="nccl").device == torch.device("cuda", 1)
+    assert DistContext(rank=1, world_size=2, local_rank=1, backend="gloo").device == torch.device("cpu")
+    with pytest.raises(ConfigError, match="only 2 CUDA"):  # a LOCAL_RANK past the visible GPUs
+        DistContext(rank=2, world_size=3, local_rank=2, backend="nccl").device
+
+
+def test_run_device_resolves_once_from_the_config(fake_cuda):
+    from multiflow.config import TrainConfig
+    from multiflow.engine.factories import run_device
+
+    assert run_device(TrainConfig(device="cuda:1")) == (torch.device("cuda", 1), "fp32")
+    assert run_device(TrainConfig(device="cuda:1"), torch.device("cpu"))[0] == torch.device("cpu")  # given wins
+    assert run_device(TrainConfig(device="cpu")) == (torch.device("cpu"), "fp32")
