@@ -78,6 +78,29 @@ def test_scoring_mask_and_feature_switches_are_validated():
             load_config(None, [bad]).validate()
 
 
+def test_device_precision_checkpoint_and_early_stopping_keys():
+    cfg = load_config(None, ["train.device=cuda:1", "train.precision=bf16", "train.checkpoint_minutes=0.5",
+                             "train.early_stopping_patience=5", "train.early_stopping_min_delta=0.001"])
+    assert (cfg.train.device, cfg.train.precision) == ("cuda:1", "bf16")
+    assert cfg.train.checkpoint_minutes == 0.5 and cfg.train.early_stopping_patience == 5
+    defaults = load_config(None)
+    assert defaults.train.device == "auto" and defaults.train.precision == "fp32"
+    assert defaults.train.checkpoint_every == 0 and defaults.train.checkpoint_minutes > 0
+    for bad, match in [("train.device=gpu", "train.device"), ("train.device=cuda:x", "train.device"),
+                       ("train.precision=fp16", "train.precision"),
+                       ("train.checkpoint_minutes=-1", "checkpoint_minutes"),
+                       ("train.early_stopping_patience=-2", "early_stopping_patience")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, [bad])
+
+
+def test_paper_config_keeps_the_fixed_schedule():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")
+    assert cfg.train.early_stopping_patience == 0 and cfg.train.epochs == 112
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [

@@ -66,18 +66,21 @@ def predict(
     out_dir: str | os.PathLike | None = None,
     threshold: float | None = None,
     progress: bool = True,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """Score every sample of a data set with a trained class model (``<run>/<class>``).
 
     ``resolution``: Real-IAD resolution folder (``realiad_<resolution>``); empty = the only one present.
     Writes per-sample maps (``.npy``), overlays (``.png``), ``result.json`` and ``predictions.csv``
     under ``out_dir`` (default ``<model_dir>/predictions``); returns the per-sample results.
+    ``device`` / ``precision`` as in :class:`multiflow.engine.predict.Predictor`.
     """
     from multiflow.config import DataConfig
     from multiflow.engine.factories import open_dataset
     from multiflow.engine.predict import Predictor, predict_dataset
 
-    predictor = Predictor(model_dir, threshold=threshold)
+    predictor = Predictor(model_dir, threshold=threshold, device=device, precision=precision)
     data = DataConfig(root=str(data_root), format=data_format, views=list(predictor.view_names), resolution=resolution,
                       flips=dict(predictor.bundle.flips))
     if data_format == "manifest":

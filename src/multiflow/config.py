@@ -114,8 +114,20 @@ class TrainConfig:
     val_fraction: float = 0.1
     select: str = "best_val"
     threshold_quantile: float = 0.99
-    checkpoint_every: int = 1
+    #: resume state (model + AdamW + best so far) every this many minutes of wall clock and at the end
+    checkpoint_minutes: float = 5.0
+    #: also every this many epochs (0 = off; 1 = the old every-epoch policy)
+    checkpoint_every: int = 0
     threads: int = 0
+    #: stop when the held-out loss has not improved by ``early_stopping_min_delta`` for this many
+    #: epochs (0 = off: the paper's fixed schedule)
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    #: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``: features, masks,
+    #: training, scoring and prediction all run there (multiflow.device.resolve_device)
+    device: str = "auto"
+    #: ``fp32`` or ``bf16`` (bf16 autocast st-network convolutions; coupling math, log-det, NLL in fp32)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -179,6 +191,18 @@ class RunConfig:
         if self.eval.image_score_sigma <= 0 or self.eval.image_score_size < 0:
             raise ConfigError("eval.image_score_sigma must be positive and eval.image_score_size >= 0")
         _choice("features.dtype", self.features.dtype, {"float16", "float32"})
+        _choice("train.precision", self.train.precision, {"fp32", "bf16"})
+        dev = self.train.device.strip().lower()
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ConfigError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.train.device!r}")
+        for name, value in [
+            ("train.checkpoint_minutes", self.train.checkpoint_minutes),
+            ("train.checkpoint_every", self.train.checkpoint_every),
+            ("train.early_stopping_patience", self.train.early_stopping_patience),
+            ("train.early_stopping_min_delta", self.train.early_stopping_min_delta),
+        ]:
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
         if len(self.model.kernel_sizes) != self.model.n_blocks:
             raise ConfigError(
                 f"model.kernel_sizes has {len(self.model.kernel_sizes)} entries but "

@@ -55,7 +55,7 @@ def test_onnxruntime_matches_pytorch_with_a_batch_size_not_used_for_tracing(tiny
 def test_graph_equals_the_predictor_and_the_flow_mask_rule(tiny_model):
     from multiflow.engine.predict import Predictor
 
-    pred = Predictor(tiny_model)
+    pred = Predictor(tiny_model, device="cpu")
     graph, meta = load_inference_graph(tiny_model)
     x, m = _inputs(2, 3)
     with torch.no_grad():

@@ -31,7 +31,7 @@ def run(tmp_path_factory):
         f"data.root={data}", f"data.categories=[{CLASS}]", "data.resolution=96", "features.input_size=96",
         f"features.cache_dir={root / 'cache'}", "model.hidden=8", "model.n_blocks=2", "model.kernel_sizes=[3,3]",
         "train.epochs=2", "train.batch_size=2", "train.lr=0.001", f"out={root / 'results'}", "name=r",
-        "eval.pictures=true",
+        "eval.pictures=true", "train.device=cpu",
     ]
     run_dir = api.fit(overrides=overrides, progress=False)
     results = api.evaluate(run_dir, progress=False)
@@ -63,6 +63,18 @@ def test_run_folder_has_everything(run):
     html = (run_dir / "report.html").read_text()
     assert "S-AUROC" in html and f"{CLASS}/figures/roc.png" in html
     assert "| mean |" in results["table"]
+
+
+def test_run_records_its_device_precision_and_writes_less_state(run):
+    run_dir, _, _ = run
+    from multiflow.engine.bundle import read_bundle
+
+    training = read_bundle(run_dir / CLASS).training  # the typed record, as every consumer reads it
+    assert training.device == "cpu" and training.precision == "fp32"
+    assert training.stop_reason == "" and len(training.history) == 2
+    assert json.loads((run_dir / CLASS / "model.json").read_text())["training"]["device"] == "cpu"
+    state = run_dir / CLASS / "train_state"
+    assert (state / "state.safetensors").is_file() and not list(state.glob("*.tmp*"))
 
 
 def test_metrics_agree_with_an_independent_oracle_on_the_written_scores(run):

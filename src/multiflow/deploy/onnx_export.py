@@ -112,7 +112,7 @@ def load_inference_graph(model_dir: str | os.PathLike, *, threshold: float | Non
     """
     from multiflow.engine.predict import Predictor
 
-    pred = Predictor(model_dir, threshold=threshold)
+    pred = Predictor(model_dir, threshold=threshold, device="cpu")  # export traces on the CPU
     if pred.single_view:
         raise ConfigError(
             f"{model_dir}: a single-view baseline model (model.single_view=true) cannot be exported; "

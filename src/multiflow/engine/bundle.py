@@ -140,7 +140,12 @@ class ThresholdSpec:
 
 @dataclass
 class TrainingRecord:
-    """How the flow was trained (informative; not needed for scoring)."""
+    """How the flow was trained (informative; not needed for scoring).
+
+    ``stop_reason``: empty unless early stopping ended the run (``train.early_stopping_patience``);
+    ``device`` and ``precision``: where and how it was trained (``train.device``, ``train.precision``
+    as resolved; empty in bundles written before these were recorded).
+    """
 
     best_epoch: int = 0
     best_val_loss: float | None = None
@@ -149,6 +154,9 @@ class TrainingRecord:
     val_samples: int = 0
     val_sample_scores: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    stop_reason: str = ""
+    device: str = ""
+    precision: str = ""
 
 
 @dataclass

@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from multiflow.config import DataConfig, FeatureConfig, MaskConfig, ModelConfig
+from multiflow.config import DataConfig, FeatureConfig, MaskConfig, ModelConfig, TrainConfig
 from multiflow.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cache_dir(cfg: FeatureConfig) -> Path:
@@ -155,3 +158,20 @@ def build_mask_provider(cfg: MaskConfig, dataset: Any = None, *, image_root: str
             raise ConfigError("masks.provider=file needs the image root the mask tree mirrors")
         return make_provider("file", mask_root=cfg.mask_root, image_root=root)
     return make_provider(cfg.provider)
+
+
+def run_device(cfg: TrainConfig, device: torch.device | None = None) -> tuple[torch.device, str]:
+    """``(device, precision)`` of this process, resolved once per run.
+
+    The device: the given ``device``, else this rank's device under ``torchrun``
+    (:attr:`multiflow.parallel.DistContext.device`), else ``train.device`` resolved by
+    :func:`multiflow.device.resolve_device`. The precision: ``train.precision`` where the device
+    supports it, else fp32 (with a one-line notice, :func:`multiflow.device.resolve_precision`).
+    """
+    from multiflow.device import resolve_device, resolve_precision
+    from multiflow.parallel import current_context
+
+    ctx = current_context()
+    if device is None:
+        device = ctx.device if ctx.enabled else resolve_device(cfg.device)
+    return device, resolve_precision(cfg.precision, device, notice=ctx.is_main)

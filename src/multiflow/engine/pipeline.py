@@ -19,6 +19,10 @@ results written by :mod:`multiflow.engine.outputs`. Evaluation reads the model's
 run configuration's model, feature or mask settings; explicitly named test-time overrides (e.g.
 ``{"aggregation": "mean"}``) are applied on top and recorded in ``metrics.json``.
 
+The device is resolved once per run (:func:`multiflow.engine.factories.run_device`: ``train.device``,
+or the rank's GPU under ``torchrun``) and handed to feature extraction, training and scoring;
+``train.precision=bf16`` runs the st-networks under bf16 autocast there (coupling math and NLL in fp32).
+
 Under ``torchrun`` (see :mod:`multiflow.engine.distributed`) the ranks share feature and mask
 extraction, training is data parallel, anomaly maps are computed on shards and all-gathered, and
 only rank 0 writes files.
@@ -29,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,10 +53,13 @@ from multiflow.engine.bundle import (
     load_bundle,
     save_bundle,
 )
-from multiflow.engine.factories import build_extractor, build_flow, list_categories, resolve_input_size
+from multiflow.engine.factories import build_extractor, build_flow, list_categories, resolve_input_size, run_device
 from multiflow.engine.preprocess import prepare_split
 from multiflow.errors import CheckpointError, ConfigError, DataError
 from multiflow.scoring import ImageScoreSpec
+
+if TYPE_CHECKING:
+    import torch
 
 #: test-time settings that may override a bundle's, each recorded in metrics.json
 TEST_OVERRIDES = tuple(f.name for f in dataclasses.fields(ScoringSpec))
@@ -65,22 +72,26 @@ def image_score_spec(ev) -> ImageScoreSpec:
 
 
 def _maps(model, features, masks, n_views: int, single_view: bool, ctx, *, batch_size: int,
-          progress: bool = False) -> np.ndarray:
-    """Anomaly maps ``(N, V, h, w)``; a single-view flow scores every image as its own sample."""
+          progress: bool = False, device: torch.device | None = None, precision: str = "fp32") -> np.ndarray:
+    """Anomaly maps ``(N, V, h, w)`` computed on ``device`` in ``precision``; a single-view flow
+    scores every image as its own sample."""
     from multiflow.engine.distributed import compute_maps_sharded
     from multiflow.flow.single_view import from_single_view, to_single_view
 
+    kw = dict(batch_size=batch_size, progress=progress, device=device, precision=precision)
     if not single_view:
-        return compute_maps_sharded(model, features, masks, ctx, batch_size=batch_size, progress=progress)
+        return compute_maps_sharded(model, features, masks, ctx, **kw)
     sv_feats, sv_masks = to_single_view(features, masks)
-    maps = compute_maps_sharded(model, sv_feats, sv_masks, ctx, batch_size=batch_size, progress=progress)
+    maps = compute_maps_sharded(model, sv_feats, sv_masks, ctx, **kw)
     return from_single_view(maps, n_views)
 
 
 # ------------------------------------------------------------------------------------ fitting
 def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool = False,
-                 progress: bool = True) -> ModelBundle:
-    """Train the flow of one class and calibrate its threshold on held-out normal training samples."""
+                 progress: bool = True, device: torch.device | None = None) -> ModelBundle:
+    """Train the flow of one class and calibrate its threshold on held-out normal training samples.
+
+    Features, masks, training and scoring run on ``device`` (default: :func:`run_device`)."""
     from multiflow.engine.distributed import barrier, current_context
     from multiflow.engine.scoring import calibrate_threshold, fit_scoring
     from multiflow.engine.train import train_flow
@@ -88,11 +99,12 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
 
     ctx = current_context()
     progress = progress and ctx.is_main
+    device, precision = run_device(cfg.train, device)
     t0 = time.perf_counter()
     out = run_dir / category
     cfg = dataclasses.replace(cfg, features=resolve_input_size(cfg.features, cfg.data, category))
     extractor = build_extractor(cfg.features)
-    train = prepare_split(cfg, category, "train", extractor, progress=progress)
+    train = prepare_split(cfg, category, "train", extractor, progress=progress, device=device)
     t_feat = time.perf_counter() - t0
     feats, masks, flow_views, model_cfg = train.features, train.masks, train.view_names, cfg.model
     n_views = len(train.view_names)
@@ -106,12 +118,13 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
 
         masks = loss_weights(masks, cfg.masks.soft)
     model = build_flow(model_cfg, extractor.channels, flow_views, cfg.train.seed)
-    result = train_flow(model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress)
+    result = train_flow(model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress,
+                        device=device)
     val = result.val_index if result.val_index is not None and len(result.val_index) else result.train_index
     # calibrate on whole samples (max over views); single view: those with at least one held-out image
     val = single_view_indices(val, n_views) if single else np.sort(val)
     val_maps = _maps(model, train.features[val], None if train.masks is None else train.masks[val], n_views,
-                     single, ctx, batch_size=cfg.eval.batch_size)
+                     single, ctx, batch_size=cfg.eval.batch_size, device=device, precision=precision)
     spec = image_score_spec(cfg.eval)
     calibration, val_scores = fit_scoring(  # image score + per-view calibration; threshold after calibration
         val_maps, None if train.masks is None else train.masks[val], spec, cfg.eval.calibration,
@@ -145,6 +158,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
             val_sample_scores={"n": int(len(val_scores)), "mean": float(val_scores.mean()),
                                "max": float(val_scores.max())},
             seconds={"features_and_masks": t_feat, "total": time.perf_counter() - t0},
+            stop_reason=result.stop_reason, device=str(device), precision=precision,
         ),
     )
     if ctx.is_main:
@@ -176,10 +190,11 @@ def fit_run(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
     barrier(ctx)
+    device, _ = run_device(cfg.train)
     for category in list_categories(cfg.data):
         if progress:
-            print(f"== {category}: training", flush=True)
-        fit_category(cfg, category, run_dir, resume=resume, progress=progress)
+            print(f"== {category}: training on {device}", flush=True)
+        fit_category(cfg, category, run_dir, resume=resume, progress=progress, device=device)
     return run_dir
 
 
@@ -238,14 +253,16 @@ def apply_overrides(scoring: ScoringSpec, ov: dict[str, Any], where: str | Path 
 
 def evaluate_category(
     run_dir: Path, category: str, cfg: RunConfig, *, progress: bool = True, pictures: bool | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None, device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Evaluate one class model on its test split; writes metrics, scores, ADEval pkl and figures.
 
     The model's bundle defines the backbone, masks, flips and scoring; ``cfg`` gives the data
     location and the cache/batch settings. ``overrides`` (e.g. ``{"aggregation": "mean"}``) replace
     the bundle's scoring settings and are recorded as ``metrics["overrides"]``; a configuration whose
-    ``eval`` scoring settings differ from the bundle's without an override is an error.
+    ``eval`` scoring settings differ from the bundle's without an override is an error. Features, masks
+    and anomaly maps are computed on ``device`` (default: :func:`run_device` of ``cfg.train``) in
+    ``train.precision``.
     """
     from multiflow.engine.distributed import current_context
     from multiflow.engine.outputs import category_pictures, write_scores_csv
@@ -256,6 +273,7 @@ def evaluate_category(
     ov = check_overrides(overrides)
     ctx = current_context()
     progress = progress and ctx.is_main
+    device, precision = run_device(cfg.train, device)
     folder = run_dir / category
     model, bundle = load_bundle(folder)
     check_features_config(resolve_input_size(cfg.features, cfg.data, category), bundle, folder / BUNDLE_FILE)
@@ -287,11 +305,11 @@ def evaluate_category(
         masks=bundle.masks.to_config(),
         data=dataclasses.replace(cfg.data, flips=dict(bundle.flips)),
     )
-    test = prepare_split(test_cfg, category, "test", extractor, progress=progress)
+    test = prepare_split(test_cfg, category, "test", extractor, progress=progress, device=device)
     if test.view_names != bundle.view_names:
         raise DataError(f"test views {test.view_names} differ from the model's {bundle.view_names}", folder)
     maps = _maps(model, test.features, test.masks, len(test.view_names), bundle.single_view, ctx,
-                 batch_size=cfg.eval.batch_size, progress=progress)
+                 batch_size=cfg.eval.batch_size, progress=progress, device=device, precision=precision)
     if not ctx.is_main:
         return {}  # rank 0 computes the metrics from the gathered maps and writes everything
     from multiflow.data.ground_truth import ground_truth_masks
@@ -372,10 +390,12 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig | None = None, *, progress:
     if not cats:
         raise CheckpointError("no trained class models (…/<class>/model.json) in this run folder", run_dir)
     per_class = {}
+    device, _ = run_device(cfg.train)
     for cat in cats:
         if progress:
-            print(f"== {cat}: evaluating", flush=True)
-        per_class[cat] = evaluate_category(run_dir, cat, cfg, progress=progress, pictures=pictures, overrides=ov)
+            print(f"== {cat}: evaluating on {device}", flush=True)
+        per_class[cat] = evaluate_category(run_dir, cat, cfg, progress=progress, pictures=pictures, overrides=ov,
+                                           device=device)
     barrier(ctx)
     if not ctx.is_main:
         return {"per_class": {}, "table": "", "per_defect": "", "rows": []}

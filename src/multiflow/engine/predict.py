@@ -60,18 +60,29 @@ class Predictor:
     Args:
         model_dir: ``<run>/<class>`` folder holding ``model.safetensors`` and ``model.json``.
         threshold: override the calibrated threshold.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a device, resolved once
+            (:func:`multiflow.device.resolve_device`): backbone and flow run there; maps come back
+            to the CPU.
+        precision: ``"fp32"`` or ``"bf16"`` (bf16 autocast st-networks, coupling math and NLL in
+            fp32; fp32 with a notice where bf16 is unsupported).
     """
 
-    def __init__(self, model_dir: str | os.PathLike, *, threshold: float | None = None) -> None:
+    def __init__(self, model_dir: str | os.PathLike, *, threshold: float | None = None,
+                 device: str | torch.device = "auto", precision: str = "fp32") -> None:
+        from multiflow.device import resolve_device, resolve_precision
         from multiflow.engine.bundle import BUNDLE_FILE, check_backbone, load_bundle
         from multiflow.engine.factories import build_extractor
         from multiflow.engine.preprocess import ViewPreprocessor
 
         self.model_dir = Path(model_dir)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.flow, self.bundle = load_bundle(self.model_dir)
+        self.flow.to(self.device)
         self.extractor = build_extractor(self.bundle.features.to_config())
         check_backbone(self.extractor, self.bundle, self.model_dir / BUNDLE_FILE)
-        self.preprocessor = ViewPreprocessor(extractor=self.extractor, bundle=self.bundle)
+        self.extractor.to(self.device)
+        self.preprocessor = ViewPreprocessor(extractor=self.extractor, bundle=self.bundle, device=self.device)
         self.view_names: list[str] = list(self.bundle.view_names)
         self.threshold = float(self.bundle.threshold.value if threshold is None else threshold)
         self.aggregation = self.bundle.scoring.aggregation
@@ -107,20 +118,23 @@ class Predictor:
             image_paths, image_root: the files the images came from and the data root they lie in;
                 needed when the model uses mask files (``masks.provider=file``).
         """
+        from multiflow.device import autocast
         from multiflow.scoring import score_maps
 
         if images.ndim != 4 or images.shape[1] != 3:
             raise DataError(f"sample {sample_id!r}: images must be (V, 3, H, W), got {tuple(images.shape)}")
         self.check_views(list(view_names or self.view_names), sample_id)
         h_img, w_img = images.shape[-2:]
+        # features and masks (1, V, ...) on self.device, one transfer per sample
         feats, mask = self.preprocessor(images, image_paths=image_paths, image_root=image_root, sample_id=sample_id)
         self.flow.eval()
-        if self.single_view:  # one shared single-view flow: every view is its own sample
-            nll = self.flow(feats.transpose(0, 1)).nll.transpose(0, 1)  # (1, V, h, w)
-        else:
-            nll = self.flow(feats).nll
-        maps, vs, ss = score_maps(nll, mask, self.aggregation, self.postprocess)
-        maps, view_scores, sample_score = maps[0], vs[0], float(ss[0])
+        with autocast(self.device, self.precision):  # bf16: the st-networks only; the NLL stays fp32
+            if self.single_view:  # one shared single-view flow: every view is its own sample
+                nll = self.flow(feats.transpose(0, 1)).nll.transpose(0, 1)  # (1, V, h, w)
+            else:
+                nll = self.flow(feats).nll
+        maps, vs, ss = score_maps(nll.float(), mask, self.aggregation, self.postprocess)
+        maps, view_scores, sample_score = maps[0].cpu(), vs[0].cpu(), float(ss[0])
         full = torch.nn.functional.interpolate(maps[:, None], size=(h_img, w_img), mode="bilinear",
                                                align_corners=False)[:, 0]
         return Prediction(

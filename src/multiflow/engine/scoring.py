@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from multiflow.device import autocast, to_device
 from multiflow.errors import ConfigError, DataError
 from multiflow.metrics.aggregate import aggregate_views, image_scores_from_maps
 from multiflow.scoring import ImageScoreSpec, ScorePostprocess, ViewCalibration, aggregate_scores, view_scores
@@ -33,18 +34,27 @@ from multiflow.scoring import ImageScoreSpec, ScorePostprocess, ViewCalibration,
 
 @torch.no_grad()
 def compute_maps(
-    model, features, masks=None, *, batch_size: int = 16, progress: bool = False, desc: str = "scoring"
+    model, features, masks=None, *, batch_size: int = 16, progress: bool = False, desc: str = "scoring",
+    device: torch.device | None = None, precision: str = "fp32",
 ) -> np.ndarray:
-    """Anomaly maps ``(N, V, h, w)`` float32 for features ``(N, V, C, h, w)`` (array-like)."""
+    """Anomaly maps ``(N, V, h, w)`` float32 for features ``(N, V, C, h, w)`` (array-like).
+
+    The model runs on ``device`` (default: where its parameters are; it is moved there and left
+    there), one batch transfer each way; ``precision="bf16"``: bf16 autocast st-networks, NLL in fp32.
+    """
     model.eval()
+    if device is None:
+        device = next(model.parameters()).device
+    model.to(device)
     n = int(features.shape[0])
     out = None
     for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
-        x = torch.from_numpy(np.array(features[start : start + batch_size])).float()
+        x = to_device(torch.from_numpy(np.array(features[start : start + batch_size])).float(), device)
         m = None
         if masks is not None:
-            m = torch.from_numpy(np.array(masks[start : start + batch_size])).float()
-        maps = model.anomaly_map(x, m).numpy().astype(np.float32)
+            m = to_device(torch.from_numpy(np.array(masks[start : start + batch_size])).float(), device)
+        with autocast(device, precision):
+            maps = model.anomaly_map(x, m).float().cpu().numpy()
         if out is None:
             out = np.empty((n, *maps.shape[1:]), dtype=np.float32)
         out[start : start + len(maps)] = maps

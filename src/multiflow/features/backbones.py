@@ -402,7 +402,9 @@ class FeatureExtractor(nn.Module):
         """``(N, 3, H, W)`` in ``[0, 1]`` -> resized to ``input_size`` and normalised."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
-        x = images.to(dtype=self.mean.dtype, device=self.mean.device)
+        from multiflow.device import to_device
+
+        x = to_device(images, self.mean.device).to(self.mean.dtype)  # one (pinned) transfer per batch
         if x.shape[-2:] != (self.input_size, self.input_size):
             shrink = x.shape[-2] > self.input_size or x.shape[-1] > self.input_size
             x = F.interpolate(
