@@ -66,7 +66,7 @@ def test_run_folder_has_everything(run):
 
 
 def test_run_records_its_device_precision_and_writes_less_state(run):
-    run_dir, _, _ = run
+    run_dir = run[0]
     from multiflow.engine.bundle import read_bundle
 
     training = read_bundle(run_dir / CLASS).training  # the typed record, as every consumer reads it
