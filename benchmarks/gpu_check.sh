@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# One short, prepared GPU check (a few minutes): latency per 5-view sample (backbone / masks / flow)
-# and flow training throughput on CUDA for Lite0 and B5 at 384 and 768 px, via bench_latency.py.
+# One short, prepared GPU check (a few minutes) of everything that should run on CUDA:
+#   1. end to end on a tiny synthetic class with train.device=cuda, fp32 and bf16:
+#      multiflow synth -> fit (features, masks, training, threshold) -> test -> predict;
+#      asserts that model.json records the CUDA device and the precision;
+#   2. the flow at paper shapes (B=8, V=5, C=304, 24x24) on CUDA: fused fp32 / per-edge / fused bf16
+#      forward and training step (+ AdamW), bf16 NLL parity (bench_flow.py, "flow-cuda" section);
+#   3. latency per 5-view sample and training throughput for Lite0 / B5 (bench_latency.py,
+#      "latency-cuda" section).
 #
-#   bash benchmarks/gpu_check.sh            # writes the "latency-cuda" section of BENCHMARKS.md
+#   bash benchmarks/gpu_check.sh                 # writes the CUDA sections of BENCHMARKS.md
 #   OUT=/some/dir bash benchmarks/gpu_check.sh   # also copies the log and BENCHMARKS.md there
 #
 # Needs a Python with torch (CUDA build), timm and this package: $PYTHON, else .venv/bin/python,
@@ -23,14 +29,46 @@ import torch
 if not torch.cuda.is_available():
     sys.exit("gpu_check: torch sees no CUDA device")
 p = torch.cuda.get_device_properties(0)
-print(f"gpu_check: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}")
+print(f"gpu_check: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"bf16 {torch.cuda.is_bf16_supported()}")
 PYEOF
 LOG="$(mktemp)"
-# 10 repeats of inference, 5 of the training step, batch 8 samples x 5 views (the paper's batch)
-timeout 540 "$PY" benchmarks/bench_latency.py --device cuda --repeats 10 --train-batch 8 2>&1 | tee "$LOG"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK" "$LOG"' EXIT
+{
+  echo "== 1. end to end on CUDA (tiny synthetic class)"
+  timeout 120 "$PY" -m multiflow synth --out "$WORK/data" --classes bottle_cap --train 16 --test-good 6 \
+      --test-defect 6 --size 128 --seed 0 --workers 4
+  for prec in fp32 bf16; do
+    t0=$(date +%s)
+    timeout 180 "$PY" -m multiflow fit --data "$WORK/data" --classes bottle_cap --out "$WORK/results" \
+        --name "e2e-$prec" --quiet --set features.input_size=128 --set features.cache_dir="$WORK/cache" \
+        --set train.device=cuda --set train.precision=$prec --set train.epochs=3 --set train.batch_size=4 \
+        --set masks.provider=threshold --set eval.pictures=false
+    timeout 120 "$PY" -m multiflow test "$WORK/results/e2e-$prec" --no-pictures --quiet
+    timeout 120 "$PY" -m multiflow predict --model "$WORK/results/e2e-$prec/bottle_cap" --data "$WORK/data" \
+        --format realiad --split test --device cuda --precision $prec --out "$WORK/pred-$prec" --quiet | tail -1
+    "$PY" - "$WORK/results/e2e-$prec" "$prec" <<'PYEOF'
+import json, sys
+run, prec = sys.argv[1], sys.argv[2]
+from multiflow.engine.bundle import read_bundle
+training = read_bundle(f"{run}/bottle_cap").training
+metrics = json.load(open(f"{run}/bottle_cap/metrics.json"))
+assert training.device.startswith("cuda"), training.device
+assert training.precision == prec, training.precision
+print(f"gpu_check e2e {prec}: device {training.device}, precision {training.precision}, "
+      f"S-AUROC {metrics['s_auroc']:.3f}, I-AUROC {metrics['i_auroc']:.3f}, history {len(training.history)} epochs")
+PYEOF
+    echo "gpu_check e2e $prec: $(( $(date +%s) - t0 )) s for fit + test + predict"
+  done
+  echo "== 2. flow at paper shapes on CUDA: fp32 vs bf16"
+  timeout 180 "$PY" benchmarks/bench_flow.py --device cuda --section flow-cuda --repeats 5
+  echo "== 3. latency and training throughput"
+  # 10 repeats of inference, 5 of the training step, batch 8 samples x 5 views (the paper's batch)
+  timeout 240 "$PY" benchmarks/bench_latency.py --device cuda --repeats 10 --train-batch 8
+} 2>&1 | tee "$LOG"
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT"
   cp "$LOG" "$OUT/gpu_check.log"
   cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
 fi
-rm -f "$LOG"

@@ -124,8 +124,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 # ------------------------------------------------------------------------------------ planning
 def state_root(out: Path) -> Path:
     """Where a cell's training state goes while it trains (deleted after the cell): tmpfs when the
-    machine has one, since train_flow writes the whole state (~0.65 GB for the paper's flow) at its end
-    and a cell never resumes from it (the cell is the unit of resumption)."""
+    machine has one, since train_flow writes the resume state (~0.5 GB for the paper's flow) at its end
+    and the best weights (~0.16 GB) whenever the held-out loss improves, and a cell never resumes from
+    them (the cell is the unit of resumption; no interval checkpoints: ``train.checkpoint_minutes=0``)."""
     shm = Path("/dev/shm")
     if not (shm.is_dir() and os.access(shm, os.W_OK)):
         return out / "tmp"
@@ -201,14 +202,15 @@ def make_config(grid: dict[str, Any], out: Path):
         "features.backbone=lite0", f"features.input_size={grid['input_size']}", f"features.cache_dir={out / 'cache'}",
         "masks.provider=file", f"masks.mask_root={silhouettes}",
         f"train.epochs={grid['epochs']}", f"train.batch_size={grid['batch']}", f"train.lr={grid['lr']}",
-        f"train.checkpoint_every={grid['epochs']}", "eval.pictures=false", "eval.pixel_metrics=false",
+        f"train.checkpoint_every={grid['epochs']}", "train.checkpoint_minutes=0",
+        "eval.pictures=false", "eval.pixel_metrics=false",
         *grid.get("model", []),
     ])
 
 
 def prepare(grid: dict[str, Any], out: Path, cfg, *, progress: bool, workers: int) -> dict[str, ClassData]:
     """Generate the data set (resumable) and extract/cache features and masks of every class."""
-    from multiflow.engine.factories import build_extractor
+    from multiflow.engine.factories import build_extractor, run_device
     from multiflow.engine.preprocess import prepare_split
     from multiflow.synth import generate_dataset
 
@@ -217,10 +219,11 @@ def prepare(grid: dict[str, Any], out: Path, cfg, *, progress: bool, workers: in
                      seed=DATA_SEED, workers=workers, defects=grid["defects"], variation=grid["variation"],
                      progress=progress)
     extractor = build_extractor(cfg.features)
+    device, _ = run_device(cfg.train)
     data = {}
     for cls in grid["classes"]:
-        tr = prepare_split(cfg, cls, "train", extractor, progress=progress)
-        te = prepare_split(cfg, cls, "test", extractor, progress=progress)
+        tr = prepare_split(cfg, cls, "train", extractor, progress=progress, device=device)
+        te = prepare_split(cfg, cls, "test", extractor, progress=progress, device=device)
         ds = te.dataset
         data[cls] = ClassData(
             train_features=np.asarray(tr.features), train_masks=None if tr.masks is None else np.asarray(tr.masks),
@@ -247,7 +250,7 @@ def run_cell(cfg, grid: dict[str, Any], d: ClassData, cls: str, n: int, method: 
              tmp_root: Path) -> dict[str, Any]:
     """Train (or fit) one method on the first ``n`` training objects and score the shared test set."""
     from multiflow.flow.single_view import from_single_view, to_single_view
-    from multiflow.engine.factories import build_flow
+    from multiflow.engine.factories import build_flow, run_device
     from multiflow.engine.scoring import compute_maps
     from multiflow.engine.train import train_flow
     from multiflow.flow.subnet import cross_view_scaled, view_gammas
@@ -269,18 +272,20 @@ def run_cell(cfg, grid: dict[str, Any], d: ClassData, cls: str, n: int, method: 
             tcfg = dataclasses.replace(
                 cfg.train, seed=seed, epochs=cfg.train.epochs * (v if m.epoch_views else 1),
                 batch_size=cfg.train.batch_size * (v if m.batch_views else 1))
-            tcfg = dataclasses.replace(tcfg, checkpoint_every=tcfg.epochs)
+            tcfg = dataclasses.replace(tcfg, checkpoint_every=tcfg.epochs, checkpoint_minutes=0.0)
+            device, precision = run_device(tcfg)
+            on = dict(device=device, precision=precision)
             mcfg = dataclasses.replace(cfg.model, graph="none" if m.single_view else m.graph, single_view=False)
             tf, tm = (to_single_view(feats, masks) if m.single_view else (feats, masks))
             model = build_flow(mcfg, d.channels, ["view"] if m.single_view else d.view_names, seed)
             tmp_root.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=tmp_root) as td:
-                result = train_flow(model, tf, tm, tcfg, Path(td) / "state", progress=False)
+                result = train_flow(model, tf, tm, tcfg, Path(td) / "state", progress=False, device=device)
             if m.single_view:
                 sf, sm = to_single_view(d.test_features, d.test_masks)
-                maps = from_single_view(compute_maps(model, sf, sm, batch_size=64), v)
+                maps = from_single_view(compute_maps(model, sf, sm, batch_size=64, **on), v)
             else:
-                maps = compute_maps(model, d.test_features, d.test_masks, batch_size=16)
+                maps = compute_maps(model, d.test_features, d.test_masks, batch_size=16, **on)
             rec |= _evaluate(maps, d)
             gammas = np.abs(np.asarray(view_gammas(model)))  # (st-networks, views)
             rec["gamma_abs"] = {"per_view_mean": gammas.mean(axis=0).round(5).tolist(),
@@ -293,7 +298,7 @@ def run_cell(cfg, grid: dict[str, Any], d: ClassData, cls: str, n: int, method: 
             rec["lr"] = tcfg.lr
             if m.graph != "none" and not m.single_view:
                 with cross_view_scaled(model, 0.0):
-                    off = compute_maps(model, d.test_features, d.test_masks, batch_size=16)
+                    off = compute_maps(model, d.test_features, d.test_masks, batch_size=16, **on)
                 rec["cross_view_off"] = _evaluate(off, d)
     rec["seconds"] = time.perf_counter() - t0
     rec["cpu_share"] = share.share

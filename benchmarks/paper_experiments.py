@@ -179,7 +179,7 @@ def make_config(args, data_root: Path, cache: Path, classes: list[str], sizes: d
                       f"train.batch_size={sizes['batch']}",
                       # a checkpoint of a 192-channel flow + AdamW state is ~0.65 GB: a run is the unit of
                       # resumption here (finished runs are skipped), so only the final state is written
-                      f"train.checkpoint_every={sizes['epochs']}"]
+                      f"train.checkpoint_every={sizes['epochs']}", "train.checkpoint_minutes=0"]
     if args.epochs:
         overrides.append(f"train.epochs={args.epochs}")
     overrides += list(args.set or [])

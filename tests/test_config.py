@@ -60,6 +60,47 @@ def test_to_dict_is_plain():
     assert d["train"]["epochs"] == 112 and isinstance(d["model"]["kernel_sizes"], list)
 
 
+def test_scoring_mask_and_feature_switches_are_validated():
+    from multiflow.config import load_config
+    from multiflow.errors import ConfigError
+
+    cfg = load_config(None, ["eval.image_score=quantile", "eval.image_score_q=0.95", "eval.calibration=tail",
+                             "masks.margin=0.05", "features.input_size=0", "features.layer=blocks:3+blocks:5",
+                             "masks.soft=0.2"])
+    cfg.validate()
+    assert (cfg.eval.image_score, cfg.eval.calibration, cfg.masks.margin) == ("quantile", "tail", 0.05)
+    default = load_config(None, [])
+    assert (default.eval.image_score, default.eval.calibration, default.masks.margin) == ("max", "none", 0.0)
+    for bad in ["eval.image_score=median", "eval.calibration=platt", "eval.image_score_q=1.5",
+                "eval.image_score_k=0", "eval.image_score_sigma=0", "masks.margin=-0.1", "features.input_size=-1",
+                "masks.soft=1.5"]:
+        with pytest.raises(ConfigError):
+            load_config(None, [bad]).validate()
+
+
+def test_device_precision_checkpoint_and_early_stopping_keys():
+    cfg = load_config(None, ["train.device=cuda:1", "train.precision=bf16", "train.checkpoint_minutes=0.5",
+                             "train.early_stopping_patience=5", "train.early_stopping_min_delta=0.001"])
+    assert (cfg.train.device, cfg.train.precision) == ("cuda:1", "bf16")
+    assert cfg.train.checkpoint_minutes == 0.5 and cfg.train.early_stopping_patience == 5
+    defaults = load_config(None)
+    assert defaults.train.device == "auto" and defaults.train.precision == "fp32"
+    assert defaults.train.checkpoint_every == 0 and defaults.train.checkpoint_minutes > 0
+    for bad, match in [("train.device=gpu", "train.device"), ("train.device=cuda:x", "train.device"),
+                       ("train.precision=fp16", "train.precision"),
+                       ("train.checkpoint_minutes=-1", "checkpoint_minutes"),
+                       ("train.early_stopping_patience=-2", "early_stopping_patience")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, [bad])
+
+
+def test_paper_config_keeps_the_fixed_schedule():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")
+    assert cfg.train.early_stopping_patience == 0 and cfg.train.epochs == 112
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [

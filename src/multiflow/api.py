@@ -36,18 +36,22 @@ def fit(
 
 
 def evaluate(run_dir: str | os.PathLike, *, progress: bool = True, pictures: bool | None = None,
-             overrides: list[str] | None = None, aggregation: str | None = None) -> dict[str, Any]:
+             overrides: list[str] | None = None, aggregation: str | None = None,
+             image_score: dict[str, Any] | None = None, calibration: str | None = None) -> dict[str, Any]:
     """Evaluate every class model of a run on its test split; writes metrics and the HTML report.
 
     The models' bundles define how they score; ``overrides`` (``section.key=value``) change the
-    run configuration's data location and evaluation settings; ``aggregation`` is an explicit
-    test-time override of the bundles' view aggregation, recorded in each ``metrics.json``.
+    run configuration's data location and evaluation settings; ``aggregation``, ``image_score``
+    (e.g. ``{"name": "quantile", "q": 0.95}``) and ``calibration`` (only ``"none"``: drop a fitted
+    calibration) are explicit test-time overrides of the bundles' scoring, recorded in each
+    ``metrics.json`` (see :func:`multiflow.engine.pipeline.check_overrides`).
     """
     from multiflow.engine.pipeline import evaluate_run
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", overrides) if overrides else None
-    ov = {"aggregation": aggregation} if aggregation else None
+    given = {"aggregation": aggregation, "image_score": image_score, "calibration": calibration}
+    ov = {k: v for k, v in given.items() if v is not None} or None
     return evaluate_run(run_dir, cfg, progress=progress, pictures=pictures, overrides=ov)
 
 
@@ -62,18 +66,21 @@ def predict(
     out_dir: str | os.PathLike | None = None,
     threshold: float | None = None,
     progress: bool = True,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """Score every sample of a data set with a trained class model (``<run>/<class>``).
 
     ``resolution``: Real-IAD resolution folder (``realiad_<resolution>``); empty = the only one present.
     Writes per-sample maps (``.npy``), overlays (``.png``), ``result.json`` and ``predictions.csv``
     under ``out_dir`` (default ``<model_dir>/predictions``); returns the per-sample results.
+    ``device`` / ``precision`` as in :class:`multiflow.engine.predict.Predictor`.
     """
     from multiflow.config import DataConfig
     from multiflow.engine.factories import open_dataset
     from multiflow.engine.predict import Predictor, predict_dataset
 
-    predictor = Predictor(model_dir, threshold=threshold)
+    predictor = Predictor(model_dir, threshold=threshold, device=device, precision=precision)
     data = DataConfig(root=str(data_root), format=data_format, views=list(predictor.view_names), resolution=resolution,
                       flips=dict(predictor.bundle.flips))
     if data_format == "manifest":

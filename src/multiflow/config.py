@@ -47,8 +47,10 @@ class FeatureConfig:
     """Frozen backbone and its feature cache."""
 
     backbone: str = "lite0"
-    input_size: int = 384
+    input_size: int = 384  # 0 = the data's image size (the larger side of the first training image)
     weights: str = ""
+    # "" = the preset's stage; "blocks:N", "features:I", or several taps "blocks:3+blocks:5[@blocks:5]"
+    # resampled to one grid (the finest, or the one after @) and concatenated
     layer: str = ""
     dtype: str = "float16"
     batch_size: int = 8
@@ -63,6 +65,11 @@ class MaskConfig:
     provider: str = "threshold"
     dilation: int = 8
     mask_root: str = ""
+    # extra dilation as a fraction of the object's bounding-box diagonal (0 = the paper's masks)
+    margin: float = 0.0
+    # loss weight of background cells in training (0 = the paper: ignored; 1 = no mask in the loss);
+    # scoring still uses the binary mask
+    soft: float = 0.0
 
 
 @dataclass
@@ -107,11 +114,23 @@ class TrainConfig:
     val_fraction: float = 0.1
     select: str = "best_val"
     threshold_quantile: float = 0.99
-    checkpoint_every: int = 1
+    #: resume state (model + AdamW + best so far) every this many minutes of wall clock and at the end
+    checkpoint_minutes: float = 5.0
+    #: also every this many epochs (0 = off; 1 = the old every-epoch policy)
+    checkpoint_every: int = 0
     threads: int = 0
     #: probability of dropping each view of each training sample (never all views of a sample);
     #: > 0 trains a model that scores objects with any non-empty subset of cameras
     view_dropout: float = 0.0
+    #: stop when the held-out loss has not improved by ``early_stopping_min_delta`` for this many
+    #: epochs (0 = off: the paper's fixed schedule)
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    #: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``: features, masks,
+    #: training, scoring and prediction all run there (multiflow.device.resolve_device)
+    device: str = "auto"
+    #: ``fp32`` or ``bf16`` (bf16 autocast st-network convolutions; coupling math, log-det, NLL in fp32)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -123,6 +142,15 @@ class EvalConfig:
     pictures: bool = True
     batch_size: int = 16
     pixel_metrics: bool = True
+    # how a map becomes an image score (multiflow.scoring): max | topk_mean | quantile | smoothed_max
+    image_score: str = "max"
+    image_score_k: float = 0.01  # topk_mean: fraction of foreground pixels (< 1) or a count (>= 1)
+    image_score_q: float = 0.99  # quantile: the quantile of the foreground pixels
+    image_score_sigma: float = 4.0  # smoothed_max: Gaussian sigma in pixels of the upsampled map
+    image_score_size: int = 0  # smoothed_max: side of the upsampled map (0 = features.input_size)
+    # per-view calibration of image scores before the max over views, fitted on held-out normal
+    # training samples at the end of fit: none | zscore | tail
+    calibration: str = "none"
 
 
 @dataclass
@@ -155,7 +183,7 @@ class RunConfig:
         from multiflow.features.masks import MASK_PROVIDERS
         from multiflow.flow.fusion import FUSIONS
         from multiflow.flow.noise import NOISE_SCHEMES
-        from multiflow.scoring import VIEW_AGGREGATIONS
+        from multiflow.scoring import CALIBRATIONS, IMAGE_SCORES, VIEW_AGGREGATIONS
 
         _choice("data.format", self.data.format, {"realiad", "folder", "manifest"})
         _choice("masks.provider", self.masks.provider, set(MASK_PROVIDERS))
@@ -164,7 +192,31 @@ class RunConfig:
         _choice("model.noise", self.model.noise, set(NOISE_SCHEMES))
         _choice("train.select", self.train.select, {"best_val", "last"})
         _choice("eval.aggregation", self.eval.aggregation, set(VIEW_AGGREGATIONS))
+        if self.features.input_size < 0:
+            raise ConfigError(f"features.input_size must be >= 0 (0 = the data's image size), got {self.features.input_size}")
+        if self.masks.margin < 0:
+            raise ConfigError(f"masks.margin must be >= 0, got {self.masks.margin}")
+        if not 0.0 <= self.masks.soft <= 1.0:
+            raise ConfigError(f"masks.soft must be in [0, 1], got {self.masks.soft}")
+        _choice("eval.image_score", self.eval.image_score, set(IMAGE_SCORES))
+        _choice("eval.calibration", self.eval.calibration, set(CALIBRATIONS))
+        if self.eval.image_score_k <= 0 or not 0.0 <= self.eval.image_score_q <= 1.0:
+            raise ConfigError("eval.image_score_k must be positive and eval.image_score_q in [0, 1]")
+        if self.eval.image_score_sigma <= 0 or self.eval.image_score_size < 0:
+            raise ConfigError("eval.image_score_sigma must be positive and eval.image_score_size >= 0")
         _choice("features.dtype", self.features.dtype, {"float16", "float32"})
+        _choice("train.precision", self.train.precision, {"fp32", "bf16"})
+        dev = self.train.device.strip().lower()
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ConfigError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.train.device!r}")
+        for name, value in [
+            ("train.checkpoint_minutes", self.train.checkpoint_minutes),
+            ("train.checkpoint_every", self.train.checkpoint_every),
+            ("train.early_stopping_patience", self.train.early_stopping_patience),
+            ("train.early_stopping_min_delta", self.train.early_stopping_min_delta),
+        ]:
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
         if len(self.model.kernel_sizes) != self.model.n_blocks:
             raise ConfigError(
                 f"model.kernel_sizes has {len(self.model.kernel_sizes)} entries but "
@@ -173,7 +225,6 @@ class RunConfig:
         for name, value in [
             ("train.epochs", self.train.epochs),
             ("train.batch_size", self.train.batch_size),
-            ("features.input_size", self.features.input_size),
             ("model.hidden", self.model.hidden),
         ]:
             if value <= 0:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from multiflow.device import env_int, resolve_device
 from multiflow.errors import ConfigError
 
 
@@ -41,19 +42,11 @@ class DistContext:
 
     @property
     def device(self) -> torch.device:
-        """``cuda:<local_rank>`` with the nccl backend, else the CPU."""
-        return torch.device(f"cuda:{self.local_rank}") if self.backend == "nccl" else torch.device("cpu")
-
-
-def env_int(name: str, default: int) -> int:
-    """Integer environment variable ``name`` (``default`` when unset or empty)."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
+        """This rank's device: with the nccl backend ``cuda:<local_rank>``, resolved (and checked
+        against the visible GPUs) by :func:`multiflow.device.resolve_device`; else the CPU."""
+        if self.backend != "nccl":
+            return torch.device("cpu")
+        return resolve_device("cuda", local_rank=self.local_rank)
 
 
 def current_context() -> DistContext:

@@ -7,7 +7,8 @@ and ``anomaly_map``), training and its data-parallel loss (:mod:`multiflow.engin
 :mod:`multiflow.engine.predict`), the PatchCore baseline and the exported ONNX graph
 (:mod:`multiflow.deploy.onnx_export`). Everything here is traceable by the ONNX exporter (no
 data-dependent Python branches). A bottom-level module: it imports torch and nothing of multiflow
-but the error types.
+but the error types and its companion :mod:`multiflow.scoring_post` (the image-score reducers and
+the per-view calibration, re-exported here).
 
 * per-pixel NLL (paper Eq. 7, up to the constant ``0.5 log 2 pi``), ``(B, V, H, W)``::
 
@@ -17,7 +18,9 @@ but the error types.
 * background fill: with a foreground mask, background pixels take the minimum foreground value
   of the same sample and view, so they can neither tie with nor exceed a foreground pixel; a view
   without foreground keeps its raw map;
-* image (view) score = max of the view's map; sample score = aggregation over views
+* image (view) score = max of the view's map (the paper), or a model's post-processing
+  (:class:`ScorePostprocess`: ``topk_mean``, ``quantile``, ``smoothed_max`` over the foreground,
+  then a per-view calibration fitted on held-out normal samples); sample score = aggregation over views
   (:data:`VIEW_AGGREGATIONS`: ``max`` official; ``mean``; ``mean_of_max``, numerically the mean of
   the view maxima); decision = ``sample score > threshold``.
 * missing views (issue 14): a ``present (B, V)`` bool mask (``None`` = all present) leaves absent
@@ -31,6 +34,20 @@ import torch
 from torch import Tensor
 
 from multiflow.errors import ConfigError
+from multiflow.scoring_post import (
+    CALIBRATIONS,
+    IMAGE_SCORES,
+    ImageScoreSpec,
+    ScorePostprocess,
+    ViewCalibration,
+    image_score,
+)
+
+__all__ = [
+    "CALIBRATIONS", "IMAGE_SCORES", "VIEW_AGGREGATIONS", "ImageScoreSpec", "ScorePostprocess", "ViewCalibration",
+    "aggregate_scores", "check_aggregation", "decide", "fill_background", "image_score", "masked_loss",
+    "masked_nll_sums", "pixel_nll", "score_maps", "view_scores",
+]
 
 #: The registry of view aggregations (config validation, commands and export read it from here).
 VIEW_AGGREGATIONS = ("max", "mean", "mean_of_max")
@@ -123,9 +140,17 @@ def fill_background(nll: Tensor, mask: Tensor | None) -> Tensor:
     return torch.where(fg, nll, fill)
 
 
-def view_scores(maps: Tensor) -> Tensor:
-    """Image scores: ``(..., H, W)`` -> ``(...)``, the max of each map."""
-    return maps.flatten(-2).amax(dim=-1)
+def view_scores(maps: Tensor, mask: Tensor | None = None, post: ScorePostprocess | None = None) -> Tensor:
+    """Image scores: ``(B, V, H, W)`` -> ``(B, V)`` (any leading shape without ``post``).
+
+    Without ``post`` (or with the paper's, :attr:`ScorePostprocess.is_identity`): the max of each
+    (background-filled) map. With ``post``: its image score over the foreground (``mask > 0.5``),
+    then its per-view calibration.
+    """
+    if post is None or post.is_identity:
+        return maps.flatten(-2).amax(dim=-1)
+    fg = None if mask is None else (mask.to(maps.dtype) > 0.5).to(maps.dtype).expand_as(maps)
+    return post(maps, fg)[1]
 
 
 def aggregate_scores(scores: Tensor, how: str = "max", present: Tensor | None = None) -> Tensor:
@@ -154,12 +179,18 @@ def decide(sample_score: Tensor, threshold: Tensor | float) -> Tensor:
 
 
 def score_maps(nll: Tensor, mask: Tensor | None, how: str = "max",
-               present: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               present: Tensor | None = None,
+               post: ScorePostprocess | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Raw NLL ``(B, V, H, W)`` -> ``(maps (B, V, H, W), view scores (B, V), sample scores (B,))``.
 
-    With ``present`` (``(B, V)`` bool) the maps and view scores of absent views are NaN and the
-    sample score aggregates over the present views only.
+    ``post``: the model's image score and calibration (:func:`view_scores`; None = the paper's max).
+    With ``present`` (``(B, V)`` bool) the present views' scores are post-processed and calibrated
+    per view as usual, the maps and view scores of absent views are NaN, and the sample score
+    aggregates over the present views only.
     """
-    maps = blank_absent(fill_background(nll, mask), present)
-    vs = view_scores(maps)
+    maps = fill_background(nll, mask)
+    vs = view_scores(maps, mask, post)
+    if present is not None:
+        maps = blank_absent(maps, present)
+        vs = blank_absent(vs[:, :, None, None], present)[:, :, 0, 0]
     return maps, vs, aggregate_scores(vs, how, present)

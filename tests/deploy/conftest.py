@@ -16,14 +16,21 @@ VIEWS = ["C1", "C2", "C3"]
 INPUT_SIZE = 96
 
 
-def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none") -> Path:
-    """Features stored as float32 (no cache rounding), so the graph and the flow compare at 1e-5."""
+def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none", scoring=None,
+                layer: str = "") -> Path:
+    """Features stored as float32 (no cache rounding), so the graph and the flow compare at 1e-5.
+
+    ``scoring``: a :class:`multiflow.engine.bundle.ScoringSpec` (default: the paper's scoring);
+    ``layer``: the backbone tap(s).
+    """
     from multiflow.config import FeatureConfig
-    from multiflow.engine.bundle import FeaturesSpec, GraphSpec, MasksSpec, ModelBundle, ThresholdSpec, save_bundle
+    from multiflow.engine.bundle import (
+        FeaturesSpec, GraphSpec, MasksSpec, ModelBundle, ScoringSpec, ThresholdSpec, save_bundle,
+    )
     from multiflow.engine.factories import build_extractor
     from multiflow.flow import MultiFlow, ViewGraph
 
-    extractor = build_extractor(FeatureConfig(backbone="lite0", input_size=INPUT_SIZE))
+    extractor = build_extractor(FeatureConfig(backbone="lite0", input_size=INPUT_SIZE, layer=layer))
     flow = MultiFlow(extractor.channels, ViewGraph.real_iad(2, names=VIEWS), n_blocks=2, hidden=8,
                      kernel_sizes=(3, 3), seed=4)
     gen = torch.Generator().manual_seed(11)
@@ -36,11 +43,12 @@ def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none")
         category="tiny",
         view_names=VIEWS,
         graph=GraphSpec(view_names=VIEWS, edges=graph["edges"]),
-        features=FeaturesSpec(backbone="lite0", input_size=INPUT_SIZE, dtype="float32",
+        features=FeaturesSpec(backbone="lite0", input_size=INPUT_SIZE, layer=layer, dtype="float32",
                               weights_digest=extractor.digest, channels=extractor.channels,
                               grid=list(extractor.feature_size()), extractor=extractor.describe()),
         masks=MasksSpec(provider=provider, dilation=1),
         threshold=ThresholdSpec(value=threshold),
+        scoring=scoring if scoring is not None else ScoringSpec(),
     )
     save_bundle(folder, flow, bundle)
     return folder

@@ -9,7 +9,7 @@ import torch
 from multiflow.deploy.onnx_export import export_onnx, load_inference_graph, onnx_metadata
 from multiflow.errors import CheckpointError, DataError
 
-from conftest import INPUT_SIZE, VIEWS
+from conftest import INPUT_SIZE, VIEWS, make_bundle
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -55,7 +55,7 @@ def test_onnxruntime_matches_pytorch_with_a_batch_size_not_used_for_tracing(tiny
 def test_graph_equals_the_predictor_and_the_flow_mask_rule(tiny_model):
     from multiflow.engine.predict import Predictor
 
-    pred = Predictor(tiny_model)
+    pred = Predictor(tiny_model, device="cpu")
     graph, meta = load_inference_graph(tiny_model)
     x, m = _inputs(2, 3)
     with torch.no_grad():
@@ -108,3 +108,67 @@ def test_errors_name_the_problem(tiny_model, tmp_path):
         graph(torch.rand(1, 3, 3, 64, 64))
     with pytest.raises(DataError, match="mask"):
         graph(torch.rand(1, 3, 3, 96, 96), torch.ones(1, 3, 4, 4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "image_score, calibration",
+    [({"name": "topk_mean", "k": 0.3}, "tail"), ({"name": "quantile", "q": 0.8}, "zscore"),
+     ({"name": "smoothed_max", "sigma": 3.0}, "tail")],
+)
+def test_export_parity_with_image_score_and_calibration(tiny_model, tmp_path, image_score, calibration):
+    """A non-default image score and a fitted per-view calibration: onnxruntime == PyTorch graph ==
+    Predictor, and the graph's view scores are the calibrated postprocess functions of its maps."""
+    from multiflow.engine.bundle import ScoringSpec
+    from multiflow.engine.predict import Predictor
+    from multiflow.scoring import ImageScoreSpec, ViewCalibration, image_score as score_fn
+
+    spec = ImageScoreSpec(**image_score)
+    plain, _ = load_inference_graph(tiny_model)
+    x_normal, m_normal = _inputs(5, 7)
+    with torch.no_grad():
+        maps = plain(x_normal, m_normal)[0]
+    raw = score_fn(maps, m_normal, spec, image_size=INPUT_SIZE)
+    cal = ViewCalibration.fit(raw.double() * torch.tensor([1.0, 3.0, 0.5], dtype=torch.float64), calibration)
+    folder = make_bundle(tmp_path / "scored", threshold=0.0, scoring=ScoringSpec(image_score=spec, calibration=cal))
+    graph, meta = load_inference_graph(folder)
+    x, m = _inputs(3, 8)
+    with torch.no_grad():
+        ref = [t.numpy() for t in graph(x, m)]
+    want = cal.apply(score_fn(torch.from_numpy(ref[0]), m, spec, image_size=INPUT_SIZE).double()).numpy()
+    np.testing.assert_allclose(ref[1], want, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(ref[1], ref[0].reshape(3, len(VIEWS), -1).max(-1), atol=1e-3)  # not the plain max
+    threshold = float(np.median(ref[2]))
+    path = export_onnx(folder, tmp_path / "scored.onnx", threshold=threshold)
+    assert onnx_metadata(path)["scoring"]["calibration"]["mode"] == calibration
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy(), "mask": m.numpy()}
+    )
+    for r, o in zip(ref[:3], out[:3]):
+        np.testing.assert_allclose(o, r, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(r).max())))
+    np.testing.assert_array_equal(out[3], out[2] > threshold)
+    p = Predictor(folder).predict(x[2], VIEWS, "s2")  # predictor without masks: compare with the unmasked graph
+    with torch.no_grad():
+        unmasked = graph(x)
+    np.testing.assert_allclose(p.view_scores, unmasked[1][2].numpy(), rtol=1e-4, atol=1e-4)
+    assert p.sample_score == pytest.approx(float(unmasked[2][2]), rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_export_parity_with_two_stage_features(tmp_path):
+    """features.layer with two stages: the exported graph resamples and concatenates like PyTorch."""
+    folder = make_bundle(tmp_path / "multi", threshold=0.0, layer="blocks:3+blocks:5")
+    graph, _ = load_inference_graph(folder)
+    assert graph.extractor.feature_size(INPUT_SIZE) == (6, 6)  # stage-4 grid (stride 16)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, len(VIEWS), 3, INPUT_SIZE, INPUT_SIZE, generator=g)
+    m = (torch.rand(2, len(VIEWS), 6, 6, generator=g) > 0.3).float()
+    with torch.no_grad():
+        ref = [t.numpy() for t in graph(x, m)]
+    path = export_onnx(folder, tmp_path / "multi.onnx", threshold=float(np.median(ref[2])))
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy(), "mask": m.numpy()}
+    )
+    scale = float(np.abs(ref[0]).max())
+    for r, o in zip(ref[:3], out[:3]):
+        np.testing.assert_allclose(o, r, rtol=0, atol=1e-4 * scale)

@@ -59,11 +59,11 @@ def _test_dataset(data, size=None):
     return open_dataset(DataConfig(root=str(data), resolution="112"), CLASS, "test", size, load_masks=False)
 
 
-def test_test_predict_api_service_and_onnx_give_the_same_sample_scores(run, tmp_path):
+def _five_ways(model_dir, data, tmp_path) -> dict[str, dict[str, float]]:
+    """Sample scores of the test split by ``multiflow test`` (the model's scores.csv), ``multiflow
+    predict``, the Python API, the HTTP service and ONNX."""
     from multiflow.cli import main
 
-    run_dir, data, _ = run
-    model_dir = run_dir / CLASS
     tested = _scores_csv(model_dir / "scores.csv")
     assert len(tested) == 5
 
@@ -104,12 +104,54 @@ def test_test_predict_api_service_and_onnx_give_the_same_sample_scores(run, tmp_
         m = predictor.preprocessor.masks(x)
         out = sess.run(None, {"images": x[None].numpy(), "mask": m.numpy()})
         onnx_scores[rec.sample_id] = float(out[2][0])
+    return {"test": tested, "predict": predicted, "api": via_api, "serve": served, "onnx": onnx_scores}
 
-    for sid, ref in tested.items():
-        for name, got in [("predict", predicted), ("api", via_api), ("serve", served)]:
-            assert got[sid] == pytest.approx(ref, rel=2e-5, abs=2e-5), (name, sid)
+
+def test_test_predict_api_service_and_onnx_give_the_same_sample_scores(run, tmp_path):
+    run_dir, data, _ = run
+    got = _five_ways(run_dir / CLASS, data, tmp_path)
+    for sid, ref in got["test"].items():
+        for name in ("predict", "api", "serve"):
+            assert got[name][sid] == pytest.approx(ref, rel=2e-5, abs=2e-5), (name, sid)
         # fp16 storage: a feature can round to a neighbouring float16 (relative step 2^-11)
-        assert onnx_scores[sid] == pytest.approx(ref, rel=2e-3), ("onnx", sid)
+        assert got["onnx"][sid] == pytest.approx(ref, rel=2e-3), ("onnx", sid)
+
+
+def test_five_ways_agree_with_an_image_score_a_calibration_and_a_mask_margin(run, tmp_path):
+    """The bundle's scoring section (top-k mean + per-view z-scores) and mask margin are honoured
+    alike by test, predict, the API, the service and the ONNX graph."""
+    from multiflow.engine.bundle import read_bundle, write_bundle
+    from multiflow.scoring import ImageScoreSpec, ViewCalibration
+
+    run_dir, data, _ = run
+    copy = tmp_path / "r"
+    shutil.copytree(run_dir, copy)
+    rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
+    raw = np.array([[float(r[f"score_{v}"]) for v in VIEWS] for r in rows]) * np.array([1.0, 2.0, 0.5, 1.0, 3.0])
+    cal = ViewCalibration.fit(raw, "zscore")
+    bundle = read_bundle(copy / CLASS)
+    bundle.scoring = dataclasses.replace(bundle.scoring, image_score=ImageScoreSpec(name="topk_mean", k=0.25),
+                                         calibration=cal)
+    bundle.masks = dataclasses.replace(bundle.masks, margin=0.05)
+    write_bundle(copy / CLASS, bundle)
+    cfg_path = copy / "config.yaml"
+    text = cfg_path.read_text()
+    for a, b in [("image_score: max", "image_score: topk_mean"), ("image_score_k: 0.01", "image_score_k: 0.25"),
+                 ("calibration: none", "calibration: zscore"), ("margin: 0.0", "margin: 0.05")]:
+        assert a in text, a
+        text = text.replace(a, b)
+    cfg_path.write_text(text)
+    api.evaluate(copy, progress=False, pictures=False)
+    got = _five_ways(copy / CLASS, data, tmp_path)
+    plain = _scores_csv(run_dir / CLASS / "scores.csv")
+    assert not np.allclose([got["test"][k] for k in plain], list(plain.values()), atol=1e-3)  # scoring changed
+    # z-scores divide by the per-view scale: the fp16 rounding tolerance of ONNX scales with it
+    unit = float(np.abs(raw).max()) / min(cal.scale)
+    onnx_abs, py_abs = 2e-3 * unit, 2e-5 * unit
+    for sid, ref in got["test"].items():
+        for name in ("predict", "api", "serve"):
+            assert got[name][sid] == pytest.approx(ref, rel=2e-5, abs=py_abs), (name, sid)
+        assert got["onnx"][sid] == pytest.approx(ref, abs=onnx_abs), ("onnx", sid)
 
 
 def test_aggregation_override_is_applied_and_recorded(run, tmp_path):

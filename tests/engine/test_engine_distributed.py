@@ -22,7 +22,7 @@ from multiflow.flow import MultiFlow, ViewGraph
 
 # 9 samples, 2 held out -> 7 training samples in batches of 3, 3, 1: the last global batch leaves
 # rank 1 with an empty shard, and the 3-sample batches split unevenly (2 + 1).
-CFG = dict(epochs=2, batch_size=3, lr=2e-3, seed=7, val_fraction=0.2)
+CFG = dict(epochs=2, batch_size=3, lr=2e-3, seed=7, val_fraction=0.2, device="cpu")
 
 
 def _model() -> MultiFlow:
@@ -112,3 +112,34 @@ def test_shutdown_without_a_process_group_does_nothing():
     shutdown_distributed()
     shutdown_distributed(wait=False)
     assert not dist.is_initialized()
+
+
+def _run_bf16(ctx: DistContext, state_dir: str, out: str) -> None:
+    from multiflow.flow.subnet import MultiViewSubnet
+
+    torch.set_num_threads(1)
+    feats, masks = _data(True)
+    model = _model()
+    dtypes: set[str] = set()
+    for m in model.modules():
+        if isinstance(m, MultiViewSubnet):
+            m.register_forward_hook(lambda _m, _i, o: dtypes.add(str(o.dtype)))
+    res = train_flow(model, feats, masks, TrainConfig(**CFG, precision="bf16"), state_dir, progress=False)
+    maps = compute_maps_sharded(model, feats, masks, ctx, batch_size=2, precision="bf16")
+    if ctx.is_main:
+        torch.save({"history": res.history, "maps": maps, "dtypes": sorted(dtypes)}, out)
+
+
+def test_ddp_honours_bf16(tmp_path):
+    from multiflow.device import bf16_supported
+
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("no bf16 on this CPU")
+    _run_bf16(DistContext(), str(tmp_path / "single"), str(tmp_path / "single.pt"))
+    spawn_local(_run_bf16, 2, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"))
+    one = torch.load(tmp_path / "single.pt", weights_only=False)
+    two = torch.load(tmp_path / "ddp.pt", weights_only=False)
+    assert one["dtypes"] == two["dtypes"] == ["torch.bfloat16"]  # the st-networks ran in bf16 on the ranks
+    for a, b in zip(one["history"], two["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2)
+    np.testing.assert_allclose(two["maps"], one["maps"], rtol=2e-2, atol=2e-2)

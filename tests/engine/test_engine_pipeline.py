@@ -31,15 +31,28 @@ def run(tmp_path_factory):
         f"data.root={data}", f"data.categories=[{CLASS}]", "data.resolution=96", "features.input_size=96",
         f"features.cache_dir={root / 'cache'}", "model.hidden=8", "model.n_blocks=2", "model.kernel_sizes=[3,3]",
         "train.epochs=2", "train.batch_size=2", "train.lr=0.001", f"out={root / 'results'}", "name=r",
-        "eval.pictures=true",
+        "eval.pictures=true", "train.device=cpu",
     ]
     run_dir = api.fit(overrides=overrides, progress=False)
     results = api.evaluate(run_dir, progress=False)
-    return run_dir, results, data
+    return run_dir, results, data, overrides
+
+
+@pytest.fixture(scope="module")
+def scored_run(run):
+    """The same data and flow settings with a non-default image score and per-view calibration."""
+    _, _, data, overrides = run
+    ov = [o for o in overrides if not o.startswith(("name=", "eval.pictures", "features.input_size"))] + [
+        "name=scored", "eval.pictures=false", "eval.image_score=topk_mean", "eval.image_score_k=0.2",
+        "eval.calibration=zscore", "masks.margin=0.05", "features.input_size=0", "masks.soft=0.2",
+    ]
+    run_dir = api.fit(overrides=ov, progress=False)
+    api.evaluate(run_dir, progress=False)
+    return run_dir, data
 
 
 def test_run_folder_has_everything(run):
-    run_dir, results, _ = run
+    run_dir, results, _, _ = run
     for name in ["config.yaml", "metrics.json", "metrics.csv", "metrics.md", "report.html"]:
         assert (run_dir / name).is_file(), name
     cls = run_dir / CLASS
@@ -52,8 +65,20 @@ def test_run_folder_has_everything(run):
     assert "| mean |" in results["table"]
 
 
+def test_run_records_its_device_precision_and_writes_less_state(run):
+    run_dir = run[0]
+    from multiflow.engine.bundle import read_bundle
+
+    training = read_bundle(run_dir / CLASS).training  # the typed record, as every consumer reads it
+    assert training.device == "cpu" and training.precision == "fp32"
+    assert training.stop_reason == "" and len(training.history) == 2
+    assert json.loads((run_dir / CLASS / "model.json").read_text())["training"]["device"] == "cpu"
+    state = run_dir / CLASS / "train_state"
+    assert (state / "state.safetensors").is_file() and not list(state.glob("*.tmp*"))
+
+
 def test_metrics_agree_with_an_independent_oracle_on_the_written_scores(run):
-    run_dir, _, _ = run
+    run_dir, _, _, _ = run
     rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
     labels = np.array([int(r["label"]) for r in rows])
     scores = np.array([float(r["sample_score"]) for r in rows])
@@ -70,7 +95,7 @@ def test_metrics_agree_with_an_independent_oracle_on_the_written_scores(run):
 
 
 def test_threshold_comes_from_held_out_training_samples(run):
-    run_dir, _, _ = run
+    run_dir, _, _, _ = run
     from multiflow.engine.bundle import read_bundle
 
     b = read_bundle(run_dir / CLASS)
@@ -80,7 +105,7 @@ def test_threshold_comes_from_held_out_training_samples(run):
 
 
 def test_predict_matches_the_evaluation_scores(run, tmp_path):
-    run_dir, _, data = run
+    run_dir, _, data, _ = run
     rows = {r["sample_id"]: r for r in csv.DictReader(open(run_dir / CLASS / "scores.csv"))}
     preds = api.predict(run_dir / CLASS, data_root=data, data_format="realiad", split="test",
                         out_dir=tmp_path, progress=False)
@@ -98,7 +123,7 @@ def test_missing_view_at_inference_is_named(run):
 
     from multiflow.engine.predict import Predictor
 
-    run_dir, _, _ = run
+    run_dir, _, _, _ = run
     pred = Predictor(run_dir / CLASS)
     with pytest.raises(DataError, match=r"missing view\(s\) \['C3'\].*supports_missing_views is false"):
         pred.predict(torch.rand(4, 3, 96, 96), ["C1", "C2", "C4", "C5"], sample_id="s1")
@@ -112,3 +137,64 @@ def test_broken_model_folder_is_a_clear_error(run, tmp_path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_bundle(tmp_path)
+
+
+@pytest.mark.slow
+def test_scoring_switches_are_fitted_stored_and_honoured_by_test_and_predict(scored_run, tmp_path):
+    from multiflow.engine.bundle import read_bundle
+    from multiflow.scoring import ImageScoreSpec
+
+    run_dir, data = scored_run
+    b = read_bundle(run_dir / CLASS)
+    spec, cal = b.scoring.image_score, b.scoring.calibration
+    assert spec == ImageScoreSpec(name="topk_mean", k=0.2) and cal.mode == "zscore" and cal.n_views == 5
+    assert b.features.input_size == 96 and b.masks.margin == 0.05  # 0 -> the data's size
+    assert b.masks.soft == 0.2
+    assert all(s > 0 for s in cal.scale)
+    # the threshold is a quantile of *calibrated* held-out scores: z-scores of the very samples the
+    # calibration was fitted on average to zero over views
+    vs = b.training.val_sample_scores
+    assert abs(vs["mean"]) < 10.0 and b.threshold.value == pytest.approx(vs["max"], abs=1.0)
+    rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
+    views = [k[len("score_"):] for k in rows[0] if k.startswith("score_")]
+    view_scores = np.array([[float(r[f"score_{v}"]) for v in views] for r in rows])
+    np.testing.assert_allclose([float(r["sample_score"]) for r in rows], view_scores.max(1), rtol=1e-5)
+    m = json.loads((run_dir / CLASS / "metrics.json").read_text())
+    img_labels = np.array([[int(r[f"label_{v}"]) for v in views] for r in rows])
+    assert m["i_auroc"] == pytest.approx(roc_auc_score(img_labels.ravel(), view_scores.ravel()), abs=1e-5)
+    by_id = {r["sample_id"]: r for r in rows}
+    preds = api.predict(run_dir / CLASS, data_root=data, data_format="realiad", split="test",
+                        out_dir=tmp_path, progress=False)
+    # test reads float16 cached features, predict fresh float32 ones: compare on the raw NLL scale
+    # (z * sigma_v + mu_v): agreement to float16 rounding of the features (rel 5e-4)
+    loc, scale = np.array(cal.loc), np.array(cal.scale)
+    for p in preds:
+        r = by_id[p["sample_id"]]
+        got = np.array([p["view_scores"][v] for v in views]) * scale + loc
+        want = np.array([float(r[f"score_{v}"]) for v in views]) * scale + loc
+        np.testing.assert_allclose(got, want, rtol=5e-4, atol=1e-4)
+        assert p["decision"] == r["decision"]
+
+
+@pytest.mark.slow
+def test_scoring_overrides_at_test_time_are_checked_and_recorded(scored_run):
+    """A fitted calibration can only be dropped at test time, an image-score override needs that,
+    and the override (recorded in metrics.json) scores with the plain max of the stored maps."""
+    from multiflow.errors import ConfigError
+    from multiflow.scoring import ImageScoreSpec
+
+    run_dir, _ = scored_run
+    with pytest.raises(ConfigError, match="calibration: none"):
+        api.evaluate(run_dir, progress=False, pictures=False, image_score={"name": "max"})
+    with pytest.raises(ConfigError, match="only 'none'"):
+        api.evaluate(run_dir, progress=False, pictures=False, calibration="tail")
+    with pytest.raises(ConfigError, match="eval.calibration"):  # the configuration alone is no override
+        api.evaluate(run_dir, progress=False, pictures=False, overrides=["eval.calibration=none"])
+    api.evaluate(run_dir, progress=False, pictures=False, image_score={"name": "max"}, calibration="none")
+    m = json.loads((run_dir / CLASS / "metrics.json").read_text())
+    assert m["overrides"] == {"image_score": ImageScoreSpec().to_dict(), "calibration": "none"}
+    assert m["calibration"] == "none" and m["image_score"]["name"] == "max"
+    rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
+    maps = np.load(run_dir / CLASS / "maps.npy").astype(np.float64)  # float16 copies of the maps
+    np.testing.assert_allclose([float(r["sample_score"]) for r in rows], maps.reshape(len(rows), -1).max(1),
+                               rtol=2e-3)

@@ -24,7 +24,7 @@ def _data(n: int = 10, seed: int = 0):
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(epochs=4, batch_size=3, lr=1e-3, seed=5, val_fraction=0.2)
+    base = dict(epochs=4, batch_size=3, lr=1e-3, seed=5, val_fraction=0.2, device="cpu")  # exact on CPU
     base.update(kw)
     return TrainConfig(**base)
 
@@ -36,12 +36,12 @@ def _state(model):
 def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
     feats, masks = _data()
     full = _model()
-    res_full = train_flow(full, feats, masks, _cfg(), tmp_path / "a", progress=False)
+    res_full = train_flow(full, feats, masks, _cfg(checkpoint_every=1), tmp_path / "a", progress=False)
 
     part = _model()
-    train_flow(part, feats, masks, _cfg(), tmp_path / "b", progress=False, stop_after_epochs=2)
+    train_flow(part, feats, masks, _cfg(checkpoint_every=1), tmp_path / "b", progress=False, stop_after_epochs=2)
     resumed = _model()  # a fresh process would rebuild the model from its config
-    res_resumed = train_flow(resumed, feats, masks, _cfg(), tmp_path / "b", resume=True, progress=False)
+    res_resumed = train_flow(resumed, feats, masks, _cfg(checkpoint_every=1), tmp_path / "b", resume=True, progress=False)
 
     assert res_full.history == res_resumed.history
     assert res_full.best_epoch == res_resumed.best_epoch
@@ -100,3 +100,153 @@ def test_best_validation_epoch_is_restored(tmp_path):
     assert res.best_epoch == int(np.argmin(vals)) + 1
     assert res.best_val_loss == pytest.approx(min(vals))
     assert len(seen) == 3
+
+
+class _FakeClock:
+    """Monotonic seconds that advance by ``step`` every time they are read."""
+
+    def __init__(self, step: float) -> None:
+        self.t, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+def test_interval_checkpoints_resume_exactly_and_write_less(tmp_path, monkeypatch):
+    """State written on the wall-clock interval and at the end only; a kill between two interval
+    writes resumes from the older one and still ends with the uninterrupted model."""
+    import multiflow.engine.train as tr
+
+    feats, masks = _data()
+    saved_epochs: list[int] = []
+    real_save = tr._save_state
+
+    def spy(path, model, optimizer, best_state, meta):
+        saved_epochs.append(meta["epoch"] + 1)
+        return real_save(path, model, optimizer, best_state, meta)
+
+    monkeypatch.setattr(tr, "_save_state", spy)
+    cfg = _cfg(epochs=6, checkpoint_minutes=2.5, checkpoint_every=0)
+    full = _model()
+    # the clock is read once at the start and once per epoch: 1 minute per read
+    res_full = train_flow(full, feats, masks, cfg, tmp_path / "a", progress=False, clock=_FakeClock(60.0))
+    assert saved_epochs == [3, 6]  # 3 minutes after the start, then the end; never every epoch
+    assert res_full.files_written["state"] == 2
+    final_size = (tmp_path / "a" / STATE_FILE).stat().st_size
+    assert final_size < res_full.bytes_written["state"] <= 3 * final_size  # two writes counted
+
+    saved_epochs.clear()
+    part = _model()
+    train_flow(part, feats, masks, cfg, tmp_path / "b", progress=False, clock=_FakeClock(60.0), stop_after_epochs=5)
+    assert saved_epochs == [3]  # killed after epoch 5: the last state is the one of epoch 3
+    resumed = _model()
+    res_resumed = train_flow(resumed, feats, masks, cfg, tmp_path / "b", resume=True, progress=False,
+                             clock=_FakeClock(60.0))
+    assert res_resumed.history == res_full.history
+    a, b = _state(full), _state(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_old_every_epoch_policy_still_available(tmp_path):
+    feats, masks = _data()
+    res = train_flow(_model(), feats, masks, _cfg(epochs=3, checkpoint_every=1, checkpoint_minutes=0), tmp_path,
+                     progress=False)
+    assert res.files_written["state"] == 3
+
+
+def test_best_model_written_only_when_it_improves(tmp_path):
+    from safetensors import safe_open
+
+    from multiflow.engine.train import BEST_FILE
+
+    feats, masks = _data(12)
+    res = train_flow(_model(), feats, masks, _cfg(epochs=5, lr=3e-2), tmp_path, progress=False)
+    vals = [r["val_loss"] for r in res.history]
+    improvements = sum(v < min(vals[:i], default=np.inf) for i, v in enumerate(vals))
+    assert res.files_written["best"] == improvements
+    assert res.files_written["state"] == 1  # only at the end (the run is shorter than the interval)
+    with safe_open(str(tmp_path / BEST_FILE), framework="pt") as f:
+        assert int(f.metadata()["epoch"]) == res.best_epoch
+        best = {k: f.get_tensor(k) for k in f.keys()}
+    model = _model()
+    model.load_state_dict(best)
+    final = _model()
+    train_flow(final, feats, masks, _cfg(epochs=5, lr=3e-2), tmp_path / "again", progress=False)
+    for k, v in final.state_dict().items():
+        assert torch.equal(v, best[k]), k
+
+
+def test_early_stopping_stops_records_why_and_resumes_as_stopped(tmp_path):
+    feats, masks = _data()
+    cfg = _cfg(epochs=6, early_stopping_patience=2, early_stopping_min_delta=1e9)
+    res = train_flow(_model(), feats, masks, cfg, tmp_path, progress=False)
+    # epoch 1 sets the reference; epochs 2 and 3 fail to beat it by 1e9 -> stop after epoch 3
+    assert len(res.history) == 3
+    assert "early stopping after epoch 3" in res.stop_reason
+    assert res.history[-1]["stopped"] == res.stop_reason
+    assert all("stopped" not in r for r in res.history[:-1])
+    again = train_flow(_model(), feats, masks, cfg, tmp_path, resume=True, progress=False)
+    assert again.history == res.history and again.files_written["state"] == 0
+    off = train_flow(_model(), feats, masks, _cfg(epochs=6, early_stopping_patience=0), tmp_path / "off",
+                     progress=False)
+    assert len(off.history) == 6 and off.stop_reason == ""
+
+
+def test_training_runs_on_the_device_it_is_given(tmp_path, monkeypatch):
+    """Every batch is moved once to the configured device, and the model sees it there."""
+    import multiflow.engine.train as tr
+    from multiflow.device import to_device as real_to_device
+
+    moves: list[tuple[tuple[int, ...], torch.device]] = []
+
+    def recorder(t, device):
+        moves.append((tuple(t.shape), device))
+        return real_to_device(t, device)
+
+    monkeypatch.setattr(tr, "to_device", recorder)
+    seen: list[torch.device] = []
+    model = _model()
+    model.flow.register_forward_pre_hook(lambda _m, args: seen.append(args[0].device))
+    target = torch.device("cpu")
+    feats, masks = _data()
+    res = train_flow(model, feats, masks, _cfg(epochs=2, device="cpu"), tmp_path, progress=False, device=target)
+    n_train, n_val = len(res.train_index), len(res.val_index)
+    n_batches = 2 * (-(-n_train // 3) + -(-n_val // 3))
+    assert len(moves) == 2 * n_batches  # features and masks: one transfer per batch each, no per-sample moves
+    assert all(dev == target for _, dev in moves)
+    assert all(shape[0] <= 3 for shape, _ in moves)
+    assert seen and all(d == target for d in seen)
+    assert all(p.device.type == "cpu" for p in model.parameters())  # returned on the CPU
+
+
+def test_unavailable_device_fails_before_training(tmp_path, monkeypatch):
+    from multiflow.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    feats, masks = _data()
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        train_flow(_model(), feats, masks, _cfg(device="cuda"), tmp_path, progress=False)
+    assert not (tmp_path / STATE_FILE).exists()
+
+
+def test_bf16_training_runs_the_subnets_in_bf16_and_stays_close(tmp_path):
+    from multiflow.device import bf16_supported
+    from multiflow.flow.subnet import MultiViewSubnet
+
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("no bf16 on this CPU")
+    feats, masks = _data()
+    dtypes: set[torch.dtype] = set()
+    low = _model()
+    for m in low.modules():
+        if isinstance(m, MultiViewSubnet):
+            m.register_forward_hook(lambda _m, _i, o: dtypes.add(o.dtype))
+    res_low = train_flow(low, feats, masks, _cfg(precision="bf16"), tmp_path / "bf16", progress=False)
+    res_ref = train_flow(_model(), feats, masks, _cfg(), tmp_path / "fp32", progress=False)
+    assert dtypes == {torch.bfloat16}
+    for a, b in zip(res_low.history, res_ref.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-2)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-2)
+    assert res_low.history != res_ref.history  # bf16 really ran

@@ -165,3 +165,42 @@ def test_mapping_covers_b5_with_squeeze_excitation():
     own = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     assert set(mapped) == own
     assert flat == 39 and sum(depths[:6]) == 36  # the paper's "36th block" is the end of stage 6
+
+
+def test_two_stage_taps_equal_the_single_taps_resampled_and_concatenated(lite0):
+    x = torch.rand(2, 3, 80, 80, generator=torch.Generator().manual_seed(0))
+    fine = build_backbone("lite0", input_size=64, layers="blocks:3")
+    multi = build_backbone("lite0", input_size=64, layers="blocks:3+blocks:5")
+    assert multi.channels == fine.channels + lite0.channels and multi.stride == fine.stride
+    assert multi.feature_size() == fine.feature_size() and multi.feature_size(96) == fine.feature_size(96)
+    a, b = fine(x), lite0(x)
+    want = torch.cat([a, F.interpolate(b, size=a.shape[-2:], mode="bilinear", align_corners=False)], dim=1)
+    torch.testing.assert_close(multi(x), want)
+    assert b.shape[-1] < a.shape[-1]  # the two stages really are on different grids
+    # the coarse grid on request
+    coarse = build_backbone("lite0", input_size=64, layers="blocks:3+blocks:5@blocks:5")
+    assert coarse.feature_size() == lite0.feature_size()
+    want = torch.cat([F.interpolate(a, size=b.shape[-2:], mode="bilinear", align_corners=False), b], dim=1)
+    torch.testing.assert_close(coarse(x), want)
+    # the layer spec is part of what defines the features (cache keys, bundle checks)
+    assert multi.describe()["layers"] == "blocks:3+blocks:5" and multi.digest != lite0.digest
+    assert coarse.digest == multi.digest and coarse.describe() != multi.describe()
+    assert multi.forward_views(x[None]).shape == (1, 2, multi.channels, *multi.feature_size())
+
+
+def test_two_feature_taps_of_a_generic_timm_model():
+    single = [build_backbone("resnet18", pretrained=False, layers=f"features:{i}", input_size=64) for i in (1, 2)]
+    multi = build_backbone("resnet18", pretrained=False, layers="features:1+features:2", input_size=64)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    a, b = single[0](x), single[1](x)
+    want = torch.cat([a, F.interpolate(b, size=a.shape[-2:], mode="bilinear", align_corners=False)], dim=1)
+    torch.testing.assert_close(multi(x), want)
+
+
+@pytest.mark.parametrize(
+    "spec", ["blocks:5+blocks:3", "blocks:3+blocks:3", "blocks:3+features:2", "blocks:3+blocks:5@blocks:4",
+             "blocks:3+", "blocks:9+blocks:10"],
+)
+def test_bad_multi_tap_specs(spec):
+    with pytest.raises(ConfigError):
+        build_backbone("lite0", pretrained=False, layers=spec, input_size=64)

@@ -143,3 +143,59 @@ def test_compute_masks_cached(tmp_path):
     assert again.path == cm.path and ds.loads == loads
     other = compute_masks(ds, NoMasks(), tmp_path / "cache", grid=(4, 4), progress=False)
     assert other.path != cm.path and other.grid.all() and other.full is None
+
+
+def test_margin_grows_by_a_fraction_of_the_bounding_box_diagonal():
+    m = np.zeros((64, 64), dtype=bool)
+    m[20:30, 10:50] = True  # 10 x 40 box: diagonal sqrt(10^2 + 40^2)
+    diag = np.hypot(10, 40)
+    full, _ = postprocess_mask(m, dilation=1, margin=0.1)
+    # oracle: brute-force Euclidean distance from every pixel to the nearest foreground pixel
+    yy, xx = np.mgrid[0:64, 0:64]
+    fy, fx = np.nonzero(m)
+    dist = np.sqrt((yy[..., None] - fy) ** 2 + (xx[..., None] - fx) ** 2).min(-1)
+    np.testing.assert_array_equal(full, dist <= 0.1 * diag)
+    assert full.sum() > m.sum() and (full >= m).all()
+    # scaled with the object: the same shape twice as large grows by twice as many pixels
+    big = np.zeros((128, 128), dtype=bool)
+    big[40:60, 20:100] = True
+    grown = postprocess_mask(big, dilation=1, margin=0.1)[0]
+    assert grown[:, 60].sum() - 20 == 2 * (full[:, 30].sum() - 10)
+    # no margin = the paper's masks; an empty mask stays empty; negative margins are refused
+    np.testing.assert_array_equal(postprocess_mask(m, dilation=1, margin=0.0)[0], m)
+    assert not postprocess_mask(np.zeros((8, 8), bool), margin=0.5)[0].any()
+    with pytest.raises(ConfigError):
+        postprocess_mask(m, margin=-0.1)
+
+
+def test_margin_is_part_of_the_mask_cache_key(tmp_path):
+    imgs = np.stack([np.stack([_object_on_gradient(s + v, 64)[0] for v in range(2)]) for s in range(2)])
+    ds = FakeDataset(tmp_path / "data", imgs)
+    ds.image_size = (64, 64)
+    plain = compute_masks(ds, ThresholdMasks(), tmp_path / "cache", grid=(8, 8), progress=False)
+    wide = compute_masks(ds, ThresholdMasks(), tmp_path / "cache", grid=(8, 8), margin=0.2, progress=False)
+    assert wide.path != plain.path and "margin" not in plain.key["post"]
+    assert wide.grid.sum() > plain.grid.sum() and (wide.grid >= plain.grid).all()
+    expect = postprocess_mask(ThresholdMasks()(imgs[1, 0]), (8, 8), margin=0.2)[1]
+    np.testing.assert_array_equal(wide.grid[1, 0], expect)
+
+
+def test_soft_loss_weights_interpolate_between_masked_and_unmasked_loss():
+    import torch
+
+    from multiflow.features.masks import loss_weights
+    from multiflow.flow.model import masked_loss
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 2, 4, 5)) > 0.5
+    nll = torch.from_numpy(rng.normal(size=masks.shape))
+    w = loss_weights(masks, 0.25)
+    assert w.dtype == np.float32 and set(np.unique(w)) == {0.25, 1.0}
+    np.testing.assert_array_equal(w == 1.0, masks)
+    oracle = (w * nll.numpy()).sum() / w.sum()
+    assert masked_loss(nll, torch.from_numpy(w)).item() == pytest.approx(oracle, rel=1e-6)
+    assert masked_loss(nll, torch.from_numpy(loss_weights(masks, 1.0))).item() == pytest.approx(nll.mean().item())
+    assert masked_loss(nll, torch.from_numpy(loss_weights(masks, 0.0))).item() == pytest.approx(
+        masked_loss(nll, torch.from_numpy(masks)).item())
+    with pytest.raises(ConfigError):
+        loss_weights(masks, 1.5)

@@ -27,15 +27,16 @@ def evaluate_patchcore(cfg: RunConfig, category: str, out_dir: Path, *, seed: in
     from multiflow._atomic import write_json
     from multiflow.data.ground_truth import ground_truth_masks
     from multiflow.engine.bundle import json_default
-    from multiflow.engine.factories import build_extractor
+    from multiflow.engine.factories import build_extractor, run_device
     from multiflow.engine.preprocess import prepare_split
     from multiflow.engine.scoring import image_scores
     from multiflow.metrics import evaluate_exact
 
     t0 = time.perf_counter()
     extractor = build_extractor(cfg.features)
-    train = prepare_split(cfg, category, "train", extractor, progress=progress)
-    test = prepare_split(cfg, category, "test", extractor, progress=progress)
+    device, _ = run_device(cfg.train)  # the backbone runs on train.device; PatchCore itself on the CPU
+    train = prepare_split(cfg, category, "train", extractor, progress=progress, device=device)
+    test = prepare_split(cfg, category, "test", extractor, progress=progress, device=device)
     t1 = time.perf_counter()
     model = PatchCore(coreset_ratio=coreset_ratio, sampler=sampler, seed=seed).fit(train.features, train.masks)
     t2 = time.perf_counter()

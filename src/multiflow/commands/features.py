@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category", help="one class (same as --classes NAME)")
     parser.add_argument("--cache", help="cache folder (same as --set features.cache_dir=...)")
     parser.add_argument("--splits", default="train,test", help="comma-separated splits (default: train,test)")
+    parser.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (same as --set train.device=...)")
     parser.add_argument("--rebuild-corrupt", action="store_true", help="rebuild a corrupt cache entry instead of failing")
 
 
@@ -33,27 +34,30 @@ def config_from(args: argparse.Namespace):
         ov.append(f"data.categories=[{args.category}]")
     if args.cache:
         ov.append(f"features.cache_dir={args.cache}")
+    if getattr(args, "device", None):
+        ov.append(f"train.device={args.device}")
     return load_config(args.config, ov).validate()
 
 
 def run(args: argparse.Namespace) -> int:
     """Under ``torchrun`` the ranks share the samples; rank 0 writes the cache and reports."""
     from multiflow.engine.distributed import init_distributed
-    from multiflow.engine.factories import build_extractor, list_categories
+    from multiflow.engine.factories import build_extractor, list_categories, run_device
     from multiflow.engine.preprocess import prepare_split
 
     cfg = config_from(args)
     ctx = init_distributed()
     say = print if ctx.is_main else (lambda *a, **k: None)
-    extractor = build_extractor(cfg.features)
+    device, _ = run_device(cfg.train)
+    extractor = build_extractor(cfg.features).to(device)
     grid = extractor.feature_size()
-    say(f"backbone {extractor.name} ({extractor.weights_source}): {extractor.channels} channels, "
+    say(f"backbone {extractor.name} ({extractor.weights_source}) on {device}: {extractor.channels} channels, "
         f"stride {extractor.stride}, input {extractor.input_size} -> grid {grid[0]}x{grid[1]}")
     on_corrupt = "rebuild" if args.rebuild_corrupt else "error"
     for category in list_categories(cfg.data):
         for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
             prep = prepare_split(cfg, category, split, extractor, progress=ctx.is_main and not args.quiet,
-                                 on_corrupt=on_corrupt)
+                                 on_corrupt=on_corrupt, device=device)
             say(f"{category} {split}: features {tuple(prep.features.shape)} {prep.features.dtype}")
             if prep.masks is not None:
                 share = float(prep.masks.mean()) if prep.masks.size else 0.0

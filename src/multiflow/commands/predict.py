@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", default="", help="Real-IAD resolution folder (default: the only one present)")
     p.add_argument("--out", help="output folder (default: <model>/predictions)")
     p.add_argument("--threshold", type=float, help="override the calibrated decision threshold")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: st-network convolutions in bf16 autocast (NLL in fp32)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -24,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from multiflow.api import predict
 
     rows = predict(args.model, data_root=args.data, data_format=args.format, split=args.split,
-                   category=args.category, resolution=args.resolution, out_dir=args.out, threshold=args.threshold, progress=not args.quiet)
+                   category=args.category, resolution=args.resolution, out_dir=args.out, threshold=args.threshold,
+                   progress=not args.quiet,
+                   device=args.device, precision=args.precision)
     n_ng = sum(r["decision"] == "NG" for r in rows)
     n_cam = sum(r["decision"] == "CHECK CAMERA" for r in rows)
     for r in rows:

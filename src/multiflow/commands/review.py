@@ -15,6 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--page-size", type=int, default=100, help="objects per page of a class (default 100)")
     p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest 'try a part' upload in MiB (default 64)")
     p.add_argument("--max-image-pixels", type=int, default=25_000_000, help="largest uploaded image in pixels")
+    p.add_argument("--device", default="auto", help="where 'try a part' scores: auto (CUDA when available), cpu, "
+                   "cuda or cuda:N")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -35,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.run).is_dir():
         raise CheckpointError("run folder not found", args.run)
     settings = ReviewSettings(page_size=args.page_size, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                              max_image_pixels=args.max_image_pixels)
+                              max_image_pixels=args.max_image_pixels, device=args.device)
     serve_review(args.run, host=args.host, port=args.port, settings=settings, log_level=args.log_level)
     return 0

@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="override the calibrated decision threshold")
     p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body in MiB (default 64)")
     p.add_argument("--max-image-pixels", type=int, default=25_000_000, help="largest image in pixels (default 25e6)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: st-network convolutions in bf16 autocast (NLL in fp32)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -27,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
     if args.max_request_mb <= 0 or args.max_image_pixels <= 0:
         raise ConfigError("--max-request-mb and --max-image-pixels must be positive")
     limits = ServiceLimits(max_request_bytes=int(args.max_request_mb * 2**20), max_image_pixels=args.max_image_pixels)
-    serve(args.model, host=args.host, port=args.port, threshold=args.threshold, limits=limits, log_level=args.log_level)
+    serve(args.model, host=args.host, port=args.port, threshold=args.threshold, limits=limits, log_level=args.log_level,
+          device=args.device, precision=args.precision)
     return 0

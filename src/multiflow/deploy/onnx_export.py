@@ -9,8 +9,11 @@ The exported graph (:class:`InferenceGraph`) computes, for a batch of samples,
 * anomaly maps ``(B, V, h, w)`` = per-pixel NLL of the flow in eval mode (no noise); with a
   foreground ``mask`` ``(B, V, h, w)`` (> 0.5 = foreground, computed outside the graph by
   :class:`multiflow.engine.preprocess.ViewPreprocessor`), the background fill; view scores
-  ``(B, V)``, sample score ``(B,)`` and decision ``(B,)``: all by the same torch functions as
-  every other path (:mod:`multiflow.scoring`), traced into the graph.
+  ``(B, V)`` (the model's image score over the foreground, ``max`` by default, per-view
+  calibrated when the model was fitted with ``eval.calibration``), sample score ``(B,)`` and
+  decision ``(B,)``: all by the same torch functions as every other path
+  (:func:`multiflow.scoring.score_maps` with the bundle's :class:`multiflow.scoring.ScorePostprocess`),
+  traced into the graph.
 
 The batch axis is dynamic. The file carries the model's description as ONNX metadata
 (``view_names``, ``threshold``, ``input_size``, ``feature_size``, ``aggregation``, ...; read it
@@ -32,7 +35,7 @@ from torch import Tensor, nn
 from multiflow._atomic import atomic_path
 from multiflow._optional import require
 from multiflow.errors import CheckpointError, ConfigError, DataError
-from multiflow.scoring import check_aggregation, decide, score_maps
+from multiflow.scoring import ScorePostprocess, check_aggregation, decide, score_maps
 
 INPUT_NAMES = ("images", "mask")
 OUTPUT_NAMES = ("anomaly_maps", "view_scores", "sample_score", "decision")
@@ -50,10 +53,13 @@ class InferenceGraph(nn.Module):
         with_mask: whether :meth:`forward` takes a foreground mask.
         feature_dtype: the bundle's ``features.dtype``; ``"float16"`` rounds the features as the
             feature cache stores them (what the flow was trained and calibrated on).
+        postprocess: image score + calibration (:meth:`multiflow.engine.bundle.ScoringSpec.postprocess`;
+            None = the paper's max, uncalibrated).
     """
 
     def __init__(self, *, extractor: nn.Module, flow: nn.Module, threshold: float, aggregation: str = "max",
-                 with_mask: bool = True, feature_dtype: str = "float32") -> None:
+                 with_mask: bool = True, feature_dtype: str = "float32",
+                 postprocess: ScorePostprocess | None = None) -> None:
         super().__init__()
         check_aggregation(aggregation)
         if feature_dtype not in ("float16", "float32"):
@@ -64,6 +70,7 @@ class InferenceGraph(nn.Module):
         self.aggregation = aggregation
         self.with_mask = bool(with_mask)
         self.input_size = int(extractor.input_size)
+        self.postprocess = postprocess if postprocess is not None else ScorePostprocess(image_size=self.input_size)
         self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float32))
         self.eval()
 
@@ -91,7 +98,7 @@ class InferenceGraph(nn.Module):
         nll = self.flow(feats).nll  # (B, V, h, w)
         if mask is not None and (mask.dim() != 4 or tuple(mask.shape[1:]) != tuple(nll.shape[1:])):
             raise DataError(f"mask must have shape (B, {v}, {nll.shape[2]}, {nll.shape[3]}), got {tuple(mask.shape)}")
-        maps, view_scores, sample = score_maps(nll, mask, self.aggregation)
+        maps, view_scores, sample = score_maps(nll, mask, self.aggregation, self.postprocess)
         return maps, view_scores, sample, decide(sample, self.threshold)
 
 
@@ -105,7 +112,7 @@ def load_inference_graph(model_dir: str | os.PathLike, *, threshold: float | Non
     """
     from multiflow.engine.predict import Predictor
 
-    pred = Predictor(model_dir, threshold=threshold)
+    pred = Predictor(model_dir, threshold=threshold, device="cpu")  # export traces on the CPU
     if pred.single_view:
         raise ConfigError(
             f"{model_dir}: a single-view baseline model (model.single_view=true) cannot be exported; "
@@ -113,7 +120,7 @@ def load_inference_graph(model_dir: str | os.PathLike, *, threshold: float | Non
         )
     graph = InferenceGraph(extractor=pred.extractor, flow=pred.flow, threshold=pred.threshold,
                            aggregation=pred.aggregation, with_mask=with_mask,
-                           feature_dtype=pred.bundle.features.dtype)
+                           feature_dtype=pred.bundle.features.dtype, postprocess=pred.postprocess)
     return graph, dict(pred.meta, threshold=pred.threshold, view_names=list(pred.view_names))
 
 
@@ -167,6 +174,7 @@ def export_onnx(
                 "view_names": json.dumps(list(meta["view_names"])),
                 "threshold": repr(float(meta["threshold"])),
                 "aggregation": graph.aggregation,
+                "scoring": json.dumps(meta["scoring"]),
                 "input_size": str(s),
                 "feature_size": json.dumps([int(h), int(w)]),
                 "with_mask": json.dumps(bool(with_mask)),
@@ -197,6 +205,7 @@ def onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     out: dict[str, Any] = dict(props)
     for key in ("view_names", "feature_size", "with_mask", "backbone"):
         out[key] = json.loads(props[key])
+    out["scoring"] = json.loads(props.get("scoring", "{}"))
     out["threshold"] = float(props["threshold"])
     out["input_size"] = int(props["input_size"])
     return out

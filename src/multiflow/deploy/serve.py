@@ -215,14 +215,15 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
 
 
 def serve(model_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, threshold: float | None = None,
-          limits: ServiceLimits | None = None, log_level: str = "info") -> None:
-    """Load the model once and run the service with uvicorn until interrupted."""
+          limits: ServiceLimits | None = None, log_level: str = "info", device: str = "auto",
+          precision: str = "fp32") -> None:
+    """Load the model once (on ``device``, in ``precision``) and run the service with uvicorn until interrupted."""
     for module in ("fastapi", "python_multipart"):
         require(module, purpose="multiflow serve")
     uvicorn = require("uvicorn", purpose="multiflow serve")
 
     from multiflow.engine.predict import Predictor
 
-    predictor = Predictor(model_dir, threshold=threshold)
+    predictor = Predictor(model_dir, threshold=threshold, device=device, precision=precision)
     uvicorn.run(create_app(predictor, limits=limits), host=host, port=port, log_level=log_level,
                 limit_concurrency=64, timeout_keep_alive=5)

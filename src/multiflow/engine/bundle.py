@@ -5,10 +5,11 @@ constructor config, :mod:`multiflow.flow.io`) and ``model.json`` (this module's
 :class:`ModelBundle`, format :data:`BUNDLE_FORMAT`). Everything a consumer needs to score new
 images the way the model was trained and calibrated is here: the backbone (name, input size,
 weights, layer, feature dtype, weights digest), the foreground masks, the view graph and names,
-the load-time flips, the scoring (view aggregation), the decision threshold with its audit trail,
-whether the flow scores incomplete objects (``supports_missing_views``, trained with
-``view_dropout``) and the camera-fault statistics (``camera_faults``: the name of the JSON file in
-the class folder, :class:`multiflow.faults.CameraFaultModel`; empty = no camera check).
+the load-time flips, the scoring (view aggregation, image score, per-view calibration), the
+decision threshold with its audit trail, whether the flow scores incomplete objects
+(``supports_missing_views``, trained with ``view_dropout``) and the camera-fault statistics
+(``camera_faults``: the name of the JSON file in the class folder,
+:class:`multiflow.faults.CameraFaultModel`; empty = no camera check).
 Test, predict, export, serve and the review app read the bundle and nothing else; the run's
 ``config.yaml`` only says where the data is.
 
@@ -28,8 +29,8 @@ import numpy as np
 
 from multiflow._atomic import write_json
 from multiflow.config import FeatureConfig, MaskConfig
-from multiflow.errors import CheckpointError
-from multiflow.scoring import check_aggregation
+from multiflow.errors import CheckpointError, ConfigError
+from multiflow.scoring import ImageScoreSpec, ScorePostprocess, ViewCalibration, check_aggregation
 
 BUNDLE_FORMAT = "multiflow-model/2"
 LEGACY_FORMATS = ("multiflow-model/1",)
@@ -50,7 +51,12 @@ class GraphSpec:
 
 @dataclass
 class FeaturesSpec:
-    """The frozen backbone and how its features were stored (``dtype``: the cache's rounding)."""
+    """The frozen backbone and how its features were stored (``dtype``: the cache's rounding).
+
+    ``input_size`` is the resolved size (``features.input_size: 0`` in the configuration = the
+    data's image size, resolved per class at fit); ``layer`` the backbone tap(s) as configured
+    (``"blocks:3+blocks:5"`` = several stages resampled to one grid and concatenated).
+    """
 
     backbone: str
     input_size: int
@@ -75,20 +81,44 @@ class MasksSpec:
     provider: str = "none"
     dilation: int = 8
     mask_root: str = ""
+    #: extra dilation, a fraction of the object's bounding-box diagonal (0 = the paper's masks)
+    margin: float = 0.0
+    #: loss weight of background cells in training (informative; scoring uses the binary mask)
+    soft: float = 0.0
 
     def to_config(self) -> MaskConfig:
-        return MaskConfig(provider=self.provider, dilation=int(self.dilation), mask_root=self.mask_root)
+        return MaskConfig(provider=self.provider, dilation=int(self.dilation), mask_root=self.mask_root,
+                          margin=float(self.margin), soft=float(self.soft))
 
 
 @dataclass
 class ScoringSpec:
-    """From anomaly maps to a sample score (:mod:`multiflow.scoring`): the view ``aggregation``.
+    """From anomaly maps to a sample score (:mod:`multiflow.scoring`).
 
-    Later settings of the map post-processing or of score calibration belong here, with defaults
-    that reproduce today's scores, so older bundles keep loading.
+    ``aggregation``: over views; ``image_score``: how a map becomes an image score
+    (:class:`multiflow.scoring.ImageScoreSpec`); ``calibration``: the per-view calibration fitted
+    on held-out normal training samples (:class:`multiflow.scoring.ViewCalibration`). The
+    defaults (max over the map, no calibration) are the paper's scores, so bundles written
+    before these fields existed load and score as they did.
     """
 
     aggregation: str = "max"
+    image_score: ImageScoreSpec = field(default_factory=ImageScoreSpec)
+    calibration: ViewCalibration = field(default_factory=ViewCalibration)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ScoringSpec":
+        """Parse the JSON form (nested ``image_score`` / ``calibration`` mappings; missing = defaults)."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown} in 'scoring'")
+        return cls(aggregation=str(data.get("aggregation", "max")),
+                   image_score=ImageScoreSpec.from_dict(data.get("image_score")),
+                   calibration=ViewCalibration.from_dict(data.get("calibration")))
+
+    def postprocess(self, image_size: int) -> ScorePostprocess:
+        """The torch module computing (calibrated) view scores from maps, for a model of ``image_size``."""
+        return ScorePostprocess(spec=self.image_score, calibration=self.calibration, image_size=int(image_size))
 
 
 @dataclass
@@ -114,7 +144,12 @@ class ThresholdSpec:
 
 @dataclass
 class TrainingRecord:
-    """How the flow was trained (informative; not needed for scoring)."""
+    """How the flow was trained (informative; not needed for scoring).
+
+    ``stop_reason``: empty unless early stopping ended the run (``train.early_stopping_patience``);
+    ``device`` and ``precision``: where and how it was trained (``train.device``, ``train.precision``
+    as resolved; empty in bundles written before these were recorded).
+    """
 
     best_epoch: int = 0
     best_val_loss: float | None = None
@@ -123,6 +158,9 @@ class TrainingRecord:
     val_samples: int = 0
     val_sample_scores: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    stop_reason: str = ""
+    device: str = ""
+    precision: str = ""
 
 
 @dataclass
@@ -162,7 +200,7 @@ class ModelBundle:
                 features=_build(FeaturesSpec, data["features"], where, "features"),
                 masks=_build(MasksSpec, data.get("masks", {}), where, "masks"),
                 threshold=_threshold(data["threshold"], where),
-                scoring=_build(ScoringSpec, data.get("scoring", {}), where, "scoring"),
+                scoring=_scoring(data.get("scoring", {}), where),
                 flips={str(k): str(v) for k, v in (data.get("flips") or {}).items()},
                 single_view=bool(data.get("single_view", False)),
                 training=_build(TrainingRecord, data.get("training", {}), where, "training"),
@@ -172,7 +210,7 @@ class ModelBundle:
             )
         except KeyError as exc:
             raise CheckpointError(f"model description lacks the field {exc.args[0]!r}", where) from None
-        except (TypeError, ValueError, AttributeError) as exc:
+        except (TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise CheckpointError(f"malformed model description: {exc}", where) from None
         bundle.check(where)
         return bundle
@@ -189,6 +227,11 @@ class ModelBundle:
             check_aggregation(self.scoring.aggregation)
         except Exception as exc:
             raise CheckpointError(str(exc), where) from None
+        n_cal = self.scoring.calibration.n_views
+        if self.scoring.calibration.mode != "none" and n_cal != len(self.view_names):
+            raise CheckpointError(
+                f"the score calibration covers {n_cal} views, the model has {len(self.view_names)}", where
+            )
         if not np.isfinite(float(self.threshold.value)):
             raise CheckpointError(f"threshold {self.threshold.value!r} is not a finite number", where)
         if not 0.0 <= float(self.view_dropout) < 1.0:
@@ -209,6 +252,15 @@ def _build(cls, data: Any, where: str | Path, what: str):
     if unknown:
         raise CheckpointError(f"model description: unknown field(s) {unknown} in {what!r}", where)
     return cls(**data)
+
+
+def _scoring(data: Any, where: str | Path) -> ScoringSpec:
+    if not isinstance(data, dict):
+        raise CheckpointError(f"model description: 'scoring' must be an object, got {type(data).__name__}", where)
+    try:
+        return ScoringSpec.from_dict(data)
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"model description: malformed 'scoring': {exc}", where) from None
 
 
 def _threshold(data: Any, where: str | Path) -> ThresholdSpec:
@@ -254,10 +306,14 @@ def migrate_v1(meta: dict[str, Any], flow_config: dict[str, Any] | None, where: 
                 grid=[], extractor=ext,
             ),
             masks=MasksSpec(provider=str(m.get("provider", "none")), dilation=int(m.get("dilation", 8)),
-                            mask_root=str(m.get("mask_root", ""))),
+                            mask_root=str(m.get("mask_root", "")), margin=float(m.get("margin", 0.0)),
+                            soft=float(m.get("soft", 0.0))),
             threshold=ThresholdSpec(value=float(meta["threshold"]), quantile=meta.get("threshold_quantile"),
                                     source=str(meta.get("threshold_source", ""))),
-            scoring=ScoringSpec(aggregation=str(meta.get("aggregation", "max"))),
+            # format-1 files of the scoring-switch branch carried image_score/calibration under "scoring"
+            scoring=ScoringSpec.from_dict(
+                {**(meta.get("scoring") or {}), "aggregation": str(meta.get("aggregation", "max"))}
+            ),
             flips=dict(meta.get("flips") or {}),
             single_view=bool(meta.get("single_view", False)),
             training=TrainingRecord(
@@ -271,7 +327,7 @@ def migrate_v1(meta: dict[str, Any], flow_config: dict[str, Any] | None, where: 
         )
     except KeyError as exc:
         raise CheckpointError(f"format-1 model description lacks the field {exc.args[0]!r}", where) from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"malformed format-1 model description: {exc}", where) from None
     bundle.check(where)
     return bundle

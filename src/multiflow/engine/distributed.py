@@ -103,21 +103,25 @@ def exit_after_distributed(code: int) -> NoReturn:
 
 @torch.no_grad()
 def compute_maps_sharded(model, features, masks, ctx: DistContext, *, batch_size: int = 16,
-                         progress: bool = False) -> np.ndarray:
+                         progress: bool = False, device: torch.device | None = None,
+                         precision: str = "fp32") -> np.ndarray:
     """:func:`multiflow.engine.scoring.compute_maps` with the samples split over ranks.
 
     Rank ``r`` scores samples :func:`shard_range` ``(N, r, W)``; the maps ``(N, V, h, w)`` are
     all-gathered in sample order, so every rank holds the same result as a single process.
+    ``device`` (single process; under DDP the rank's device) and ``precision`` go to ``compute_maps``.
     """
     from multiflow.engine.scoring import compute_maps
 
     if not ctx.enabled:
-        return compute_maps(model, features, masks, batch_size=batch_size, progress=progress)
+        return compute_maps(model, features, masks, batch_size=batch_size, progress=progress, device=device,
+                            precision=precision)
     n = int(features.shape[0])
     start, end = shard_range(n, ctx.rank, ctx.world_size)
     if end > start:
         part = compute_maps(model, features[start:end], None if masks is None else masks[start:end],
-                            batch_size=batch_size, progress=progress and ctx.is_main)
+                            batch_size=batch_size, progress=progress and ctx.is_main, device=ctx.device,
+                            precision=precision)
     else:
         h, w = int(features.shape[-2]), int(features.shape[-1])
         part = np.empty((0, int(features.shape[1]), h, w), dtype=np.float32)
@@ -179,32 +183,38 @@ class ShardedLoss:
     NLL sum of the shard and ``D`` the all-reduced foreground weight (clamped to >= 1).
     ``present`` (``(B, V)`` bool, view dropout of the global batch) runs the flow on the present
     views and leaves the others out of ``N_r`` and ``D``, as :meth:`MultiFlow.forward` does.
+    ``precision="bf16"`` runs the flow under bf16 autocast (:mod:`multiflow.device`).
     """
 
-    def __init__(self, model: torch.nn.Module, ctx: DistContext) -> None:
+    def __init__(self, model: torch.nn.Module, ctx: DistContext, *, precision: str = "fp32") -> None:
         from torch.nn.parallel import DistributedDataParallel
 
         self.model = model
         self.ctx = ctx
+        self.precision = precision
         ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(_FlowNLL(model), device_ids=ids)
 
     def __call__(self, x: torch.Tensor, m: torch.Tensor | None,
                  generator: torch.Generator | None, present: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        from multiflow.device import autocast, to_device
         from multiflow.scoring import masked_nll_sums, present_mask
 
         dev = self.ctx.device
-        x = x.to(dev)
+        x = to_device(x, dev)
         if present is not None:
-            present = present.to(dev)
+            present = to_device(present, dev)
             x = torch.where(present[:, :, None, None, None], x, torch.zeros((), dtype=x.dtype, device=dev))
         xin, cond = self.model.noise(x, generator)
         start, end = shard_range(int(x.shape[0]), self.ctx.rank, self.ctx.world_size)
-        if present is None:
-            nll = self.ddp(xin[start:end], None if cond is None else cond[start:end])
-        else:
-            nll = self.ddp(xin[start:end], None if cond is None else cond[start:end], present[start:end])
-        mm = torch.ones_like(nll) if m is None else m[start:end].to(device=dev, dtype=nll.dtype)
+        c = None if cond is None else cond[start:end]
+        with autocast(dev, self.precision):  # st-networks in bf16; coupling math and NLL in fp32
+            if present is None:
+                nll = self.ddp(xin[start:end], c)
+            else:
+                nll = self.ddp(xin[start:end], c, present[start:end])
+        nll = nll.float()
+        mm = torch.ones_like(nll) if m is None else to_device(m[start:end], dev).to(nll.dtype)
         if present is not None:
             mm = present_mask(mm, present[start:end], nll)
         num_r, den_r = masked_nll_sums(nll, mm)

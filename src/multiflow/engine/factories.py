@@ -8,12 +8,16 @@ cache built by one of them is the cache the others read. Below the orchestrator
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from multiflow.config import DataConfig, FeatureConfig, MaskConfig, ModelConfig
+from multiflow.config import DataConfig, FeatureConfig, MaskConfig, ModelConfig, TrainConfig
 from multiflow.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cache_dir(cfg: FeatureConfig) -> Path:
@@ -40,6 +44,20 @@ def list_categories(data: DataConfig) -> list[str]:
     if not cats:
         raise DataError(f"no Real-IAD class JSON found under {data.root} ({data.json_variant})", data.root)
     return list(cats)
+
+
+def resolve_input_size(features: FeatureConfig, data: DataConfig, category: str) -> FeatureConfig:
+    """``features.input_size: 0`` = follow the data: the larger side of the first training image of
+    ``category`` (the bundle then stores the resolved size). Other values are returned as is."""
+    from multiflow.data.ground_truth import native_size
+
+    if features.input_size > 0:
+        return features
+    ds = open_dataset(data, category, "train", None, load_masks=False)
+    if len(ds) == 0:
+        raise DataError(f"the train split of {category!r} has no samples", getattr(ds, "json_path", data.root))
+    h, w = native_size(ds.samples[0].image_paths[0])
+    return dataclasses.replace(features, input_size=max(h, w))
 
 
 def open_dataset(data: DataConfig, category: str, split: str, image_size: int | None, *, load_masks: bool = True):
@@ -140,3 +158,20 @@ def build_mask_provider(cfg: MaskConfig, dataset: Any = None, *, image_root: str
             raise ConfigError("masks.provider=file needs the image root the mask tree mirrors")
         return make_provider("file", mask_root=cfg.mask_root, image_root=root)
     return make_provider(cfg.provider)
+
+
+def run_device(cfg: TrainConfig, device: torch.device | None = None) -> tuple[torch.device, str]:
+    """``(device, precision)`` of this process, resolved once per run.
+
+    The device: the given ``device``, else this rank's device under ``torchrun``
+    (:attr:`multiflow.parallel.DistContext.device`), else ``train.device`` resolved by
+    :func:`multiflow.device.resolve_device`. The precision: ``train.precision`` where the device
+    supports it, else fp32 (with a one-line notice, :func:`multiflow.device.resolve_precision`).
+    """
+    from multiflow.device import resolve_device, resolve_precision
+    from multiflow.parallel import current_context
+
+    ctx = current_context()
+    if device is None:
+        device = ctx.device if ctx.enabled else resolve_device(cfg.device)
+    return device, resolve_precision(cfg.precision, device, notice=ctx.is_main)

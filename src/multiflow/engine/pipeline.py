@@ -20,6 +20,10 @@ results written by :mod:`multiflow.engine.outputs`. Evaluation reads the model's
 run configuration's model, feature or mask settings; explicitly named test-time overrides (e.g.
 ``{"aggregation": "mean"}``) are applied on top and recorded in ``metrics.json``.
 
+The device is resolved once per run (:func:`multiflow.engine.factories.run_device`: ``train.device``,
+or the rank's GPU under ``torchrun``) and handed to feature extraction, training and scoring;
+``train.precision=bf16`` runs the st-networks under bf16 autocast there (coupling math and NLL in fp32).
+
 Under ``torchrun`` (see :mod:`multiflow.engine.distributed`) the ranks share feature and mask
 extraction, training is data parallel, anomaly maps are computed on shards and all-gathered, and
 only rank 0 writes files.
@@ -30,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,42 +55,58 @@ from multiflow.engine.bundle import (
     load_bundle,
     save_bundle,
 )
-from multiflow.engine.factories import build_extractor, build_flow, list_categories
+from multiflow.engine.factories import build_extractor, build_flow, list_categories, resolve_input_size, run_device
 from multiflow.engine.preprocess import prepare_split
 from multiflow.errors import CheckpointError, ConfigError, DataError
+from multiflow.scoring import ImageScoreSpec
+
+if TYPE_CHECKING:
+    import torch
 
 #: test-time settings that may override a bundle's, each recorded in metrics.json
 TEST_OVERRIDES = tuple(f.name for f in dataclasses.fields(ScoringSpec))
 
 
+def image_score_spec(ev) -> ImageScoreSpec:
+    """The :class:`multiflow.scoring.ImageScoreSpec` of an :class:`multiflow.config.EvalConfig`."""
+    return ImageScoreSpec(name=ev.image_score, k=ev.image_score_k, q=ev.image_score_q,
+                          sigma=ev.image_score_sigma, size=ev.image_score_size)
+
+
 def _maps(model, features, masks, n_views: int, single_view: bool, ctx, *, batch_size: int,
-          progress: bool = False) -> np.ndarray:
-    """Anomaly maps ``(N, V, h, w)``; a single-view flow scores every image as its own sample."""
+          progress: bool = False, device: torch.device | None = None, precision: str = "fp32") -> np.ndarray:
+    """Anomaly maps ``(N, V, h, w)`` computed on ``device`` in ``precision``; a single-view flow
+    scores every image as its own sample."""
     from multiflow.engine.distributed import compute_maps_sharded
     from multiflow.flow.single_view import from_single_view, to_single_view
 
+    kw = dict(batch_size=batch_size, progress=progress, device=device, precision=precision)
     if not single_view:
-        return compute_maps_sharded(model, features, masks, ctx, batch_size=batch_size, progress=progress)
+        return compute_maps_sharded(model, features, masks, ctx, **kw)
     sv_feats, sv_masks = to_single_view(features, masks)
-    maps = compute_maps_sharded(model, sv_feats, sv_masks, ctx, batch_size=batch_size, progress=progress)
+    maps = compute_maps_sharded(model, sv_feats, sv_masks, ctx, **kw)
     return from_single_view(maps, n_views)
 
 
 # ------------------------------------------------------------------------------------ fitting
 def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool = False,
-                 progress: bool = True) -> ModelBundle:
-    """Train the flow of one class and calibrate its threshold on held-out normal training samples."""
+                 progress: bool = True, device: torch.device | None = None) -> ModelBundle:
+    """Train the flow of one class and calibrate its threshold on held-out normal training samples.
+
+    Features, masks, training and scoring run on ``device`` (default: :func:`run_device`)."""
     from multiflow.engine.distributed import barrier, current_context
-    from multiflow.engine.scoring import calibrate_threshold, sample_scores
+    from multiflow.engine.scoring import calibrate_threshold, fit_scoring
     from multiflow.engine.train import train_flow
     from multiflow.flow.single_view import single_view_indices, to_single_view
 
     ctx = current_context()
     progress = progress and ctx.is_main
+    device, precision = run_device(cfg.train, device)
     t0 = time.perf_counter()
     out = run_dir / category
+    cfg = dataclasses.replace(cfg, features=resolve_input_size(cfg.features, cfg.data, category))
     extractor = build_extractor(cfg.features)
-    train = prepare_split(cfg, category, "train", extractor, progress=progress)
+    train = prepare_split(cfg, category, "train", extractor, progress=progress, device=device)
     t_feat = time.perf_counter() - t0
     feats, masks, flow_views, model_cfg = train.features, train.masks, train.view_names, cfg.model
     n_views = len(train.view_names)
@@ -95,14 +115,23 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         # every image an independent sample of one single-view flow (no cross-view links)
         feats, masks = to_single_view(feats, masks)
         flow_views, model_cfg = ["view"], dataclasses.replace(cfg.model, graph="none")
+    if masks is not None and cfg.masks.soft > 0:  # background cells count in the loss with this weight
+        from multiflow.features.masks import loss_weights
+
+        masks = loss_weights(masks, cfg.masks.soft)
     model = build_flow(model_cfg, extractor.channels, flow_views, cfg.train.seed)
-    result = train_flow(model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress)
+    result = train_flow(model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress,
+                        device=device)
     val = result.val_index if result.val_index is not None and len(result.val_index) else result.train_index
     # calibrate on whole samples (max over views); single view: those with at least one held-out image
     val = single_view_indices(val, n_views) if single else np.sort(val)
     val_maps = _maps(model, train.features[val], None if train.masks is None else train.masks[val], n_views,
-                     single, ctx, batch_size=cfg.eval.batch_size)
-    val_scores = sample_scores(val_maps, cfg.eval.aggregation)
+                     single, ctx, batch_size=cfg.eval.batch_size, device=device, precision=precision)
+    spec = image_score_spec(cfg.eval)
+    calibration, val_scores = fit_scoring(  # image score + per-view calibration; threshold after calibration
+        val_maps, None if train.masks is None else train.masks[val], spec, cfg.eval.calibration,
+        image_size=int(extractor.input_size), how=cfg.eval.aggregation,
+    )
     threshold = calibrate_threshold(val_scores, cfg.train.threshold_quantile)
     graph = model.graph.to_dict()
     desc = extractor.describe()
@@ -116,12 +145,13 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
             channels=int(extractor.channels), grid=[int(s) for s in extractor.feature_size(extractor.input_size)],
             extractor=desc,
         ),
-        masks=MasksSpec(provider=cfg.masks.provider, dilation=int(cfg.masks.dilation), mask_root=cfg.masks.mask_root),
+        masks=MasksSpec(provider=cfg.masks.provider, dilation=int(cfg.masks.dilation), mask_root=cfg.masks.mask_root,
+                        margin=float(cfg.masks.margin), soft=float(cfg.masks.soft)),
         threshold=ThresholdSpec(
             value=threshold, quantile=float(cfg.train.threshold_quantile),
             source="held-out normal training samples" if len(result.val_index) else "training samples",
         ),
-        scoring=ScoringSpec(aggregation=cfg.eval.aggregation),
+        scoring=ScoringSpec(aggregation=cfg.eval.aggregation, image_score=spec, calibration=calibration),
         flips=dict(cfg.data.flips),
         single_view=single,
         training=TrainingRecord(
@@ -130,6 +160,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
             val_sample_scores={"n": int(len(val_scores)), "mean": float(val_scores.mean()),
                                "max": float(val_scores.max())},
             seconds={"features_and_masks": t_feat, "total": time.perf_counter() - t0},
+            stop_reason=result.stop_reason, device=str(device), precision=precision,
         ),
         supports_missing_views=bool(cfg.train.view_dropout > 0),
         view_dropout=float(cfg.train.view_dropout),
@@ -192,16 +223,24 @@ def fit_run(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
     barrier(ctx)
+    device, _ = run_device(cfg.train)
     for category in list_categories(cfg.data):
         if progress:
-            print(f"== {category}: training", flush=True)
-        fit_category(cfg, category, run_dir, resume=resume, progress=progress)
+            print(f"== {category}: training on {device}", flush=True)
+        fit_category(cfg, category, run_dir, resume=resume, progress=progress, device=device)
     return run_dir
 
 
 # ---------------------------------------------------------------------------------- evaluation
 def check_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """Validated test-time overrides (keys of :data:`TEST_OVERRIDES`)."""
+    """Validated test-time overrides (keys of :data:`TEST_OVERRIDES`), in their JSON form.
+
+    ``aggregation``: a view aggregation name; ``image_score``: an image-score spec (mapping or
+    :class:`multiflow.scoring.ImageScoreSpec`; missing keys take their defaults); ``calibration``:
+    only ``"none"`` (drop the model's fitted per-view calibration: its parameters cannot be made
+    up at test time). Overriding the image score of a model with a fitted calibration needs
+    ``calibration: "none"`` too (the calibration was fitted on the model's image scores).
+    """
     from multiflow.scoring import check_aggregation
 
     ov = dict(overrides or {})
@@ -210,37 +249,86 @@ def check_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"unknown test-time override(s) {unknown}; allowed: {list(TEST_OVERRIDES)}")
     if "aggregation" in ov:
         check_aggregation(ov["aggregation"])
+    if "image_score" in ov:
+        spec = ov["image_score"]
+        ov["image_score"] = (spec if isinstance(spec, ImageScoreSpec) else ImageScoreSpec.from_dict(spec)).to_dict()
+    if "calibration" in ov:
+        mode = ov["calibration"].get("mode") if isinstance(ov["calibration"], dict) else ov["calibration"]
+        if mode != "none":
+            raise ConfigError(
+                f"test-time calibration override {ov['calibration']!r}: only 'none' (a calibration is fitted at fit "
+                "time on held-out normal samples; refit with eval.calibration=...)"
+            )
+        ov["calibration"] = "none"
     return ov
+
+
+def apply_overrides(scoring: ScoringSpec, ov: dict[str, Any], where: str | Path = "") -> ScoringSpec:
+    """The bundle's scoring with validated test-time overrides (:func:`check_overrides`) applied."""
+    from multiflow.scoring import ViewCalibration
+
+    out = dataclasses.replace(scoring)
+    if "aggregation" in ov:
+        out.aggregation = ov["aggregation"]
+    if ov.get("calibration") == "none":
+        out.calibration = ViewCalibration()
+    if "image_score" in ov:
+        spec = ImageScoreSpec.from_dict(ov["image_score"])
+        if spec != scoring.image_score and out.calibration.mode != "none":
+            raise ConfigError(
+                f"{where}: the model's {scoring.calibration.mode} calibration was fitted on its "
+                f"{scoring.image_score.name} image scores; to score with {spec.name} at test time, override the "
+                "calibration too (calibration: none), or refit"
+            )
+        out.image_score = spec
+    return out
 
 
 def evaluate_category(
     run_dir: Path, category: str, cfg: RunConfig, *, progress: bool = True, pictures: bool | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None, device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Evaluate one class model on its test split; writes metrics, scores, ADEval pkl and figures.
 
     The model's bundle defines the backbone, masks, flips and scoring; ``cfg`` gives the data
     location and the cache/batch settings. ``overrides`` (e.g. ``{"aggregation": "mean"}``) replace
-    the bundle's scoring settings and are recorded as ``metrics["overrides"]``.
+    the bundle's scoring settings and are recorded as ``metrics["overrides"]``; a configuration whose
+    ``eval`` scoring settings differ from the bundle's without an override is an error. Features, masks
+    and anomaly maps are computed on ``device`` (default: :func:`run_device` of ``cfg.train``) in
+    ``train.precision``.
     """
     from multiflow.engine.distributed import current_context
     from multiflow.engine.outputs import category_pictures, write_scores_csv
     from multiflow.engine.test_outputs import write_test_outputs
-    from multiflow.engine.scoring import image_scores, sample_scores
+    from multiflow.engine.scoring import postprocess_scores
     from multiflow.metrics import StreamingEvaluator, evaluate_exact, write_adeval_pkl
 
     ov = check_overrides(overrides)
     ctx = current_context()
     progress = progress and ctx.is_main
+    device, precision = run_device(cfg.train, device)
     folder = run_dir / category
     model, bundle = load_bundle(folder)
-    check_features_config(cfg.features, bundle, folder / BUNDLE_FILE)
+    check_features_config(resolve_input_size(cfg.features, cfg.data, category), bundle, folder / BUNDLE_FILE)
     if "aggregation" not in ov and cfg.eval.aggregation != bundle.scoring.aggregation:
         raise ConfigError(
             f"{folder / BUNDLE_FILE}: eval.aggregation={cfg.eval.aggregation} in the configuration differs from the "
             f"model's {bundle.scoring.aggregation!r}; the model's setting is used unless you override it explicitly "
             f"(multiflow test --aggregation {cfg.eval.aggregation}, recorded in metrics.json)"
         )
+    if "image_score" not in ov and image_score_spec(cfg.eval) != bundle.scoring.image_score:
+        raise ConfigError(
+            f"{folder / BUNDLE_FILE}: the configuration's eval.image_score* settings {image_score_spec(cfg.eval)} "
+            f"differ from the model's {bundle.scoring.image_score}; the model's are used unless you override them "
+            "explicitly (overrides={'image_score': {...}}, recorded in metrics.json)"
+        )
+    if "calibration" not in ov and cfg.eval.calibration != bundle.scoring.calibration.mode:
+        raise ConfigError(
+            f"{folder / BUNDLE_FILE}: eval.calibration={cfg.eval.calibration} in the configuration differs from the "
+            f"model's {bundle.scoring.calibration.mode!r} (fitted at fit time); refit, or drop the model's calibration "
+            "explicitly (overrides={'calibration': 'none'}, recorded in metrics.json)"
+        )
+    scoring = apply_overrides(bundle.scoring, ov, folder / BUNDLE_FILE)
     extractor = build_extractor(bundle.features.to_config())
     check_backbone(extractor, bundle, folder / BUNDLE_FILE)
     test_cfg = dataclasses.replace(
@@ -250,19 +338,20 @@ def evaluate_category(
         masks=bundle.masks.to_config(),
         data=dataclasses.replace(cfg.data, flips=dict(bundle.flips)),
     )
-    test = prepare_split(test_cfg, category, "test", extractor, progress=progress)
+    test = prepare_split(test_cfg, category, "test", extractor, progress=progress, device=device)
     if test.view_names != bundle.view_names:
         raise DataError(f"test views {test.view_names} differ from the model's {bundle.view_names}", folder)
     maps = _maps(model, test.features, test.masks, len(test.view_names), bundle.single_view, ctx,
-                 batch_size=cfg.eval.batch_size, progress=progress)
+                 batch_size=cfg.eval.batch_size, progress=progress, device=device, precision=precision)
     if not ctx.is_main:
         return {}  # rank 0 computes the metrics from the gathered maps and writes everything
     from multiflow.data.ground_truth import ground_truth_masks
 
     ds = test.dataset
     defects = [r.defect for r in ds.samples]
-    how = ov.get("aggregation", bundle.scoring.aggregation)
-    img_scores = image_scores(maps)
+    how = scoring.aggregation
+    # I-AUROC and the sample score use the (calibrated) view scores of the model's image score
+    _, img_scores, s_scores = postprocess_scores(maps, test.masks, scoring.postprocess(extractor.input_size), how)
     labels = np.array([ds.image_labels(i) for i in range(len(ds))])
     if cfg.eval.pixel_metrics:
         gt_size = ground_truth_masks(ds, 0).shape[-2:]
@@ -281,13 +370,14 @@ def evaluate_category(
     else:
         result = evaluate_exact(maps, None, labels=labels, image_scores=img_scores,
                                 sample_ids=test.sample_ids, defects=defects, how=how)
-    s_scores = sample_scores(maps, how)
     threshold = float(bundle.threshold.value)
     decisions = s_scores > threshold
     s_labels = labels.max(1)
     metrics = result.as_dict()
     metrics["threshold"] = threshold
     metrics["aggregation"] = how
+    metrics["image_score"] = scoring.image_score.to_dict()
+    metrics["calibration"] = scoring.calibration.mode
     metrics["overrides"] = ov
     metrics["decision_accuracy"] = float((decisions == s_labels.astype(bool)).mean())
     metrics["false_positive_rate_at_threshold"] = float(decisions[s_labels == 0].mean()) if (s_labels == 0).any() else None
@@ -333,10 +423,12 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig | None = None, *, progress:
     if not cats:
         raise CheckpointError("no trained class models (…/<class>/model.json) in this run folder", run_dir)
     per_class = {}
+    device, _ = run_device(cfg.train)
     for cat in cats:
         if progress:
-            print(f"== {cat}: evaluating", flush=True)
-        per_class[cat] = evaluate_category(run_dir, cat, cfg, progress=progress, pictures=pictures, overrides=ov)
+            print(f"== {cat}: evaluating on {device}", flush=True)
+        per_class[cat] = evaluate_category(run_dir, cat, cfg, progress=progress, pictures=pictures, overrides=ov,
+                                           device=device)
     barrier(ctx)
     if not ctx.is_main:
         return {"per_class": {}, "table": "", "per_defect": "", "rows": []}

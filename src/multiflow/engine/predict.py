@@ -2,8 +2,9 @@
 
 :class:`Predictor` loads a trained class model (``<run>/<class>/model.{safetensors,json}``) once,
 rebuilds the same frozen backbone (its weight digest, input size and layer must match the ones the
-flow was trained on) and mask provider from the model's bundle, and scores samples given as images ``(V, 3, H, W)`` in ``[0, 1]`` with the
-model's view names. The decision compares the sample score with the threshold calibrated on
+flow was trained on) and mask provider from the model's bundle, and scores samples given as images
+``(V, 3, H, W)`` in ``[0, 1]`` with the model's view names, with the bundle's image score and
+per-view calibration (:mod:`multiflow.scoring`). The decision compares the sample score with the threshold calibrated on
 held-out normal training samples.
 
 Missing views and camera faults (docs/deployment.md, "Decision JSON"): a model trained with view
@@ -71,7 +72,8 @@ class Predictor:
     """Score new multi-view samples with a trained class model.
 
     Everything comes from the model's bundle (:mod:`multiflow.engine.bundle`): backbone (weights
-    digest, input size, layer checked), feature dtype, masks, flips, aggregation, threshold. The
+    digest, input size, layer checked), feature dtype, masks (margin included), flips, aggregation,
+    image score and calibration, threshold. The
     images go through the one preprocessing path (:class:`multiflow.engine.preprocess.ViewPreprocessor`),
     so a sample scores here as it does in ``multiflow test``.
 
@@ -80,19 +82,30 @@ class Predictor:
         threshold: override the calibrated threshold.
         frozen_check: remember each object's fingerprints for the frozen-frame check (objects
             must then come in acquisition order); False for tools that score parts in any order.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a device, resolved once
+            (:func:`multiflow.device.resolve_device`): backbone and flow run there; maps come back
+            to the CPU.
+        precision: ``"fp32"`` or ``"bf16"`` (bf16 autocast st-networks, coupling math and NLL in
+            fp32; fp32 with a notice where bf16 is unsupported).
     """
 
     def __init__(self, model_dir: str | os.PathLike, *, threshold: float | None = None,
-                 frozen_check: bool = True) -> None:
+                 frozen_check: bool = True, device: str | torch.device = "auto",
+                 precision: str = "fp32") -> None:
+        from multiflow.device import resolve_device, resolve_precision
         from multiflow.engine.bundle import BUNDLE_FILE, check_backbone, load_bundle, load_camera_faults
         from multiflow.engine.factories import build_extractor
         from multiflow.engine.preprocess import ViewPreprocessor
 
         self.model_dir = Path(model_dir)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.flow, self.bundle = load_bundle(self.model_dir)
+        self.flow.to(self.device)
         self.extractor = build_extractor(self.bundle.features.to_config())
         check_backbone(self.extractor, self.bundle, self.model_dir / BUNDLE_FILE)
-        self.preprocessor = ViewPreprocessor(extractor=self.extractor, bundle=self.bundle)
+        self.extractor.to(self.device)
+        self.preprocessor = ViewPreprocessor(extractor=self.extractor, bundle=self.bundle, device=self.device)
         self.view_names: list[str] = list(self.bundle.view_names)
         self.threshold = float(self.bundle.threshold.value if threshold is None else threshold)
         self.aggregation = self.bundle.scoring.aggregation
@@ -105,6 +118,8 @@ class Predictor:
             from multiflow.faults import FrameMemory
 
             self.frame_memory = FrameMemory()
+        # the model's image score and per-view calibration (identity for the paper's scoring)
+        self.postprocess = self.bundle.scoring.postprocess(self.input_size)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -148,6 +163,7 @@ class Predictor:
         The camera-fault check (when the bundle names statistics) sees the images as the
         preprocessing path resized them; faulty views are not scored (module docstring).
         """
+        from multiflow.device import autocast
         from multiflow.faults import decide, detect_faults
         from multiflow.scoring import score_maps
 
@@ -183,13 +199,15 @@ class Predictor:
                 mask = m_sub.new_zeros(1, n, *m_sub.shape[2:])
                 mask[:, pos] = m_sub
             all_present = bool(present.all())
+            p_arg = None if all_present else present[None].to(feats.device)
             self.flow.eval()
-            if self.single_view:  # one shared single-view flow: every view is its own sample
-                nll = self.flow(feats.transpose(0, 1)).nll.transpose(0, 1)  # (1, V, h, w)
-            else:
-                nll = self.flow(feats, present=None if all_present else present[None]).nll
-            maps, vs, ss = score_maps(nll, mask, self.aggregation, None if all_present else present[None])
-            maps, view_scores, sample_score = maps[0], [float(s) for s in vs[0]], float(ss[0])
+            with autocast(self.device, self.precision):  # bf16: the st-networks only; the NLL stays fp32
+                if self.single_view:  # one shared single-view flow: every view is its own sample
+                    nll = self.flow(feats.transpose(0, 1)).nll.transpose(0, 1)  # (1, V, h, w)
+                else:
+                    nll = self.flow(feats, present=p_arg).nll
+            maps, vs, ss = score_maps(nll.float(), mask, self.aggregation, p_arg, self.postprocess)
+            maps, view_scores, sample_score = maps[0].cpu(), [float(s) for s in vs[0].cpu()], float(ss[0])
         else:
             maps = torch.full((n, 1, 1), float("nan"))
             view_scores = [float("nan")] * n

@@ -5,7 +5,8 @@
   them the feature cache, ``test`` and ``predict``) and the HTTP service
   (:func:`multiflow.data.images.read_image_bytes`, same conversion) all use it; images handed over
   as tensors at another size are resized the same way (:func:`multiflow.data.images.resize_images`).
-* Foreground masks of a view: :func:`multiflow.features.masks.view_mask`, as the mask cache.
+* Foreground masks of a view: :func:`multiflow.features.masks.view_mask`, as the mask cache
+  (the bundle's dilation and ``masks.margin``).
 * Features: the frozen backbone, then rounded to the stored feature dtype (``features.dtype``,
   float16 by default) exactly as the cache stores them, so inference sees what training and the
   threshold calibration saw.
@@ -49,10 +50,12 @@ class PreparedSplit:
 
 
 def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progress: bool = True,
-                  on_corrupt: str = "error") -> PreparedSplit:
+                  on_corrupt: str = "error", device: torch.device | None = None) -> PreparedSplit:
     """Open a split, extract (or reuse) its features and foreground masks.
 
     ``on_corrupt``: ``"error"`` or ``"rebuild"`` a cache entry that fails its checks.
+    ``device``: the backbone is moved there and runs there (one transfer per batch); default:
+    wherever it is.
 
     Under ``torchrun`` the samples are shared among the ranks and every rank gets the whole
     result (:func:`multiflow.features.cache.build_entry`); every rank must call this.
@@ -65,6 +68,8 @@ def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progr
         raise DataError(f"the {split} split of {category!r} has no samples", getattr(ds, "json_path", cfg.data.root))
     root = cache_dir(cfg.features)
     ctx = current_context()
+    if device is not None:
+        extractor.to(device)
     feats = extract_features(
         ds, extractor, root, batch_size=cfg.features.batch_size, dtype=cfg.features.dtype,
         num_workers=cfg.features.num_workers, progress=progress, ctx=ctx, on_corrupt=on_corrupt,
@@ -74,7 +79,7 @@ def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progr
         provider = build_mask_provider(cfg.masks, ds)
         cm = compute_masks(
             ds, provider, root, grid=extractor.feature_size(extractor.input_size),
-            dilation=cfg.masks.dilation, batch_size=cfg.features.batch_size,
+            dilation=cfg.masks.dilation, margin=cfg.masks.margin, batch_size=cfg.features.batch_size,
             num_workers=cfg.features.num_workers, progress=progress, ctx=ctx, on_corrupt=on_corrupt,
         )
         masks = cm.grid
@@ -87,10 +92,18 @@ class ViewPreprocessor:
     Args:
         extractor: the frozen backbone (checked against the bundle by the caller).
         bundle: the :class:`multiflow.engine.bundle.ModelBundle` (features dtype, masks, flips).
+        device: where features and masks are returned (the backbone is moved there; default: where
+            the backbone is). Images are decoded, resized and masked on the CPU, then moved once.
     """
 
-    def __init__(self, *, extractor, bundle) -> None:
+    def __init__(self, *, extractor, bundle, device: torch.device | None = None) -> None:
+        if device is not None:
+            extractor.to(device)
         self.extractor = extractor
+        if device is None:  # where the backbone's weights are (the CPU for one without any)
+            first = next(iter([*extractor.parameters(), *extractor.buffers()]), None)
+            device = torch.device("cpu") if first is None else first.device
+        self.device = device
         self.input_size = int(extractor.input_size)
         self.dtype = bundle.features.dtype
         self.masks_spec = bundle.masks
@@ -113,8 +126,11 @@ class ViewPreprocessor:
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (V, 3, S, S)`` (already resized) -> ``(1, V, C, h, w)`` float32 rounded to the stored dtype."""
-        return round_features(self.extractor.forward_views(x[None]).float(), self.dtype)
+        """``x (V, 3, S, S)`` (already resized) -> ``(1, V, C, h, w)`` float32 rounded to the stored
+        dtype, on :attr:`device`."""
+        from multiflow.device import to_device
+
+        return round_features(self.extractor.forward_views(to_device(x[None], self.device)).float(), self.dtype)
 
     def masks(self, x: torch.Tensor, *, image_paths: list[str] | None = None, image_root: str | None = None,
               sample_id: str = "", view_names: list[str] | None = None) -> torch.Tensor | None:
@@ -146,7 +162,7 @@ class ViewPreprocessor:
             raise DataError(f"sample {sample_id!r}: {arr.shape[0]} images for the views {names}")
         out = np.stack([
             view_mask(provider, arr[v], paths[v], grid, flip=self.flips.get(names[v], ""),
-                      dilation=int(self.masks_spec.dilation))[1]
+                      dilation=int(self.masks_spec.dilation), margin=float(self.masks_spec.margin))[1]
             for v in range(arr.shape[0])
         ])
         return torch.from_numpy(out).float()[None]
@@ -156,9 +172,11 @@ class ViewPreprocessor:
         sample_id: str = "", view_names: list[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``images (V, 3, H, W)`` (data-set orientation, any size) -> ``(features (1, V, C, h, w)
-        float32 rounded to the stored dtype, masks (1, V, h, w) float or None)``; ``view_names`` as
-        in :meth:`masks`."""
-        x = self.resize(images)
+        float32 rounded to the stored dtype, masks (1, V, h, w) float or None)``, both on
+        :attr:`device`; ``view_names`` as in :meth:`masks`."""
+        from multiflow.device import to_device
+
+        x = self.resize(images.cpu())
         mask = self.masks(x, image_paths=image_paths, image_root=image_root, sample_id=sample_id,
                           view_names=view_names)
-        return self.features(x), mask
+        return self.features(x), None if mask is None else to_device(mask, self.device)

@@ -8,10 +8,20 @@ Reproducibility and resuming
 ----------------------------
 Every epoch draws its batch order and its conditioning noise from generators seeded by
 ``(seed, epoch)``, so an epoch's work depends only on the model and optimiser state at its start.
-A checkpoint (``state.safetensors``: model, optimiser state, best model so far; the rest as JSON in
-the file's metadata) is written atomically after every ``checkpoint_every`` epochs. A killed run
-resumed with ``resume=True`` restarts from the last checkpoint and ends with the same model as an
-uninterrupted run with the same seed.
+The resume state (``state.safetensors``: model, AdamW state, and the best model so far unless it is
+the current one; the rest as JSON in the file's metadata) is written atomically every
+``checkpoint_minutes`` of wall clock, every ``checkpoint_every`` epochs if that is set, and at the
+end; ``best.safetensors`` (weights only) is rewritten only when the selection loss improves. A
+killed run resumed with ``resume=True`` restarts from the last state and ends with the same model
+as an uninterrupted run with the same seed (when the state was written does not change the work).
+
+Early stopping (``early_stopping_patience`` > 0): training ends when the held-out loss (the
+training loss without held-out samples) has not improved by more than ``early_stopping_min_delta``
+for that many epochs; the last history record says so (``stopped``).
+
+Device and precision: the model and each batch (one transfer per batch, pinned when CUDA) go to
+``device``; with ``precision="bf16"`` the st-network convolutions run under bf16 autocast
+(:mod:`multiflow.device`). The model is returned on the CPU.
 
 View dropout (``cfg.view_dropout = p > 0``): every view of every training sample is dropped with
 probability ``p``, independently, from a third per-epoch generator; a sample whose views would all
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,23 +59,32 @@ from tqdm.auto import tqdm
 
 from multiflow._atomic import atomic_path
 from multiflow.config import TrainConfig
+from multiflow.device import autocast, resolve_device, resolve_precision, to_device
 from multiflow.engine.distributed import DistContext, ShardedLoss, all_reduce_sum, barrier, current_context, shard_range
 from multiflow.errors import CheckpointError, TrainingError
 from multiflow.scoring import masked_loss, masked_nll_sums, present_mask
 
 STATE_FILE = "state.safetensors"
+BEST_FILE = "best.safetensors"
 STATE_FORMAT = "multiflow-train-state/1"
 
 
 @dataclass
 class TrainResult:
-    """What a training run produced. ``history`` has one dict per finished epoch."""
+    """What a training run produced. ``history`` has one dict per finished epoch.
+
+    ``stop_reason`` is empty unless early stopping ended the run. ``bytes_written`` and
+    ``files_written`` count the checkpoint files (sizes after each write) of *this call*.
+    """
 
     best_epoch: int
     best_val_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
     train_index: np.ndarray | None = None
     val_index: np.ndarray | None = None
+    stop_reason: str = ""
+    bytes_written: dict[str, int] = field(default_factory=dict)
+    files_written: dict[str, int] = field(default_factory=dict)
 
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,22 +133,27 @@ def _batch(features, masks, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def evaluate_loss(model, features, masks, index: np.ndarray, batch_size: int, ctx: DistContext | None = None) -> float:
+def evaluate_loss(model, features, masks, index: np.ndarray, batch_size: int, ctx: DistContext | None = None,
+                  *, device: torch.device | None = None, precision: str = "fp32") -> float:
     """Mean foreground NLL of ``index`` in eval mode (no noise), weighted by foreground pixels.
 
     With a distributed ``ctx`` each rank sums its shard of ``index`` and the sums are all-reduced.
+    ``device`` (default: the model's) and ``precision`` as in :func:`train_flow`.
     """
     model.eval()
     num, den = 0.0, 0.0
-    device = torch.device("cpu")
+    if device is None:
+        device = next(model.parameters()).device
     if ctx is not None and ctx.enabled:
         lo, hi = shard_range(len(index), ctx.rank, ctx.world_size)
         index, device = index[lo:hi], ctx.device
     for start in range(0, len(index), batch_size):
         x, m = _batch(features, masks, index[start : start + batch_size])
-        x = x.to(device)
-        m = None if m is None else m.to(device)
-        n_sum, m_sum = masked_nll_sums(model(x).nll, m)
+        x = to_device(x, device)
+        m = None if m is None else to_device(m, device)
+        with autocast(device, precision):  # bf16: the st-networks only; the NLL stays fp32
+            nll = model(x).nll
+        n_sum, m_sum = masked_nll_sums(nll.float(), m)
         num += float(n_sum)
         den += float(m_sum)
     if ctx is not None and ctx.enabled:
@@ -145,20 +170,31 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def _save_state(path: Path, model, optimizer, best_state: dict, meta: dict[str, Any]) -> None:
+def _save_state(path: Path, model, optimizer, best_state: dict | None, meta: dict[str, Any]) -> int:
+    """Write the resume state atomically; ``best_state=None``: the best model is the current one
+    (recorded as ``best_is_model`` and not stored twice). Returns the file's size in bytes."""
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
         tensors[f"model.{k}"] = v.detach().cpu().contiguous()
-    for k, v in best_state.items():
+    for k, v in (best_state or {}).items():
         tensors[f"best.{k}"] = v.detach().cpu().contiguous()
     opt = optimizer.state_dict()
     for pid, st in opt["state"].items():
         for name, value in st.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optim.{pid}.{name}"] = t.detach().cpu().contiguous()
-    meta = dict(meta, format=STATE_FORMAT, param_groups=opt["param_groups"])
+    meta = dict(meta, format=STATE_FORMAT, param_groups=opt["param_groups"], best_is_model=best_state is None)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+    return path.stat().st_size
+
+
+def _save_best(path: Path, best_state: dict, epoch: int, loss: float) -> int:
+    """Write the best weights so far (no optimiser state) atomically; returns the file's size."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in best_state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"epoch": str(epoch), "loss": repr(float(loss))})
+    return path.stat().st_size
 
 
 def _load_state(path: Path, model, optimizer) -> tuple[dict, dict[str, Any]]:
@@ -174,6 +210,8 @@ def _load_state(path: Path, model, optimizer) -> tuple[dict, dict[str, Any]]:
         raise CheckpointError("not a multiflow training state (format tag missing)", path)
     model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    if meta.get("best_is_model"):
+        best = {k: v.clone() for k, v in model_sd.items()}
     try:
         model.load_state_dict(model_sd, strict=True)
     except RuntimeError as exc:
@@ -198,17 +236,21 @@ def train_flow(
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     stop_after_epochs: int | None = None,
+    device: torch.device | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
-    """Train ``model`` in place; at the end it holds the selected weights (``cfg.select``).
+    """Train ``model`` in place; at the end it holds the selected weights (``cfg.select``), on the CPU.
 
     Args:
         model: a :class:`multiflow.flow.MultiFlow` whose output has ``.nll`` ``(B, V, h, w)``.
         features: array-like ``(N, V, C, h, w)`` of normal training samples (e.g. a memmap).
         masks: array-like ``(N, V, h, w)`` foreground masks, or None (all pixels count).
-        cfg: optimisation settings.
-        state_dir: folder for ``state.safetensors`` (created).
+        cfg: optimisation settings (also ``device``, ``precision``, checkpoint and early stopping).
+        state_dir: folder for ``state.safetensors`` and ``best.safetensors`` (created).
         resume: continue from ``state_dir/state.safetensors`` if it exists.
         stop_after_epochs: stop (as if killed) after this many epochs of *this call*; for tests.
+        device: where to train (default: ``resolve_device(cfg.device)``); under DDP the rank's device.
+        clock: seconds (monotonic) for the checkpoint interval; injectable for tests.
     """
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -221,14 +263,19 @@ def train_flow(
     torch.manual_seed(cfg.seed)  # only for modules that draw at construction; flows use generators
     ctx = current_context()
     if ctx.enabled:
-        model.to(ctx.device)
+        device = ctx.device
         progress = progress and ctx.is_main
+    elif device is None:
+        device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device, notice=ctx.is_main)
+    model.to(device)
     optimizer = _optimizer(model, cfg)
     history: list[dict[str, float]] = []
     start_epoch = 0
     best_val = math.inf
     best_epoch = -1
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    es_best, es_wait, stop_reason = math.inf, 0, ""
     if state_path.exists():
         if not resume:
             raise CheckpointError(
@@ -237,7 +284,7 @@ def train_flow(
                 state_path,
             )
         best_state, meta = _load_state(state_path, model, optimizer)
-        best_state = {k: v.to(ctx.device) for k, v in best_state.items()}
+        best_state = {k: v.to(device) for k, v in best_state.items()}
         if meta.get("seed") != cfg.seed or meta.get("n_samples") != n:
             raise CheckpointError(
                 f"state was written for seed={meta.get('seed')} and {meta.get('n_samples')} samples; "
@@ -248,13 +295,21 @@ def train_flow(
         history = list(meta.get("history", []))
         best_val = float(meta.get("best_val", math.inf))
         best_epoch = int(meta.get("best_epoch", -1))
+        es_best = float(meta.get("es_best", math.inf))
+        es_wait = int(meta.get("es_wait", 0))
+        stop_reason = str(meta.get("stop_reason", ""))
 
-    sharded = ShardedLoss(model, ctx) if ctx.enabled else None
+    sharded = ShardedLoss(model, ctx, precision=precision) if ctx.enabled else None
     bs = cfg.batch_size
     n_batches = math.ceil(len(train_idx) / bs)
     epochs_run = 0
+    written = {"state": 0, "best": 0}
+    n_written = {"state": 0, "best": 0}
+    last_save = clock()
+    epoch_bar = tqdm(total=cfg.epochs, initial=min(start_epoch, cfg.epochs), desc="training", unit="epoch",
+                     disable=not progress, dynamic_ncols=True)
     for epoch in range(start_epoch, cfg.epochs):
-        if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+        if stop_reason or (stop_after_epochs is not None and epochs_run >= stop_after_epochs):
             break
         model.train()
         order_gen = _epoch_generator(cfg.seed, epoch, 0)
@@ -275,8 +330,13 @@ def train_flow(
             if sharded is not None:
                 loss, loss_value = sharded(x, m, noise_gen, present=present)
             else:
-                out = model(x, generator=noise_gen, present=present)
-                loss = masked_loss(out.nll, present_mask(m, present, out.nll))
+                x = to_device(x, device)
+                m = None if m is None else to_device(m, device)
+                p = None if present is None else to_device(present, device)
+                with autocast(device, precision):  # bf16: the st-networks only; coupling math in fp32
+                    out = model(x, generator=noise_gen, present=p)
+                nll = out.nll.float()
+                loss = masked_loss(nll, present_mask(m, p, nll))
                 loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise TrainingError(
@@ -290,21 +350,47 @@ def train_flow(
             seen += len(x)
             bar.set_postfix(loss=f"{running / seen:.4f}")
         bar.close()
-        record = {"epoch": epoch + 1, "train_loss": running / max(seen, 1)}
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": running / max(seen, 1)}
         if len(val_idx):
-            record["val_loss"] = evaluate_loss(model, features, masks, val_idx, bs, ctx)
+            record["val_loss"] = evaluate_loss(model, features, masks, val_idx, bs, ctx, device=device,
+                                               precision=precision)
         selector = record.get("val_loss", record["train_loss"])
-        if cfg.select == "last" or selector < best_val:
+        improved = cfg.select == "last" or selector < best_val
+        if improved:
             best_val, best_epoch = selector, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if cfg.early_stopping_patience > 0:
+            if selector < es_best - cfg.early_stopping_min_delta:
+                es_best, es_wait = selector, 0
+            else:
+                es_wait += 1
+                if es_wait >= cfg.early_stopping_patience and epoch + 1 < cfg.epochs:
+                    what = "val_loss" if "val_loss" in record else "train_loss"
+                    stop_reason = (
+                        f"early stopping after epoch {epoch + 1}: {what} did not improve by more than "
+                        f"{cfg.early_stopping_min_delta:g} for {es_wait} epochs (best {es_best:.6f})"
+                    )
+                    record["stopped"] = stop_reason
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
         if progress:
             msg = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
             tqdm.write(msg)
-        last = epoch + 1 == cfg.epochs
-        if last or (epoch + 1 - start_epoch) % max(cfg.checkpoint_every, 1) == 0:
+        epoch_bar.update(1)
+        epochs_run += 1
+        if improved and cfg.select != "last" and ctx.is_main:
+            written["best"] += _save_best(state_dir / BEST_FILE, best_state, best_epoch, best_val)
+            n_written["best"] += 1
+        due = (
+            epoch + 1 == cfg.epochs
+            or bool(stop_reason)
+            or (cfg.checkpoint_every > 0 and (epoch + 1 - start_epoch) % cfg.checkpoint_every == 0)
+            or (cfg.checkpoint_minutes > 0 and clock() - last_save >= 60.0 * cfg.checkpoint_minutes)
+        )
+        if ctx.enabled:  # rank 0's clock decides for every rank
+            due = bool(all_reduce_sum(torch.tensor([float(due and ctx.is_main)]), ctx)[0] > 0)
+        if due:
             meta = {
                 "epoch": epoch,
                 "history": history,
@@ -312,15 +398,20 @@ def train_flow(
                 "best_epoch": best_epoch,
                 "seed": cfg.seed,
                 "n_samples": n,
+                "es_best": es_best,
+                "es_wait": es_wait,
+                "stop_reason": stop_reason,
             }
             if ctx.is_main:
-                _save_state(state_path, model, optimizer, best_state, meta)
+                same = best_epoch == epoch + 1
+                written["state"] += _save_state(state_path, model, optimizer, None if same else best_state, meta)
+                n_written["state"] += 1
             barrier(ctx)
-        epochs_run += 1
+            last_save = clock()
+    epoch_bar.close()
 
     model.load_state_dict(best_state)
-    if ctx.enabled:
-        model.to("cpu")
+    model.to("cpu")
     model.eval()
     return TrainResult(
         best_epoch=best_epoch,
@@ -328,4 +419,7 @@ def train_flow(
         history=history,
         train_index=train_idx,
         val_index=val_idx,
+        stop_reason=stop_reason,
+        bytes_written=written,
+        files_written=n_written,
     )

@@ -16,7 +16,11 @@ Layer specifications (``layers=``):
 
 * ``"blocks:N"``: ``conv_stem -> bn1 -> blocks[0..N]`` of a timm EfficientNet / MobileNet-style
   model (``blocks:5`` = end of stage 6);
-* ``"features:I"``: timm's ``features_only`` tap number ``I`` (any timm model that supports it).
+* ``"features:I"``: timm's ``features_only`` tap number ``I`` (any timm model that supports it);
+* ``"blocks:N+blocks:M"`` (not in the paper): several taps of the same run, each bilinearly
+  resampled to the grid of the finest one and concatenated along channels (finer cells for small
+  defects plus the deeper stage's context); ``"blocks:N+blocks:M@blocks:M"`` resamples to the grid
+  of the named tap instead. Same for ``features:`` taps.
 
 Nothing downstream hard-codes channel counts: read :attr:`FeatureExtractor.channels`,
 :attr:`FeatureExtractor.stride` and :meth:`FeatureExtractor.feature_size`.
@@ -231,11 +235,69 @@ class _FeatureTap(nn.Module):
         return self.model(x)[0]
 
 
-def _parse_layers(layers: str) -> tuple[str, int]:
-    kind, sep, index = layers.partition(":")
+class _MultiTap(nn.Module):
+    """Several taps of one forward pass, resampled to one grid and concatenated along channels.
+
+    ``blocks``: ``(stem + stages, taps)``; otherwise a timm ``features_only`` model whose
+    ``out_indices`` are the taps (returns one map per tap, in tap order). ``target``: the position
+    (in ``taps``) of the tap whose grid all others are bilinearly resampled to. Output
+    ``(N, sum_t C_t, h_target, w_target)``, channels in tap order.
+    """
+
+    def __init__(self, model: nn.Module, taps: Sequence[int], target: int, *, blocks: bool) -> None:
+        super().__init__()
+        self.taps = [int(t) for t in taps]
+        self.target = int(target)
+        self.use_blocks = bool(blocks)
+        if blocks:
+            self.stem = _StemAndBlocks(model, max(self.taps))
+        else:
+            self.model = model
+
+    def _outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not self.use_blocks:
+            return list(self.model(x))
+        x = self.stem.bn1(self.stem.conv_stem(x))
+        outs: dict[int, torch.Tensor] = {}
+        for i, stage in enumerate(self.stem.blocks):
+            x = stage(x)
+            if i in self.taps:
+                outs[i] = x
+        return [outs[t] for t in self.taps]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = self._outputs(x)
+        size = outs[self.target].shape[-2:]
+        same = [o if o.shape[-2:] == size else F.interpolate(o, size=size, mode="bilinear", align_corners=False)
+                for o in outs]
+        return torch.cat(same, dim=1)
+
+
+def _parse_one(layer: str, spec: str) -> tuple[str, int]:
+    kind, sep, index = layer.partition(":")
     if not sep or kind not in ("blocks", "features") or not index.lstrip("-").isdigit():
-        raise ConfigError(f"bad layer spec {layers!r}: expected 'blocks:N' or 'features:I'")
+        raise ConfigError(f"bad layer spec {spec!r}: expected 'blocks:N', 'features:I' or 'blocks:N+blocks:M'")
     return kind, int(index)
+
+
+def _parse_layers(layers: str) -> tuple[str, list[int], int | None]:
+    """``"blocks:5"`` -> ``("blocks", [5], None)``; ``"blocks:3+blocks:5@blocks:5"`` ->
+    ``("blocks", [3, 5], 1)`` (the position of the grid tap; None = the finest)."""
+    body, _, grid = layers.partition("@")
+    parsed = [_parse_one(p.strip(), layers) for p in body.split("+")]
+    kinds = {k for k, _ in parsed}
+    if len(kinds) != 1:
+        raise ConfigError(f"bad layer spec {layers!r}: all taps must be of one kind (blocks or features)")
+    taps = [i for _, i in parsed]
+    if len(set(taps)) != len(taps) or taps != sorted(taps):
+        raise ConfigError(f"bad layer spec {layers!r}: taps must be distinct and in increasing order")
+    target = None
+    if grid:
+        g = _parse_one(grid.strip(), layers)
+        if g[0] not in kinds or g[1] not in taps:
+            raise ConfigError(f"bad layer spec {layers!r}: the grid tap after '@' must be one of the taps")
+        target = taps.index(g[1])
+    return kinds.pop(), taps, target
 
 
 class FeatureExtractor(nn.Module):
@@ -340,7 +402,9 @@ class FeatureExtractor(nn.Module):
         """``(N, 3, H, W)`` in ``[0, 1]`` -> resized to ``input_size`` and normalised."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
-        x = images.to(dtype=self.mean.dtype, device=self.mean.device)
+        from multiflow.device import to_device
+
+        x = to_device(images, self.mean.device).to(self.mean.dtype)  # one (pinned) transfer per batch
         if x.shape[-2:] != (self.input_size, self.input_size):
             shrink = x.shape[-2] > self.input_size or x.shape[-1] > self.input_size
             x = F.interpolate(
@@ -409,13 +473,14 @@ def build_backbone(
     layers = layers or (preset.layers if preset else None)
     if layers is None:
         raise ConfigError(f"backbone {name!r} is not a preset ({sorted(PRESETS)}): give layers=")
-    kind, index = _parse_layers(layers)
+    kind, taps, target = _parse_layers(layers)
+    index = taps[0]
     if input_size is None:
         input_size = preset.input_size if preset else 224
     use_hub = weights is None and pretrained and not (preset is not None and name == "lite0")
     kwargs: dict[str, object] = {}
     if kind == "features":
-        kwargs = {"features_only": True, "out_indices": (index,)}
+        kwargs = {"features_only": True, "out_indices": tuple(taps)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -444,7 +509,12 @@ def build_backbone(
         source = f"timm-hub:{timm_name}"
     else:
         source = f"random:seed={seed}"
-    body: nn.Module = _StemAndBlocks(model, index) if kind == "blocks" else _FeatureTap(model)
+    if len(taps) > 1:
+        if target is None:  # the finest grid: the shallowest tap (strides never shrink with depth)
+            target = 0
+        body: nn.Module = _MultiTap(model, taps, target, blocks=kind == "blocks")
+    else:
+        body = _StemAndBlocks(model, index) if kind == "blocks" else _FeatureTap(model)
     if mean is None or std is None:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         mean = mean or (preset.mean if preset else tuple(cfg.get("mean", IMAGENET_MEAN)))

@@ -281,13 +281,18 @@ def reduce_to_grid(mask: np.ndarray, grid: tuple[int, int], mode: str = "area") 
 
 def postprocess_mask(
     mask: np.ndarray, grid: tuple[int, int] | None = None, *, dilation: int = DILATION, fill_holes: bool = True,
-    mode: str = "area",
+    mode: str = "area", margin: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The paper's post-processing (Sec. 3.2): fill holes, one ``dilation x dilation`` square
     dilation, reduce to ``grid``. Returns ``(full (H, W) bool, grid mask (h, w) bool or None)``.
 
     An even-sized square has no centre pixel; the 8 x 8 element covers offsets ``-4..3`` in
     both axes (scipy's origin convention), so a single pixel grows to exactly an 8 x 8 block.
+
+    ``margin`` > 0 (not in the paper): after the dilation, every pixel within Euclidean distance
+    ``margin * d`` of the foreground joins it, ``d`` = the diagonal of the foreground's bounding
+    box in pixels, so that defects sticking out of a tight silhouette stay inside the mask at any
+    object size. An empty mask stays empty.
     """
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 2:
@@ -296,7 +301,22 @@ def postprocess_mask(
         m = ndimage.binary_fill_holes(m)
     if dilation > 1:
         m = ndimage.binary_dilation(m, structure=np.ones((dilation, dilation), dtype=bool))
+    if margin < 0:
+        raise ConfigError(f"mask margin must be >= 0, got {margin}")
+    if margin > 0 and m.any():
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        diag = float(np.hypot(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
+        m = ndimage.distance_transform_edt(~m) <= margin * diag
     return m, (reduce_to_grid(m, grid, mode) if grid is not None else None)
+
+
+def loss_weights(masks: Any, background: float) -> np.ndarray:
+    """Soft loss weights ``(N, V, h, w)`` float32 from binary grid masks: 1 on the foreground,
+    ``background`` (in ``[0, 1]``) elsewhere; for :func:`multiflow.flow.model.masked_loss`."""
+    if not 0.0 <= background <= 1.0:
+        raise ConfigError(f"background loss weight must be in [0, 1], got {background}")
+    m = np.asarray(masks).astype(bool)
+    return np.where(m, np.float32(1.0), np.float32(background)).astype(np.float32)
 
 
 def _apply_flip(mask: np.ndarray, mode: str) -> np.ndarray:
@@ -310,17 +330,17 @@ def _apply_flip(mask: np.ndarray, mode: str) -> np.ndarray:
 
 def view_mask(
     provider: MaskProvider, image: np.ndarray, path: str | None, grid: tuple[int, int], *, flip: str | None = "",
-    dilation: int = DILATION, mode: str = "area",
+    dilation: int = DILATION, mode: str = "area", margin: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The foreground mask of one view, exactly as the cache computes it (one path for the cache,
     test, predict, serve and export): ``provider(image (H, W, 3), path)``, the data set's load-time
     ``flip`` for providers that read files (their masks are in the files' orientation), then
-    :func:`postprocess_mask`. Returns ``(full (H, W) bool, grid mask (h, w) bool)``.
+    :func:`postprocess_mask` (``dilation``, ``margin``). Returns ``(full (H, W) bool, grid mask (h, w) bool)``.
     """
     raw = provider(image, path)
     if getattr(provider, "reads_files", False):
         raw = _apply_flip(raw, flip or "")
-    full, g = postprocess_mask(raw, grid, dilation=dilation, mode=mode)
+    full, g = postprocess_mask(raw, grid, dilation=dilation, mode=mode, margin=margin)
     return full, g
 
 
@@ -347,6 +367,7 @@ def compute_masks(
     grid: tuple[int, int],
     keep_full: bool = False,
     dilation: int = DILATION,
+    margin: float = 0.0,
     mode: str = "area",
     batch_size: int = 4,
     num_workers: int = 0,
@@ -357,7 +378,8 @@ def compute_masks(
 ) -> CachedMasks:
     """Post-processed foreground masks of every sample of ``dataset``, computed once and cached.
 
-    ``grid`` is the feature grid ``(h, w)`` (``extractor.feature_size()``). The cache key holds
+    ``grid`` is the feature grid ``(h, w)`` (``extractor.feature_size()``); ``margin``: see
+    :func:`postprocess_mask`. The cache key holds
     the provider's ``key()``, the post-processing parameters and the data set fingerprint (see
     :func:`multiflow.features.cache.dataset_fingerprint`). ``ctx`` shares the samples among the
     ranks of a ``torch.distributed`` job (see :func:`multiflow.features.cache.build_entry`).
@@ -380,11 +402,10 @@ def compute_masks(
                 first = dataset[0].images
                 size = [int(first.shape[-2]), int(first.shape[-1])]
         arrays["full"] = ArraySpec((v, int(size[0]), int(size[1])), "bool")
-    key = {
-        "provider": provider.key(),
-        "post": {"fill_holes": True, "dilation": dilation, "grid": [h, w], "mode": mode, "keep_full": keep_full},
-        "data": fp,
-    }
+    post: dict[str, Any] = {"fill_holes": True, "dilation": dilation, "grid": [h, w], "mode": mode, "keep_full": keep_full}
+    if margin:  # only when set, so caches made before the margin existed stay valid
+        post["margin"] = float(margin)
+    key = {"provider": provider.key(), "post": post, "data": fp}
 
     flips = dict(fp["transform"]["flips"])
     source = BatchSource(dataset, fp["sample_ids"], num_workers)
@@ -397,7 +418,8 @@ def compute_masks(
         for b in range(len(indices)):
             for k in range(v):
                 full, g = view_mask(provider, imgs[b, k], batch.image_paths[b][k], (h, w),
-                                    flip=flips.get(batch.view_names[k], ""), dilation=dilation, mode=mode)
+                                    flip=flips.get(batch.view_names[k], ""), dilation=dilation, mode=mode,
+                                    margin=margin)
                 grids[b, k] = g
                 if fulls is not None:
                     fulls[b, k] = full

@@ -104,7 +104,8 @@ class AffineCoupling(InvertibleTransform):
     * half-step 2: ``[s2, t2] = st2([y2 ; c])``, ``y1 = x1 * exp(clamp(s2)) + t2``
 
     ``logdet[b, v, h, w] = sum_c clamp(s1) + sum_c clamp(s2)``. The st-network outputs the log-scale
-    ``s`` in its first half of channels and the shift ``t`` in its second half.
+    ``s`` in its first half of channels and the shift ``t`` in its second half. Its output is cast
+    to the input's dtype before the clamp, so under bf16 autocast only the st-network runs in bf16.
 
     Args:
         channels: ``C`` (at least 2).
@@ -145,7 +146,9 @@ class AffineCoupling(InvertibleTransform):
                     f"coupling expects a condition with {self.cond_channels} channels, got {got}"
                 )
             u = torch.cat([u, cond.to(u.dtype)], dim=2)
-        out = net(u) if present is None else net(u, present)
+        # under bf16 autocast the st-network computes in bf16; scale/shift, log-det and NLL stay in
+        # the dtype of the coupling's input (fp32), so forward and inverse use the same exact math
+        out = (net(u) if present is None else net(u, present)).to(u.dtype)
         half = out.shape[2] // 2
         return soft_clamp(out[:, :, :half], self.clamp), out[:, :, half:]
 

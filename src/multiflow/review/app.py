@@ -37,11 +37,13 @@ LABEL_TEXT = {"confirmed_defect": "confirmed defect", "false_alarm": "false alar
 
 @dataclass(frozen=True)
 class ReviewSettings:
-    """Limits and page size of the review app."""
+    """Limits and page size of the review app; ``device``: where "try a part" scores an upload
+    (:func:`multiflow.device.resolve_device`: ``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
 
     page_size: int = 100
     max_upload_bytes: int = 64 * 2**20
     max_image_pixels: int = 25_000_000
+    device: str = "auto"
 
 
 def esc(x: Any) -> str:
@@ -440,7 +442,7 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
             hit = predictors.get(d.name)
             if hit is None or hit[0] != stamp:
                 # parts are tried in any order here, not in acquisition order: no frozen-frame check
-                hit = (stamp, Predictor(d.folder, frozen_check=False))
+                hit = (stamp, Predictor(d.folder, frozen_check=False, device=settings.device))
                 predictors[d.name] = hit
             return hit[1]
 
