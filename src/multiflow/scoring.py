@@ -179,8 +179,8 @@ def decide(sample_score: Tensor, threshold: Tensor | float) -> Tensor:
 
 
 def score_maps(nll: Tensor, mask: Tensor | None, how: str = "max",
-               present: Tensor | None = None,
-               post: ScorePostprocess | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               post: ScorePostprocess | None = None, *,
+               present: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Raw NLL ``(B, V, H, W)`` -> ``(maps (B, V, H, W), view scores (B, V), sample scores (B,))``.
 
     ``post``: the model's image score and calibration (:func:`view_scores`; None = the paper's max).

@@ -9,7 +9,7 @@ import torch
 from multiflow.deploy.onnx_export import export_onnx, load_inference_graph, onnx_metadata
 from multiflow.errors import CheckpointError, DataError
 
-from conftest import INPUT_SIZE, VIEWS, make_bundle
+from deploy_helpers import INPUT_SIZE, VIEWS, make_bundle
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import VIEWS
+from deploy_helpers import VIEWS
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")

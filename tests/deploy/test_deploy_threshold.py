@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import make_bundle
+from deploy_helpers import make_bundle
 
 from multiflow.engine.bundle import set_threshold
 

@@ -119,7 +119,8 @@ class Predictor:
 
             self.frame_memory = FrameMemory()
         # the model's image score and per-view calibration (identity for the paper's scoring)
-        self.postprocess = self.bundle.scoring.postprocess(self.input_size)
+        # (its calibration buffers on the model's device, next to the maps)
+        self.postprocess = self.bundle.scoring.postprocess(self.input_size).to(self.device)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -206,7 +207,7 @@ class Predictor:
                     nll = self.flow(feats.transpose(0, 1)).nll.transpose(0, 1)  # (1, V, h, w)
                 else:
                     nll = self.flow(feats, present=p_arg).nll
-            maps, vs, ss = score_maps(nll.float(), mask, self.aggregation, p_arg, self.postprocess)
+            maps, vs, ss = score_maps(nll.float(), mask, self.aggregation, self.postprocess, present=p_arg)
             maps, view_scores, sample_score = maps[0].cpu(), [float(s) for s in vs[0].cpu()], float(ss[0])
         else:
             maps = torch.full((n, 1, 1), float("nan"))

