@@ -9,14 +9,14 @@ masks, with scores drawn so that defective objects tend to score higher. It has 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from multiflow._atomic import write_json, write_text
+from multiflow._atomic import atomic_path, write_json, write_text
 from multiflow.engine.bundle import FeaturesSpec, GraphSpec, MasksSpec, ModelBundle, ThresholdSpec, write_bundle
+from multiflow.engine.outputs import write_scores_csv
 from multiflow.engine.test_outputs import write_test_outputs
 
 
@@ -51,9 +51,11 @@ def synthetic_run(run_dir: str | Path, *, category: str = "widget", n_objects: i
     for k in range(n_views):
         rgb = np.stack([np.sin(6 * xx + k), np.cos(5 * yy - k), np.sin(4 * (xx + yy) + 2 * k)], -1)
         p = img_dir / f"view{k}.jpg"
-        Image.fromarray(((rgb + 1) * 127.5).astype(np.uint8)).save(p, quality=85)
+        with atomic_path(p) as tmp:
+            Image.fromarray(((rgb + 1) * 127.5).astype(np.uint8)).save(tmp, quality=85)
         image_paths.append(str(p))
-    Image.fromarray((((xx - 0.5) ** 2 + (yy - 0.4) ** 2 < 0.02) * 255).astype(np.uint8)).save(mask_path)
+    with atomic_path(mask_path) as tmp:
+        Image.fromarray((((xx - 0.5) ** 2 + (yy - 0.4) ** 2 < 0.02) * 255).astype(np.uint8)).save(tmp)
     codes = ["AK", "BX", "CH", "HS", "PS", "QS", "ZW"]
     labels = (rng.random(n_objects) < defect_rate).astype(np.int64)
     defects = [codes[int(rng.integers(len(codes)))] if lab else "OK" for lab in labels]
@@ -81,14 +83,8 @@ def synthetic_run(run_dir: str | Path, *, category: str = "widget", n_objects: i
     )
     write_bundle(folder, bundle)
     write_test_outputs(folder, _Samples(records), maps, views)
-    with open(folder / "scores.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["sample_id", "defect", "label", "sample_score", "decision"]
-                   + [f"score_{v}" for v in views] + [f"label_{v}" for v in views])
-        for i, r in enumerate(records):
-            w.writerow([r.sample_id, r.defect, int(labels[i]), f"{scores[i]:.6f}",
-                        "NG" if scores[i] > threshold else "OK"]
-                       + [f"{x:.6f}" for x in view_scores[i]] + [int(x) for x in view_labels[i]])
+    write_scores_csv(folder / "scores.csv", [r.sample_id for r in records], defects, views, view_scores,
+                     view_labels, scores, scores > threshold)
     both = 0 < labels.sum() < n_objects
     m = {"s_auroc": auroc(scores, labels) if both else None, "threshold": threshold}
     write_json(folder / "metrics.json", m)
