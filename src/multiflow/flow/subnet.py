@@ -160,10 +160,9 @@ class MultiViewSubnet(nn.Module):
             outs.append(self.gamma[vc[i]] * o)
         return torch.stack(outs, dim=1)
 
-    def forward_fused_present(self, u: Tensor, present: Tensor) -> Tensor:
-        """Fused conv formulation on the induced subgraph (same function as
-        :meth:`forward_per_edge_present` for conv fusion): the per-sample message weights scale
-        the neighbours' hidden maps (conv is linear) and their biases, added after the conv."""
+    def _fused_hidden(self, u: Tensor) -> Tensor:
+        """Every view's input conv + ReLU as one grouped conv, replicate-padded for the fused
+        message convs: ``(B, V, C_in, H, W)`` -> ``(B, V, hidden, H + 2p, W + 2p)``, ``p = k // 2``."""
         b, v, c_in, hh, ww = u.shape
         p = self.kernel_size // 2
         vc = self.view_class
@@ -172,10 +171,19 @@ class MultiViewSubnet(nn.Module):
         x = u.reshape(b, v * c_in, hh, ww)
         if p:
             x = F.pad(x, (p, p, p, p), mode="replicate")
-        h = torch.relu(F.conv2d(x, w_in, b_in, groups=v))
+        h = torch.relu(F.conv2d(x, w_in, b_in, groups=v))  # (B, V*hidden, H, W)
         if p:
             h = F.pad(h, (p, p, p, p), mode="replicate")
-        h = h.view(b, v, self.hidden, hh + 2 * p, ww + 2 * p)
+        return h.view(b, v, self.hidden, hh + 2 * p, ww + 2 * p)
+
+    def forward_fused_present(self, u: Tensor, present: Tensor) -> Tensor:
+        """Fused conv formulation on the induced subgraph (same function as
+        :meth:`forward_per_edge_present` for conv fusion): the per-sample message weights scale
+        the neighbours' hidden maps (conv is linear) and their biases, added after the conv."""
+        b, v, _, hh, ww = u.shape
+        p = self.kernel_size // 2
+        vc = self.view_class
+        h = self._fused_hidden(u)
         zero = u.new_zeros(())
         h = torch.where(present[:, :, None, None, None], h, zero)
         weights = self.message_weights(present, u.dtype)
@@ -219,18 +227,10 @@ class MultiViewSubnet(nn.Module):
 
     def forward_fused(self, u: Tensor) -> Tensor:
         """Fused conv formulation (same function as :meth:`forward_per_edge` for conv fusion)."""
-        b, v, c_in, hh, ww = u.shape
+        b, v, _, hh, ww = u.shape
         p = self.kernel_size // 2
         vc = self.view_class
-        w_in = torch.cat([self.in_convs[vc[k]].weight for k in range(v)], dim=0)
-        b_in = torch.cat([self.in_convs[vc[k]].bias for k in range(v)], dim=0)
-        x = u.reshape(b, v * c_in, hh, ww)
-        if p:
-            x = F.pad(x, (p, p, p, p), mode="replicate")
-        h = torch.relu(F.conv2d(x, w_in, b_in, groups=v))  # (B, V*hidden, H, W)
-        if p:
-            h = F.pad(h, (p, p, p, p), mode="replicate")
-        h = h.view(b, v, self.hidden, hh + 2 * p, ww + 2 * p)
+        h = self._fused_hidden(u)
         outs = []
         for i in range(v):
             g = self.gamma[vc[i]]
