@@ -313,6 +313,7 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
     # ------------------------------------------------------------------------------ pictures
     @app.get("/img/{name}/{i}/{k}/{kind}")
     def picture(name: str, i: int, k: int, kind: str):
+        from multiflow.data.ground_truth import native_size
         from multiflow.data.images import read_mask_array
         from multiflow.review import images as im
 
@@ -335,7 +336,7 @@ def create_app(run_dir: str | Path, *, settings: ReviewSettings | None = None):
                 im.small_rgb(s["image_paths"][k], flip), np.asarray(d.maps[i, k], dtype=np.float32), lo, hi))
             return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
         if kind == "heat.png":
-            size = im.image_size(s["image_paths"][k])
+            size = native_size(s["image_paths"][k])
             data = im.cached(folder / f"heat_{i}_{k}.png",
                              lambda: im.heat_png(np.asarray(d.maps[i, k], dtype=np.float32), size, lo, hi))
             return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})

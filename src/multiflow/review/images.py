@@ -26,17 +26,6 @@ def view_rgb(path: str, flip: str | None) -> np.ndarray:
     return np.ascontiguousarray((np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0))
 
 
-def image_size(path: str) -> tuple[int, int]:
-    """``(H, W)`` of an image file, read from its header."""
-    from multiflow.errors import DataError
-
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except OSError as exc:
-        raise DataError(f"cannot read image header: {exc}", path) from None
-
-
 def _colour(map_hw: np.ndarray, size: tuple[int, int], lo: float, hi: float) -> np.ndarray:
     """``(H, W, 3)`` uint8 jet colours of the map bilinearly upsampled to ``size``."""
     from matplotlib import colormaps
