@@ -52,6 +52,7 @@ from multiflow.engine.bundle import (
     TrainingRecord,
     check_backbone,
     check_features_config,
+    json_default,
     load_bundle,
     save_bundle,
 )
@@ -354,7 +355,6 @@ def evaluate_category(
     _, img_scores, s_scores = postprocess_scores(maps, test.masks, scoring.postprocess(extractor.input_size), how)
     labels = np.array([ds.image_labels(i) for i in range(len(ds))])
     if cfg.eval.pixel_metrics:
-        gt_size = ground_truth_masks(ds, 0).shape[-2:]
         if cfg.eval.streaming:
             ev = StreamingEvaluator(how=how, expected_views=len(test.view_names))
             for i in range(len(ds)):
@@ -362,8 +362,10 @@ def evaluate_category(
                           defects=[defects[i]], image_scores=img_scores[i : i + 1])
             result = ev.compute()
         else:
-            gt = np.zeros((len(ds), len(test.view_names), *gt_size), dtype=bool)
-            for i in range(len(ds)):
+            first = ground_truth_masks(ds, 0)  # (V, H, W): its native size is every sample's
+            gt = np.zeros((len(ds), len(test.view_names), *first.shape[-2:]), dtype=bool)
+            gt[0] = first
+            for i in range(1, len(ds)):
                 gt[i] = ground_truth_masks(ds, i)
             result = evaluate_exact(maps, gt, image_scores=img_scores, sample_ids=test.sample_ids,
                                     defects=defects, how=how)
@@ -382,8 +384,6 @@ def evaluate_category(
     metrics["decision_accuracy"] = float((decisions == s_labels.astype(bool)).mean())
     metrics["false_positive_rate_at_threshold"] = float(decisions[s_labels == 0].mean()) if (s_labels == 0).any() else None
     metrics["true_positive_rate_at_threshold"] = float(decisions[s_labels == 1].mean()) if (s_labels == 1).any() else None
-    from multiflow.engine.bundle import json_default
-
     write_json(folder / "metrics.json", metrics, default=json_default)
     write_scores_csv(folder / "scores.csv", test.sample_ids, defects, test.view_names, img_scores, labels, s_scores,
                      decisions)
