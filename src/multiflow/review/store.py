@@ -95,15 +95,6 @@ class ClassData:
         """``(N,)`` index of the view with the highest image score."""
         return self.view_scores.argmax(1)
 
-    def index_of(self, sample_id: str) -> int:
-        try:
-            return self._index[sample_id]
-        except KeyError:
-            raise NotFound(f"class {self.name!r} has no test object {sample_id!r}") from None
-
-    def __post_init__(self) -> None:
-        self._index = {s: i for i, s in enumerate(self.sample_ids)}
-
     def select(self, kind: str = "all", *, defect: str = "", view: str = "") -> np.ndarray:
         """Indices of the objects matching a filter, highest sample score first.
 
