@@ -63,7 +63,6 @@ import torch.nn.functional as F
 from multiflow._atomic import write_json
 from multiflow.errors import CheckpointError, ConfigError, DataError
 
-FAULTS_FILE = "camera_faults.json"
 #: fewer normal training objects give no meaningful normal range per camera
 MIN_OBJECTS = 10
 FAULTS_FORMAT = "multiflow-camera-faults/1"
