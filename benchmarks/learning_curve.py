@@ -246,9 +246,33 @@ def _evaluate(maps: np.ndarray, d: ClassData) -> dict[str, Any]:
                                "num_samples": v.get("num_samples")} for k, v in (r.get("per_defect") or {}).items()}}
 
 
+def _score_variants(maps: np.ndarray, val_maps, val_masks, d: ClassData, grid: dict[str, Any]) -> dict[str, Any]:
+    """Issue 12's post-hoc scoring switches on this cell's maps: every image score x per-view
+    calibration (fitted on the cell's held-out normal objects; flows trained on whole objects only)."""
+    from benchmarks.scoring_ablation import score_combos
+
+    return score_combos(maps, d.test_masks, val_maps, val_masks, labels=d.labels, defects=d.defects,
+                        sample_ids=d.sample_ids, image_size=grid["input_size"])
+
+
+def _save_maps(path: Path | None, maps: np.ndarray, val_maps) -> None:
+    """The cell's test (and held-out normal) anomaly maps, float16, for later rescoring."""
+    if path is None:
+        return
+    import io
+
+    buf = io.BytesIO()
+    arrays = {"test": maps.astype(np.float16)}
+    if val_maps is not None:
+        arrays["val"] = np.asarray(val_maps).astype(np.float16)
+    np.savez_compressed(buf, **arrays)
+    write_bytes(path, buf.getvalue())
+
+
 def run_cell(cfg, grid: dict[str, Any], d: ClassData, cls: str, n: int, method: str, seed: int,
-             tmp_root: Path) -> dict[str, Any]:
-    """Train (or fit) one method on the first ``n`` training objects and score the shared test set."""
+             tmp_root: Path, maps_path: Path | None = None) -> dict[str, Any]:
+    """Train (or fit) one method on the first ``n`` training objects and score the shared test set;
+    ``maps_path``: where the cell's anomaly maps go (``.npz``)."""
     from multiflow.flow.single_view import from_single_view, to_single_view
     from multiflow.engine.factories import build_flow, run_device
     from multiflow.engine.scoring import compute_maps
@@ -266,8 +290,10 @@ def run_cell(cfg, grid: dict[str, Any], d: ClassData, cls: str, n: int, method: 
             from multiflow.baselines.patchcore import PatchCore
 
             model = PatchCore(seed=seed).fit(feats, masks)
-            maps = model.anomaly_map(d.test_features, d.test_masks)
+            maps = np.asarray(model.anomaly_map(d.test_features, d.test_masks))
             rec |= _evaluate(maps, d)
+            rec["scoring"] = _score_variants(maps, None, None, d, grid)
+            _save_maps(maps_path, maps, None)
         else:
             tcfg = dataclasses.replace(
                 cfg.train, seed=seed, epochs=cfg.train.epochs * (v if m.epoch_views else 1),
@@ -287,6 +313,13 @@ def run_cell(cfg, grid: dict[str, Any], d: ClassData, cls: str, n: int, method: 
             else:
                 maps = compute_maps(model, d.test_features, d.test_masks, batch_size=16, **on)
             rec |= _evaluate(maps, d)
+            val_maps = val_masks = None
+            if not m.single_view and result.val_index is not None and len(result.val_index):
+                vi = np.asarray(result.val_index)
+                val_masks = None if masks is None else masks[vi]
+                val_maps = compute_maps(model, feats[vi], val_masks, batch_size=16, **on)
+            rec["scoring"] = _score_variants(maps, val_maps, val_masks, d, grid)
+            _save_maps(maps_path, maps, val_maps)
             gammas = np.abs(np.asarray(view_gammas(model)))  # (st-networks, views)
             rec["gamma_abs"] = {"per_view_mean": gammas.mean(axis=0).round(5).tolist(),
                                 "min": float(gammas.min()), "max": float(gammas.max())}
@@ -559,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
                 tqdm.write(f"== --max-minutes {args.max_minutes:g}: stopping with {stopped} cells left; rerun to continue")
                 break
             bar.set_postfix_str(f"{cls} N={n} {method} seed {seed}")
-            rec = run_cell(cfg, grid, data[cls], cls, n, method, seed, tmp_root)
+            path = cell_path(out, cls, n, method, seed)
+            rec = run_cell(cfg, grid, data[cls], cls, n, method, seed, tmp_root, path.with_suffix(".maps.npz"))
             write_json(cell_path(out, cls, n, method, seed), rec, default=float)
             bar.update(round(est))
             tqdm.write(f"done {cls:>14} N={n:<4} {method:>20} seed {seed}: S-AUROC "

@@ -75,10 +75,8 @@ def score_run(cfg, folder: Path, category: str) -> dict[str, Any]:
     from multiflow.engine.bundle import load_bundle
     from multiflow.engine.factories import build_extractor
     from multiflow.engine.preprocess import prepare_split
-    from multiflow.engine.scoring import compute_maps, postprocess_scores
+    from multiflow.engine.scoring import compute_maps
     from multiflow.engine.train import split_train_val
-    from multiflow.metrics import evaluate_exact
-    from multiflow.scoring import ImageScoreSpec, ScorePostprocess, ViewCalibration
 
     model, bundle = load_bundle(folder / category)
     # the bundle's backbone (input size resolved at fit) and masks, the run's data and cache settings
@@ -98,22 +96,38 @@ def score_run(cfg, folder: Path, category: str) -> dict[str, Any]:
     defects = [r.defect for r in ds.samples]
     labels = np.array([ds.image_labels(i) for i in range(len(ds))])
     gt = np.stack([ground_truth_masks(ds, i) for i in range(len(ds))])
+    return score_combos(maps, test.masks, val_maps, val_masks, gt=gt, labels=labels, defects=defects,
+                        sample_ids=list(test.sample_ids), image_size=extractor.input_size, how=how)
+
+
+def score_combos(maps, masks, val_maps, val_masks, *, defects: list[str], sample_ids: list[str], image_size: int,
+                 labels, how: str = "max", gt=None, calibrations=CALIBRATIONS) -> dict[str, Any]:
+    """Every image score x calibration of one model's test maps ``(T, V, h, w)``, calibrations fitted on
+    its held-out normal maps ``val_maps`` (None: only ``none``). Pixel metrics once, from ``gt`` when
+    given; ``labels (T, V)``: the image labels. Returns ``{combo: {"metrics", "per_defect"}}``."""
+    from multiflow.engine.scoring import postprocess_scores
+    from multiflow.metrics import evaluate_exact
+    from multiflow.scoring import ImageScoreSpec, ScorePostprocess, ViewCalibration
+
+    if val_maps is None:
+        calibrations = ("none",)
     out: dict[str, Any] = {}
     pixel: dict[str, Any] = {}
-    size = extractor.input_size
     for name, params in IMAGE_SCORES:
         spec = ImageScoreSpec(name=name, **params)
-        raw_val, _, _ = postprocess_scores(val_maps, val_masks, ScorePostprocess(spec=spec, image_size=size), how)
-        for mode in CALIBRATIONS:
-            cal = ViewCalibration.fit(raw_val, mode)
-            post = ScorePostprocess(spec=spec, calibration=cal, image_size=size)
-            _, view_scores, _ = postprocess_scores(maps, test.masks, post, how)
-            if not pixel:
-                res = evaluate_exact(maps, gt, image_scores=view_scores, sample_ids=test.sample_ids, defects=defects,
+        raw_val = None
+        if val_maps is not None:
+            raw_val, _, _ = postprocess_scores(val_maps, val_masks, ScorePostprocess(spec=spec, image_size=image_size), how)
+        for mode in calibrations:
+            cal = None if raw_val is None else ViewCalibration.fit(raw_val, mode)
+            post = ScorePostprocess(spec=spec, calibration=cal, image_size=image_size)
+            _, view_scores, _ = postprocess_scores(maps, masks, post, how)
+            if gt is not None and not pixel:
+                res = evaluate_exact(maps, gt, image_scores=view_scores, sample_ids=sample_ids, defects=defects,
                                      how=how).as_dict()
                 pixel = {"p_auroc": res.get("p_auroc"), "aupro": res.get("aupro")}
             else:
-                res = evaluate_exact(maps, None, labels=labels, image_scores=view_scores, sample_ids=test.sample_ids,
+                res = evaluate_exact(maps, None, labels=labels, image_scores=view_scores, sample_ids=sample_ids,
                                      defects=defects, how=how).as_dict()
             out[combo_name(name, mode)] = {
                 "metrics": {"s_auroc": res.get("s_auroc"), "i_auroc": res.get("i_auroc"), **pixel},
