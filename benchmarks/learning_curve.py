@@ -256,15 +256,15 @@ def _score_variants(maps: np.ndarray, val_maps, val_masks, d: ClassData, grid: d
 
 
 def _save_maps(path: Path | None, maps: np.ndarray, val_maps) -> None:
-    """The cell's test (and held-out normal) anomaly maps, float16, for later rescoring."""
+    """The cell's test (and held-out normal) anomaly maps, float32, for later rescoring (``--rescore``)."""
     if path is None:
         return
     import io
 
     buf = io.BytesIO()
-    arrays = {"test": maps.astype(np.float16)}
+    arrays = {"test": np.asarray(maps, dtype=np.float32)}
     if val_maps is not None:
-        arrays["val"] = np.asarray(val_maps).astype(np.float16)
+        arrays["val"] = np.asarray(val_maps, dtype=np.float32)
     np.savez_compressed(buf, **arrays)
     write_bytes(path, buf.getvalue())
 
@@ -338,6 +338,33 @@ def run_cell(cfg, grid: dict[str, Any], d: ClassData, cls: str, n: int, method: 
     return rec
 
 
+def rescore(out: Path, cells, grid: dict[str, Any], data: dict[str, ClassData], val_fraction: float) -> None:
+    """Recompute the ``scoring`` of every finished cell from its ``.maps.npz`` (atomic rewrite)."""
+    n = 0
+    for c in cells:
+        path = cell_path(out, *c)
+        maps_path = path.with_suffix(".maps.npz")
+        if not (path.is_file() and maps_path.is_file()):
+            continue
+        rec = json.loads(path.read_text())
+        d = data[c[0]]
+        with np.load(maps_path) as z:
+            maps = z["test"].astype(np.float32)
+            val = z["val"].astype(np.float32) if "val" in z.files else None
+        val_masks = None
+        if val is not None and d.train_masks is not None:
+            from multiflow.engine.train import split_train_val
+
+            _, vi = split_train_val(c[1], val_fraction, c[3])  # train_flow's held-out split of the first N objects
+            if len(vi) != len(val):
+                raise SystemExit(f"{maps_path}: {len(val)} held-out maps, but the split has {len(vi)} objects")
+            val_masks = d.train_masks[: c[1]][vi]
+        rec["scoring"] = _score_variants(maps, val, val_masks, d, grid)
+        write_json(path, rec, default=float)
+        n += 1
+    print(f"== rescored {n} cells from their maps", flush=True)
+
+
 # ------------------------------------------------------------------------------------ reporting
 def load_cells(out: Path, cells) -> list[dict[str, Any]]:
     recs = []
@@ -404,6 +431,43 @@ def plot(recs: list[dict[str, Any]], methods: list[str], path: Path) -> None:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     write_bytes(path, buf.getvalue())
+
+
+def scoring_section(recs: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """Issue 12's post-hoc scoring switches on the learning-curve models: per method and N, the class
+    average of every image score x calibration that differs from the paper's ``max+none``."""
+    from benchmarks.scoring_ablation import CALIBRATIONS, IMAGE_SCORES, combo_name
+
+    have = [r for r in recs if r.get("scoring")]
+    if not have:
+        return []
+    ref = combo_name("max", "none")
+    combos = [combo_name(lbl, c) for lbl, _, _ in IMAGE_SCORES for c in CALIBRATIONS]
+    lines = ["#### Scoring switches on these models (issue 12)", "",
+             "Image score x per-view calibration, post hoc on each cell's maps (calibration fitted on the cell's "
+             "held-out normal objects; flows trained on whole objects only). S-AUROC / I-AUROC, mean over "
+             "classes and seeds (%); in brackets the difference to the paper's `max+none` of the same models (pp).", "",
+             "| method | N | " + " | ".join(c for c in combos if c != ref) + " |", "|---|---:|" + "---:|" * (len(combos) - 1)]
+    for m in methods:
+        for n in sorted({r["n"] for r in have}):
+            cell = [r for r in have if r["method"] == m and r["n"] == n]
+            if not cell:
+                continue
+            row = []
+            for c in combos:
+                if c == ref:
+                    continue
+                if not all(c in r["scoring"] for r in cell):
+                    row.append("-")
+                    continue
+                vals = []
+                for k in ("s_auroc", "i_auroc"):
+                    a = [r["scoring"][c]["metrics"][k] for r in cell]
+                    b = [r["scoring"][ref]["metrics"][k] for r in cell]
+                    vals.append(f"{100 * np.mean(a):.1f} ({100 * (np.mean(a) - np.mean(b)):+.1f})")
+                row.append(" / ".join(vals))
+            lines.append(f"| {METHODS[m].label} | {n} | " + " | ".join(row) + " |")
+    return lines + [""]
 
 
 def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]) -> str:
@@ -505,6 +569,7 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
                 cells.append(pe.fmt_ms(per_seed) if per_seed else "-")
             lines.append(f"| {METHODS[m].label} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += scoring_section(recs, methods)
     lines += [
         f"![learning curve]({ctx['plot']})", "",
         f"Command: `{ctx['command']}`  ",
@@ -543,6 +608,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-benchmarks-md", action="store_true", help="do not write BENCHMARKS.md / docs/ (report "
                    "and plot go to --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bars for data and features")
+    p.add_argument("--rescore", action="store_true", help="recompute every finished cell's post-hoc scoring "
+                   "switches from its stored maps (after the set of switches changed); trains nothing")
     return p.parse_args(argv)
 
 
@@ -580,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
             data = prepare(grid, out, cfg, progress=not args.quiet, workers=args.workers)
         if not prep_json.is_file():
             write_json(prep_json, {"seconds": time.perf_counter() - t_prep, "cpu_share": prep_share.share})
+        if args.rescore:
+            rescore(out, cells, grid, data, cfg.train.val_fraction)
+            todo = []
         tmp_root = state_root(out)
         bar = tqdm(total=round(est_cells), unit="est-s", desc="cells", dynamic_ncols=True,
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} est-s [{elapsed}<{remaining}]")

@@ -194,6 +194,23 @@ def test_early_stopping_stops_records_why_and_resumes_as_stopped(tmp_path):
     assert len(off.history) == 6 and off.stop_reason == ""
 
 
+def test_early_stopped_run_resumed_without_early_stopping_equals_the_full_schedule(tmp_path):
+    """benchmarks/early_stopping.py relies on this: the fixed schedule continues the stopped run."""
+    feats, masks = _data()
+    stopped = train_flow(_model(), feats, masks, _cfg(epochs=6, lr=3e-2, early_stopping_patience=2,
+                                                       early_stopping_min_delta=1e9), tmp_path / "es", progress=False)
+    assert len(stopped.history) == 3
+    cont_model = _model()
+    cont = train_flow(cont_model, feats, masks, _cfg(epochs=6, lr=3e-2), tmp_path / "es", resume=True, progress=False)
+    full_model = _model()
+    full = train_flow(full_model, feats, masks, _cfg(epochs=6, lr=3e-2), tmp_path / "full", progress=False)
+    assert cont.stop_reason == "" and len(cont.history) == 6
+    strip = [{k: v for k, v in r.items() if k != "stopped"} for r in cont.history]
+    assert strip == full.history and cont.best_epoch == full.best_epoch
+    for k, v in full_model.state_dict().items():
+        assert torch.equal(v, cont_model.state_dict()[k]), k
+
+
 def test_training_runs_on_the_device_it_is_given(tmp_path, monkeypatch):
     """Every batch is moved once to the configured device, and the model sees it there."""
     import multiflow.engine.train as tr

@@ -17,7 +17,8 @@ as an uninterrupted run with the same seed (when the state was written does not 
 
 Early stopping (``early_stopping_patience`` > 0): training ends when the held-out loss (the
 training loss without held-out samples) has not improved by more than ``early_stopping_min_delta``
-for that many epochs; the last history record says so (``stopped``).
+for that many epochs; the last history record says so (``stopped``). Resuming an early-stopped run
+with ``early_stopping_patience=0`` continues it to ``epochs``, the same run the fixed schedule gives.
 
 Device and precision: the model and each batch (one transfer per batch, pinned when CUDA) go to
 ``device``; with ``precision="bf16"`` the st-network convolutions run under bf16 autocast
@@ -298,6 +299,10 @@ def train_flow(
         es_best = float(meta.get("es_best", math.inf))
         es_wait = int(meta.get("es_wait", 0))
         stop_reason = str(meta.get("stop_reason", ""))
+        if stop_reason and cfg.early_stopping_patience <= 0:
+            # an early-stopped run resumed with early stopping off runs the rest of the schedule
+            # (exactly as the uninterrupted schedule would have: the state is that of the stop epoch)
+            stop_reason, es_best, es_wait = "", math.inf, 0
 
     sharded = ShardedLoss(model, ctx, precision=precision) if ctx.enabled else None
     bs = cfg.batch_size
