@@ -181,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         pe.ensure_synthetic(out / "data", sizes, progress=not args.quiet)
         cfg = pe.make_config(argparse.Namespace(base_masks="", config=None, epochs=0, set=[]), out / "data",
                              out / "cache", sizes["classes"], sizes)
-        for cls in sizes["classes"]:
-            data = load_class(cfg, cls, progress=not args.quiet)
-            for seed in sizes["seeds"]:
-                r = run_cell(cfg, sizes, cls, seed, data, out)
+        data = {cls: load_class(cfg, cls, progress=not args.quiet) for cls in sizes["classes"]}
+        for seed in sizes["seeds"]:  # seed-major: an interrupted run has every class on the first seeds
+            for cls in sizes["classes"]:
+                r = run_cell(cfg, sizes, cls, seed, data[cls], out)
                 print(f"{cls} seed {seed}: stopped at {r['es_epochs']}/{r['full_epochs']}, "
                       f"{r['es_seconds']:.0f} s vs {r['full_seconds']:.0f} s; S-AUROC {100 * r['es_metrics']['s_auroc']:.2f} "
                       f"vs {100 * r['full_metrics']['s_auroc']:.2f}", flush=True)

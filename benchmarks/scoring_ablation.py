@@ -333,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         ns = argparse.Namespace(base_masks="", config=None, epochs=0, set=args.set)
         cfg = pe.make_config(ns, out / "data", out / "cache", sizes["classes"], sizes)
         records = []
-        for v in variants:
-            for s in seeds:
+        for s in seeds:  # seed-major: an interrupted run has every switch on the first seeds
+            for v in variants:
                 for c in sizes["classes"]:
                     rec = run_variant(cfg, v, s, c, out, progress=not args.quiet)
                     m = rec["combos"][combo_name("max", "none")]["metrics"]

@@ -40,6 +40,26 @@ def test_quick_run_cells_resume_and_report(tmp_path, monkeypatch):
         assert 0 < mf["steps_selected"] <= mf["steps"]
         # Adam moves each gamma by at most about lr per step (the issue's lead), measured here
         assert mf["gamma_abs"]["max"] <= 1.5 * mf["lr"] * mf["steps_selected"]
+    # issue 12's scoring switches, post hoc on each cell's stored maps: the paper scoring is the cell's own
+    # metric; calibrations only where whole objects were held out (not the single-view flows, not PatchCore)
+    import json
+
+    import numpy as np
+
+    from benchmarks.scoring_ablation import CALIBRATIONS, IMAGE_SCORES
+
+    for (n, m), r in recs.items():
+        assert r["scoring"]["max+none"]["metrics"]["s_auroc"] == pytest.approx(r["metrics"]["s_auroc"], abs=1e-12)
+        n_cal = len(CALIBRATIONS) if m == "multiflow" else 1
+        assert len(r["scoring"]) == len(IMAGE_SCORES) * n_cal, (n, m)
+        with np.load(lc.cell_path(out, "toy_brick", n, m, 0).with_suffix(".maps.npz")) as z:
+            assert z["test"].dtype == np.float32 and z["test"].shape[:2] == (4, 5)
+            assert ("val" in z.files) == (m == "multiflow")
+    # --rescore recomputes the same numbers from the stored maps (held-out split reproduced)
+    before = {p: json.loads(p.read_text())["scoring"] for p in (out / "cells").rglob("*.json")}
+    assert lc.main([*argv, "--rescore"]) == 0
+    assert {p: json.loads(p.read_text())["scoring"] for p in (out / "cells").rglob("*.json")} == before
+    assert "Scoring switches on these models" in (out / "report.md").read_text()
     # nested subsets: the smaller train set trained on fewer samples
     assert recs[(2, "multiflow")]["steps"] <= recs[(4, "multiflow")]["steps"]
     md = (out / "report.md").read_text()
@@ -47,7 +67,7 @@ def test_quick_run_cells_resume_and_report(tmp_path, monkeypatch):
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a rerun skips every finished cell
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
-    assert len(stamps) == 6
+    assert len(stamps) == 6 and len(list((out / "cells").rglob("*.maps.npz"))) == 6
     assert lc.main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")} == stamps
     # --max-minutes stops cleanly before a cell that cannot finish in time; the rest stays to do
