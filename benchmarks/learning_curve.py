@@ -518,8 +518,9 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
                 if d is None:
                     continue
                 delta, spread = d
-                word = "within one seed std" if abs(delta) <= spread else ("Multi-Flow better" if delta > 0
-                                                                              else "Multi-Flow worse")
+                n_seeds = min(len(pe.seed_means(data[a], k)), len(pe.seed_means(data[b], k)))
+                word = ("one seed: no noise estimate" if n_seeds < 2 else "within one seed std" if abs(delta) <= spread
+                        else "Multi-Flow better" if delta > 0 else "Multi-Flow worse")
                 parts.append(f"{lbl} {delta:+.2f} pp ({word})")
             if parts:
                 verdicts.append(f"- N = {n}, Multi-Flow minus {METHODS[other].label}: " + ", ".join(parts))
@@ -534,9 +535,11 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
         win = None
         if sv in data:
             d = pe.seed_delta(data, sv, f"multiflow@{n_max}", "s_auroc")
-            win = d is not None and d[0] > d[1]
+            several = min(len(pe.seed_means(data[sv], "s_auroc")), len(pe.seed_means(data[f"multiflow@{n_max}"],
+                                                                                         "s_auroc"))) > 1
+            win = d is not None and several and d[0] > d[1]
         lines.append("Multi-Flow " + ("beats" if win else "does not clearly beat") + " the single-view flow here "
-                     "(S-AUROC). Measurements:")
+                     "(S-AUROC, beyond the seed spread). Measurements:")
         lines.append("")
         mf = [r for r in recs if r["method"] == "multiflow" and r["n"] == n_max and r.get("gamma_abs")]
         if mf:

@@ -168,7 +168,9 @@ def make_config(args, data_root: Path, cache: Path, classes: list[str], sizes: d
     from multiflow.config import load_config
 
     overrides = [f"data.root={data_root}", f"features.cache_dir={cache}", "eval.pictures=false",
-                 "eval.pixel_metrics=true"]
+                 "eval.pixel_metrics=true",
+                 # the paper's scoring, whatever the package defaults are (the suite reproduces the paper)
+                 "eval.image_score=max", "eval.calibration=none", "masks.margin=0.0"]
     if args.base_masks:
         overrides.append(f"masks.provider={args.base_masks}")
     if classes:

@@ -67,9 +67,6 @@ class MaskConfig:
     mask_root: str = ""
     # extra dilation as a fraction of the object's bounding-box diagonal (0 = the paper's masks)
     margin: float = 0.0
-    # loss weight of background cells in training (0 = the paper: ignored; 1 = no mask in the loss);
-    # scoring still uses the binary mask
-    soft: float = 0.0
 
 
 @dataclass
@@ -143,10 +140,10 @@ class EvalConfig:
     batch_size: int = 16
     pixel_metrics: bool = True
     # how a map becomes an image score (multiflow.scoring): max | topk_mean | quantile | smoothed_max
-    image_score: str = "max"
+    image_score: str = "smoothed_max"
     image_score_k: float = 0.01  # topk_mean: fraction of foreground pixels (< 1) or a count (>= 1)
     image_score_q: float = 0.99  # quantile: the quantile of the foreground pixels
-    image_score_sigma: float = 4.0  # smoothed_max: Gaussian sigma in pixels of the upsampled map
+    image_score_sigma: float = 8.0  # smoothed_max: Gaussian sigma in pixels of the upsampled map
     image_score_size: int = 0  # smoothed_max: side of the upsampled map (0 = features.input_size)
     # per-view calibration of image scores before the max over views, fitted on held-out normal
     # training samples at the end of fit: none | zscore | tail
@@ -196,8 +193,6 @@ class RunConfig:
             raise ConfigError(f"features.input_size must be >= 0 (0 = the data's image size), got {self.features.input_size}")
         if self.masks.margin < 0:
             raise ConfigError(f"masks.margin must be >= 0, got {self.masks.margin}")
-        if not 0.0 <= self.masks.soft <= 1.0:
-            raise ConfigError(f"masks.soft must be in [0, 1], got {self.masks.soft}")
         _choice("eval.image_score", self.eval.image_score, set(IMAGE_SCORES))
         _choice("eval.calibration", self.eval.calibration, set(CALIBRATIONS))
         if self.eval.image_score_k <= 0 or not 0.0 <= self.eval.image_score_q <= 1.0:

@@ -69,7 +69,7 @@ class ImageScoreSpec:
     name: str = "max"
     k: float = 0.01
     q: float = 0.99
-    sigma: float = 4.0
+    sigma: float = 8.0
     size: int = 0
 
     def __post_init__(self) -> None:

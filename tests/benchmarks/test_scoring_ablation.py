@@ -33,13 +33,15 @@ def test_paired_delta_and_noise_rule():
     recs = [_record("paper", s, c, {"max+none": 0.70 + 0.05 * s, "max+zscore": 0.71 + 0.05 * s}) for s in (0, 1, 2)
             for c in ("a", "b")]
     d = sa.paired_delta(recs, ("paper", "max+zscore"), ("paper", "max+none"), "s_auroc")
-    # the seeds differ by 5 pp, but the paired difference is +1 pp on every seed: beyond noise
-    assert d == pytest.approx((1.0, 0.0, 3)) and sa.beyond_noise(d)
-    recs2 = recs + [_record("margin", s, c, {"max+none": 0.70 + 0.05 * s + (0.02 if s == 0 else -0.01)})
+    # the seeds differ by 5 pp, but the paired difference is +1 pp on every (seed, class) run: beyond noise
+    assert d == pytest.approx((1.0, 0.0, 6)) and sa.beyond_noise(d)
+    recs2 = recs + [_record("margin", s, c, {"max+none": 0.70 + 0.05 * s + (0.02 if c == "a" else -0.02)})
                     for s in (0, 1, 2) for c in ("a", "b")]
     d2 = sa.paired_delta(recs2, ("margin", "max+none"), ("paper", "max+none"), "s_auroc")
-    assert d2[0] == pytest.approx(0.0, abs=1e-9) and not sa.beyond_noise(d2)
-    assert not sa.beyond_noise((5.0, 0.0, 1))  # one seed is never evidence
+    # +2 pp on one class, -2 on the other: the class averages agree, the runs do not
+    assert d2[0] == pytest.approx(0.0, abs=1e-9) and d2[1] == pytest.approx(2.19089, abs=1e-4)
+    assert not sa.beyond_noise(d2)
+    assert not sa.beyond_noise((5.0, 0.0, 1))  # one run is never evidence
 
 
 def test_report_rows_deltas_bf16_per_defect_and_costs():
@@ -55,12 +57,12 @@ def test_report_rows_deltas_bf16_per_defect_and_costs():
            "| +0.00 ± 0.00 | +0.00 ± 0.00 |" in md
     assert "| calibration zscore | paper | max+zscore | 70.00 ± 0.00 |" in md
     assert "| mask margin 0.05 | margin | max+none | 72.00 ± 1.41 |" in md
-    assert "| +1.50 ± 0.71 * | +1.50 ± 0.71 * |" in md  # paired: +1 and +2 pp on the two seeds
+    assert "| +1.50 ± 0.58 * | +1.50 ± 0.58 * |" in md  # paired: +1, +1, +2, +2 pp on the four runs
     assert "| best combination (by mean Δ S/I) | paper | quantile@0.95+tail | 90.50 ± 0.71 |" in md
     assert "| +20.00 ± 0.00 * | +20.00 ± 0.00 * |" in md
     assert "| bf16 | 70.50 ± 0.71 | 70.50 ± 0.71 |" not in md and "| bf16 | 71.00 ± 0.71 |" in md
     assert "| +0.50 ± 0.00 * |" in md  # bf16 vs fp32, paired
-    assert "| AK | 70.5 | 72.0 | 90.5 | 90.5 |" in md and "| BX | 60.0 | 60.0 | 60.0 | 60.0 |" in md
+    assert "| AK | 70.5 | 72.0 | 90.5 |" in md and "| BX | 60.0 | 60.0 | 60.0 |" in md
     assert "| paper | 10 | 4.00 | 192 x 8x8 | 12288 |" in md
     assert md.count("\n| paper | ") == len(sa.IMAGE_SCORES) * len(sa.CALIBRATIONS) + 1  # grid rows + cost row
     assert "| bf16 | max |" not in md  # precision is not a scoring switch: not in the grid

@@ -202,7 +202,7 @@ def test_scoring_and_mask_switches_round_trip_and_default_when_absent(tmp_path):
     bundle = _bundle(flow)
     cal = ViewCalibration.fit([[1.0, 2.0, 3.0], [1.5, 2.5, 2.0], [0.5, 3.0, 2.5]], "tail")
     bundle.scoring = ScoringSpec(aggregation="max", image_score=ImageScoreSpec(name="quantile", q=0.9), calibration=cal)
-    bundle.masks = MasksSpec(provider="threshold", dilation=3, margin=0.05, soft=0.2)
+    bundle.masks = MasksSpec(provider="threshold", dilation=3, margin=0.05)
     save_bundle(tmp_path, flow, bundle)
     loaded = read_bundle(tmp_path)
     assert loaded == bundle and loaded.scoring.calibration.knots == cal.knots
@@ -211,7 +211,7 @@ def test_scoring_and_mask_switches_round_trip_and_default_when_absent(tmp_path):
     data["masks"] = {"provider": "threshold", "dilation": 3, "mask_root": ""}
     (tmp_path / "model.json").write_text(json.dumps(data))
     old = read_bundle(tmp_path)
-    assert old.scoring == ScoringSpec() and old.masks.margin == 0.0 and old.masks.soft == 0.0
+    assert old.scoring == ScoringSpec() and old.masks.margin == 0.0
     assert old.scoring.postprocess(64).is_identity
     for bad, match in [({"image_score": {"name": "median"}}, "unknown image score"),
                        ({"calibration": {"mode": "zscore", "loc": [0.0], "scale": [1.0]}}, "covers 1 views"),
@@ -241,4 +241,5 @@ def test_format_1_with_a_scoring_section_keeps_it(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps(v1))
     b = read_bundle(tmp_path)
     assert b.scoring.image_score == ImageScoreSpec(name="topk_mean", k=0.2) and b.scoring.calibration == cal
-    assert (b.masks.margin, b.masks.soft) == (0.05, 0.1)
+    assert b.masks.margin == 0.05  # the removed soft weight (training-only) is dropped on load
+    assert not hasattr(b.masks, "soft")

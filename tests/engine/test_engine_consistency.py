@@ -136,7 +136,7 @@ def test_five_ways_agree_with_an_image_score_a_calibration_and_a_mask_margin(run
     write_bundle(copy / CLASS, bundle)
     cfg_path = copy / "config.yaml"
     text = cfg_path.read_text()
-    for a, b in [("image_score: max", "image_score: topk_mean"), ("image_score_k: 0.01", "image_score_k: 0.25"),
+    for a, b in [("image_score: smoothed_max", "image_score: topk_mean"), ("image_score_k: 0.01", "image_score_k: 0.25"),
                  ("calibration: none", "calibration: zscore"), ("margin: 0.0", "margin: 0.05")]:
         assert a in text, a
         text = text.replace(a, b)

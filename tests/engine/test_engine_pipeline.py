@@ -44,7 +44,7 @@ def scored_run(run):
     _, _, data, overrides = run
     ov = [o for o in overrides if not o.startswith(("name=", "eval.pictures", "features.input_size"))] + [
         "name=scored", "eval.pictures=false", "eval.image_score=topk_mean", "eval.image_score_k=0.2",
-        "eval.calibration=zscore", "masks.margin=0.05", "features.input_size=0", "masks.soft=0.2",
+        "eval.calibration=zscore", "masks.margin=0.05", "features.input_size=0",
     ]
     run_dir = api.fit(overrides=ov, progress=False)
     api.evaluate(run_dir, progress=False)
@@ -147,9 +147,8 @@ def test_scoring_switches_are_fitted_stored_and_honoured_by_test_and_predict(sco
     run_dir, data = scored_run
     b = read_bundle(run_dir / CLASS)
     spec, cal = b.scoring.image_score, b.scoring.calibration
-    assert spec == ImageScoreSpec(name="topk_mean", k=0.2) and cal.mode == "zscore" and cal.n_views == 5
+    assert spec == ImageScoreSpec(name="topk_mean", k=0.2, sigma=8.0) and cal.mode == "zscore" and cal.n_views == 5
     assert b.features.input_size == 96 and b.masks.margin == 0.05  # 0 -> the data's size
-    assert b.masks.soft == 0.2
     assert all(s > 0 for s in cal.scale)
     # the threshold is a quantile of *calibrated* held-out scores: z-scores of the very samples the
     # calibration was fitted on average to zero over views

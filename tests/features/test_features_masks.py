@@ -178,24 +178,3 @@ def test_margin_is_part_of_the_mask_cache_key(tmp_path):
     assert wide.grid.sum() > plain.grid.sum() and (wide.grid >= plain.grid).all()
     expect = postprocess_mask(ThresholdMasks()(imgs[1, 0]), (8, 8), margin=0.2)[1]
     np.testing.assert_array_equal(wide.grid[1, 0], expect)
-
-
-def test_soft_loss_weights_interpolate_between_masked_and_unmasked_loss():
-    import torch
-
-    from multiflow.features.masks import loss_weights
-    from multiflow.flow.model import masked_loss
-
-    rng = np.random.default_rng(0)
-    masks = rng.random((3, 2, 4, 5)) > 0.5
-    nll = torch.from_numpy(rng.normal(size=masks.shape))
-    w = loss_weights(masks, 0.25)
-    assert w.dtype == np.float32 and set(np.unique(w)) == {0.25, 1.0}
-    np.testing.assert_array_equal(w == 1.0, masks)
-    oracle = (w * nll.numpy()).sum() / w.sum()
-    assert masked_loss(nll, torch.from_numpy(w)).item() == pytest.approx(oracle, rel=1e-6)
-    assert masked_loss(nll, torch.from_numpy(loss_weights(masks, 1.0))).item() == pytest.approx(nll.mean().item())
-    assert masked_loss(nll, torch.from_numpy(loss_weights(masks, 0.0))).item() == pytest.approx(
-        masked_loss(nll, torch.from_numpy(masks)).item())
-    with pytest.raises(ConfigError):
-        loss_weights(masks, 1.5)

@@ -83,12 +83,10 @@ class MasksSpec:
     mask_root: str = ""
     #: extra dilation, a fraction of the object's bounding-box diagonal (0 = the paper's masks)
     margin: float = 0.0
-    #: loss weight of background cells in training (informative; scoring uses the binary mask)
-    soft: float = 0.0
 
     def to_config(self) -> MaskConfig:
         return MaskConfig(provider=self.provider, dilation=int(self.dilation), mask_root=self.mask_root,
-                          margin=float(self.margin), soft=float(self.soft))
+                          margin=float(self.margin))
 
 
 @dataclass
@@ -198,7 +196,7 @@ class ModelBundle:
                 view_names=[str(v) for v in data["view_names"]],
                 graph=_build(GraphSpec, data["graph"], where, "graph"),
                 features=_build(FeaturesSpec, data["features"], where, "features"),
-                masks=_build(MasksSpec, data.get("masks", {}), where, "masks"),
+                masks=_build(MasksSpec, _without_soft(data.get("masks", {})), where, "masks"),
                 threshold=_threshold(data["threshold"], where),
                 scoring=_scoring(data.get("scoring", {}), where),
                 flips={str(k): str(v) for k, v in (data.get("flips") or {}).items()},
@@ -242,6 +240,14 @@ class ModelBundle:
             raise CheckpointError(
                 f"camera_faults must name a file in the class folder, got {self.camera_faults!r}", where
             )
+
+
+def _without_soft(masks: Any) -> Any:
+    """Bundles written before ``masks.soft`` was removed (it only weighted the training loss, and
+    measured worse than the binary mask: BENCHMARKS.md, scoring_ablation) still load."""
+    if isinstance(masks, dict) and "soft" in masks:
+        masks = {k: v for k, v in masks.items() if k != "soft"}
+    return masks
 
 
 def _build(cls, data: Any, where: str | Path, what: str):
@@ -306,8 +312,7 @@ def migrate_v1(meta: dict[str, Any], flow_config: dict[str, Any] | None, where: 
                 grid=[], extractor=ext,
             ),
             masks=MasksSpec(provider=str(m.get("provider", "none")), dilation=int(m.get("dilation", 8)),
-                            mask_root=str(m.get("mask_root", "")), margin=float(m.get("margin", 0.0)),
-                            soft=float(m.get("soft", 0.0))),
+                            mask_root=str(m.get("mask_root", "")), margin=float(m.get("margin", 0.0))),
             threshold=ThresholdSpec(value=float(meta["threshold"]), quantile=meta.get("threshold_quantile"),
                                     source=str(meta.get("threshold_source", ""))),
             # format-1 files of the scoring-switch branch carried image_score/calibration under "scoring"

@@ -116,10 +116,6 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         # every image an independent sample of one single-view flow (no cross-view links)
         feats, masks = to_single_view(feats, masks)
         flow_views, model_cfg = ["view"], dataclasses.replace(cfg.model, graph="none")
-    if masks is not None and cfg.masks.soft > 0:  # background cells count in the loss with this weight
-        from multiflow.features.masks import loss_weights
-
-        masks = loss_weights(masks, cfg.masks.soft)
     model = build_flow(model_cfg, extractor.channels, flow_views, cfg.train.seed)
     result = train_flow(model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress,
                         device=device)
@@ -147,7 +143,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
             extractor=desc,
         ),
         masks=MasksSpec(provider=cfg.masks.provider, dilation=int(cfg.masks.dilation), mask_root=cfg.masks.mask_root,
-                        margin=float(cfg.masks.margin), soft=float(cfg.masks.soft)),
+                        margin=float(cfg.masks.margin)),
         threshold=ThresholdSpec(
             value=threshold, quantile=float(cfg.train.threshold_quantile),
             source="held-out normal training samples" if len(result.val_index) else "training samples",

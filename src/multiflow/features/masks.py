@@ -310,15 +310,6 @@ def postprocess_mask(
     return m, (reduce_to_grid(m, grid, mode) if grid is not None else None)
 
 
-def loss_weights(masks: Any, background: float) -> np.ndarray:
-    """Soft loss weights ``(N, V, h, w)`` float32 from binary grid masks: 1 on the foreground,
-    ``background`` (in ``[0, 1]``) elsewhere; for :func:`multiflow.flow.model.masked_loss`."""
-    if not 0.0 <= background <= 1.0:
-        raise ConfigError(f"background loss weight must be in [0, 1], got {background}")
-    m = np.asarray(masks).astype(bool)
-    return np.where(m, np.float32(1.0), np.float32(background)).astype(np.float32)
-
-
 def _apply_flip(mask: np.ndarray, mode: str) -> np.ndarray:
     """The data set's load-time flip (``"lr"``, ``"ud"``, ``"lrud"``; ``""`` = none) of a mask."""
     if "lr" in mode:
