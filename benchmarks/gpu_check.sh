@@ -3,6 +3,8 @@
 #   1. end to end on a tiny synthetic class with train.device=cuda, fp32 and bf16:
 #      multiflow synth -> fit (features, masks, training, threshold) -> test -> predict;
 #      asserts that model.json records the CUDA device and the precision;
+#   1b. `torchrun --nproc_per_node 1 -m multiflow fit` with train.device=auto: the rank joins an NCCL
+#       group and trains on cuda:0 (model.json says so);
 #   2. the flow at paper shapes (B=8, V=5, C=304, 24x24) on CUDA: fused fp32 / per-edge / fused bf16
 #      forward and training step (+ AdamW), bf16 NLL parity (bench_flow.py, "flow-cuda" section);
 #   3. latency per 5-view sample and training throughput for Lite0 / B5 (bench_latency.py,
@@ -11,6 +13,8 @@
 #
 #   bash benchmarks/gpu_check.sh                 # writes the CUDA sections of BENCHMARKS.md
 #   OUT=/some/dir bash benchmarks/gpu_check.sh   # also copies the log and BENCHMARKS.md there
+#   GPU_CHECK_SECTIONS="e2e torchrun" bash benchmarks/gpu_check.sh   # a subset (default: all four:
+#                                                # e2e flow latency torchrun)
 #   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh   # dry run of the script on the CPU: tiny
 #                                                # shapes, BENCHMARKS.md left alone
 #
@@ -20,6 +24,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEV="${GPU_CHECK_DEVICE:-cuda}"
+SECTIONS=" ${GPU_CHECK_SECTIONS:-e2e flow latency torchrun} "
+want() { [[ "$SECTIONS" == *" $1 "* ]]; }
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
@@ -71,18 +77,47 @@ print(f"gpu_check e2e {prec}: device {training.device}, precision {training.prec
 PYEOF
   echo "gpu_check e2e $prec: $(( $(date +%s) - t0 )) s for fit + test + predict"
 }
+torchrun_fit() {  # one rank under torchrun, device auto: NCCL + cuda:0 where CUDA is there
+  local backend=gloo
+  [ "$DEV" = cpu ] || backend=nccl
+  timeout 300 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m multiflow fit \
+      --data "$WORK/data" --classes bottle_cap --out "$WORK/results" --name torchrun --quiet \
+      --set data.resolution=128 --set features.input_size=128 --set features.cache_dir="$WORK/cache" \
+      --set train.device=auto --set train.epochs=2 --set train.batch_size=4 \
+      --set masks.provider=threshold --set eval.pictures=false || return 1
+  "$PY" - "$WORK/results/torchrun" "$DEV" "$backend" <<'PYEOF' || return 1
+import sys
+run, dev, backend = sys.argv[1], sys.argv[2], sys.argv[3]
+from multiflow.engine.bundle import read_bundle
+training = read_bundle(f"{run}/bottle_cap").training
+assert training.device.startswith(dev), training.device
+print(f"gpu_check torchrun (1 rank, {backend}): device {training.device}, history {len(training.history)} epochs")
+PYEOF
+}
 {
-  echo "== 1. end to end on $DEV (tiny synthetic class)"
-  if timeout 120 "$PY" -m multiflow synth --out "$WORK/data" --classes bottle_cap --train 16 --test-good 6 \
-      --test-defect 6 --size 128 --seed 0 --workers 4; then
-    for prec in fp32 bf16; do e2e $prec || { echo "gpu_check FAILED: e2e $prec"; FAILED+=("e2e-$prec"); }; done
-  else
-    echo "gpu_check FAILED: synth"; FAILED+=(synth)
+  if want e2e || want torchrun; then
+    echo "== 1. end to end on $DEV (tiny synthetic class)"
+    if timeout 120 "$PY" -m multiflow synth --out "$WORK/data" --classes bottle_cap --train 16 --test-good 6 \
+        --test-defect 6 --size 128 --seed 0 --workers 4; then
+      if want e2e; then
+        for prec in fp32 bf16; do e2e $prec || { echo "gpu_check FAILED: e2e $prec"; FAILED+=("e2e-$prec"); }; done
+      fi
+      if want torchrun; then
+        echo "== 1b. torchrun, one rank, train.device=auto"
+        torchrun_fit || { echo "gpu_check FAILED: torchrun"; FAILED+=(torchrun); }
+      fi
+    else
+      echo "gpu_check FAILED: synth"; FAILED+=(synth)
+    fi
   fi
-  echo "== 2. flow at paper shapes on $DEV: fp32 vs bf16"
-  timeout 180 "$PY" benchmarks/bench_flow.py "${FLOW_ARGS[@]}" || { echo "gpu_check FAILED: flow"; FAILED+=(flow); }
-  echo "== 3. latency and training throughput"
-  timeout 240 "$PY" benchmarks/bench_latency.py "${LAT_ARGS[@]}" || { echo "gpu_check FAILED: latency"; FAILED+=(latency); }
+  if want flow; then
+    echo "== 2. flow at paper shapes on $DEV: fp32 vs bf16"
+    timeout 180 "$PY" benchmarks/bench_flow.py "${FLOW_ARGS[@]}" || { echo "gpu_check FAILED: flow"; FAILED+=(flow); }
+  fi
+  if want latency; then
+    echo "== 3. latency and training throughput"
+    timeout 240 "$PY" benchmarks/bench_latency.py "${LAT_ARGS[@]}" || { echo "gpu_check FAILED: latency"; FAILED+=(latency); }
+  fi
   if [ ${#FAILED[@]} -eq 0 ]; then echo "gpu_check: all sections passed on $DEV"
   else echo "gpu_check: failed sections: ${FAILED[*]}"; fi
   [ ${#FAILED[@]} -eq 0 ]
