@@ -375,6 +375,19 @@ def load_cells(out: Path, cells) -> list[dict[str, Any]]:
     return recs
 
 
+def complete_seeds(recs: list[dict[str, Any]], classes: list[str]) -> tuple[list[dict[str, Any]], int]:
+    """The records of every (method, N, seed) that has all ``classes``, and how many were left out.
+
+    Numbers are class averages per seed: a seed that has run one class of a (method, N) only
+    (an interrupted run) would enter the mean as that class alone, so it waits until complete."""
+    have: dict[tuple, set] = {}
+    for r in recs:
+        have.setdefault((r["method"], r["n"], r["seed"]), set()).add(r["class"])
+    full = {k for k, v in have.items() if set(classes) <= v}
+    kept = [r for r in recs if (r["method"], r["n"], r["seed"]) in full]
+    return kept, len(recs) - len(kept)
+
+
 def _as_pe_records(recs: list[dict[str, Any]], key: str | None = None) -> dict:
     """``{"<method>@<N>": {seed: {class: record}}}`` in the layout of paper_experiments.collect."""
     rows = []
@@ -488,6 +501,8 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
     if ctx["missing"]:
         lines += [f"**Incomplete: {ctx['missing']} of {ctx['total']} cells not run yet (rerun the command to "
                   "continue).**", ""]
+    if ctx.get("partial"):
+        lines += [f"{ctx['partial']} finished cells of seeds that have not run every class yet are left out.", ""]
     lines += ["| method | N | optimiser steps | " + " | ".join(lbl for _, lbl in METRICS) + " | mean abs gamma | s / cell |",
               "|---|---:|---:|" + "---:|" * (len(METRICS) + 2)]
     for m in methods:
@@ -617,6 +632,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-benchmarks-md", action="store_true", help="do not write BENCHMARKS.md / docs/ (report "
                    "and plot go to --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bars for data and features")
+    p.add_argument("--report", action="store_true", help="only rewrite the report and plot from the finished "
+                   "cells; trains nothing")
     p.add_argument("--rescore", action="store_true", help="recompute every finished cell's post-hoc scoring "
                    "switches from its stored maps (after the set of switches changed); trains nothing")
     return p.parse_args(argv)
@@ -658,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(prep_json, {"seconds": time.perf_counter() - t_prep, "cpu_share": prep_share.share})
         if args.rescore:
             rescore(out, cells, grid, data, cfg.train.val_fraction)
+        if args.rescore or args.report:
             todo = []
         tmp_root = state_root(out)
         bar = tqdm(total=round(est_cells), unit="est-s", desc="cells", dynamic_ncols=True,
@@ -684,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     except MultiflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    recs = load_cells(out, cells)
+    recs, partial = complete_seeds(load_cells(out, cells), grid["classes"])
     if not recs:
         print("== no finished cells yet", flush=True)
         return 0
@@ -695,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(recs, grid["methods"], plot_path)
     d0 = data[grid["classes"][0]]
     ctx = {
-        "quick": args.quick, "missing": len(cells) - len(recs), "total": len(cells),
+        "quick": args.quick, "missing": len(cells) - len(recs) - partial, "total": len(cells), "partial": partial,
         "command": "python benchmarks/learning_curve.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "machine": machine_line(), "cells": len(recs), "cell_hours": cell_s / 3600,
         "cpu_share": sum(r["cpu_share"] * r["seconds"] for r in recs) / max(cell_s, 1e-9),

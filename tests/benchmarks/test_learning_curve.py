@@ -74,6 +74,10 @@ def test_quick_run_cells_resume_and_report(tmp_path, monkeypatch):
     argv2 = [*argv[:argv.index("--methods")], "--methods", "graph-none", "--max-minutes", "0.0001"]
     assert lc.main(argv2) == 0
     assert not list((out / "cells").rglob("graph-none/*.json"))
+    # --report trains nothing: it rewrites the report from the finished cells, naming what is missing
+    assert lc.main([*argv[:argv.index("--methods")], "--methods", "multiflow", "graph-none", "--report"]) == 0
+    assert not list((out / "cells").rglob("graph-none/*.json"))
+    assert "Incomplete: 2 of 4 cells not run yet" in (out / "report.md").read_text()
 
 
 def _rec(method, n, seed, cls, s, i, *, steps=10, gamma=0.02, off=None, fm=0.5):
@@ -109,6 +113,20 @@ def test_report_verdicts_and_diagnosis():
     assert "steps x lr = 0.40" in md
     assert "S-AUROC 80.00 ± 1.00 with the messages off vs 90.00 ± 1.00 on (+10.00 pp from the links)" in md
     assert "| Multi-Flow (real_iad) | 90.00 ± 0.00 |" in md and "| single-view flow (equal epochs) | 60.00 ± 0.00 |" in md
+
+
+def test_a_seed_missing_a_class_waits_until_complete():
+    recs = [_rec("multiflow", 200, seed, cls, 0.80, 0.80) for seed in (0, 1) for cls in ("a", "b")]
+    late = _rec("multiflow", 200, 2, "a", 0.20, 0.20)  # an interrupted seed: class b not run yet
+    kept, dropped = lc.complete_seeds([*recs, late, _rec("multiflow", 100, 2, "b", 0.5, 0.5)], ["a", "b"])
+    assert dropped == 2 and kept == recs
+    grid = dict(lc.FULL, methods=["multiflow"])
+    ctx = {"quick": False, "missing": 2, "total": 8, "partial": dropped, "command": "cmd", "machine": "m",
+           "cells": 4, "cell_hours": 1.0, "cpu_share": 0.9, "prep_min": 5.0, "rss": 100.0,
+           "views": ["C1", "C2", "C3", "C4", "C5"], "grid": "12x12", "plot": "docs/learning_curve.png"}
+    md = lc.report(kept, grid, ctx)
+    assert "2 finished cells of seeds that have not run every class yet are left out" in md
+    assert "| Multi-Flow (real_iad) | 200 | 10 | 80.00 ± 0.00 | 80.00 ± 0.00 |" in md
 
 
 def test_estimates_grow_with_n_and_default_grid_fits_the_budget():
