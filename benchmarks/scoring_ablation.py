@@ -178,15 +178,25 @@ def run_variant(cfg, variant, seed: int, category: str, out: Path, *, progress: 
 
 
 # ----------------------------------------------------------------------------------- reporting
-def _seed_means(records: list[dict], variant: str, combo: str | None, metric: str) -> dict[int, float]:
-    """Per seed, the class average of ``metric`` for one (variant, combo); ``combo=None``: the
-    pipeline's own test (``multiflow test`` with the variant's config, e.g. bf16 inference)."""
-    by_seed: dict[int, list[float | None]] = {}
+def _values(records: list[dict], variant: str, combo: str | None, metric: str) -> dict[tuple[int, str], float | None]:
+    """``{(seed, class): metric}`` of one (variant, combo), None where the run has no value;
+    ``combo=None``: the pipeline's own test (``multiflow test`` with the variant's config, e.g. bf16
+    inference)."""
+    out = {}
     for r in records:
         if r["variant"] == variant:
             src = (r.get("test_metrics") or {}) if combo is None else r["combos"][combo]["metrics"]
-            by_seed.setdefault(r["seed"], []).append(src.get(metric))
-    return {s: float(np.mean(v)) for s, v in sorted(by_seed.items()) if v and all(x is not None for x in v)}
+            v = src.get(metric)
+            out[(r["seed"], r["category"])] = None if v is None else float(v)
+    return out
+
+
+def _seed_means(records: list[dict], variant: str, combo: str | None, metric: str) -> dict[int, float]:
+    """Per seed, the class average of ``metric`` (a seed with a class lacking it is left out)."""
+    by_seed: dict[int, list[float | None]] = {}
+    for (seed, _), v in _values(records, variant, combo, metric).items():
+        by_seed.setdefault(seed, []).append(v)
+    return {s: float(np.mean(v)) for s, v in sorted(by_seed.items()) if all(x is not None for x in v)}
 
 
 def _cell(records, variant, combo, metric) -> str:
@@ -194,13 +204,7 @@ def _cell(records, variant, combo, metric) -> str:
 
 
 def _by_run(records: list[dict], variant: str, combo: str | None, metric: str) -> dict[tuple[int, str], float]:
-    out = {}
-    for r in records:
-        if r["variant"] == variant:
-            src = (r.get("test_metrics") or {}) if combo is None else r["combos"][combo]["metrics"]
-            if src.get(metric) is not None:
-                out[(r["seed"], r["category"])] = float(src[metric])
-    return out
+    return {k: v for k, v in _values(records, variant, combo, metric).items() if v is not None}
 
 
 def paired_delta(records, row, ref, metric) -> tuple[float, float, int] | None:
