@@ -64,14 +64,14 @@ def _metrics(model, data, on) -> dict[str, Any]:
     from multiflow.engine.scoring import compute_maps, image_scores
     from multiflow.metrics import evaluate_exact
 
-    maps = compute_maps(model, data["test_features"], data["test_masks"], batch_size=16, **on)
-    r = evaluate_exact(maps, None, labels=data["labels"], image_scores=image_scores(maps),
-                       sample_ids=data["sample_ids"], defects=data["defects"], how="max").as_dict()
+    maps = compute_maps(model, data.test_features, data.test_masks, batch_size=16, **on)
+    r = evaluate_exact(maps, None, labels=data.labels, image_scores=image_scores(maps),
+                       sample_ids=data.sample_ids, defects=data.defects, how="max").as_dict()
     return {"s_auroc": r.get("s_auroc"), "i_auroc": r.get("i_auroc"),
             "per_defect": {k: v.get("s_auroc") for k, v in (r.get("per_defect") or {}).items()}}
 
 
-def run_cell(cfg, sizes: dict[str, Any], cls: str, seed: int, data: dict[str, Any], out: Path) -> dict[str, Any]:
+def run_cell(cfg, sizes: dict[str, Any], cls: str, seed: int, data, out: Path) -> dict[str, Any]:
     import dataclasses
 
     from multiflow.engine.factories import build_flow, run_device
@@ -88,16 +88,16 @@ def run_cell(cfg, sizes: dict[str, Any], cls: str, seed: int, data: dict[str, An
     on = dict(device=device, precision=precision)
     rec: dict[str, Any] = {"class": cls, "seed": seed, "patience": sizes["patience"], "epochs": es_cfg.epochs}
     with CpuShare() as share:
-        model = build_flow(cfg.model, data["channels"], data["view_names"], seed)
+        model = build_flow(cfg.model, data.channels, data.view_names, seed)
         t0 = time.perf_counter()
-        es = train_flow(model, data["train_features"], data["train_masks"], es_cfg, state, progress=False, device=device)
+        es = train_flow(model, data.train_features, data.train_masks, es_cfg, state, progress=False, device=device)
         rec["es_seconds"] = time.perf_counter() - t0
         rec["es_epochs"], rec["es_best_epoch"], rec["stop_reason"] = len(es.history), es.best_epoch, es.stop_reason
         rec["es_metrics"] = _metrics(model, data, on)
         full_cfg = dataclasses.replace(es_cfg, early_stopping_patience=0)
-        model = build_flow(cfg.model, data["channels"], data["view_names"], seed)
+        model = build_flow(cfg.model, data.channels, data.view_names, seed)
         t0 = time.perf_counter()
-        full = train_flow(model, data["train_features"], data["train_masks"], full_cfg, state, resume=True,
+        full = train_flow(model, data.train_features, data.train_masks, full_cfg, state, resume=True,
                           progress=False, device=device)
         rec["full_seconds"] = rec["es_seconds"] + time.perf_counter() - t0
         rec["full_epochs"], rec["full_best_epoch"] = len(full.history), full.best_epoch
@@ -111,18 +111,12 @@ def run_cell(cfg, sizes: dict[str, Any], cls: str, seed: int, data: dict[str, An
     return rec
 
 
-def load_class(cfg, cls: str, progress: bool) -> dict[str, Any]:
-    from multiflow.engine.factories import build_extractor
-    from multiflow.engine.preprocess import prepare_split
+def load_class(cfg, cls: str, progress: bool):
+    """The class's cached features, masks and test labels (the learning curve's loader)."""
+    from benchmarks.learning_curve import load_class_data
+    from multiflow.engine.factories import build_extractor, run_device
 
-    extractor = build_extractor(cfg.features)
-    tr = prepare_split(cfg, cls, "train", extractor, progress=progress)
-    te = prepare_split(cfg, cls, "test", extractor, progress=progress)
-    ds = te.dataset
-    return {"train_features": np.asarray(tr.features), "train_masks": None if tr.masks is None else np.asarray(tr.masks),
-            "test_features": np.asarray(te.features), "test_masks": None if te.masks is None else np.asarray(te.masks),
-            "labels": np.array([ds.image_labels(i) for i in range(len(ds))]), "defects": [r.defect for r in ds.samples],
-            "sample_ids": list(te.sample_ids), "view_names": list(tr.view_names), "channels": extractor.channels}
+    return load_class_data(cfg, cls, build_extractor(cfg.features), progress=progress, device=run_device(cfg.train)[0])
 
 
 def report(recs: list[dict[str, Any]], sizes: dict[str, Any], cmd: str) -> str:

@@ -211,7 +211,6 @@ def make_config(grid: dict[str, Any], out: Path):
 def prepare(grid: dict[str, Any], out: Path, cfg, *, progress: bool, workers: int) -> dict[str, ClassData]:
     """Generate the data set (resumable) and extract/cache features and masks of every class."""
     from multiflow.engine.factories import build_extractor, run_device
-    from multiflow.engine.preprocess import prepare_split
     from multiflow.synth import generate_dataset
 
     generate_dataset(out / "data", classes=grid["classes"], n_train=max(grid["sizes"]),
@@ -220,18 +219,23 @@ def prepare(grid: dict[str, Any], out: Path, cfg, *, progress: bool, workers: in
                      progress=progress)
     extractor = build_extractor(cfg.features)
     device, _ = run_device(cfg.train)
-    data = {}
-    for cls in grid["classes"]:
-        tr = prepare_split(cfg, cls, "train", extractor, progress=progress, device=device)
-        te = prepare_split(cfg, cls, "test", extractor, progress=progress, device=device)
-        ds = te.dataset
-        data[cls] = ClassData(
-            train_features=np.asarray(tr.features), train_masks=None if tr.masks is None else np.asarray(tr.masks),
-            test_features=np.asarray(te.features), test_masks=None if te.masks is None else np.asarray(te.masks),
-            labels=np.array([ds.image_labels(i) for i in range(len(ds))]), defects=[r.defect for r in ds.samples],
-            sample_ids=list(te.sample_ids), view_names=list(tr.view_names), channels=extractor.channels,
-        )
-    return data
+    return {cls: load_class_data(cfg, cls, extractor, progress=progress, device=device) for cls in grid["classes"]}
+
+
+def load_class_data(cfg, cls: str, extractor, *, progress: bool, device=None) -> ClassData:
+    """One class's train and test features and masks (cached by ``prepare_split``), test labels,
+    defect types and sample ids: what every benchmark that trains flows on cached features needs."""
+    from multiflow.engine.preprocess import prepare_split
+
+    tr = prepare_split(cfg, cls, "train", extractor, progress=progress, device=device)
+    te = prepare_split(cfg, cls, "test", extractor, progress=progress, device=device)
+    ds = te.dataset
+    return ClassData(
+        train_features=np.asarray(tr.features), train_masks=None if tr.masks is None else np.asarray(tr.masks),
+        test_features=np.asarray(te.features), test_masks=None if te.masks is None else np.asarray(te.masks),
+        labels=np.array([ds.image_labels(i) for i in range(len(ds))]), defects=[r.defect for r in ds.samples],
+        sample_ids=list(te.sample_ids), view_names=list(tr.view_names), channels=extractor.channels,
+    )
 
 
 # ------------------------------------------------------------------------------------ one cell
