@@ -571,6 +571,14 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
                          f"per view {', '.join(f'{v}: {g:.3f}' for v, g in zip(ctx['views'], per_view))}; range "
                          f"{lo:.3f}-{hi:.3f} after {steps[0]}-{steps[-1]} optimiser steps at lr {lr} "
                          f"(steps x lr = {steps[-1] * lr:.2f}: Adam moves gamma by about lr per step).")
+        last = []
+        for m in methods:
+            runs = [r for r in recs if r["method"] == m and r.get("best_epoch") and r.get("epochs")]
+            if runs:
+                last.append(f"{METHODS[m].label} {sum(r['best_epoch'] >= r['epochs'] for r in runs)} of {len(runs)}")
+        if last:
+            lines.append("- training length: runs (all N) whose best held-out epoch is their last one, i.e. whose "
+                         "held-out loss was still falling when the schedule ended: " + "; ".join(last) + ".")
         key = f"multiflow@{n_max}"
         if key in off:
             parts = []

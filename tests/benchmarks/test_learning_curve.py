@@ -85,7 +85,7 @@ def _rec(method, n, seed, cls, s, i, *, steps=10, gamma=0.02, off=None, fm=0.5):
          "metrics": {"s_auroc": s, "i_auroc": i},
          "per_defect": {"FM": {"s_auroc": fm, "i_auroc": fm, "num_samples": 4}}}
     if method != "patchcore":
-        r |= {"steps": steps, "lr": 1e-3, "gamma_abs": {"per_view_mean": [gamma] * 5, "min": gamma / 2, "max": gamma * 2}}
+        r |= {"steps": steps, "lr": 1e-3, "epochs": 8, "best_epoch": 8 if n == 200 else 5, "gamma_abs": {"per_view_mean": [gamma] * 5, "min": gamma / 2, "max": gamma * 2}}
     if off is not None:
         r["cross_view_off"] = {"metrics": {"s_auroc": off, "i_auroc": off}}
     return r
@@ -111,6 +111,7 @@ def test_report_verdicts_and_diagnosis():
     assert "N = 200, Multi-Flow minus single-view flow (equal epochs): S-AUROC +5.00 pp (Multi-Flow better)" in md
     assert "Multi-Flow beats the single-view flow here" in md
     assert "steps x lr = 0.40" in md
+    assert "still falling when the schedule ended: Multi-Flow (real_iad) 6 of 12; single-view flow (equal epochs) 6 of 12." in md
     assert "S-AUROC 80.00 ± 1.00 with the messages off vs 90.00 ± 1.00 on (+10.00 pp from the links)" in md
     assert "| Multi-Flow (real_iad) | 90.00 ± 0.00 |" in md and "| single-view flow (equal epochs) | 60.00 ± 0.00 |" in md
 
