@@ -71,13 +71,14 @@ STANDARD_DEFECTS = ("AK", "BX", "CH", "HS", "PS", "QS", "YW", "ZW", "CI")
 FULL: dict[str, Any] = {
     "classes": ["toy_brick", "terminal_block"], "sizes": [25, 50, 100, 200], "seeds": [0, 1, 2],
     "n_test_good": 30, "n_test_defect": 40, "defects": [*STANDARD_DEFECTS, "FM"], "size": 384,
-    "input_size": 384, "epochs": 8, "batch": 4, "lr": 1e-3, "variation": "realistic",
+    "input_size": 384, "epochs": 8, "patience": 0, "batch": 4, "lr": 1e-3, "variation": "realistic",
     "methods": ["multiflow", "graph-none", "single-view", "single-view-eqsteps", "patchcore"],
     "model": [],  # the paper's flow: 6 blocks, hidden 64 (multiflow defaults)
 }
 QUICK: dict[str, Any] = {
     "classes": ["toy_brick"], "sizes": [4, 8], "seeds": [0], "n_test_good": 3, "n_test_defect": 4,
-    "defects": ["HS", "QS", "CI", "FM"], "size": 96, "input_size": 96, "epochs": 1, "batch": 4, "lr": 1e-3,
+    "defects": ["HS", "QS", "CI", "FM"], "size": 96, "input_size": 96, "epochs": 1, "patience": 0, "batch": 4,
+    "lr": 1e-3,
     "variation": "realistic",
     "methods": ["multiflow", "graph-none", "single-view", "single-view-eqsteps", "patchcore"],
     # a small flow: at 3x3 feature maps the paper's 40 M-parameter flow costs seconds per step in weights alone
@@ -203,9 +204,37 @@ def make_config(grid: dict[str, Any], out: Path):
         "masks.provider=file", f"masks.mask_root={silhouettes}",
         f"train.epochs={grid['epochs']}", f"train.batch_size={grid['batch']}", f"train.lr={grid['lr']}",
         f"train.checkpoint_every={grid['epochs']}", "train.checkpoint_minutes=0",
+        f"train.early_stopping_patience={grid.get('patience', 0)}",
         "eval.pictures=false", "eval.pixel_metrics=false",
         *grid.get("model", []),
     ])
+
+
+#: Grid keys that select cells; every other key changes what a cell computes.
+SELECTING = ("classes", "sizes", "seeds", "methods")
+
+
+def check_settings(out: Path, grid: dict[str, Any]) -> None:
+    """Finished cells are reused by path, so a results folder holds one set of training and data
+    settings: the first run writes them to ``<out>/settings.json``; a later run with other settings
+    (epochs, patience, lr, image size, ...) is an error instead of a silent mix."""
+    from multiflow.errors import ConfigError
+
+    path = out / "settings.json"
+    mine = {k: v for k, v in grid.items() if k not in SELECTING}
+    if not path.is_file():
+        write_json(path, mine)
+        return
+    try:
+        theirs = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable settings of earlier cells ({exc})") from exc
+    theirs.setdefault("patience", 0)  # folders from before the setting existed
+    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if diff:
+        raise ConfigError(f"{path}: the finished cells here were computed with other settings ("
+                          + ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} now" for k in diff)
+                          + "); use another --out")
 
 
 def prepare(grid: dict[str, Any], out: Path, cfg, *, progress: bool, workers: int) -> dict[str, ClassData]:
@@ -615,7 +644,8 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
         f"{grid['n_test_defect']} defective objects per class (defects {', '.join(grid['defects'])}); 5 views at "
         f"{grid['size']} px; lite0 at {grid['input_size']} px ({ctx['grid']} feature maps); ground-truth "
         f"silhouette masks; flow {' '.join(grid.get('model') or []) or 'as in the paper (6 blocks, hidden 64)'}; "
-        f"{grid['epochs']} epochs, batch {grid['batch']} (single-view: images; equal steps: "
+        + (f"up to {grid['epochs']} epochs (early stopping, patience {grid['patience']}), " if grid.get("patience")
+           else f"{grid['epochs']} epochs, ") + f"batch {grid['batch']} (single-view: images; equal steps: "
         f"batch x 5), lr {grid['lr']}, best epoch on 10 % held-out normal objects. Numbers: mean ± sample "
         f"std over seeds {grid['seeds']} of the class average (%).  ",
         f"Machine: {ctx['machine']}.  ",
@@ -636,7 +666,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", help="training sizes N (default 25 50 100 200)")
     p.add_argument("--seeds", type=int, nargs="+", help="train seeds (default 0 1 2)")
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS), help="curves to run")
-    p.add_argument("--epochs", type=int, help="training epochs of Multi-Flow (default 8)")
+    p.add_argument("--epochs", type=int, help="training epochs of Multi-Flow (default 8; the cap with --patience)")
+    p.add_argument("--patience", type=int, help="early stopping on the held-out loss after this many epochs "
+                   "without improvement (default 0: the fixed schedule); needs its own --out")
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop cleanly before a cell that would end after this many minutes (0: no limit)")
     p.add_argument("--workers", type=int, default=2, help="data generation processes")
@@ -662,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("classes", "sizes", "seeds", "methods", "epochs"):
         if getattr(args, key):
             grid[key] = getattr(args, key)
+    if args.patience is not None:
+        grid["patience"] = args.patience
     out = Path(args.out) if args.out else ROOT / "results" / ("learning_curve-quick" if args.quick else "learning_curve")
     if args.threads:
         import torch
@@ -679,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
           f"for the {len(todo)} remaining cells" + (f" (stopping after {args.max_minutes:.0f} min)" if args.max_minutes else ""),
           flush=True)
     try:
+        check_settings(out, grid)
         cfg = make_config(grid, out)
         t_prep = time.perf_counter()
         with CpuShare() as prep_share:

@@ -15,7 +15,7 @@ from benchmarks import learning_curve as lc  # noqa: E402
 
 
 @pytest.mark.slow
-def test_quick_run_cells_resume_and_report(tmp_path, monkeypatch):
+def test_quick_run_cells_resume_and_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(lc.QUICK, "sizes", [2, 4])
     monkeypatch.setitem(lc.QUICK, "n_test_good", 2)
     monkeypatch.setitem(lc.QUICK, "n_test_defect", 2)
@@ -74,6 +74,10 @@ def test_quick_run_cells_resume_and_report(tmp_path, monkeypatch):
     argv2 = [*argv[:argv.index("--methods")], "--methods", "graph-none", "--max-minutes", "0.0001"]
     assert lc.main(argv2) == 0
     assert not list((out / "cells").rglob("graph-none/*.json"))
+    # the folder's cells were trained for 1 epoch: other training settings are refused, not mixed in
+    assert lc.main([*argv, "--epochs", "2"]) == 2
+    assert lc.main([*argv, "--patience", "3"]) == 2
+    assert "epochs: 1 there, 2 now" in capsys.readouterr().err
     # --report trains nothing: it rewrites the report from the finished cells, naming what is missing
     assert lc.main([*argv[:argv.index("--methods")], "--methods", "multiflow", "graph-none", "--report"]) == 0
     assert not list((out / "cells").rglob("graph-none/*.json"))
