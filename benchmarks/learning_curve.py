@@ -467,6 +467,7 @@ def plot(recs: list[dict[str, Any]], methods: list[str], path: Path) -> None:
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=METHODS[m].label)
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()  # the log axis' minor labels (2x10^1, ...) would overprint the sizes
         ax.set_xlabel("normal training objects per class (N)")
         ax.set_ylabel(f"{label} (%)")
         ax.grid(alpha=0.3)
