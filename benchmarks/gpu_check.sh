@@ -53,13 +53,15 @@ LOG="$(mktemp)"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK" "$LOG"' EXIT
 FAILED=()
+# the tiny class's fit settings, shared by the e2e and torchrun sections
+TINY_FIT=(--data "$WORK/data" --classes bottle_cap --out "$WORK/results" --quiet --set data.resolution=128
+          --set features.input_size=128 --set features.cache_dir="$WORK/cache" --set train.batch_size=4
+          --set masks.provider=threshold --set eval.pictures=false)
 e2e() {  # fit + test + predict of the tiny class on $DEV in precision $1
   local prec=$1 t0
   t0=$(date +%s)
-  timeout 240 "$PY" -m multiflow fit --data "$WORK/data" --classes bottle_cap --out "$WORK/results" \
-      --name "e2e-$prec" --quiet --set data.resolution=128 --set features.input_size=128 --set features.cache_dir="$WORK/cache" \
-      --set train.device="$DEV" --set train.precision="$prec" --set train.epochs=$EPOCHS \
-      --set train.batch_size=4 --set masks.provider=threshold --set eval.pictures=false || return 1
+  timeout 240 "$PY" -m multiflow fit "${TINY_FIT[@]}" --name "e2e-$prec" --set train.device="$DEV" \
+      --set train.precision="$prec" --set train.epochs=$EPOCHS || return 1
   timeout 120 "$PY" -m multiflow test "$WORK/results/e2e-$prec" --no-pictures --quiet || return 1
   timeout 120 "$PY" -m multiflow predict --model "$WORK/results/e2e-$prec/bottle_cap" --data "$WORK/data" \
       --format realiad --split test --device "$DEV" --precision "$prec" --out "$WORK/pred-$prec" --quiet \
@@ -81,10 +83,7 @@ torchrun_fit() {  # one rank under torchrun, device auto: NCCL + cuda:0 where CU
   local backend=gloo
   [ "$DEV" = cpu ] || backend=nccl
   timeout 300 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m multiflow fit \
-      --data "$WORK/data" --classes bottle_cap --out "$WORK/results" --name torchrun --quiet \
-      --set data.resolution=128 --set features.input_size=128 --set features.cache_dir="$WORK/cache" \
-      --set train.device=auto --set train.epochs=2 --set train.batch_size=4 \
-      --set masks.provider=threshold --set eval.pictures=false || return 1
+      "${TINY_FIT[@]}" --name torchrun --set train.device=auto --set train.epochs=2 || return 1
   "$PY" - "$WORK/results/torchrun" "$DEV" "$backend" <<'PYEOF' || return 1
 import sys
 run, dev, backend = sys.argv[1], sys.argv[2], sys.argv[3]

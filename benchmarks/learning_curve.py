@@ -523,6 +523,11 @@ def scoring_section(recs: list[dict[str, Any]], methods: list[str]) -> list[str]
     return lines + [""]
 
 
+def _n_seeds(data: dict, a: str, b: str, metric: str) -> int:
+    """How many seeds both rows have: with one, a difference has no noise estimate."""
+    return min(len(pe.seed_means(data[a], metric)), len(pe.seed_means(data[b], metric)))
+
+
 def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]) -> str:
     """The BENCHMARKS.md section: table, verdicts, diagnosis, command, cost."""
     data = _as_pe_records(recs)
@@ -567,8 +572,7 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
                 if d is None:
                     continue
                 delta, spread = d
-                n_seeds = min(len(pe.seed_means(data[a], k)), len(pe.seed_means(data[b], k)))
-                word = ("one seed: no noise estimate" if n_seeds < 2 else "within one seed std" if abs(delta) <= spread
+                word = ("one seed: no noise estimate" if _n_seeds(data, a, b, k) < 2 else "within one seed std" if abs(delta) <= spread
                         else "Multi-Flow better" if delta > 0 else "Multi-Flow worse")
                 parts.append(f"{lbl} {delta:+.2f} pp ({word})")
             if parts:
@@ -584,9 +588,7 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
         win = None
         if sv in data:
             d = pe.seed_delta(data, sv, f"multiflow@{n_max}", "s_auroc")
-            several = min(len(pe.seed_means(data[sv], "s_auroc")), len(pe.seed_means(data[f"multiflow@{n_max}"],
-                                                                                         "s_auroc"))) > 1
-            win = d is not None and several and d[0] > d[1]
+            win = d is not None and _n_seeds(data, sv, f"multiflow@{n_max}", "s_auroc") > 1 and d[0] > d[1]
         lines.append("Multi-Flow " + ("beats" if win else "does not clearly beat") + " the single-view flow here "
                      "(S-AUROC, beyond the seed spread). Measurements:")
         lines.append("")
