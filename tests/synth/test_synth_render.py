@@ -8,7 +8,8 @@ import pytest
 from multiflow.synth import DEFECT_CODES, FAMILIES, render_sample
 from multiflow.synth.geometry import camera_rig
 from multiflow.synth.render import render_view
-from multiflow.synth.scene import Defect, sample_defect, sample_scene
+from multiflow.synth.defects import Defect, sample_defect
+from multiflow.synth.scene import sample_scene
 
 SIZE = 64
 

@@ -12,7 +12,7 @@ import pytest
 from multiflow.errors import ConfigError
 from multiflow.synth import generate_dataset, render_sample
 from multiflow.synth.geometry import camera_rig
-from multiflow.synth.scene import FACE_PALETTES
+from multiflow.synth.defects import FACE_PALETTES
 
 SIZE = 40
 

@@ -1,7 +1,8 @@
 """Synthetic multi-view inspection data in Real-IAD's on-disk format.
 
 A CPU ray-caster (:mod:`~multiflow.synth.geometry`, :mod:`~multiflow.synth.render`) renders object
-families with 3D surface defects (:mod:`~multiflow.synth.scene`) from a fixed rig of ``V`` cameras
+families (:mod:`~multiflow.synth.families`) with 3D surface defects (:mod:`~multiflow.synth.defects`),
+composed into one instance on the tray (:mod:`~multiflow.synth.scene`), from a fixed rig of ``V`` cameras
 (C1 top, C2.. around); :mod:`~multiflow.synth.generator` writes images, masks, silhouettes and the
 JSON files. Opt-in realism for scale studies: production lots, larger pose jitter and cross-view
 defects (``variation="realistic"``, ``defects=[..., "FM"]``). Entry points: :func:`generate_dataset` (files) and :func:`render_sample` (in memory).
@@ -17,7 +18,8 @@ from multiflow.synth.generator import (
     lot_of,
     render_sample,
 )
-from multiflow.synth.scene import ALL_DEFECT_CODES, CROSS_VIEW_CODES, DEFECT_CODES, FAMILIES, FAMILY_ALIASES
+from multiflow.synth.defects import ALL_DEFECT_CODES, CROSS_VIEW_CODES, DEFECT_CODES
+from multiflow.synth.families import FAMILIES, FAMILY_ALIASES
 
 __all__ = [
     "ALL_DEFECT_CODES",

@@ -36,17 +36,10 @@ from multiflow._atomic import write_bytes, write_json
 from multiflow.errors import ConfigError
 from multiflow.synth.geometry import camera_rig
 from multiflow.synth.render import render_view
-from multiflow.synth.scene import (
-    ALL_DEFECT_CODES,
-    DEFECT_CODES,
-    FAMILIES,
-    apply_lot,
-    apply_pose_jitter,
-    canonical_class,
-    lot_variation,
-    sample_defect,
-    sample_scene,
-)
+from multiflow.synth.defects import ALL_DEFECT_CODES, DEFECT_CODES, sample_defect
+from multiflow.synth.families import FAMILIES, canonical_class
+from multiflow.synth.scene import sample_scene
+from multiflow.synth.variation import apply_lot, apply_pose_jitter, lot_variation
 
 GENERATOR_VERSION = "1"
 DEFAULT_CLASSES: tuple[str, ...] = tuple(FAMILIES)
@@ -102,10 +95,10 @@ def render_sample(
 ) -> RenderedSample:
     """Render one sample of ``class_name`` from all ``n_views`` cameras, in memory.
 
-    ``defect``: a code of :data:`multiflow.synth.scene.ALL_DEFECT_CODES` or ``None`` for a normal
+    ``defect``: a code of :data:`multiflow.synth.defects.ALL_DEFECT_CODES` or ``None`` for a normal
     object. A defect is redrawn (deterministically) until at least one view sees it.
     ``lots > 0``: the object belongs to one of ``lots`` production lots (:func:`lot_of`), whose colour
-    and gloss shift (:func:`multiflow.synth.scene.lot_variation`) is shared by every object of that
+    and gloss shift (:func:`multiflow.synth.variation.lot_variation`) is shared by every object of that
     lot, train and test alike. ``pose_jitter``: scale of the yaw / tray-offset deviation (1 = default).
     ``lots=0, pose_jitter=1`` renders exactly what earlier versions rendered.
     """
@@ -288,7 +281,7 @@ def generate_dataset(
     ``variation``: a preset of :data:`VARIATIONS` (``"default"``: the original generator, byte for
     byte; ``"realistic"``: 4 production lots and 2.5x pose jitter); ``lots`` / ``pose_jitter``
     override the preset's values (see :func:`render_sample`). Cross-view defect codes
-    (:data:`multiflow.synth.scene.CROSS_VIEW_CODES`, e.g. ``FM``) may be listed in ``defects``.
+    (:data:`multiflow.synth.defects.CROSS_VIEW_CODES`, e.g. ``FM``) may be listed in ``defects``.
     """
     from tqdm import tqdm
 

@@ -21,15 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from multiflow.synth.geometry import INF, Camera, sphere_hit_mask
-from multiflow.synth.scene import (
-    Part,
-    Scene,
-    apply_surface_defect,
-    dust,
-    face_mismatch_mask,
-    grain_noise,
-    texture_noise,
-)
+from multiflow.synth.defects import apply_surface_defect, face_mismatch_mask
+from multiflow.synth.families import Part
+from multiflow.synth.scene import Scene
+from multiflow.synth.textures import dust, grain_noise, texture_noise
 
 SURFACE_CODES = ("AK", "BX", "CH", "HS", "PS", "ZW")
 
