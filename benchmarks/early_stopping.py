@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import paper_experiments as pe  # noqa: E402
 from benchmarks._report import CpuShare, machine_line, update_section  # noqa: E402
+from benchmarks.lib.data import CachedClass, load_cached_class  # noqa: E402
 from multiflow._atomic import write_json, write_text  # noqa: E402
 
 SECTION = "early_stopping"
@@ -111,12 +112,12 @@ def run_cell(cfg, sizes: dict[str, Any], cls: str, seed: int, data, out: Path) -
     return rec
 
 
-def load_class(cfg, cls: str, progress: bool):
-    """The class's cached features, masks and test labels (the learning curve's loader)."""
-    from benchmarks.learning_curve import load_class_data
-    from multiflow.engine.factories import build_extractor, run_device
+def load_class(cfg, cls: str, extractor, progress: bool) -> CachedClass:
+    """The class's cached features, masks and test labels; ``extractor``: the feature extractor,
+    built once for all classes."""
+    from multiflow.engine.factories import run_device
 
-    return load_class_data(cfg, cls, build_extractor(cfg.features), progress=progress, device=run_device(cfg.train)[0])
+    return load_cached_class(cfg, cls, extractor, progress=progress, device=run_device(cfg.train)[0])
 
 
 def report(recs: list[dict[str, Any]], sizes: dict[str, Any], cmd: str) -> str:
@@ -175,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         pe.ensure_synthetic(out / "data", sizes, progress=not args.quiet)
         cfg = pe.make_config(argparse.Namespace(base_masks="", config=None, epochs=0, set=[]), out / "data",
                              out / "cache", sizes["classes"], sizes)
-        data = {cls: load_class(cfg, cls, progress=not args.quiet) for cls in sizes["classes"]}
+        from multiflow.engine.factories import build_extractor
+
+        extractor = build_extractor(cfg.features)
+        data = {cls: load_class(cfg, cls, extractor, progress=not args.quiet) for cls in sizes["classes"]}
         for seed in sizes["seeds"]:  # seed-major: an interrupted run has every class on the first seeds
             for cls in sizes["classes"]:
                 r = run_cell(cfg, sizes, cls, seed, data[cls], out)

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import learning_curve as lc  # noqa: E402
+from benchmarks.lib.results import state_root  # noqa: E402
 
 
 @pytest.mark.slow
@@ -150,12 +151,12 @@ def test_state_root_frees_states_of_killed_runs(tmp_path):
 
     shm = Path("/dev/shm")
     if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        assert lc.state_root(tmp_path) == tmp_path / "tmp"
+        assert state_root(tmp_path, lc.STATE_NAME) == tmp_path / "tmp"
         return
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its pid is no longer alive
     stale = shm / f"multiflow-learning-curve-{dead.pid}"
     (stale / "tmpx").mkdir(parents=True, exist_ok=True)
-    mine = lc.state_root(tmp_path)
+    mine = state_root(tmp_path, lc.STATE_NAME)
     assert mine == shm / f"multiflow-learning-curve-{os.getpid()}"
     assert not stale.exists()
