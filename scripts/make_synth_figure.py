@@ -2,7 +2,8 @@
 
 Usage: ``python scripts/make_synth_figure.py [--out docs/synth_samples.png] [--size 144] [--seed 0]
 [--defects HS,CI,YW,QS,ZW] [--colours 256] [--variation realistic]`` (one defect code per class, in
-class order). The cross-view defect picture: ``--defects FM --variation realistic --out docs/synth_fm.png``.
+class order). The cross-view defect pictures: ``--defects FM --variation realistic --out docs/synth_fm.png``,
+``--defects ML,LB --variation realistic --out docs/synth_cross_view.png``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def main() -> None:
     for k, cls in enumerate(DEFAULT_CLASSES):
         code = codes[k % len(codes)]
         lots, jitter = VARIATIONS[args.variation]
-        s = render_sample(cls, defect=code, size=args.size, seed=args.seed, lots=lots, pose_jitter=jitter)
+        s = render_sample(cls, defect=code, size=args.size, seed=args.seed, lots=lots, pose_jitter=jitter,
+                          labels="LB" in codes)
         tiles = [outline(img, m) for img, m in zip(s.images, s.masks)]
         row = Image.fromarray(np.concatenate(tiles, axis=1))
         label = Image.new("RGB", (row.width, 16), (20, 20, 20))

@@ -4,8 +4,10 @@ A CPU ray-caster (:mod:`~multiflow.synth.geometry`, :mod:`~multiflow.synth.rende
 families (:mod:`~multiflow.synth.families`) with 3D surface defects (:mod:`~multiflow.synth.defects`),
 composed into one instance on the tray (:mod:`~multiflow.synth.scene`), from a fixed rig of ``V`` cameras
 (C1 top, C2.. around); :mod:`~multiflow.synth.generator` writes images, masks, silhouettes and the
-JSON files. Opt-in realism for scale studies: production lots, larger pose jitter and cross-view
-defects (``variation="realistic"``, ``defects=[..., "FM"]``). Entry points: :func:`generate_dataset` (files) and :func:`render_sample` (in memory).
+JSON files, and the camera rig side file ``cameras.json`` (read by
+:func:`multiflow.data.load_camera_rig`). Opt-in realism for scale studies: production lots, larger
+pose jitter and cross-view defects (``variation="realistic"``, ``defects=[..., "FM", "ML", "LB"]``).
+Entry points: :func:`generate_dataset` (files) and :func:`render_sample` (in memory).
 """
 
 from multiflow.synth.generator import (

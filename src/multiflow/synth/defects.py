@@ -32,12 +32,25 @@ FM    face colour mismatch    the side faces of the main body that face one hori
                               has a colour that normal instances have, the top camera and the
                               cameras on the opposite side see a normal object; only the views
                               facing that side (or comparing them with the others) reveal it
+ML    mixed lot               the side faces of the main body towards one horizontal direction
+                              come from another production lot (a side panel or half shell from
+                              another batch): albedo, gloss and highlight sharpness of that lot.
+                              Each view shows an object of *some* lot; views facing that side show
+                              another lot than the rest. Needs lots (``variation="realistic"``)
+LB    one-sided label         the line makes a labelled and an unlabelled variant (the label sits
+                              on both opposite side faces ``+-axis`` of the body, see
+                              :class:`~multiflow.synth.families.Label`); this object carries the
+                              label on one side only. A view of either side alone shows a normal
+                              object of one variant. The mask marks both label spots (the label
+                              that is there and where the other one is missing), in the views
+                              that see them. Turns the label variant on for the whole data set
 ====  ======================  ===================================================================
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -49,6 +62,7 @@ from multiflow.synth.textures import texture_noise
 
 if TYPE_CHECKING:
     from multiflow.synth.scene import Scene
+    from multiflow.synth.variation import Lot
 
 
 DEFECT_CODES: dict[str, str] = {
@@ -65,7 +79,11 @@ DEFECT_CODES: dict[str, str] = {
 #: Defects that only a comparison across views reveals (opt-in: not in the default defect set).
 CROSS_VIEW_CODES: dict[str, str] = {
     "FM": "face_colour_mismatch",
+    "ML": "mixed_lot",
+    "LB": "one_sided_label",
 }
+#: Cross-view codes that recolour the body's faces towards ``Defect.normal`` (:func:`face_mismatch_mask`).
+FACE_CODES = ("FM", "ML")
 ALL_DEFECT_CODES: dict[str, str] = {**DEFECT_CODES, **CROSS_VIEW_CODES}
 
 
@@ -87,6 +105,9 @@ class Defect:
     polyline: np.ndarray | None = None  # (P, 3) for cracks
     extra_parts: list[Part] = field(default_factory=list)  # foreign objects
     face_parts: list[int] = field(default_factory=list)  # FM: parts whose faces along ``normal`` change colour
+    gloss: float = 1.0  # ML: specular weight factor of the other lot relative to the object's lot
+    sharpness: float = 1.0  # ML: Blinn-Phong exponent factor, likewise
+    lot: int = -1  # ML: the other lot's index
 
     def to_dict(self) -> dict:
         d = {
@@ -108,6 +129,8 @@ class Defect:
             d["polyline"] = [rounded(p) for p in self.polyline]
         if self.face_parts:
             d["face_parts"] = [int(i) for i in self.face_parts]
+        if self.code == "ML":
+            d |= {"lot": int(self.lot), "gloss": round(float(self.gloss), 4), "sharpness": round(float(self.sharpness), 4)}
         if self.extra_parts:
             d["foreign_parts"] = [
                 {"center": rounded(p.prim.center), "radius": round(float(p.prim.radius), 5)}
@@ -164,16 +187,28 @@ def _tangent(n: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (t / np.linalg.norm(t)).astype(np.float32)
 
 
-def sample_defect(scene: Scene, code: str, rng: np.random.Generator) -> Defect:
+def sample_defect(scene: Scene, code: str, rng: np.random.Generator, *, lots: Sequence[Lot] = ()) -> Defect:
     """Draw a defect of type ``code`` on ``scene`` (sets ``scene.defect`` / ``scene.removed``).
 
     About 30 % of defects are *hard*: small (x0.5-0.7), low contrast (x0.35-0.6) and, for surface
     defects, placed on a side face (often seen by a single side camera).
+    ``lots``: every production lot of the line (ML draws the other lot from them; the scene must
+    carry one of them, :func:`~multiflow.synth.variation.apply_lot`). LB needs ``scene.label``.
     """
     if code not in ALL_DEFECT_CODES:
         raise ValueError(f"unknown defect code {code!r}; known: {sorted(ALL_DEFECT_CODES)}")
     if code == "FM":
         d = _face_mismatch(scene, rng)
+        scene.removed = -1
+        scene.defect = d
+        return d
+    if code == "ML":
+        d = _mixed_lot(scene, rng, lots)
+        scene.removed = -1
+        scene.defect = d
+        return d
+    if code == "LB":
+        d = _one_sided_label(scene, rng)
         scene.removed = -1
         scene.defect = d
         return d
@@ -270,6 +305,54 @@ def _face_mismatch(scene: Scene, rng: np.random.Generator) -> Defect:
     c, r = scene.parts[idx[0]].prim.bounds()
     return Defect("FM", np.asarray(c, np.float32), u, u.copy(), idx[0], size=float(r), colour=colour,
                   hard=False, placement="face", face_parts=idx)
+
+
+def _body_faces(scene: Scene, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
+    """The main body's parts (:data:`FACE_PALETTES`) and a random horizontal direction ``u (3,)``."""
+    names = FACE_PALETTES[scene.family][0]
+    idx = [i for i, p in enumerate(scene.parts) if p.name in names]
+    az = float(rng.uniform(0, 2 * math.pi))
+    return idx, np.array([math.cos(az), math.sin(az), 0.0], dtype=np.float32)
+
+
+def _mixed_lot(scene: Scene, rng: np.random.Generator, lots: Sequence[Lot]) -> Defect:
+    """ML: the body's faces towards a random horizontal direction ``u`` come from another lot ``B``:
+    albedo ``x gain_B / gain_A``, specular weight ``x gloss_B / gloss_A``, exponent ``x sharpness_B /
+    sharpness_A`` (``A`` the object's lot). ``B`` is drawn among the lots that differ from ``A`` by at
+    least 6 % in one albedo channel or 20 % in gloss (the most different one if none does)."""
+    mine = scene.params.get("lot", {}).get("lot")
+    if mine is None or len(lots) < 2:
+        raise ValueError("ML (mixed lot) needs production lots: an object of one of at least 2 lots "
+                         "(variation='realistic' or lots >= 2)")
+    a = next(lot for lot in lots if lot.index == mine)
+    others = [lot for lot in lots if lot.index != mine]
+
+    def distance(b: Lot) -> float:
+        return max(float(np.abs(np.log(b.gain / a.gain)).max()) / 0.06, abs(math.log(b.gloss / a.gloss)) / 0.2)
+
+    far = [b for b in others if distance(b) >= 1.0]
+    b = far[int(rng.integers(len(far)))] if far else max(others, key=distance)
+    idx, u = _body_faces(scene, rng)
+    current = scene.parts[idx[0]].material.albedo
+    colour = np.clip(current * (b.gain / a.gain), 0, 1).astype(np.float32)
+    c, r = scene.parts[idx[0]].prim.bounds()
+    return Defect("ML", np.asarray(c, np.float32), u, u.copy(), idx[0], size=float(r), colour=colour, hard=False,
+                  placement="face", face_parts=idx, gloss=b.gloss / a.gloss, sharpness=b.sharpness / a.sharpness,
+                  lot=b.index)
+
+
+def _one_sided_label(scene: Scene, rng: np.random.Generator) -> Defect:
+    """LB: the object carries its label on one of the two label faces only (drawn at random)."""
+    label = scene.label
+    if label is None:
+        raise ValueError("LB (one-sided label) needs the labelled variant: render with labels=True")
+    side = 1 if rng.random() < 0.5 else -1
+    label.sides = (side,)
+    if "label" in scene.params:
+        scene.params["label"]["sides"] = [side]
+    u = (label.axis * side).astype(np.float32)
+    return Defect("LB", label.centre.copy(), u, u.copy(), label.part, size=float(label.half_width),
+                  colour=label.colour.copy(), hard=False, placement="face", face_parts=[label.part])
 
 
 def face_mismatch_mask(defect: Defect, p: np.ndarray, n: np.ndarray, part: np.ndarray,

@@ -227,3 +227,79 @@ def canonical_class(name: str) -> str:
                          f"(aliases {sorted(FAMILY_ALIASES)})")
     return name
 
+
+
+# ----------------------------------------------------------------------------------- label variant
+
+
+#: A spot belongs to a label face when ``|n . axis| > LABEL_COS`` and ``|n_z| < 0.5`` (geometric normals).
+LABEL_COS = 0.6
+
+
+@dataclass
+class Label:
+    """The labelled variant of a family: a printed label on the two opposite side faces ``+axis`` and
+    ``-axis`` of the main body (local frame), a ``2 half_width x 2 half_height`` rectangle centred on
+    ``centre`` seen along ``axis``. ``sides``: the faces that carry a label (``(1, -1)`` for every
+    normal labelled object; one side only for the cross-view defect LB)."""
+
+    part: int  # index of the body part in ``Scene.parts``
+    axis: np.ndarray  # (3,) unit, horizontal
+    centre: np.ndarray  # (3,)
+    half_width: float
+    half_height: float
+    colour: np.ndarray  # (3,) albedo
+    sides: tuple[int, ...] = (1, -1)
+
+    def spots(self, p: np.ndarray, n: np.ndarray, on_part: np.ndarray) -> np.ndarray:
+        """Int8 ``(N,)``: ``+1`` / ``-1`` for points ``p (N, 3)`` (geometric normals ``n (N, 3)``,
+        local frame; ``on_part (N,)`` bool: the point is on the body) inside the label rectangle of the
+        ``+axis`` / ``-axis`` face (whether or not that face carries a label), 0 elsewhere."""
+        a = self.axis
+        rel = p - self.centre
+        s = n @ a
+        tang = np.array([-a[1], a[0], 0.0], dtype=np.float32)
+        on = (on_part & (np.abs(s) > LABEL_COS) & (np.abs(n[:, 2]) < 0.5) & (np.sign(rel @ a) == np.sign(s))
+              & (np.abs(rel @ tang) < self.half_width) & (np.abs(rel[:, 2]) < self.half_height))
+        return np.where(on, np.sign(s), 0).astype(np.int8)
+
+    def to_dict(self) -> dict:
+        return {"part": int(self.part), "axis": rounded(self.axis), "centre": rounded(self.centre),
+                "half_width": round(float(self.half_width), 5), "half_height": round(float(self.half_height), 5),
+                "colour": rounded(self.colour), "sides": [int(s) for s in self.sides]}
+
+
+_PAPER_WHITE = (0.80, 0.80, 0.77)
+_PRINT_BLACK = (0.05, 0.05, 0.055)
+
+
+def label_of(family: str, parts: list[Part], params: dict) -> Label:
+    """Where the labelled variant of ``family`` carries its labels: the long side faces (``+-y``) of
+    the brick, the plug's housing and the middle terminal housing, the cap's shell, two opposite flats
+    of the nut. White paper on dark or coloured bodies, black print on light ones."""
+    names = [p.name for p in parts]
+    y = np.array([0.0, 1.0, 0.0], dtype=np.float32)
+    if family == "toy_brick":
+        nx, hz = params["studs"][0], params["half_height"]
+        part, axis, hw, hh, z = "body", y, 0.3 * nx * params["pitch"], 0.55 * hz, hz
+    elif family == "plastic_plug":
+        s = params["scale"]
+        part, axis, hw, hh, z = "housing", y, 0.18 * s, 0.55 * 0.17 * s, 0.17 * s
+    elif family == "terminal_block":
+        s = params["scale"]
+        part, axis, hw, hh, z = "housing_1", y, 0.12 * s, 0.6 * 0.14 * s, 0.08 + 0.14 * s
+    elif family == "bottle_cap":
+        part, axis, hw, hh, z = "shell", y, 0.45 * params["radius"], 0.3 * params["height"], 0.04 + params["height"] / 2
+    elif family == "lock_nut":
+        a = params["hex_angle"]
+        part, axis = "nut", np.array([math.cos(a), math.sin(a), 0.0], dtype=np.float32)
+        hw, hh, z = 0.35 * params["apothem"], 0.55 * params["half_height"], params["half_height"]
+    else:
+        raise ValueError(f"no label variant for family {family!r}")
+    k = names.index(part)
+    centre = np.asarray(parts[k].prim.bounds()[0], dtype=np.float32).copy()
+    centre[2] = z
+    body = parts[k].material.albedo
+    colour = _PRINT_BLACK if float(np.mean(body)) > 0.45 else _PAPER_WHITE
+    return Label(part=k, axis=axis, centre=centre, half_width=float(hw), half_height=float(hh),
+                 colour=np.asarray(colour, dtype=np.float32))

@@ -8,6 +8,7 @@ On-disk tree written by :func:`generate_dataset` (``<size>`` e.g. 256, ``<cls>``
         OK/S0001/<cls>_0001_OK_C1_<timestamp>.jpg  normal sample 0001, views C1..C<V>
         NG/<CODE>/S0001/<cls>_0001_NG_<CODE>_C3_<timestamp>.jpg
         NG/<CODE>/S0001/<cls>_0001_NG_<CODE>_C3_<timestamp>_mask.png   (0/255; only views seeing it)
+        cameras.json                               camera rig + per-sample object placement (below)
       silhouettes_<size>/<cls>/<same relative path as the image, .png>  (0/255 object incl. foreign)
       synth_meta/<cls>.json                        parameters, seed, cameras, per-sample instances
       synth_meta/.parts/<cls>/...                  per-sample records (resume bookkeeping)
@@ -18,6 +19,12 @@ comes from ``SeedSequence([seed, crc32(class), split, code, id])``, so the outpu
 the number of workers, the order of execution, or on which other classes are generated.
 A sample is complete once its record in ``.parts`` exists (written last, atomically); a rerun with
 the same configuration skips complete samples, and the JSON files are written at the end.
+
+``cameras.json`` (:func:`camera_rig_record`, format ``multiflow.camera_rig`` version 1, read by
+:func:`multiflow.data.cameras.load_camera_rig`, documented in ``docs/data-format.md``): per view the
+intrinsics ``fx, fy, cx, cy`` at the image size and the world-to-camera extrinsics ``R, t``; per
+sample key the object's placement on the tray (object-to-world ``R, t``: a yaw about ``z`` and an
+offset in the tray plane ``z = 0``).
 """
 
 from __future__ import annotations
@@ -37,9 +44,9 @@ from multiflow.errors import ConfigError
 from multiflow.synth.geometry import camera_rig
 from multiflow.synth.render import render_view
 from multiflow.synth.defects import ALL_DEFECT_CODES, DEFECT_CODES, sample_defect
-from multiflow.synth.families import FAMILIES, canonical_class
+from multiflow.synth.families import FAMILIES, canonical_class, label_of
 from multiflow.synth.scene import sample_scene
-from multiflow.synth.variation import apply_lot, apply_pose_jitter, lot_variation
+from multiflow.synth.variation import Lot, apply_lot, apply_pose_jitter, lot_variation
 
 GENERATOR_VERSION = "1"
 DEFAULT_CLASSES: tuple[str, ...] = tuple(FAMILIES)
@@ -89,9 +96,22 @@ def lot_of(seed: int, class_name: str, split: str, code: str, sample_id: int, lo
     return int(np.random.default_rng(ss).integers(lots))
 
 
+def _lot(seed: int, class_name: str, index: int) -> Lot:
+    """Lot ``index``'s parameters: shared by every object of that lot, train and test alike."""
+    lot_ss = np.random.SeedSequence([int(seed), zlib.crc32(class_name.encode()), _LOT_TAG, index])
+    return lot_variation(np.random.default_rng(lot_ss), index)
+
+
+def is_labelled(seed: int, class_name: str, split: str, code: str, sample_id: int) -> bool:
+    """Whether a sample is of the labelled variant (half of them, when the line has label variants);
+    its own seed-sequence child, so turning variants on does not change any other random draw."""
+    ss = _seed_sequence(seed, class_name, split, code, sample_id).spawn(5)[4]
+    return bool(np.random.default_rng(ss).random() < 0.5)
+
+
 def render_sample(
     class_name: str, *, defect: str | None = None, size: int = 64, n_views: int = 5, seed: int = 0,
-    sample_id: int = 1, split: str = "test", lots: int = 0, pose_jitter: float = 1.0,
+    sample_id: int = 1, split: str = "test", lots: int = 0, pose_jitter: float = 1.0, labels: bool = False,
 ) -> RenderedSample:
     """Render one sample of ``class_name`` from all ``n_views`` cameras, in memory.
 
@@ -101,18 +121,26 @@ def render_sample(
     and gloss shift (:func:`multiflow.synth.variation.lot_variation`) is shared by every object of that
     lot, train and test alike. ``pose_jitter``: scale of the yaw / tray-offset deviation (1 = default).
     ``lots=0, pose_jitter=1`` renders exactly what earlier versions rendered.
+    ``labels``: the line makes a labelled and an unlabelled variant (:func:`is_labelled`,
+    :func:`~multiflow.synth.families.label_of`); needed by the LB defect. ML needs ``lots >= 2``.
     """
     class_name = canonical_class(class_name)
     code = "OK" if defect is None else defect
     if code != "OK" and code not in ALL_DEFECT_CODES:
         raise ValueError(f"unknown defect code {code!r}; known: {sorted(ALL_DEFECT_CODES)}")
+    if code == "ML" and lots < 2:
+        raise ValueError("ML (mixed lot) needs production lots: lots >= 2 (variation='realistic')")
+    if code == "LB" and not labels:
+        raise ValueError("LB (one-sided label) needs the label variants: labels=True")
     ss_scene, ss_defect, ss_noise = _seed_sequence(seed, class_name, split, code, sample_id).spawn(3)
     scene = sample_scene(class_name, np.random.default_rng(ss_scene))
     if lots > 0:
-        lot = lot_of(seed, class_name, split, code, sample_id, lots)
-        lot_ss = np.random.SeedSequence([int(seed), zlib.crc32(class_name.encode()), _LOT_TAG, lot])
-        apply_lot(scene, lot_variation(np.random.default_rng(lot_ss), lot))
+        apply_lot(scene, _lot(seed, class_name, lot_of(seed, class_name, split, code, sample_id, lots)))
     apply_pose_jitter(scene, float(pose_jitter))
+    if labels and (code == "LB" or is_labelled(seed, class_name, split, code, sample_id)):
+        scene.label = label_of(class_name, scene.parts, scene.params)
+        scene.params["label"] = scene.label.to_dict()
+    all_lots = [_lot(seed, class_name, i) for i in range(lots)] if code == "ML" else []
     cams = camera_rig(n_views=n_views, size=size)
     rays = [cam.rays() for cam in cams]
     noise_rng = np.random.default_rng(ss_noise)
@@ -123,7 +151,7 @@ def render_sample(
     attempts = 0
     while True:
         if code != "OK":
-            d = sample_defect(scene, code, defect_rng)
+            d = sample_defect(scene, code, defect_rng, lots=all_lots)
             if d.width:  # keep thin defects at least ~1.2 px wide at this resolution
                 d.width = max(d.width, 2.4 / size)
         views = [render_view(scene, cam, noise_seed=s, rays=r) for cam, s, r in zip(cams, noise_seeds, rays)]
@@ -155,6 +183,34 @@ def render_sample(
 
 
 # ----------------------------------------------------------------------------------- writing
+
+
+def camera_rig_record(class_name: str, cameras: Sequence, records: Sequence[dict]) -> dict:
+    """The ``cameras.json`` side file of one class (format in ``docs/data-format.md``): ``cameras``
+    the rig (:func:`~multiflow.synth.geometry.camera_rig`), ``records`` the samples' records (``key``
+    and ``instance`` with ``yaw`` and ``offset``)."""
+    views = []
+    for cam in cameras:
+        K = cam.K
+        views.append({"name": cam.name, "width": int(cam.size), "height": int(cam.size),
+                      "fx": float(K[0, 0]), "fy": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+                      "R": (cam.R.round(10) + 0.0).tolist(),  # + 0.0: no -0.0 in the file
+                      "t": (cam.t.round(10) + 0.0).tolist()})
+    objects = {}
+    for r in records:
+        yaw = float(r["instance"]["yaw"])
+        ox, oy = (float(v) for v in r["instance"]["offset"])
+        c, s = np.cos(yaw), np.sin(yaw)
+        objects[r["key"]] = {"yaw": yaw, "R": [[float(c), float(-s), 0.0], [float(s), float(c), 0.0], [0.0, 0.0, 1.0]],
+                             "t": [ox, oy, 0.0]}
+    return {
+        "format": "multiflow.camera_rig", "version": 1, "class": class_name,
+        "frames": "world: z up, support plane z = 0; camera: x right, y down, z forward; "
+                  "x_cam = R x_world + t; u = fx x/z + cx (column), v = fy y/z + cy (row), pixel (i, j) "
+                  "covers [i, i + 1) x [j, j + 1); object: x_world = R x_object + t",
+        "views": views,
+        "objects": objects,
+    }
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -197,6 +253,7 @@ class _Job:
     seed: int
     lots: int = 0
     pose_jitter: float = 1.0
+    labels: bool = False
 
     @property
     def record_path(self) -> Path:
@@ -214,7 +271,7 @@ def _run_job(job: _Job) -> dict:
             pass  # a damaged record: render the sample again
     s = render_sample(job.class_name, defect=None if job.code == "OK" else job.code, size=job.size,
                       n_views=job.n_views, seed=job.seed, sample_id=job.sample_id, split=job.split,
-                      lots=job.lots, pose_jitter=job.pose_jitter)
+                      lots=job.lots, pose_jitter=job.pose_jitter, labels=job.labels)
     out = Path(job.out)
     img_root = out / f"realiad_{job.size}" / job.class_name
     sil_root = out / f"silhouettes_{job.size}" / job.class_name
@@ -239,8 +296,8 @@ def _run_job(job: _Job) -> dict:
 
 def _plan(class_name: str, out: str, n_train: int, n_test_good: int, n_test_defect: int,
           defects: Sequence[str], size: int, n_views: int, seed: int, lots: int = 0,
-          pose_jitter: float = 1.0) -> list[_Job]:
-    var = (lots, pose_jitter)
+          pose_jitter: float = 1.0, labels: bool = False) -> list[_Job]:
+    var = (lots, pose_jitter, labels)
     jobs = [_Job(out, class_name, "train", "OK", i + 1, size, n_views, seed, *var) for i in range(n_train)]
     jobs += [_Job(out, class_name, "test", "OK", n_train + i + 1, size, n_views, seed, *var)
              for i in range(n_test_good)]
@@ -281,7 +338,9 @@ def generate_dataset(
     ``variation``: a preset of :data:`VARIATIONS` (``"default"``: the original generator, byte for
     byte; ``"realistic"``: 4 production lots and 2.5x pose jitter); ``lots`` / ``pose_jitter``
     override the preset's values (see :func:`render_sample`). Cross-view defect codes
-    (:data:`multiflow.synth.defects.CROSS_VIEW_CODES`, e.g. ``FM``) may be listed in ``defects``.
+    (:data:`multiflow.synth.defects.CROSS_VIEW_CODES`: ``FM``, ``ML``, ``LB``) may be listed in
+    ``defects``; ``ML`` needs at least 2 lots, ``LB`` turns the label variants on for every sample of
+    the data set (normal ones too: half of them are labelled).
     """
     from tqdm import tqdm
 
@@ -302,6 +361,10 @@ def generate_dataset(
         raise ConfigError(f"lots must be in 0..1000 (0: no lots), got {lots}")
     if not 0.0 <= pose_jitter <= 5.0:
         raise ConfigError(f"pose_jitter must be in 0..5, got {pose_jitter}")
+    if "ML" in defects and lots < 2:
+        raise ConfigError(f"defect ML (mixed lot) needs production lots: variation 'realistic' or lots >= 2, "
+                          f"got lots={lots}")
+    labels = "LB" in defects
     if min(n_train, n_test_good, n_test_defect) < 0:
         raise ConfigError("sample counts must be >= 0")
     if n_train + n_test_good > 9999 or n_test_defect > 9999:
@@ -335,7 +398,7 @@ def generate_dataset(
         else:
             write_json(cfg_path, config, indent=1)
         jobs += _plan(cls, str(out), n_train, n_test_good, n_test_defect, defects, size, n_views, seed,
-                      lots, pose_jitter)
+                      lots, pose_jitter, labels)
 
     records: list[dict] = []
     bar = tqdm(total=len(jobs), unit="sample", desc="synth", disable=not progress)
@@ -369,6 +432,8 @@ def generate_dataset(
             "samples": [{k: v for k, v in r.items()} for r in recs],
         }
         write_json(out / "synth_meta" / f"{cls}.json", meta, indent=1)
+        write_json(out / f"realiad_{size}" / cls / "cameras.json",
+                   camera_rig_record(cls, camera_rig(n_views=n_views, size=size), recs), indent=1)
         json_path = out / "realiad_jsons" / f"{cls}.json"
         write_json(json_path, {"meta": {"prefix": cls, "normal_class": "OK"}, "train": train, "test": test}, indent=1)
         summary["classes"][cls] = {"train": len(train), "test": len(test), "json": str(json_path)}

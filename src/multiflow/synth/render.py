@@ -11,7 +11,8 @@ towards the light hits the object), a sky fill term ``0.12 * max(n_z, 0)``, gamm
 noise. Surface defects are painted on the 3D hit points, so a defect shows exactly in the views that
 see that piece of surface, and its mask is the set of pixels whose visible surface point lies in the
 defect (for a missing part: where the part would have been visible; for a foreign object or a
-re-coloured part or face: the visible pixels of that part or face).
+re-coloured part or face: the visible pixels of that part or face; for a one-sided label: both
+label spots, the label that is there and where the other one is missing).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from multiflow.synth.geometry import INF, Camera, sphere_hit_mask
-from multiflow.synth.defects import apply_surface_defect, face_mismatch_mask
+from multiflow.synth.defects import FACE_CODES, apply_surface_defect, face_mismatch_mask
 from multiflow.synth.families import Part
 from multiflow.synth.scene import Scene
 from multiflow.synth.textures import dust, grain_noise, texture_noise
@@ -142,9 +143,16 @@ def render_view(
         grn = np.array([pp.material.grain for pp in parts], dtype=np.float32)[pid]
         albedo *= (1.0 + tex * texture_noise(p, scene.waves) + grn * grain_noise(p))[:, None]
         face = None
-        if scene.defect is not None and scene.defect.code == "FM":  # geometric normals, before the ribs
+        if scene.defect is not None and scene.defect.code in FACE_CODES:  # geometric normals, before the ribs
             centres = np.stack([np.asarray(pp.prim.bounds()[0], np.float32) for pp in parts])
             face = face_mismatch_mask(scene.defect, p, n, pid, centres)
+        spots = None
+        if scene.label is not None:  # the labelled variant: paper (or print) on the label faces
+            body = next(i for i, pp in enumerate(parts) if pp is scene.parts[scene.label.part])
+            spots = scene.label.spots(p, n, pid == body)
+            paper = np.isin(spots, scene.label.sides) & (spots != 0)
+            albedo[paper] = scene.label.colour[None, :] * (1.0 + 0.03 * grain_noise(p[paper]))[:, None]
+            spec[paper] = 0.05
         for i, pp in enumerate(parts):
             mat = pp.material
             if mat.ribs <= 0 and mat.slot is None:
@@ -180,10 +188,15 @@ def render_view(
                 sel = pid == k
                 albedo[sel] *= (scene.defect.colour / np.maximum(target.material.albedo, 1e-3))[None, :]
                 mask[obj[sel]] = True
-            elif code == "FM":
+            elif code in FACE_CODES:
                 target = scene.parts[scene.defect.part].material.albedo
                 albedo[face] *= (scene.defect.colour / np.maximum(target, 1e-3))[None, :]
+                if code == "ML":
+                    spec[face] *= np.float32(scene.defect.gloss)
+                    shin[face] *= np.float32(scene.defect.sharpness)
                 mask[obj[face]] = True
+            elif code == "LB":  # both label spots: the label that is there and the one that is missing
+                mask[obj[spots != 0]] = True
         ndl = np.maximum(n @ light, 0.0)
         shadow = _occluded(parts, p + n * 2e-3, light, center, radius)
         key = scene.light * (1.0 - 0.8 * shadow)

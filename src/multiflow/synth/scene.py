@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from multiflow.synth.defects import Defect
-from multiflow.synth.families import FAMILIES, Part, rounded
+from multiflow.synth.families import FAMILIES, Label, Part, rounded
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Scene:
     defect: Defect | None = None
     removed: int = -1  # part index removed by a QS defect
     lot_gain: np.ndarray | None = None  # (3,) albedo gain of the object's production lot (None: no lots)
+    label: Label | None = None  # the labelled variant's labels (None: unlabelled, or no label variants)
 
     @property
     def rotation(self) -> np.ndarray:
