@@ -38,12 +38,12 @@ PINNED: dict[tuple[str, str], str] = {
 }
 
 
-def render_hash(family: str, variation: str, codes: list[str | None]) -> str:
+def render_hash(family: str, variation: str, codes: list[str | None], labels: bool = False) -> str:
     lots, pose_jitter = VARIATIONS[variation]
     h = hashlib.sha256()
     for code in codes:
         s = render_sample(family, defect=code, size=24, n_views=5, seed=11, sample_id=2, lots=lots,
-                          pose_jitter=pose_jitter)
+                          pose_jitter=pose_jitter, labels=labels)
         for a in (s.images, s.masks, s.silhouettes):
             h.update(a.tobytes())
     return h.hexdigest()
@@ -57,3 +57,19 @@ CODES = {"standard": [None, *DEFAULT_DEFECTS], "fm": ["FM"]}
 @pytest.mark.parametrize("codes", sorted(CODES))
 def test_renders_are_pinned(family, variation, codes):
     assert render_hash(family, variation, CODES[codes]) == PINNED[(family, f"{variation}/{codes}")]
+
+
+#: The opt-in cross-view codes ML and LB (realistic preset; LB in a line with label variants), pinned
+#: when they were added so that later refactors keep them too.
+PINNED_CROSS_VIEW: dict[str, str] = {
+    "bottle_cap": "eac5eb33eeab71f31b3e50e001f196eedd66c340799f8081a5711d9c67336200",
+    "lock_nut": "3fc6ebdecda46f670e63bb5b265397e1abbace0414ac75dfd820ec7ac5f42ddb",
+    "plastic_plug": "c620331e0cc694d4c8cce70cdac0bc6d14d4bb87034899ee16b558408b603404",
+    "terminal_block": "ac990bda8391e7f1dd2c5348f343644c392cc2652f4b9799fc9c2db0c59f8552",
+    "toy_brick": "d6e286a98130d48d9655b46a75e9fc4aa9865dc180dfa71b5d602043442ca924",
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_new_cross_view_codes_are_pinned(family):
+    assert render_hash(family, "realistic", ["ML", "LB"], labels=True) == PINNED_CROSS_VIEW[family]

@@ -10,6 +10,10 @@ rail, three housings with screw heads and coloured clips).
 
 A part's ``group`` names the parts that always share one colour within an object; the colours a
 group takes over the line are :data:`GROUP_PALETTES` (what the colour defects draw from).
+
+Label variant (opt-in, only in lines that have the LB defect): :class:`Label` /
+:func:`label_of` put a printed label on two opposite side faces of the body; a line then makes a
+labelled and an unlabelled variant of each family.
 """
 
 from __future__ import annotations
