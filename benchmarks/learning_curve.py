@@ -43,8 +43,6 @@ The grid, the cells and the report are library modules (:mod:`benchmarks.lib.cur
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import argparse
 import json
 import os
