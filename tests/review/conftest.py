@@ -43,14 +43,17 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 class LiveServer:
-    """The review app served by uvicorn from a thread on a free port of 127.0.0.1."""
+    """An app served by uvicorn from a thread on a free port of 127.0.0.1; ``make_app(host, port)``
+    builds the app once the port is known (the review app derives its allowed Host headers from it)."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, make_app) -> None:
         import uvicorn
 
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = make_app("127.0.0.1", self.port)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
@@ -70,9 +73,20 @@ class LiveServer:
 def live(trained_run):
     from multiflow.review.app import ReviewSettings, create_app
 
-    srv = LiveServer(create_app(trained_run, settings=ReviewSettings(page_size=5, max_upload_bytes=300_000)))
+    settings = ReviewSettings(page_size=5, max_upload_bytes=300_000)
+    srv = LiveServer(lambda host, port: create_app(trained_run, settings=settings, host=host, port=port))
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def token(live) -> str:
+    """The live server's session token, read from a page as the page's own script reads it."""
+    import re
+
+    import httpx
+
+    return re.search(r'<meta name="review-token" content="([^"]+)">', httpx.get(live.url + "/").text).group(1)
 
 
 @pytest.fixture(scope="session")
