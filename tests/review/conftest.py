@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from review_helpers import LiveServer
 
 CLASS = "toy_brick"
 
@@ -42,33 +40,6 @@ def trained_run(tmp_path_factory) -> Path:
     return run_dir
 
 
-class LiveServer:
-    """An app served by uvicorn from a thread on a free port of 127.0.0.1; ``make_app(host, port)``
-    builds the app once the port is known (the review app derives its allowed Host headers from it)."""
-
-    def __init__(self, make_app) -> None:
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        app = make_app("127.0.0.1", self.port)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the review server did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
 @pytest.fixture(scope="session")
 def live(trained_run):
     from multiflow.review.app import ReviewSettings, create_app
@@ -77,16 +48,6 @@ def live(trained_run):
     srv = LiveServer(lambda host, port: create_app(trained_run, settings=settings, host=host, port=port))
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="session")
-def token(live) -> str:
-    """The live server's session token, read from a page as the page's own script reads it."""
-    import re
-
-    import httpx
-
-    return re.search(r'<meta name="review-token" content="([^"]+)">', httpx.get(live.url + "/").text).group(1)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,9 @@ masks, with scores drawn so that defective objects tend to score higher. It has 
 from __future__ import annotations
 
 import re
+import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +120,30 @@ def token_of(page: str) -> str:
     m = re.search(r'<meta name="review-token" content="([^"]+)">', page)
     assert m, "the page carries no review token"
     return m.group(1)
+
+
+class LiveServer:
+    """An app served by uvicorn from a thread on a free port of 127.0.0.1; ``make_app(host, port)``
+    builds the app once the port is known (the review app derives its allowed Host headers from it)."""
+
+    def __init__(self, make_app) -> None:
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = make_app("127.0.0.1", self.port)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the review server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
