@@ -32,32 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "review"))  # review_helpers
 
 from _report import CpuShare, machine_line, peak_rss_mb, update_section
-
-
-class Server:
-    """The review app served by uvicorn from a thread on a free port."""
-
-    def __init__(self, make_app) -> None:
-        import socket
-        import threading
-
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        app = make_app("127.0.0.1", port)  # the app allows the Host headers of its own address
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+from review_helpers import LiveServer as Server, synthetic_run  # the review tests' helpers
 
 
 NAV = """() => { const n = performance.getEntriesByType('navigation')[0];
@@ -102,8 +77,6 @@ def main() -> int:
         return 2
     import httpx
     from playwright.sync_api import sync_playwright
-
-    from review_helpers import synthetic_run
 
     from multiflow.review.app import ReviewSettings, create_app
 

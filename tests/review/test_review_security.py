@@ -344,6 +344,12 @@ def test_counts_and_decisions_are_those_of_predict_with_camera_faults(fake_run):
     assert sorted(data["normal"]) == sorted(scores[[i for i in judged if labels[i] == 0]].tolist())
     assert sorted(data["anomalous"]) == sorted(scores[[i for i in judged if labels[i] == 1]].tolist())
     assert data["camera_checks"] == 3
+    # `multiflow test --labels` re-evaluates with the same decisions
+    from multiflow.review.reevaluate import reevaluate_class
+    from multiflow.review.store import RunStore
+
+    res = reevaluate_class(RunStore(fake_run).get(CLASS), {})["ground_truth"]
+    assert (res["false_positives"], res["false_negatives"], res["check_camera"]) == (n_fp, n_fn, 3)
 
 
 def test_threshold_page_shows_the_estimate_and_its_warnings(fake_run):
