@@ -102,7 +102,8 @@ HOST, PORT = "127.0.0.1", 8765
 
 def client(run: str | Path, **kw):
     """A ``TestClient`` of the review app on ``run`` as the browser at ``http://127.0.0.1:8765`` sees it
-    (the Host the app allows); ``client.token``: the session token read from the overview page,
+    (the Host the app allows); ``client.token``: the session token read from the overview page
+    (empty if the overview is an error page),
     ``client.api_headers``: the headers the page's script sends with a JSON post."""
     from fastapi.testclient import TestClient
 
@@ -110,7 +111,8 @@ def client(run: str | Path, **kw):
 
     settings = kw.pop("settings", None) or ReviewSettings()
     c = TestClient(create_app(run, settings=settings, host=HOST, port=PORT), base_url=f"http://{HOST}:{PORT}", **kw)
-    c.token = token_of(c.get("/").text)
+    home = c.get("/")
+    c.token = token_of(home.text) if home.status_code == 200 else ""  # error pages carry no token
     c.api_headers = {"X-Review-Token": c.token, "Origin": f"http://{HOST}:{PORT}"}
     return c
 

@@ -72,8 +72,12 @@ def test_state_changes_need_the_session_token(fake_run):
 
 def test_every_page_carries_the_token_and_every_post_route_checks_it(fake_run):
     c = client(fake_run)
-    for url in ["/", f"/c/{CLASS}", f"/c/{CLASS}/o/0", f"/c/{CLASS}/threshold", f"/c/{CLASS}/try", "/c/nope"]:
+    for url in ["/", f"/c/{CLASS}", f"/c/{CLASS}/o/0", f"/c/{CLASS}/threshold", f"/c/{CLASS}/try"]:
         assert token_of(c.get(url).text) == c.token, url
+    # error pages carry none (a refused DNS-rebinding page may read the answer to its request)
+    for r in [c.get("/c/nope"), c.get("/", headers={"Host": f"evil.example:{PORT}"}),
+              c.post(f"/api/{CLASS}/label", json=LABEL, headers={"Origin": "http://evil.example"})]:
+        assert r.status_code in (400, 403, 404) and c.token not in r.text
     assert f'<input type="hidden" name="token" value="{c.token}">' in c.get(f"/c/{CLASS}/try").text
     from multiflow.review.routes import router  # every route of the app (the app mounts only this router)
 

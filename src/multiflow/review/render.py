@@ -72,7 +72,8 @@ def render(template: str, **context: Any) -> str:
     return environment().get_template(template).render(**context)
 
 
-def error_page(status: int, message: str, *, token: str) -> str:
-    """The HTML error page: status, title and ``message``."""
+def error_page(status: int, message: str) -> str:
+    """The HTML error page: status, title and ``message``. It carries no session token: a refused
+    request (a DNS-rebinding page sending its own ``Host``) may be able to read the answer."""
     title = f"{status} {STATUS_TITLES.get(status, 'Error')}"
-    return render("error.html", token=token, title=title, page="error", crumbs=[], message=message)
+    return render("error.html", token="", title=title, page="error", crumbs=[], message=message)

@@ -34,11 +34,11 @@ async def review(request: Request) -> Review:
 
 
 # -------------------------------------------------------------------------------- errors, guard
-def error_response(r: Review, status: int, message: str, path: str) -> Response:
+def error_response(status: int, message: str, path: str) -> Response:
     """JSON ``{"detail": message}`` under ``/api/``, the HTML error page elsewhere."""
     if path.startswith("/api/"):
         return JSONResponse(status_code=status, content={"detail": message})
-    return HTMLResponse(error_page(status, message, token=r.guard.token), status_code=status)
+    return HTMLResponse(error_page(status, message), status_code=status)
 
 
 def install(app) -> None:
@@ -47,17 +47,16 @@ def install(app) -> None:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        r: Review = request.app.state.review
         try:
-            r.guard.check_request(request.method, request.headers)
+            request.app.state.review.guard.check_request(request.method, request.headers)
         except Refused as exc:
-            return error_response(r, exc.status, exc.message, request.url.path)
+            return error_response(exc.status, exc.message, request.url.path)
         return await call_next(request)
 
     def handle(status_of, message_of):
         async def handler(request: Request, exc: Exception):
             r: Review = request.app.state.review
-            return error_response(r, status_of(request, exc), r.scrub(message_of(exc)), request.url.path)
+            return error_response(status_of(request, exc), r.scrub(message_of(exc)), request.url.path)
         return handler
 
     api = lambda request: request.url.path.startswith("/api/")  # noqa: E731
@@ -67,9 +66,8 @@ def install(app) -> None:
     app.add_exception_handler(MultiflowError, handle(lambda q, e: 400 if api(q) else 500, str))
 
     async def http_error(request: Request, exc: StarletteHTTPException):
-        r: Review = request.app.state.review
         msg = f"no page at {request.url.path}" if exc.status_code == 404 else str(exc.detail)
-        return error_response(r, exc.status_code, msg, request.url.path)
+        return error_response(exc.status_code, msg, request.url.path)
 
     app.add_exception_handler(StarletteHTTPException, http_error)
 
