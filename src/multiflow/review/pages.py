@@ -191,6 +191,20 @@ def try_form(d: TestedClass, max_upload_bytes: int) -> dict[str, Any]:
             "picks": [(int(i), d.sample_ids[i], d.defects[i]) for i in d.order[:2000]], "result": None}
 
 
+def sample_images(d: TestedClass, i: int) -> tuple[Any, str]:
+    """``(images (V, 3, H, W), sample_id)`` of test object ``i``, read as the data sets read them."""
+    import torch
+
+    from multiflow.data.images import read_image_array
+    from multiflow.errors import DataError
+
+    s = d.samples[object_index(d, i)]
+    arrs = [read_image_array(p, flip=d.flips.get(v))[0] for p, v in zip(s["image_paths"], d.view_names)]
+    if len({a.shape for a in arrs}) > 1:
+        raise DataError(f"views of {s['sample_id']!r} have different sizes", s["image_paths"][0])
+    return torch.from_numpy(np.stack(arrs)), s["sample_id"]
+
+
 def try_result(d: TestedClass, pred: Any, images: Any, aggregation: str) -> dict[str, Any]:
     """A :class:`~multiflow.engine.predict.Prediction` of ``images`` ``(V, 3, H, W)`` as the
     result section: decision, camera faults, scores and a JPEG overlay per view."""

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from multiflow.errors import DataError, MultiflowError
+from multiflow.errors import MultiflowError
 from multiflow.review import pages
 from multiflow.review.app import Review
 from multiflow.review.labels import LABELS
@@ -110,19 +110,11 @@ def try_html(r: Review, d, result: dict[str, Any] | None) -> str:
 
 @router.get("/c/{name}/try", response_class=HTMLResponse)
 def try_page(name: str, sample: int | None = None, r: Review = Depends(review)):
-    import numpy as np
-    import torch
-
-    from multiflow.data.images import read_image_array
-
     d = complete(r.store, name)
     result = None
     if sample is not None:
-        s = d.samples[object_index(d, sample)]
-        arrs = [read_image_array(p, flip=d.flips.get(v))[0] for p, v in zip(s["image_paths"], d.view_names)]
-        if len({a.shape for a in arrs}) > 1:
-            raise DataError(f"views of {s['sample_id']!r} have different sizes", s["image_paths"][0])
-        result = r.predict(d, torch.from_numpy(np.stack(arrs)), s["sample_id"])
+        images, sample_id = pages.sample_images(d, sample)
+        result = r.predict(d, images, sample_id)
     return try_html(r, d, result)
 
 
