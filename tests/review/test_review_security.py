@@ -437,3 +437,18 @@ def test_a_cross_site_form_post_is_refused_in_the_browser(page, served_fake, evi
     page.click("#apply-form button")
     page.wait_for_function("() => document.getElementById('apply-status').textContent.startsWith('applied')")
     assert state(fake_run)[:2] == (1.25, before[1] + 1)
+
+
+def test_review_command_passes_allowed_host_names(fake_run, monkeypatch):
+    import multiflow.review.app as app_module
+    from multiflow.cli import main
+    from multiflow.review.security import allowed_hosts
+
+    seen = {}
+    monkeypatch.setattr(app_module, "serve_review", lambda run, **kw: seen.update(kw))
+    assert main(["review", str(fake_run), "--host", "0.0.0.0", "--port", "9000", "--allow-host", "inspect.lan",
+                 "--allow-host", "10.0.0.5"]) == 0
+    assert seen["host"] == "0.0.0.0" and seen["port"] == 9000
+    assert seen["settings"].allow_hosts == ("inspect.lan", "10.0.0.5")
+    hosts = allowed_hosts(seen["host"], seen["port"], seen["settings"].allow_hosts)
+    assert {"inspect.lan:9000", "10.0.0.5:9000", "localhost:9000"} <= hosts
