@@ -356,6 +356,22 @@ def test_counts_and_decisions_are_those_of_predict_with_camera_faults(fake_run):
     assert (res["false_positives"], res["false_negatives"], res["check_camera"]) == (n_fp, n_fn, 3)
 
 
+def test_a_stored_check_camera_decision_without_details_is_a_camera_check(fake_run):
+    from multiflow.review.store import RunStore
+
+    path = fake_run / CLASS / "scores.csv"
+    rows = list(csv.DictReader(open(path, newline="")))
+    rows[5]["decision"] = "CHECK CAMERA"
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    path.write_text(buf.getvalue())
+    d = RunStore(fake_run).get(CLASS)
+    assert np.flatnonzero(d.check_camera).tolist() == [5]
+    assert d.counts()["check_camera"] == 1 and not d.decisions[5] and not d.passed[5]
+
+
 def test_threshold_page_shows_the_estimate_and_its_warnings(fake_run):
     path = fake_run / CLASS / "model.json"
     meta = json.loads(path.read_text())

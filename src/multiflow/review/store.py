@@ -138,8 +138,8 @@ class TestedClass:
         """Indices of the objects matching a filter, highest sample score first.
 
         ``kind``: ``all``, ``fp`` (normal but NG), ``fn`` (anomalous but OK), ``ng``, ``ok``,
-        ``camera`` (CHECK CAMERA), ``anomalous``, ``normal``; ``defect``: keep one defect code; ``view``: keep the objects
-        whose highest-scoring view is this camera.
+        ``camera`` (CHECK CAMERA), ``anomalous``, ``normal``; ``defect``: keep one defect code;
+        ``view``: keep the objects whose highest-scoring view is this camera.
         """
         if kind not in FILTERS:
             raise NotFound(f"unknown filter {kind!r} (one of {', '.join(FILTERS)})")
