@@ -1,8 +1,9 @@
 """Page-load and scrolling times of ``multiflow review`` at Real-IAD test-set size.
 
-A synthetic tested run (:func:`multiflow.review.synthetic.synthetic_run`: 1,000 objects x 5 views,
-``--image-size`` px JPEG views, 16 x 16 maps; no training) is served by the review app (uvicorn, in
-this process) and driven by Debian's headless ``chromium`` through Playwright. Measured:
+A synthetic tested run (``synthetic_run`` of ``tests/review/review_helpers.py``, the review tests'
+helper: 1,000 objects x 5 views, ``--image-size`` px JPEG views, 16 x 16 maps; no training) is
+served by the review app (uvicorn, in this process) and driven by Debian's headless ``chromium``
+through Playwright. Measured:
 
 - class page, server: wall time of ``GET /c/<class>`` (HTML of one page of ``--page-size`` objects),
   median of ``--repeats`` requests; also with all 1,000 objects on one page;
@@ -28,32 +29,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "review"))  # review_helpers
 
 from _report import CpuShare, machine_line, peak_rss_mb, update_section
-
-
-class Server:
-    """The review app served by uvicorn from a thread on a free port."""
-
-    def __init__(self, app) -> None:
-        import socket
-        import threading
-
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+from review_helpers import LiveServer as Server, synthetic_run  # the review tests' helpers
 
 
 NAV = """() => { const n = performance.getEntriesByType('navigation')[0];
@@ -100,7 +79,6 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     from multiflow.review.app import ReviewSettings, create_app
-    from multiflow.review.synthetic import synthetic_run
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-review-"))
     try:
@@ -108,8 +86,8 @@ def main() -> int:
             t0 = time.perf_counter()
             run = synthetic_run(tmp / "run", n_objects=args.n_objects, image_size=args.image_size)
             t_make = time.perf_counter() - t0
-            srv = Server(create_app(run, settings=ReviewSettings(page_size=args.page_size)))
-            one = Server(create_app(run, settings=ReviewSettings(page_size=args.n_objects)))
+            srv = Server(lambda h, p: create_app(run, settings=ReviewSettings(page_size=args.page_size), host=h, port=p))
+            one = Server(lambda h, p: create_app(run, settings=ReviewSettings(page_size=args.n_objects), host=h, port=p))
             cls = f"{srv.url}/c/widget"
             httpx.get(cls, timeout=60)  # loads the class (scores, maps index) once
             res: dict[str, float] = {}

@@ -51,6 +51,12 @@ def test_wheel_declares_the_extras(wheel):
         (meta_name,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
         meta = Parser().parsestr(zf.read(meta_name).decode())
         assert "multiflow/_optional.py" in zf.namelist()
+        names = set(zf.namelist())
+    # the review app's pages: every template and static file of the source tree is in the wheel
+    review = ROOT / "src" / "multiflow" / "review"
+    for f in [*review.glob("templates/*.html"), *review.glob("static/*")]:
+        assert f"multiflow/review/{f.parent.name}/{f.name}" in names, f.name
+    assert any(n.startswith("multiflow/review/templates/") for n in names)
     extras = set(meta.get_all("Provides-Extra"))
     assert {"export", "serve", "all", "test"} <= extras
     requires = meta.get_all("Requires-Dist")
@@ -59,7 +65,7 @@ def test_wheel_declares_the_extras(wheel):
         return {r.split(";")[0].split(">")[0].split("=")[0].strip() for r in requires if f'extra == "{extra}"' in r}
 
     assert needs("export") == {"onnx"}
-    assert needs("serve") == {"fastapi", "uvicorn", "python-multipart"}
+    assert needs("serve") == {"fastapi", "uvicorn", "python-multipart", "jinja2"}
     # every optional import the code guards is declared in the extra its error message names
     for dist, extra in _optional.OPTIONAL.values():
         assert dist in needs(extra), (dist, extra)
@@ -94,7 +100,7 @@ def _hide(monkeypatch, module: str) -> None:
 
 
 @pytest.mark.parametrize("module, extra", [("onnx", "export"), ("fastapi", "serve"), ("uvicorn", "serve"),
-                                           ("python_multipart", "serve")])
+                                           ("python_multipart", "serve"), ("jinja2", "serve")])
 def test_require_names_the_extra(monkeypatch, module, extra):
     _hide(monkeypatch, module)
     with pytest.raises(MissingDependencyError, match=rf"pip install 'multiflow\[{extra}\]'"):
@@ -119,3 +125,11 @@ def test_serve_without_its_packages_names_the_extra(monkeypatch, tmp_path, capsy
     assert code == 1
     assert f"multiflow serve needs the optional package '{dist}'" in err
     assert "pip install 'multiflow[serve]'" in err
+
+
+def test_review_without_jinja2_names_the_extra(monkeypatch, tmp_path, capsys):
+    _hide(monkeypatch, "jinja2")
+    code = main(["review", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "multiflow review needs the optional package 'jinja2'" in err and "pip install 'multiflow[serve]'" in err

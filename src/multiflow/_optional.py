@@ -19,6 +19,7 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "fastapi": ("fastapi", "serve"),
     "uvicorn": ("uvicorn", "serve"),
     "python_multipart": ("python-multipart", "serve"),
+    "jinja2": ("jinja2", "serve"),
 }
 
 

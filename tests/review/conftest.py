@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from review_helpers import LiveServer
 
 CLASS = "toy_brick"
 
@@ -42,35 +40,12 @@ def trained_run(tmp_path_factory) -> Path:
     return run_dir
 
 
-class LiveServer:
-    """The review app served by uvicorn from a thread on a free port of 127.0.0.1."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the review server did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
 @pytest.fixture(scope="session")
 def live(trained_run):
     from multiflow.review.app import ReviewSettings, create_app
 
-    srv = LiveServer(create_app(trained_run, settings=ReviewSettings(page_size=5, max_upload_bytes=300_000)))
+    settings = ReviewSettings(page_size=5, max_upload_bytes=300_000)
+    srv = LiveServer(lambda host, port: create_app(trained_run, settings=settings, host=host, port=port))
     yield srv
     srv.stop()
 

@@ -10,14 +10,13 @@ import threading
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from sklearn.metrics import roc_auc_score
 
 from multiflow.errors import CheckpointError, DataError
 from multiflow.review.labels import LABELS, LabelStore, read_labels
 from multiflow.review.reevaluate import reevaluate_run
 from multiflow.review.store import NotFound, RunStore, apply_threshold, resolve_under
-from multiflow.review.synthetic import synthetic_run
+from review_helpers import client, synthetic_run
 
 CLASS = "toy_brick"  # the class of the `trained_run` fixture (conftest.py)
 
@@ -72,7 +71,8 @@ def test_labels_are_safe_under_concurrent_writers(tmp_path):
     for (c, s), row in cur.items():  # the current label is the last written row of the object
         assert row["id"] == max(int(r["id"]) for r in lines if r["sample_id"] == s)
     assert read_labels(db) == {k: r["label"] for k, r in cur.items()}
-    out = store.export_csv(tmp_path / "labels.csv")
+    out = tmp_path / "labels.csv"
+    out.write_text(store.to_csv())  # what /labels.csv sends
     assert read_labels(out) == read_labels(db)
 
 
@@ -199,15 +199,13 @@ def test_selection_filters_match_numpy(fake_run):
 
 
 def test_incomplete_runs_are_shown_not_errors(fake_run, tmp_path):
-    from multiflow.review.app import create_app
-
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = TestClient(create_app(empty)).get("/")
+    r = client(empty).get("/")
     assert r.status_code == 200 and "no trained class model yet" in r.text
     (fake_run / "metrics.json").unlink()
     (fake_run / "widget" / "maps.npy").unlink()
-    c = TestClient(create_app(fake_run))
+    c = client(fake_run)
     r = c.get("/")
     assert r.status_code == 200 and "This run is incomplete" in r.text and "missing maps.npy" in r.text
     r = c.get("/c/widget")
@@ -217,25 +215,23 @@ def test_incomplete_runs_are_shown_not_errors(fake_run, tmp_path):
 
 
 def test_broken_run_files_name_the_file(fake_run):
-    from multiflow.review.app import create_app
-
     (fake_run / "widget" / "scores.csv").write_text("what,ever\n1,2\n")
-    r = TestClient(create_app(fake_run), raise_server_exceptions=False).get("/c/widget")
+    r = client(fake_run, raise_server_exceptions=False).get("/c/widget")
     assert r.status_code == 500 and "scores.csv: not a scores.csv of `multiflow test`" in r.text
 
 
 def test_api_rejects_bad_bodies(fake_run):
-    from multiflow.review.app import create_app
-
-    c = TestClient(create_app(fake_run))
-    assert c.post("/api/widget/label", content=b"{").status_code == 400
-    r = c.post("/api/widget/label", json={"index": 0, "label": "great"})
+    c = client(fake_run)
+    h = c.api_headers
+    assert c.post("/api/widget/label", content=b"{", headers=h | {"Content-Type": "application/json"}).status_code == 400
+    r = c.post("/api/widget/label", json={"index": 0, "label": "great"}, headers=h)
     assert r.status_code == 400 and "label must be one of" in r.json()["detail"]
-    r = c.post("/api/widget/label", json={"index": 10_000, "label": "unsure"})
+    r = c.post("/api/widget/label", json={"index": 10_000, "label": "unsure"}, headers=h)
     assert r.status_code == 404 and "no test object #10000" in r.json()["detail"]
-    r = c.post("/api/widget/threshold", json={"value": 1.0, "who": " "})
+    r = c.post("/api/widget/threshold", json={"value": 1.0, "who": " "}, headers=h)
     assert r.status_code == 400 and "who" in r.json()["detail"]
-    assert c.post("/api/widget/threshold", content=b"x" * 70_000).status_code == 413
+    r = c.post("/api/widget/threshold", content=b"x" * 70_000, headers=h | {"Content-Type": "application/json"})
+    assert r.status_code == 413
 
 
 def test_thumbnails_are_flipped_like_the_maps(tmp_path):
@@ -256,10 +252,8 @@ def test_thumbnails_are_flipped_like_the_maps(tmp_path):
 
 
 def test_pages_link_classes_by_their_url_encoded_name(tmp_path):
-    from multiflow.review.app import create_app
-
     run = synthetic_run(tmp_path / "r", category="cap #2", n_objects=6, n_views=2, image_size=32, grid=4)
-    c = TestClient(create_app(run))
+    c = client(run)
     assert 'href="/c/cap%20%232"' in c.get("/").text
     page = c.get("/c/cap%20%232")
     assert page.status_code == 200 and 'href="/c/cap%20%232/o/' in page.text

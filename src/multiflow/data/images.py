@@ -224,6 +224,9 @@ def read_image_bytes(
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise DataError("not a readable image (unknown format or corrupt header)", name) from exc
+    except Image.DecompressionBombError:  # Pillow's own limit, far above ours: still "too large"
+        raise ImageTooLarge(f"image has more than {max_pixels or Image.MAX_IMAGE_PIXELS} pixels "
+                            "(refused before decoding: a decompression bomb?)", name) from None
     except _OPEN_ERRORS as exc:
         raise DataError(f"cannot open image: {exc}", name) from exc
     if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:

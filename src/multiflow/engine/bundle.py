@@ -429,21 +429,30 @@ def load_camera_faults(folder: str | Path, bundle: ModelBundle):
 
 def set_threshold(folder: str | Path, value: float, *, who: str, reason: str) -> ModelBundle:
     """Set the decision threshold of a trained class model; appends an audit record and rewrites
-    ``model.json`` atomically (predict, export and serve read the new value). Returns the bundle."""
+    ``model.json`` atomically (predict, export and serve read the new value). Returns the bundle.
+
+    The read-modify-write holds an exclusive lock (``fcntl.flock``, POSIX) on ``model.json.lock``
+    beside it, so concurrent writers (two review pages, two processes) never lose a record."""
+    import fcntl
+
     folder = Path(folder)
     value = float(value)
     if not np.isfinite(value):
         raise CheckpointError(f"threshold must be a finite number, got {value!r}", folder / BUNDLE_FILE)
     if not who or not reason:
         raise CheckpointError("a threshold change needs who made it and why (who=..., reason=...)", folder / BUNDLE_FILE)
-    bundle = read_bundle(folder)
-    bundle.threshold.audit.append(ThresholdChange(
-        value=value, previous=float(bundle.threshold.value), who=str(who),
-        when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), reason=str(reason),
-    ))
-    bundle.threshold.value = value
-    bundle.threshold.source = f"set by {who}"
-    write_bundle(folder, bundle)
+    if not (folder / BUNDLE_FILE).is_file():
+        read_bundle(folder)  # the clear "model.json not found" error, before a lock file is made
+    with open(folder / (BUNDLE_FILE + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        bundle = read_bundle(folder)
+        bundle.threshold.audit.append(ThresholdChange(
+            value=value, previous=float(bundle.threshold.value), who=str(who),
+            when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), reason=str(reason),
+        ))
+        bundle.threshold.value = value
+        bundle.threshold.source = f"set by {who}"
+        write_bundle(folder, bundle)
     return bundle
 
 

@@ -111,3 +111,45 @@ def cached(path: Path, make) -> bytes:
     except OSError:  # a read-only run folder still serves the pictures, just uncached
         pass
     return data
+
+
+PICTURES = ("view.jpg", "thumb.jpg", "heat.png", "outline.png")
+
+
+def picture(data, i: int, k: int, kind: str, folder: Path) -> tuple[bytes, str]:
+    """``(bytes, media type)`` of one picture of view ``k`` of object ``i`` of a tested class
+    (:class:`~multiflow.review.store.TestedClass`), made on demand and cached in ``folder``.
+
+    ``kind``: ``view.jpg`` (the view, flipped like its map; an unflipped JPEG is sent as stored),
+    ``thumb.jpg`` (:func:`thumbnail_jpeg`), ``heat.png`` (:func:`heat_png` at the image size) or
+    ``outline.png`` (:func:`outline_png` of the ground-truth mask).
+    """
+    from multiflow.data.ground_truth import native_size
+    from multiflow.data.images import read_mask_array
+    from multiflow.review.store import NotFound
+
+    if not 0 <= k < len(data.view_names):
+        raise NotFound(f"class {data.name!r} has no view #{k}")
+    s = data.samples[i]
+    flip = data.flips.get(data.view_names[k])
+    lo, hi = data.map_range
+    path = s["image_paths"][k]
+    if kind == "view.jpg":
+        if flip is None and Path(path).suffix.lower() in (".jpg", ".jpeg"):
+            return Path(path).read_bytes(), "image/jpeg"
+        return cached(folder / f"view_{i}_{k}.jpg",
+                      lambda: encode(Image.fromarray(view_rgb(path, flip)), "JPEG")), "image/jpeg"
+    if kind == "thumb.jpg":
+        return cached(folder / f"thumb_{i}_{k}.jpg", lambda: thumbnail_jpeg(
+            small_rgb(path, flip), np.asarray(data.maps[i, k], dtype=np.float32), lo, hi)), "image/jpeg"
+    if kind == "heat.png":
+        size = native_size(path)
+        return cached(folder / f"heat_{i}_{k}.png",
+                      lambda: heat_png(np.asarray(data.maps[i, k], dtype=np.float32), size, lo, hi)), "image/png"
+    if kind == "outline.png":
+        mp = s["mask_paths"][k]
+        if mp is None:
+            raise NotFound(f"view {data.view_names[k]!r} of {s['sample_id']!r} has no ground-truth mask")
+        return cached(folder / f"outline_{i}_{k}.png",
+                      lambda: outline_png(read_mask_array(mp, flip=flip)[0])), "image/png"
+    raise NotFound(f"unknown picture {kind!r} ({', '.join(PICTURES)})")

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from multiflow._atomic import write_text
 from multiflow.errors import DataError
 
 LABELS = ("confirmed_defect", "false_alarm", "unsure")
@@ -87,7 +86,7 @@ class LabelStore:
         return [dict(r) for r in rows]
 
     def to_csv(self) -> str:
-        """Every row (the full history) as CSV text with the header :data:`COLUMNS`."""
+        """Every row (the full history) as CSV text with the header :data:`COLUMNS` (``/labels.csv``)."""
         with self._connect() as con:
             rows = con.execute("SELECT * FROM labels ORDER BY id").fetchall()
         buf = io.StringIO()
@@ -96,10 +95,6 @@ class LabelStore:
         for r in rows:
             w.writerow([r[c] for c in COLUMNS])
         return buf.getvalue()
-
-    def export_csv(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`to_csv` to ``path`` atomically."""
-        return write_text(path, self.to_csv())
 
 
 class _Closing:

@@ -1,8 +1,9 @@
 """Re-evaluate the stored scores of a run with operator labels (no model, no recomputation).
 
 A ``confirmed_defect`` label makes an object anomalous, ``false_alarm`` makes it normal,
-``unsure`` keeps the ground truth. The sample scores and the decisions come from ``scores.csv``
-(the decision at the class model's *current* threshold: ``score > threshold``).
+``unsure`` keeps the ground truth. The sample scores come from ``scores.csv``, the decisions are
+``predict``'s at the class model's *current* threshold (:mod:`multiflow.review.store`: ``score >
+threshold``, ``CHECK CAMERA`` for an object with a stored camera fault, counted apart).
 """
 
 from __future__ import annotations
@@ -30,19 +31,22 @@ def corrected_labels(labels: np.ndarray, sample_ids: list[str], category: str,
     return out
 
 
-def decision_counts(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Counts of the decisions ``score > threshold`` against 0/1 ``labels``, with FPR and TPR."""
-    ng = np.asarray(scores) > threshold
+def decision_counts(decision: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Counts of the ``(N,)`` decisions ``"OK"``/``"NG"``/``"CHECK CAMERA"`` (at ``threshold``;
+    :attr:`~multiflow.review.store.TestedClass.decision`) against 0/1 ``labels``, with FPR and TPR;
+    objects held for a camera check are counted apart (``check_camera``), in no other count."""
+    decision = np.asarray(decision)
+    ng, ok = decision == "NG", decision == "OK"
     labels = np.asarray(labels).astype(bool)
     tp, fp = int((ng & labels).sum()), int((ng & ~labels).sum())
-    fn, tn = int((~ng & labels).sum()), int((~ng & ~labels).sum())
+    fn, tn = int((ok & labels).sum()), int((ok & ~labels).sum())
     return {"threshold": float(threshold), "true_positives": tp, "false_positives": fp, "true_negatives": tn,
-            "false_negatives": fn, "fpr": fp / (fp + tn) if fp + tn else None,
+            "false_negatives": fn, "check_camera": int((~ng & ~ok).sum()), "fpr": fp / (fp + tn) if fp + tn else None,
             "tpr": tp / (tp + fn) if tp + fn else None}
 
 
 def reevaluate_class(data, operator: dict[tuple[str, str], str]) -> dict[str, Any]:
-    """S-AUROC and decision counts of one class (:class:`~multiflow.review.store.ClassData`) before
+    """S-AUROC and decision counts of one class (:class:`~multiflow.review.store.TestedClass`) before
     and after the operator's corrections."""
     from multiflow.metrics.curves import auroc
 
@@ -51,7 +55,7 @@ def reevaluate_class(data, operator: dict[tuple[str, str], str]) -> dict[str, An
     def summary(lab: np.ndarray) -> dict[str, Any]:
         both = 0 < lab.sum() < len(lab)
         return {"s_auroc": auroc(data.scores, lab) if both else None, "anomalous": int(lab.sum()),
-                "normal": int(len(lab) - lab.sum()), **decision_counts(data.scores, lab, data.threshold)}
+                "normal": int(len(lab) - lab.sum()), **decision_counts(data.decision, lab, data.threshold)}
 
     used = {sid: operator[(data.name, sid)] for sid in data.sample_ids if (data.name, sid) in operator}
     return {

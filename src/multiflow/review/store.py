@@ -3,6 +3,15 @@
 A class is *complete* when ``<run>/<class>/`` holds ``model.json``, ``scores.csv``,
 ``samples.json`` and ``maps.npy`` (written by ``multiflow test``); otherwise it is shown as
 incomplete with the reason (a run still being trained or evaluated is not an error).
+
+Decisions (:attr:`TestedClass.decision`) are made as ``predict`` and ``serve`` make them, by
+:func:`multiflow.faults.decide` on each object's stored sample score, the class model's *current*
+threshold and the object's stored camera faults: ``CHECK CAMERA`` when a camera fault is stored,
+else ``NG`` when ``score > threshold``, else ``OK``. ``multiflow test`` does not run the
+camera-fault check today, so a run it wrote has no faults and every object is ``OK``/``NG``; a
+``scores.csv`` with the columns of ``predict``'s ``predictions.csv`` (``camera_faults``:
+``"view: fault; ..."``, or ``decision`` = ``CHECK CAMERA``) has them. A ``CHECK CAMERA`` object is
+neither a false alarm nor a miss (the product was not judged); the pages count it apart.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import numpy as np
 
 from multiflow.errors import CheckpointError, DataError
 
-FILTERS = ("all", "fp", "fn", "ng", "ok", "anomalous", "normal")
+FILTERS = ("all", "fp", "fn", "ng", "ok", "camera", "anomalous", "normal")
 
 
 class NotFound(LookupError):
@@ -58,11 +67,18 @@ def apply_threshold(model_dir: str | os.PathLike, value: float, *, who: str, rea
 
 
 @dataclass
-class ClassData:
-    """One class of a run as the review pages need it (arrays in ``scores.csv`` row order).
+class TestedClass:
+    """One class of a tested run as the review pages need it (arrays in ``scores.csv`` row order).
 
     ``scores`` ``(N,)``, ``view_scores`` ``(N, V)``, ``labels`` ``(N,)`` 0/1 sample ground truth,
-    ``view_labels`` ``(N, V)``; ``maps`` ``(N, V, h, w)`` float16 (memory-mapped) or None.
+    ``view_labels`` ``(N, V)``; ``maps`` ``(N, V, h, w)`` float16 (memory-mapped) or None;
+    ``camera_faults``: per object, the stored camera faults (empty: none; module docstring);
+    ``decision`` ``(N,)``: ``"OK"``, ``"NG"`` or ``"CHECK CAMERA"`` at the current threshold.
+    ``threshold_info``: the threshold's fields other than its value and audit trail (quantile,
+    source, and whatever the threshold estimate records: target, sample size, ...);
+    ``threshold_warnings``: what the estimate warns about (too few held-out objects, suspected
+    outliers, ...), from the threshold's ``*warning*`` fields and ``model.json``'s
+    ``threshold_warnings`` list.
     """
 
     name: str
@@ -71,6 +87,8 @@ class ClassData:
     reason: str = ""
     threshold: float | None = None
     threshold_history: list[dict[str, Any]] = field(default_factory=list)
+    threshold_info: dict[str, Any] = field(default_factory=dict)
+    threshold_warnings: list[str] = field(default_factory=list)
     view_names: list[str] = field(default_factory=list)
     sample_ids: list[str] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
@@ -84,11 +102,32 @@ class ClassData:
     metrics: dict[str, Any] | None = None
     map_range: tuple[float, float] = (0.0, 1.0)
     order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    camera_faults: list[list[Any]] = field(default_factory=list)
+    decision: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
 
     @property
     def decisions(self) -> np.ndarray:
-        """``(N,)`` bool: NG at the class model's current threshold (score > threshold)."""
-        return self.scores > self.threshold
+        """``(N,)`` bool: NG at the class model's current threshold (a ``CHECK CAMERA`` object is not NG)."""
+        return self.decision == "NG"
+
+    @property
+    def passed(self) -> np.ndarray:
+        """``(N,)`` bool: OK at the current threshold (a ``CHECK CAMERA`` object is not passed)."""
+        return self.decision == "OK"
+
+    @property
+    def check_camera(self) -> np.ndarray:
+        """``(N,)`` bool: a camera fault held the object for a camera check."""
+        return self.decision == "CHECK CAMERA"
+
+    def counts(self) -> dict[str, int]:
+        """Decision counts against the ground truth: ``false_alarms`` (normal, NG), ``misses``
+        (anomalous, OK), ``true_defects`` (anomalous, NG), ``good_passed`` (normal, OK),
+        ``check_camera`` (held for a camera check, counted in neither)."""
+        normal = self.labels == 0
+        return {"false_alarms": int((normal & self.decisions).sum()), "misses": int((~normal & self.passed).sum()),
+                "true_defects": int((~normal & self.decisions).sum()), "good_passed": int((normal & self.passed).sum()),
+                "check_camera": int(self.check_camera.sum())}
 
     @property
     def deciding_view(self) -> np.ndarray:
@@ -99,8 +138,8 @@ class ClassData:
         """Indices of the objects matching a filter, highest sample score first.
 
         ``kind``: ``all``, ``fp`` (normal but NG), ``fn`` (anomalous but OK), ``ng``, ``ok``,
-        ``anomalous``, ``normal``; ``defect``: keep one defect code; ``view``: keep the objects
-        whose highest-scoring view is this camera.
+        ``camera`` (CHECK CAMERA), ``anomalous``, ``normal``; ``defect``: keep one defect code;
+        ``view``: keep the objects whose highest-scoring view is this camera.
         """
         if kind not in FILTERS:
             raise NotFound(f"unknown filter {kind!r} (one of {', '.join(FILTERS)})")
@@ -109,11 +148,13 @@ class ClassData:
         if kind == "fp":
             keep &= (self.labels == 0) & ng
         elif kind == "fn":
-            keep &= (self.labels == 1) & ~ng
+            keep &= (self.labels == 1) & self.passed
         elif kind == "ng":
             keep &= ng
         elif kind == "ok":
-            keep &= ~ng
+            keep &= self.passed
+        elif kind == "camera":
+            keep &= self.check_camera
         elif kind == "anomalous":
             keep &= self.labels == 1
         elif kind == "normal":
@@ -151,9 +192,54 @@ def read_scores_csv(path: Path) -> dict[str, Any]:
                                     dtype=np.float64).reshape(len(rows), len(views)),
             "view_labels": np.array([[int(r[f"label_{v}"]) for v in views] for r in rows],
                                     dtype=np.int64).reshape(len(rows), len(views)),
+            "camera_faults": [_stored_faults(r) for r in rows],
         }
     except (TypeError, ValueError) as exc:
         raise DataError(f"malformed row: {exc}", path) from None
+
+
+def _stored_faults(row: dict[str, str]) -> list[Any]:
+    """The camera faults a ``scores.csv`` row stores, as :class:`multiflow.faults.CameraFault`s.
+
+    Columns as in ``predict``'s ``predictions.csv``: ``camera_faults`` ``"view: fault; ..."``, or a
+    ``decision`` of ``CHECK CAMERA`` without details; a row with neither has no fault.
+    """
+    from multiflow.faults import CameraFault
+
+    text = (row.get("camera_faults") or "").strip()
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        view, _, kind = part.partition(":")
+        out.append(CameraFault(view=view.strip(), fault=kind.strip() or "fault", reason="stored in scores.csv"))
+    if not out and (row.get("decision") or "").strip().upper() == "CHECK CAMERA":
+        out.append(CameraFault(view="", fault="fault", reason="stored in scores.csv"))
+    return out
+
+
+def decide_all(scores: np.ndarray, threshold: float, faults: list[list[Any]], where: Path) -> np.ndarray:
+    """``(N,)`` decisions of :func:`multiflow.faults.decide` (``predict``'s and ``serve``'s rule)."""
+    from multiflow.faults import decide
+
+    out = np.empty(len(scores), dtype=object)
+    for i, (s, f) in enumerate(zip(scores, faults)):
+        try:
+            out[i] = decide(float(s), threshold, f)[0]
+        except DataError as exc:
+            raise DataError(f"row {i + 2}: {exc}", where) from None
+    return out
+
+
+def threshold_notes(bundle: Any, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``(info, warnings)`` of a bundle's threshold (see :class:`TestedClass`); ``raw``: ``model.json``."""
+    info = {k: v for k, v in asdict(bundle.threshold).items() if k not in ("value", "audit")}
+    warnings: list[str] = []
+    for k in [k for k in info if "warning" in k.lower()]:
+        v = info.pop(k)
+        warnings += [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)] if v else []
+    extra = raw.get("threshold_warnings") if isinstance(raw, dict) else None
+    if isinstance(extra, (list, tuple)):
+        warnings += [str(x) for x in extra if x not in warnings]
+    return info, warnings
 
 
 def _read_json(path: Path) -> Any:
@@ -163,8 +249,8 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"not valid JSON: {exc}", path) from None
 
 
-def load_class(run_dir: Path, name: str) -> ClassData:
-    """Read one class of a run (see :class:`ClassData`); incomplete classes carry a ``reason``."""
+def load_class(run_dir: Path, name: str) -> TestedClass:
+    """Read one class of a run (see :class:`TestedClass`); incomplete classes carry a ``reason``."""
     folder = run_dir / name
     if not (folder / "model.json").is_file():
         raise NotFound(f"run {run_dir.name!r} has no class {name!r}")
@@ -174,11 +260,13 @@ def load_class(run_dir: Path, name: str) -> ClassData:
         bundle = read_bundle(folder)
     except CheckpointError as exc:
         raise DataError(str(exc), folder / "model.json") from None
+    info, warnings = threshold_notes(bundle, _read_json(folder / "model.json"))
     base = dict(name=name, folder=folder, threshold=float(bundle.threshold.value),
-                threshold_history=[asdict(a) for a in bundle.threshold.audit])
+                threshold_history=[asdict(a) for a in bundle.threshold.audit], threshold_info=info,
+                threshold_warnings=warnings)
     missing = [f for f in ("scores.csv", "samples.json", "maps.npy") if not (folder / f).is_file()]
     if missing:
-        return ClassData(complete=False, reason="not evaluated yet (missing " + ", ".join(missing)
+        return TestedClass(complete=False, reason="not evaluated yet (missing " + ", ".join(missing)
                          + "): run `multiflow test` on this run", **base)
     table = read_scores_csv(folder / "scores.csv")
     info = _read_json(folder / "samples.json")
@@ -197,7 +285,8 @@ def load_class(run_dir: Path, name: str) -> ClassData:
     sub = np.asarray(maps[::step], dtype=np.float32)
     lo, hi = float(np.percentile(sub, 1)), float(np.percentile(sub, 99.9))
     order = np.argsort(-table["scores"], kind="stable")
-    return ClassData(complete=True, samples=samples, flips=dict(info.get("flips") or {}), maps=maps,
+    decision = decide_all(table["scores"], base["threshold"], table["camera_faults"], folder / "scores.csv")
+    return TestedClass(complete=True, decision=decision, samples=samples, flips=dict(info.get("flips") or {}), maps=maps,
                      metrics=metrics, map_range=(lo, hi if hi > lo else lo + 1.0), order=order, **table, **base)
 
 
@@ -208,7 +297,7 @@ class RunStore:
         self.run_dir = Path(run_dir).resolve()
         if not self.run_dir.is_dir():
             raise CheckpointError("run folder not found", self.run_dir)
-        self._cache: dict[str, tuple[tuple, ClassData]] = {}
+        self._cache: dict[str, tuple[tuple, TestedClass]] = {}
         self._lock = threading.Lock()
 
     def class_names(self) -> list[str]:
@@ -228,7 +317,7 @@ class RunStore:
                 out.append(None)
         return tuple(out)
 
-    def get(self, name: str) -> ClassData:
+    def get(self, name: str) -> TestedClass:
         """The class ``name`` (:class:`NotFound` if the run has no such class)."""
         if name not in self.class_names():
             raise NotFound(f"run {self.run_dir.name!r} has no class {name!r}")

@@ -6,8 +6,10 @@ function pageData() {
   return el ? JSON.parse(el.textContent) : {};
 }
 
+// State-changing requests carry the session token of the page (security.py) and are JSON.
 async function postJSON(url, body) {
-  const r = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" },
+  const token = document.querySelector('meta[name="review-token"]').content;
+  const r = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json", "X-Review-Token": token },
                                body: JSON.stringify(body) });
   const data = await r.json();
   if (!r.ok) throw new Error(data.detail || r.statusText);

@@ -1,5 +1,6 @@
-"""A synthetic *tested* run folder for load tests of the review app (no training, no backbone).
+"""Helpers of the review tests and ``benchmarks/bench_review.py``: a synthetic tested run, a test client.
 
+A synthetic *tested* run folder for load tests of the review app (no training, no backbone):
 :func:`synthetic_run` writes what ``multiflow fit`` + ``multiflow test`` leave in a run folder
 that the review pages read (``config.yaml``, ``<class>/model.json``, ``scores.csv``,
 ``samples.json``, ``maps.npy``, ``metrics.json``, ``<run>/metrics.json``) plus the view images and
@@ -9,6 +10,10 @@ masks, with scores drawn so that defective objects tend to score higher. It has 
 
 from __future__ import annotations
 
+import re
+import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +95,57 @@ def synthetic_run(run_dir: str | Path, *, category: str = "widget", n_objects: i
     write_json(folder / "metrics.json", m)
     write_json(run / "metrics.json", {"per_class": {category: m}})
     return run
+
+
+HOST, PORT = "127.0.0.1", 8765
+
+
+def client(run: str | Path, **kw):
+    """A ``TestClient`` of the review app on ``run`` as the browser at ``http://127.0.0.1:8765`` sees it
+    (the Host the app allows); ``client.token``: the session token read from the overview page
+    (empty if the overview is an error page),
+    ``client.api_headers``: the headers the page's script sends with a JSON post."""
+    from fastapi.testclient import TestClient
+
+    from multiflow.review.app import ReviewSettings, create_app
+
+    settings = kw.pop("settings", None) or ReviewSettings()
+    c = TestClient(create_app(run, settings=settings, host=HOST, port=PORT), base_url=f"http://{HOST}:{PORT}", **kw)
+    home = c.get("/")
+    c.token = token_of(home.text) if home.status_code == 200 else ""  # error pages carry no token
+    c.api_headers = {"X-Review-Token": c.token, "Origin": f"http://{HOST}:{PORT}"}
+    return c
+
+
+def token_of(page: str) -> str:
+    """The session token embedded in a review page."""
+    m = re.search(r'<meta name="review-token" content="([^"]+)">', page)
+    assert m, "the page carries no review token"
+    return m.group(1)
+
+
+class LiveServer:
+    """An app served by uvicorn from a thread on a free port of 127.0.0.1; ``make_app(host, port)``
+    builds the app once the port is known (the review app derives its allowed Host headers from it)."""
+
+    def __init__(self, make_app) -> None:
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = make_app("127.0.0.1", self.port)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the review server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
