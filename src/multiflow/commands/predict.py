@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from multiflow.numbers import number_arg
+
 NAME = "predict"
 HELP = "score new samples with a trained class model: decision, per-view scores, maps (.npy + PNG)"
 
@@ -16,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--category", help="Real-IAD class (default: the model's)")
     p.add_argument("--resolution", default="", help="Real-IAD resolution folder (default: the only one present)")
     p.add_argument("--out", help="output folder (default: <model>/predictions)")
-    p.add_argument("--threshold", type=float, help="override the calibrated decision threshold")
+    p.add_argument("--threshold", type=number_arg(), help="override the calibrated decision threshold")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: st-network convolutions in bf16 autocast (NLL in fp32)")

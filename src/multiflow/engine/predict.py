@@ -79,7 +79,7 @@ class Predictor:
 
     Args:
         model_dir: ``<run>/<class>`` folder holding ``model.safetensors`` and ``model.json``.
-        threshold: override the calibrated threshold.
+        threshold: override the calibrated threshold (a finite number, else :class:`ConfigError`).
         frozen_check: remember each object's fingerprints for the frozen-frame check (objects
             must then come in acquisition order); False for tools that score parts in any order.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a device, resolved once
@@ -96,7 +96,10 @@ class Predictor:
         from multiflow.engine.bundle import BUNDLE_FILE, check_backbone, load_bundle, load_camera_faults
         from multiflow.engine.factories import build_extractor
         from multiflow.engine.preprocess import ViewPreprocessor
+        from multiflow.numbers import check_number
 
+        if threshold is not None:  # before anything is loaded: NaN would turn every part OK
+            threshold = check_number(threshold, "threshold")
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
