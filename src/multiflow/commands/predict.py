@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from multiflow.api import predict
+    from multiflow.errors import DataError
 
     rows = predict(args.model, data_root=args.data, data_format=args.format, split=args.split,
                    category=args.category, resolution=args.resolution, out_dir=args.out, threshold=args.threshold,
@@ -44,5 +45,10 @@ def run(args: argparse.Namespace) -> int:
         if r["missing_views"]:
             line += f" | missing: {' '.join(r['missing_views'])}"
         print(line)
-    print(f"{len(rows)} samples, {n_ng} NG, {n_cam} CHECK CAMERA, {len(rows) - n_ng - n_cam} OK")
+    for k in rows.skipped:  # objects not scored (incomplete without view-dropout support, unreadable, bad id)
+        print(f"{k['sample_id']}: SKIPPED ({k['reason']})")
+    print(f"{len(rows)} samples, {n_ng} NG, {n_cam} CHECK CAMERA, {len(rows) - n_ng - n_cam} OK"
+          + (f"; {len(rows.skipped)} skipped (listed in summary.json)" if rows.skipped else ""))
+    if rows.skipped and not rows:
+        raise DataError("no object could be scored (every one is listed above and in summary.json)", args.data)
     return 0
