@@ -221,6 +221,6 @@ def test_config_files_that_cannot_be_used_name_the_file_and_the_problem(tmp_path
         load_config(p)
     assert str(p) in str(err.value)
     # the command line prints it on one line, without a traceback, and fails
-    assert main(["fit", "--config", str(p), "--data", str(tmp_path)]) == 1
+    assert main(["fit", "--config", str(p), "--data", str(tmp_path), "--out", str(tmp_path / "results")]) == 1
     stderr = capsys.readouterr().err
     assert f"multiflow fit: error: {p}" in stderr and "Traceback" not in stderr
