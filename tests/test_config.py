@@ -132,3 +132,95 @@ def test_camera_graph_settings_load():
     cfg = load_config(None, ["model.top_view=back", "data.views=[left, back, right]", "model.ring_order=[right, left]"])
     assert cfg.model.top_view == "back" and cfg.model.ring_order == ["right", "left"]
     assert load_config(None, ["model.ring_order=[1, 3, 2, 4]"]).model.ring_order == [1, 3, 2, 4]
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.lr=.nan", r"train\.lr must be a finite number, got nan"),
+        ("train.lr=nan", r"train\.lr must be a finite number, got nan"),
+        ("eval.image_score_sigma=.inf", r"eval\.image_score_sigma must be a finite number, got inf"),
+        ("masks.margin=-.inf", r"masks\.margin must be a finite number, got -inf"),
+        ("train.betas=[0.9, .nan]", r"train\.betas\[1\] must be a finite number, got nan"),
+        ("train.betas=[0.9, 1.5]", r"train\.betas\[1\] must be in \[0, 1\), got 1.5"),
+        ("train.lr=0", r"train\.lr must be in \(0, inf\), got 0"),
+        ("model.clamp=-1", r"model\.clamp must be in \(0, inf\)"),
+        ("faults.margin=-0.5", r"faults\.margin must be in \[0, inf\)"),
+        ("train.weight_decay=-1e-5", r"train\.weight_decay must be in \[0, inf\)"),
+        ("eval.image_score_q=1.5", r"eval\.image_score_q must be in \[0, 1\], got 1.5"),
+    ],
+)
+def test_overrides_refuse_nan_infinity_and_out_of_range_numbers(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_yaml_file_nan_and_python_built_config_are_refused(tmp_path):
+    p = tmp_path / "nan.yaml"
+    p.write_text("train:\n  lr: .nan\n")
+    with pytest.raises(ConfigError, match=r"nan\.yaml.*train\.lr must be a finite number"):
+        load_config(p)
+    cfg = RunConfig()
+    cfg.train.val_fraction = float("nan")  # built in Python: validate() checks every number too
+    with pytest.raises(ConfigError, match=r"train\.val_fraction must be a finite number"):
+        cfg.validate()
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3  # YAML 1.1 reads 1e-3 as a string
+
+
+def _unreadable(monkeypatch, path):
+    from pathlib import Path
+
+    real_bytes, real_text = Path.read_bytes, Path.read_text
+
+    def deny(real):
+        def read(self, *args, **kwargs):
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self, *args, **kwargs)
+        return read
+
+    # tests run as root, where chmod 000 does not stop a read: deny it at the file API
+    monkeypatch.setattr(Path, "read_bytes", deny(real_bytes))
+    monkeypatch.setattr(Path, "read_text", deny(real_text))
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("missing", "configuration file not found"),
+        ("folder", "not a file"),
+        ("unreadable", r"cannot read the configuration file \(Permission denied\)"),
+        ("binary", "not a UTF-8 text file"),
+        ("nul", "binary file"),
+        ("latin1", "not a UTF-8 text file"),
+        ("bad_yaml", "not valid YAML"),
+        ("list", "top level must be a mapping of sections.*got list"),
+        ("scalar", "top level must be a mapping of sections.*got str"),
+    ],
+)
+def test_config_files_that_cannot_be_used_name_the_file_and_the_problem(tmp_path, monkeypatch, capsys, case, match):
+    from multiflow.cli import main
+
+    p = tmp_path / f"{case}.yaml"
+    content = {
+        "binary": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe",
+        "nul": b"train:\n  epochs: 3\x00\n",
+        "latin1": "name: caf\xe9\n".encode("latin-1"),
+        "bad_yaml": b"train: [1, 2\n",
+        "list": b"- a\n- b\n",
+        "scalar": b"just words\n",
+        "unreadable": b"train:\n  epochs: 3\n",
+    }
+    if case == "folder":
+        p.mkdir()
+    elif case != "missing":
+        p.write_bytes(content[case])
+    if case == "unreadable":
+        _unreadable(monkeypatch, p)
+    with pytest.raises(ConfigError, match=match) as err:
+        load_config(p)
+    assert str(p) in str(err.value)
+    # the command line prints it on one line, without a traceback, and fails
+    assert main(["fit", "--config", str(p), "--data", str(tmp_path), "--out", str(tmp_path / "results")]) == 1
+    stderr = capsys.readouterr().err
+    assert f"multiflow fit: error: {p}" in stderr and "Traceback" not in stderr

@@ -72,19 +72,29 @@ def predict(
     """Score every sample of a data set with a trained class model (``<run>/<class>``).
 
     ``resolution``: Real-IAD resolution folder (``realiad_<resolution>``); empty = the only one present.
-    Writes per-sample maps (``.npy``), overlays (``.png``), ``result.json`` and ``predictions.csv``
-    under ``out_dir`` (default ``<model_dir>/predictions``); returns the per-sample results.
+    ``threshold``: a finite number (else :class:`~multiflow.errors.ConfigError`) overriding the calibrated one.
+    Writes per-sample maps (``.npy``), overlays (``.png``), ``result.json``, ``predictions.csv`` and
+    ``summary.json`` under ``out_dir`` (default ``<model_dir>/predictions``); returns the per-sample
+    results (a list; its ``.skipped`` lists the objects not scored, each ``{"sample_id", "reason"}``).
+    Objects with a missing or unreadable view file are scored on the views present when the model
+    supports missing views, otherwise skipped; the rest is always scored
+    (:func:`multiflow.engine.predict.predict_dataset`).
     ``device`` / ``precision`` as in :class:`multiflow.engine.predict.Predictor`.
     """
+    import warnings
+
     from multiflow.config import DataConfig
     from multiflow.engine.factories import open_dataset
     from multiflow.engine.predict import Predictor, predict_dataset
 
     predictor = Predictor(model_dir, threshold=threshold, device=device, precision=precision)
+    # incomplete objects are listed by the data set and scored or reported by predict_dataset
     data = DataConfig(root=str(data_root), format=data_format, views=list(predictor.view_names), resolution=resolution,
-                      flips=dict(predictor.bundle.flips))
+                      flips=dict(predictor.bundle.flips), skip_incomplete=True)
     if data_format == "manifest":
         data.manifest, data.root = str(data_root), ""
-    ds = open_dataset(data, category or predictor.bundle.category, split, predictor.input_size, load_masks=False)
+    with warnings.catch_warnings():  # the data set's "skipped N samples" warning: predict reports them itself
+        warnings.filterwarnings("ignore", message=".*incomplete/duplicated sample")
+        ds = open_dataset(data, category or predictor.bundle.category, split, predictor.input_size, load_masks=False)
     out = Path(out_dir) if out_dir else Path(model_dir) / "predictions"
     return predict_dataset(predictor, ds, out, progress=progress)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from multiflow.errors import ConfigError
+from multiflow.numbers import check_number
 
 
 @dataclass
@@ -182,6 +183,7 @@ class RunConfig:
         from multiflow.flow.noise import NOISE_SCHEMES
         from multiflow.scoring import CALIBRATIONS, IMAGE_SCORES, VIEW_AGGREGATIONS
 
+        check_numbers(self)
         _choice("data.format", self.data.format, {"realiad", "folder", "manifest"})
         _choice("masks.provider", self.masks.provider, set(MASK_PROVIDERS))
         self._validate_graph()
@@ -189,49 +191,18 @@ class RunConfig:
         _choice("model.noise", self.model.noise, set(NOISE_SCHEMES))
         _choice("train.select", self.train.select, {"best_val", "last"})
         _choice("eval.aggregation", self.eval.aggregation, set(VIEW_AGGREGATIONS))
-        if self.features.input_size < 0:
-            raise ConfigError(f"features.input_size must be >= 0 (0 = the data's image size), got {self.features.input_size}")
-        if self.masks.margin < 0:
-            raise ConfigError(f"masks.margin must be >= 0, got {self.masks.margin}")
         _choice("eval.image_score", self.eval.image_score, set(IMAGE_SCORES))
         _choice("eval.calibration", self.eval.calibration, set(CALIBRATIONS))
-        if self.eval.image_score_k <= 0 or not 0.0 <= self.eval.image_score_q <= 1.0:
-            raise ConfigError("eval.image_score_k must be positive and eval.image_score_q in [0, 1]")
-        if self.eval.image_score_sigma <= 0 or self.eval.image_score_size < 0:
-            raise ConfigError("eval.image_score_sigma must be positive and eval.image_score_size >= 0")
         _choice("features.dtype", self.features.dtype, {"float16", "float32"})
         _choice("train.precision", self.train.precision, {"fp32", "bf16"})
         dev = self.train.device.strip().lower()
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.train.device!r}")
-        for name, value in [
-            ("train.checkpoint_minutes", self.train.checkpoint_minutes),
-            ("train.checkpoint_every", self.train.checkpoint_every),
-            ("train.early_stopping_patience", self.train.early_stopping_patience),
-            ("train.early_stopping_min_delta", self.train.early_stopping_min_delta),
-        ]:
-            if value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
         if len(self.model.kernel_sizes) != self.model.n_blocks:
             raise ConfigError(
                 f"model.kernel_sizes has {len(self.model.kernel_sizes)} entries but "
                 f"model.n_blocks is {self.model.n_blocks}"
             )
-        for name, value in [
-            ("train.epochs", self.train.epochs),
-            ("train.batch_size", self.train.batch_size),
-            ("model.hidden", self.model.hidden),
-        ]:
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
-        if not 0.0 <= self.train.val_fraction < 1.0:
-            raise ConfigError(f"train.val_fraction must be in [0, 1), got {self.train.val_fraction}")
-        if not 0.0 < self.train.threshold_quantile <= 1.0:
-            raise ConfigError(
-                f"train.threshold_quantile must be in (0, 1], got {self.train.threshold_quantile}"
-            )
-        if not 0.0 <= self.train.view_dropout < 1.0:
-            raise ConfigError(f"train.view_dropout must be in [0, 1), got {self.train.view_dropout}")
         if self.train.view_dropout > 0 and self.model.single_view:
             raise ConfigError("train.view_dropout needs the multi-view flow (model.single_view=false)")
         if len(self.train.betas) != 2:
@@ -267,6 +238,64 @@ class RunConfig:
                 raise ConfigError(f"model.graph={m.graph} with data.views={self.data.views}: {exc}") from exc
 
 
+#: Ranges of the numeric keys (:func:`multiflow.numbers.check_number` bounds); a key of a list
+#: (``train.betas``) applies to each item. Every other number only has to be finite.
+NUMBER_RANGES: dict[str, dict[str, Any]] = {
+    "features.input_size": {"ge": 0},  # 0 = the data's image size
+    "features.batch_size": {"gt": 0},
+    "features.num_workers": {"ge": 0},
+    "masks.dilation": {"ge": 0},
+    "masks.margin": {"ge": 0},
+    "model.n_blocks": {"gt": 0},
+    "model.hidden": {"gt": 0},
+    "model.kernel_sizes": {"gt": 0},
+    "model.clamp": {"gt": 0},
+    "model.heads": {"gt": 0},
+    "model.noise_std": {"ge": 0},
+    "train.epochs": {"gt": 0},
+    "train.batch_size": {"gt": 0},
+    "train.lr": {"gt": 0},
+    "train.betas": {"ge": 0, "lt": 1},
+    "train.weight_decay": {"ge": 0},
+    "train.val_fraction": {"ge": 0, "lt": 1},
+    "train.threshold_quantile": {"gt": 0, "le": 1},
+    "train.checkpoint_minutes": {"ge": 0},
+    "train.checkpoint_every": {"ge": 0},
+    "train.threads": {"ge": 0},
+    "train.view_dropout": {"ge": 0, "lt": 1},
+    "train.early_stopping_patience": {"ge": 0},
+    "train.early_stopping_min_delta": {"ge": 0},
+    "eval.batch_size": {"gt": 0},
+    "eval.image_score_k": {"gt": 0},
+    "eval.image_score_q": {"ge": 0, "le": 1},
+    "eval.image_score_sigma": {"gt": 0},
+    "eval.image_score_size": {"ge": 0},
+    "faults.size": {"gt": 0},
+    "faults.grid": {"gt": 0},
+    "faults.margin": {"ge": 0},
+}
+
+
+def check_numbers(cfg: Any, where: str = "") -> None:
+    """Every number of a configuration (dataclass fields, lists of numbers, nested sections) is
+    finite and inside its :data:`NUMBER_RANGES` range; :class:`ConfigError` names the key and value.
+
+    Run by :meth:`RunConfig.validate`, so a configuration built in Python (``api.fit(RunConfig(...))``)
+    is checked like a YAML file or a ``--set`` override.
+    """
+    for f in dataclasses.fields(cfg):
+        key = f"{where}.{f.name}" if where else f.name
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_numbers(value, key)
+            continue
+        bounds = NUMBER_RANGES.get(key, {})
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                check_number(item, key if i is None else f"{key}[{i}]", **bounds)
+
+
 def _choice(name: str, value: str, allowed: set[str]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
@@ -299,9 +328,14 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         kt, vt = typing.get_args(annotation)
         return {_check_type(k, kt, where): _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; nan / inf are refused below
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return check_number(float(value), where)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -344,6 +378,34 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def _read_yaml(p: Path) -> Any:
+    """The parsed YAML of a configuration file; :class:`ConfigError` naming the file and the
+    problem when it is missing, not a file, unreadable, not UTF-8 text or not valid YAML."""
+    if not p.exists():
+        raise ConfigError(f"{p}: configuration file not found")
+    if not p.is_file():
+        raise ConfigError(f"{p}: configuration path is not a file")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the configuration file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not a UTF-8 text file (byte {exc.start} is 0x{raw[exc.start]:02x}); "
+            "a configuration is a YAML text file"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(f"{p}: a binary file (it holds NUL bytes); a configuration is a YAML text file")
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not valid YAML: nested too deeply") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML configuration (or the defaults) and apply ``section.key=value`` overrides."""
     data: dict[str, Any] = {}
@@ -351,14 +413,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path:
         p = Path(path)
         source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: configuration file not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        data = _read_yaml(p)
         if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (data:, train:, ...), "
+                              f"got {type(data).__name__}")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from multiflow.numbers import number_arg
+
 NAME = "export"
 HELP = "export a trained class model (backbone + flow + scoring + threshold) to ONNX"
 
@@ -13,8 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="ONNX file to write, e.g. model.onnx")
     p.add_argument("--no-mask", action="store_true",
                    help="export without the foreground-mask input (every pixel counts)")
-    p.add_argument("--threshold", type=float, help="override the calibrated decision threshold")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    p.add_argument("--threshold", type=number_arg(), help="override the calibrated decision threshold")
+    p.add_argument("--opset", type=number_arg(integer=True, gt=0), default=17, help="ONNX opset version (default 17)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from multiflow.numbers import number_arg
+
 NAME = "params"
 HELP = "print the Multi-Flow parameter count per component (default: the paper configuration)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--channels", type=int, default=304, help="feature channels C (default 304)")
+    parser.add_argument("--channels", type=number_arg(integer=True, gt=0), default=304, help="feature channels C (default 304)")
     parser.add_argument("--views", type=int, default=5, help="views of the Real-IAD-style graph (top + sides)")
     from multiflow.flow.fusion import FUSIONS
     from multiflow.flow.noise import NOISE_SCHEMES

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from multiflow.numbers import number_arg
+
 NAME = "predict"
 HELP = "score new samples with a trained class model: decision, per-view scores, maps (.npy + PNG)"
 
@@ -16,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--category", help="Real-IAD class (default: the model's)")
     p.add_argument("--resolution", default="", help="Real-IAD resolution folder (default: the only one present)")
     p.add_argument("--out", help="output folder (default: <model>/predictions)")
-    p.add_argument("--threshold", type=float, help="override the calibrated decision threshold")
+    p.add_argument("--threshold", type=number_arg(), help="override the calibrated decision threshold")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: st-network convolutions in bf16 autocast (NLL in fp32)")
@@ -25,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from multiflow.api import predict
+    from multiflow.errors import DataError
 
     rows = predict(args.model, data_root=args.data, data_format=args.format, split=args.split,
                    category=args.category, resolution=args.resolution, out_dir=args.out, threshold=args.threshold,
@@ -42,5 +45,10 @@ def run(args: argparse.Namespace) -> int:
         if r["missing_views"]:
             line += f" | missing: {' '.join(r['missing_views'])}"
         print(line)
-    print(f"{len(rows)} samples, {n_ng} NG, {n_cam} CHECK CAMERA, {len(rows) - n_ng - n_cam} OK")
+    for k in rows.skipped:  # objects not scored (incomplete without view-dropout support, unreadable, bad id)
+        print(f"{k['sample_id']}: SKIPPED ({k['reason']})")
+    print(f"{len(rows)} samples, {n_ng} NG, {n_cam} CHECK CAMERA, {len(rows) - n_ng - n_cam} OK"
+          + (f"; {len(rows.skipped)} skipped (listed in summary.json)" if rows.skipped else ""))
+    if rows.skipped and not rows:
+        raise DataError("no object could be scored (every one is listed above and in summary.json)", args.data)
     return 0

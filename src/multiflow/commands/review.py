@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from multiflow.numbers import number_arg
+
 NAME = "review"
 HELP = "review a tested run in the browser: objects by score, all views, threshold, operator labels, try a part"
 
@@ -16,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a further host name the browser may use to reach the server (repeatable; e.g. the machine's "
                    "name on the network with --host 0.0.0.0); requests naming any other Host are refused")
     p.add_argument("--page-size", type=int, default=100, help="objects per page of a class (default 100)")
-    p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest 'try a part' upload in MiB (default 64)")
+    p.add_argument("--max-upload-mb", type=number_arg(gt=0), default=64.0, help="largest 'try a part' upload in MiB (default 64)")
     p.add_argument("--max-image-pixels", type=int, default=25_000_000, help="largest uploaded image in pixels")
     p.add_argument("--device", default="auto", help="where 'try a part' scores: auto (CUDA when available), cpu, "
                    "cuda or cuda:N")

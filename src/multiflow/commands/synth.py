@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from multiflow.numbers import number_arg
+
 NAME = "synth"
 HELP = "Render a synthetic multi-view inspection data set (Real-IAD on-disk format)."
 
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(4 production lots shifting colour/gloss, 2.5x pose jitter)")
     parser.add_argument("--lots", type=int, default=None, help="number of production lots (0: none; "
                         "overrides --variation)")
-    parser.add_argument("--pose-jitter", type=float, default=None,
+    parser.add_argument("--pose-jitter", type=number_arg(ge=0), default=None,
                         help="scale of yaw / tray-offset variation (1: default; overrides --variation)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
 

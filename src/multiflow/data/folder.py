@@ -39,6 +39,7 @@ from multiflow.data.records import (
     SampleRecord,
     SkippedSample,
     image_file_problem,
+    readable_views,
     resolve_flips,
     user_known_labels,
 )
@@ -164,14 +165,17 @@ class FolderDataset(RecordDataset):
                             f"sample {sid!r} has {reason}; pass skip_incomplete=True to skip (and list) such samples",
                             sample_entry.path,
                         )
-                    skipped.append(SkippedSample(sid, reason))
+                    usable = () if dups else readable_views(
+                        [(v, found[v][0]) for v in view_names if v in found], lambda raw: resolve_inside(root_p, raw))
+                    skipped.append(SkippedSample(sid, reason, usable))
                     continue
                 image_paths = [str(resolve_inside(root_p, found[v][0])) for v in view_names]
                 if skip_incomplete:
                     bad = [f"view {v}: {pr}" for v, pth in zip(view_names, image_paths)
                            if (pr := image_file_problem(pth)) is not None]
                     if bad:
-                        skipped.append(SkippedSample(sid, "; ".join(bad)))
+                        usable = readable_views(list(zip(view_names, image_paths)), lambda raw: raw)
+                        skipped.append(SkippedSample(sid, "; ".join(bad), usable))
                         continue
                 mask_paths: list[str | None] = []
                 for v in view_names:

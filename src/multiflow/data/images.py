@@ -214,7 +214,8 @@ def read_image_bytes(
     resize and flip, so a file and its bytes give the same array.
 
     ``name`` labels errors; with ``max_pixels`` an image whose header announces more pixels is
-    refused (:class:`ImageTooLarge`) before any pixel is decoded.
+    refused (:class:`ImageTooLarge`) before any pixel is decoded; so is an image over Pillow's
+    decompression-bomb limit (``2 * Image.MAX_IMAGE_PIXELS``), whatever ``max_pixels`` says.
     """
     import io
 
@@ -224,9 +225,10 @@ def read_image_bytes(
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise DataError("not a readable image (unknown format or corrupt header)", name) from exc
-    except Image.DecompressionBombError:  # Pillow's own limit, far above ours: still "too large"
-        raise ImageTooLarge(f"image has more than {max_pixels or Image.MAX_IMAGE_PIXELS} pixels "
-                            "(refused before decoding: a decompression bomb?)", name) from None
+    except Image.DecompressionBombError:  # Pillow's own guard fired first: an image too large all the same
+        pillow_limit = 2 * int(Image.MAX_IMAGE_PIXELS)  # the error is only raised when that is set
+        limit = pillow_limit if max_pixels is None else min(max_pixels, pillow_limit)
+        raise ImageTooLarge(f"image has more than {limit} pixels (refused before decoding)", name) from None
     except _OPEN_ERRORS as exc:
         raise DataError(f"cannot open image: {exc}", name) from exc
     if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:

@@ -34,6 +34,7 @@ from multiflow.data.records import (
     SampleRecord,
     SkippedSample,
     image_file_problem,
+    readable_views,
     resolve_flips,
     user_known_labels,
 )
@@ -188,7 +189,9 @@ def group_manifest_rows(
                 raise DataError(
                     f"sample {sid!r} has {reason}; pass skip_incomplete=True to skip (and list) such samples", path
                 )
-            skipped.append(SkippedSample(sid, reason))
+            # the views present, by their manifest path (resolved by the dataset): see SkippedSample.usable
+            present = () if dups else tuple((v, per_view[v][0].image_path) for v in view_names if v in per_view)
+            skipped.append(SkippedSample(sid, reason, present))
             continue
         groups.append((sid, {v: per_view[v][0] for v in view_names}))
     return groups, skipped
@@ -254,7 +257,8 @@ class ManifestDataset(RecordDataset):
                     if problem is not None:
                         bad.append(f"view {v} (line {per_view[v].line}): {problem}")
                 if bad:
-                    skipped.append(SkippedSample(sid, "; ".join(bad)))
+                    skipped.append(SkippedSample(sid, "; ".join(bad),
+                                                 tuple((v, per_view[v].image_path) for v in view_names)))
                     continue
             for v in view_names:
                 r = per_view[v]
@@ -286,6 +290,9 @@ class ManifestDataset(RecordDataset):
                     source=str(cpath),
                 )
             )
+        # skipped samples: keep only the views whose file resolves inside the root and is readable
+        skipped = [SkippedSample(k.sample_id, k.reason, readable_views(
+            k.usable, lambda raw: resolve_inside(root, os.path.join(base, raw), source=cpath))) for k in skipped]
         categories = sorted({r.category for r in records}) or [default_category]
         super().__init__(
             samples=records,

@@ -45,7 +45,14 @@ from pathlib import Path
 from typing import Any
 
 from multiflow.data.images import resolve_inside
-from multiflow.data.records import RecordDataset, SampleRecord, SkippedSample, image_file_problem, resolve_flips
+from multiflow.data.records import (
+    RecordDataset,
+    SampleRecord,
+    SkippedSample,
+    image_file_problem,
+    readable_views,
+    resolve_flips,
+)
 from multiflow.errors import ConfigError, DataError
 
 __all__ = [
@@ -273,7 +280,9 @@ def group_realiad_entries(
                     f"{split}: sample {key!r} has {reason}; pass skip_incomplete=True to skip such samples",
                     path,
                 )
-            skipped.append(SkippedSample(key, reason))
+            # the views present, by their JSON path (resolved by the dataset): see SkippedSample.usable
+            present = () if dups else tuple((v, cams[v][0].image_path) for v in view_names if v in cams)
+            skipped.append(SkippedSample(key, reason, present))
             continue
         groups.append((key, classes[0], {v: cams[v][0] for v in view_names}))
     return groups, view_names, skipped
@@ -460,7 +469,7 @@ class RealIADDataset(RecordDataset):
                     if problem is not None:
                         bad.append(f"view {v}: {problem}")
                 if bad:
-                    skipped.append(SkippedSample(key, "; ".join(bad)))
+                    skipped.append(SkippedSample(key, "; ".join(bad), tuple((v, cams[v].image_path) for v in view_names)))
                     continue
             for v in view_names:
                 e = cams[v]
@@ -494,6 +503,9 @@ class RealIADDataset(RecordDataset):
                     source=str(jpath),
                 )
             )
+        # skipped samples: keep only the views whose file resolves inside the class folder and is readable
+        skipped = [SkippedSample(k.sample_id, k.reason, readable_views(
+            k.usable, lambda raw: resolve_inside(class_dir, raw, source=jpath))) for k in skipped]
         super().__init__(
             samples=records,
             view_names=view_names,

@@ -28,7 +28,7 @@ from multiflow.data.images import check_flip_mode, flips_for, read_image_array, 
 from multiflow.data.sample import MultiViewSample
 from multiflow.errors import ConfigError, DataError
 
-__all__ = ["RecordDataset", "SampleRecord", "SkippedSample", "image_file_problem", "resolve_flips"]
+__all__ = ["RecordDataset", "SampleRecord", "SkippedSample", "image_file_problem", "readable_views", "resolve_flips"]
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,31 @@ class SampleRecord:
 
 @dataclass(frozen=True)
 class SkippedSample:
-    """A sample left out with ``skip_incomplete=True``: its id and why."""
+    """A sample left out with ``skip_incomplete=True``: its id and why.
+
+    ``usable``: the views of a sample with missing or unreadable view files that can still be
+    read, as ``(view name, image file)`` pairs in view order; a model trained for missing views
+    scores the object on them (``multiflow predict``). Empty when a view is duplicated (which file
+    is the view is ambiguous) or when no view is readable.
+    """
 
     sample_id: str
     reason: str
+    usable: tuple[tuple[str, str], ...] = ()
+
+
+def readable_views(candidates: Sequence[tuple[str, object]], resolve) -> tuple[tuple[str, str], ...]:
+    """The ``(view, file)`` pairs of ``candidates`` (``(view, raw path)``) whose file ``resolve(raw)``
+    gives inside the data root and :func:`image_file_problem` finds readable."""
+    out = []
+    for view, raw in candidates:
+        try:
+            path = resolve(raw)
+        except DataError:
+            continue  # outside the data root: not a usable view
+        if image_file_problem(path) is None:
+            out.append((view, str(path)))
+    return tuple(out)
 
 
 def image_file_problem(path: str | os.PathLike) -> str | None:

@@ -17,9 +17,14 @@ Endpoints
 
 Validation (every failure is a 4xx JSON ``{"detail": message}``; nothing reaches the model):
 411 without ``Content-Length``; 413 for a body over ``max_request_bytes`` or an image over
-``max_image_pixels``; 415 for a body that is not multipart; 400 for a missing view, an unknown
+``max_image_pixels`` (a decompression bomb included: refused from its header, before decoding);
+415 for a body that is not multipart; 400 for a missing view, an unknown
 field, a view given twice, more than ``max_images`` files, a part that is not an image, views of
-different sizes; 422 for a bad query parameter.
+different sizes; 422 for a bad query parameter. Input the model refuses while scoring
+(:class:`~multiflow.errors.DataError`) is a 400; any other failure a 500 whose ``detail`` names
+only the error type (the server log has the rest). No body carries an absolute server path
+(:func:`public_message` keeps a file's name, drops its folders). The threshold and the
+:class:`ServiceLimits` are checked with :func:`multiflow.numbers.check_number` (finite, in range).
 
 The model is loaded once (:class:`multiflow.engine.predict.Predictor`, everything from the model's
 bundle); uploads are decoded like the data sets decode files and go through the same
@@ -33,7 +38,9 @@ no mask file): :func:`create_app` refuses it. Requests are scored one at a time 
 # functions defined inside create_app, and string annotations could not be resolved there.
 import base64
 import io
+import logging
 import os
+import re
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -42,6 +49,8 @@ import numpy as np
 import torch
 
 from multiflow._optional import require
+
+_log = logging.getLogger("multiflow.serve")
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
@@ -54,6 +63,27 @@ class ServiceLimits:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_images: int | None = None
+
+    def __post_init__(self) -> None:
+        from multiflow.numbers import check_number
+
+        check_number(self.max_request_bytes, "max_request_bytes", integer=True, gt=0)
+        check_number(self.max_image_pixels, "max_image_pixels", integer=True, gt=0)
+        if self.max_images is not None:
+            check_number(self.max_images, "max_images", integer=True, gt=0)
+
+
+#: an absolute POSIX path (``/srv/models/cap/model.json``) or Windows path (``C:\\models\\x``) in a message
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.~:/\\])(?:[A-Za-z]:[\\/]|/)[^\s'"`,;:()\[\]{}<>|*?]*""")
+
+
+def public_message(message: str) -> str:
+    """``message`` without absolute server paths: each is replaced by its last part (the file or
+    folder name), so an API error still says which file without showing where the server keeps it."""
+    def last_part(m: re.Match) -> str:
+        return m.group(0).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or "<path>"
+
+    return _ABSOLUTE_PATH.sub(last_part, message)
 
 
 class RequestError(Exception):
@@ -137,7 +167,11 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from multiflow.errors import DataError, MultiflowError
+    from multiflow.numbers import check_number
+
     limits = limits or ServiceLimits()
+    check_number(predictor.threshold, "threshold")  # a NaN threshold would pass every part
     if getattr(predictor, "preprocessor", None) is not None and predictor.preprocessor.needs_paths:
         from multiflow.errors import ConfigError
 
@@ -154,7 +188,21 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"detail": exc.message})
+        return JSONResponse(status_code=exc.status, content={"detail": public_message(exc.message)})
+
+    @app.exception_handler(MultiflowError)
+    async def _scoring_error(_: Request, exc: MultiflowError) -> JSONResponse:
+        # bad input the predictor found (DataError: 400) or a fault of the server's model (500);
+        # the log keeps the full message, the client gets it without absolute paths
+        status = 400 if isinstance(exc, DataError) else 500
+        _log.warning("POST /predict: %s: %s", type(exc).__name__, exc)
+        return JSONResponse(status_code=status, content={"detail": public_message(str(exc))})
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+        _log.error("internal error while serving a request", exc_info=exc)
+        return JSONResponse(status_code=500, content={
+            "detail": f"internal error ({type(exc).__name__}); the server log has the details"})
 
     def _score(images: torch.Tensor, given: list[str], sample_id: str, maps: str | None) -> dict[str, Any]:
         with lock, torch.inference_mode():

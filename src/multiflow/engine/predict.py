@@ -79,7 +79,7 @@ class Predictor:
 
     Args:
         model_dir: ``<run>/<class>`` folder holding ``model.safetensors`` and ``model.json``.
-        threshold: override the calibrated threshold.
+        threshold: override the calibrated threshold (a finite number, else :class:`ConfigError`).
         frozen_check: remember each object's fingerprints for the frozen-frame check (objects
             must then come in acquisition order); False for tools that score parts in any order.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a device, resolved once
@@ -96,7 +96,10 @@ class Predictor:
         from multiflow.engine.bundle import BUNDLE_FILE, check_backbone, load_bundle, load_camera_faults
         from multiflow.engine.factories import build_extractor
         from multiflow.engine.preprocess import ViewPreprocessor
+        from multiflow.numbers import check_number
 
+        if threshold is not None:  # before anything is loaded: NaN would turn every part OK
+            threshold = check_number(threshold, "threshold")
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -231,10 +234,29 @@ class Predictor:
         )
 
 
+def output_folder_name(sample_id: str) -> str:
+    """The name of a sample's output folder (a child of the output folder): the id with ``/`` and
+    ``\\`` as ``_`` (folder-format ids are ``<defect>/<sample>``), so ``../x`` becomes ``.._x`` and
+    ``/abs`` ``_abs``. An id that would still name the output folder itself or its parent (empty,
+    ``.``, ``..``), holds control characters or is too long for a file name is a :class:`DataError`
+    naming the id."""
+    name = str(sample_id).replace("/", "_").replace("\\", "_")
+    if name in ("", ".", ".."):
+        raise DataError(f"sample id {sample_id!r} cannot name an output folder (it would be the output folder "
+                        "or its parent); rename the sample")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise DataError(f"sample id {sample_id!r} holds control characters; it cannot name an output folder")
+    if len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise DataError(f"sample id {sample_id[:40]!r}... is longer than a file name may be (255 bytes)")
+    return name
+
+
 def save_prediction(pred: Prediction, images: np.ndarray, out_dir: Path, *, vmax: float | None = None,
                     image_views: list[str] | None = None) -> None:
-    """Write ``<out>/<sample_id>/<view>.npy`` (raw map), ``<view>.png`` (heat-map overlay) and ``result.json``.
+    """Write ``<out>/<folder>/<view>.npy`` (raw map), ``<view>.png`` (heat-map overlay) and ``result.json``.
 
+    ``<folder>`` is :func:`output_folder_name` of the sample id: never outside ``out_dir`` (an id
+    that would leave it is a :class:`DataError` naming the id, raised before anything is written).
     ``images`` ``(V', H, W, 3)`` are the object's images for the cameras ``image_views`` (default:
     all of the prediction's views, in order); views without a map (missing, camera fault) are skipped.
     """
@@ -244,8 +266,13 @@ def save_prediction(pred: Prediction, images: np.ndarray, out_dir: Path, *, vmax
     from matplotlib import cm
     from PIL import Image
 
-    folder = out_dir / pred.sample_id.replace("/", "_")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = out_dir / output_folder_name(pred.sample_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise DataError(f"sample {pred.sample_id!r}: output {folder.name!r} exists and is not a plain folder", out_dir)
+    folder.mkdir(exist_ok=True)
+    if folder.resolve().parent != out_dir.resolve():  # belt and braces: the folder is a child of out_dir
+        raise DataError(f"sample {pred.sample_id!r}: output folder {folder.name!r} leaves the output folder", out_dir)
     lo = pred.threshold * 0.5 if vmax is None else 0.0
     finite = np.isfinite(pred.maps_full)
     top = float(pred.maps_full[finite].max()) if finite.any() else pred.threshold
@@ -270,22 +297,88 @@ def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.6f}"
 
 
-def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *, progress: bool = True) -> list[dict]:
-    """Score every sample of a data set; writes per-sample outputs and ``predictions.csv``."""
+class PredictRun(list):
+    """The decision JSON of every scored object (a ``list`` of dicts, in sample-id order) and
+    ``skipped``: the objects that were not scored, each ``{"sample_id", "reason"}``."""
+
+    def __init__(self, rows: list[dict], skipped: list[dict]) -> None:
+        super().__init__(rows)
+        self.skipped = skipped
+
+
+def _read_views(dataset, views: list[str], paths: list[str]) -> tuple[list[str], list[str], list[np.ndarray], dict[str, str]]:
+    """Decode the given views one by one with the data set's decoding (size, flips, JPEG mode);
+    returns ``(views read, their files, images (3, H, W), {view: why it could not be read})``."""
+    from multiflow.data.images import flips_for, read_image_array
+
+    ok_views, ok_paths, images, problems = [], [], [], {}
+    for view, path, flip in zip(views, paths, flips_for(getattr(dataset, "flips", None), views)):
+        try:
+            img, _ = read_image_array(path, size=getattr(dataset, "image_size", None), flip=flip,
+                                      fast_jpeg=bool(getattr(dataset, "fast_jpeg", False)))
+        except DataError as exc:
+            problems[view] = str(exc)
+            continue
+        ok_views.append(view)
+        ok_paths.append(path)
+        images.append(img)
+    if len({im.shape for im in images}) > 1:
+        problems["*"] = f"views have different image sizes {sorted({im.shape for im in images})}"
+    return ok_views, ok_paths, images, problems
+
+
+def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *, progress: bool = True) -> PredictRun:
+    """Score every object of a data set; writes per-object outputs, ``predictions.csv`` and
+    ``summary.json``; returns a :class:`PredictRun` (the decision JSONs and the skipped objects).
+
+    Incomplete objects (a missing view file, or one that cannot be read or decoded: the data set's
+    ``skipped`` list when it was opened with ``skip_incomplete=True``, or a decode error here) are
+    scored on the views that can be read when the model supports missing views (the decision JSON's
+    ``missing_views`` names the others); otherwise they are listed in ``summary.json``'s ``skipped``
+    with the reason, as are objects the model refuses (:class:`DataError`) and ids that cannot name
+    an output folder. The rest of the data set is always scored.
+    """
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in tqdm(range(len(dataset)), desc="predict", disable=not progress):
-        rec = dataset.samples[i]
-        predictor.check_views(list(rec.view_names), rec.sample_id)
-        s = dataset[i]
-        root = getattr(dataset, "image_root", None) or getattr(dataset, "root", None)
-        pred = predictor.predict(s.images, s.view_names, s.sample_id, image_paths=list(rec.image_paths),
-                                 image_root=None if root is None else str(root))
-        save_prediction(pred, s.images.permute(0, 2, 3, 1).numpy(), out, image_views=list(s.view_names))
+    root = getattr(dataset, "image_root", None) or getattr(dataset, "root", None)
+    # (sample id, views present, their files, why views are missing): complete objects, then incomplete ones
+    todo: list[tuple[str, list[str], list[str], str]] = [
+        (rec.sample_id, list(rec.view_names), list(rec.image_paths), "") for rec in dataset.samples]
+    skipped: list[dict[str, str]] = []
+    for k in getattr(dataset, "skipped", []):
+        if predictor.supports_missing_views and k.usable:
+            todo.append((k.sample_id, [v for v, _ in k.usable], [f for _, f in k.usable], k.reason))
+        else:
+            why = (f"{k.reason}; no view is usable" if predictor.supports_missing_views else
+                   f"{k.reason}; this model needs every camera (trained without view dropout)")
+            skipped.append({"sample_id": k.sample_id, "reason": why})
+    todo.sort(key=lambda t: t[0])
+    rows, incomplete, folders = [], [], {}
+    for sid, views, paths, why in tqdm(todo, desc="predict", disable=not progress):
+        views, paths, images, problems = _read_views(dataset, views, paths)
+        reasons = [why] if why else []
+        reasons += [f"view {v}: {p}" if v != "*" else p for v, p in problems.items()]
+        try:
+            if "*" in problems or not views:  # the reasons already say why
+                raise DataError("no view can be scored" if not views else "the views cannot be scored together")
+            if problems or why:  # the model refuses an incomplete object with a DataError naming the views
+                predictor.check_views(views, sid)
+            name = output_folder_name(sid)
+            if name in folders:
+                raise DataError(f"sample {sid!r}: its output folder {name!r} is already used by sample {folders[name]!r}")
+            x = torch.from_numpy(np.stack(images))
+            pred = predictor.predict(x, views, sid, image_paths=paths, image_root=None if root is None else str(root))
+            save_prediction(pred, x.permute(0, 2, 3, 1).numpy(), out, image_views=views)
+        except DataError as exc:
+            skipped.append({"sample_id": sid, "reason": "; ".join(reasons + [str(exc)])})
+            continue
+        folders[name] = sid
         rows.append(pred.as_dict())
+        if reasons:
+            incomplete.append({"sample_id": sid, "missing_views": pred.missing_views, "reason": "; ".join(reasons)})
+    skipped.sort(key=lambda d: d["sample_id"])
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(["sample_id", "decision", "product_decision", "sample_score", "threshold"]
@@ -296,4 +389,9 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *
                    + [" ".join(r["missing_views"]),
                       "; ".join(f"{f['view']}: {f['fault']}" for f in r["camera_faults"])])
     write_text(out / "predictions.csv", buf.getvalue())
-    return rows
+    counts = {d: sum(r["decision"] == d for r in rows) for d in ("OK", "NG", "CHECK CAMERA")}
+    write_json(out / "summary.json", {
+        "model": str(predictor.model_dir), "threshold": predictor.threshold, "scored": len(rows),
+        "decisions": counts, "incomplete": incomplete, "skipped": skipped,
+    })
+    return PredictRun(rows, skipped)
