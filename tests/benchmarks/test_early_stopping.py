@@ -78,7 +78,8 @@ def _uninterrupted_full_schedule(out: Path, state: Path):
     device, precision = run_device(tcfg)
     model = build_flow(cfg.model, data.channels, data.view_names, seed)
     res = train_flow(model, data.train_features, data.train_masks, tcfg, state, progress=False, device=device)
-    return res, json.loads(json.dumps(es._metrics(model, data, dict(device=device, precision=precision)), default=float))
+    metrics = es._metrics(model, data, dict(device=device, precision=precision))
+    return res, json.loads(json.dumps(metrics, default=float))  # as the cell record stores them
 
 
 # a hand-worked held-out loss sequence: best 4.0 at epoch 2; patience 2 waits through epochs 3 and 4
