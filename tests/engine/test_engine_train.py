@@ -212,30 +212,45 @@ def test_early_stopped_run_resumed_without_early_stopping_equals_the_full_schedu
 
 
 def test_training_runs_on_the_device_it_is_given(tmp_path, monkeypatch):
-    """Every batch is moved once to the configured device, and the model sees it there."""
+    """The device given to train_flow wins over ``cfg.device`` (resolved once, by the caller): the model
+    goes there, every batch is moved there once, and the model computes on exactly those moved tensors.
+
+    ``cpu:0`` is a device object distinct from the ``cpu`` that ``cfg.device`` resolves to, so a loop
+    that re-resolved the setting, moved to another device or skipped a transfer fails here on a
+    CPU-only machine too; ``cfg.device="cuda"`` without CUDA would raise if it were resolved at all.
+    """
     import multiflow.engine.train as tr
     from multiflow.device import to_device as real_to_device
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    target = torch.device("cpu", 0)
+    assert target != torch.device("cpu")
+    moved: list[torch.Tensor] = []  # kept alive, so their ids stay unique
     moves: list[tuple[tuple[int, ...], torch.device]] = []
 
     def recorder(t, device):
         moves.append((tuple(t.shape), device))
-        return real_to_device(t, device)
+        out = real_to_device(t, device)
+        moved.append(out)
+        return out
 
     monkeypatch.setattr(tr, "to_device", recorder)
-    seen: list[torch.device] = []
     model = _model()
-    model.flow.register_forward_pre_hook(lambda _m, args: seen.append(args[0].device))
-    target = torch.device("cpu")
+    placed: list[torch.device] = []
+    real_to = model.to
+    monkeypatch.setattr(model, "to", lambda dev, *a, **k: (placed.append(torch.device(dev)), real_to(dev, *a, **k))[1])
+    inputs: list[bool] = []
+    model.register_forward_pre_hook(lambda _m, args: inputs.append(any(args[0] is t for t in moved)))
     feats, masks = _data()
-    res = train_flow(model, feats, masks, _cfg(epochs=2, device="cpu"), tmp_path, progress=False, device=target)
+    res = train_flow(model, feats, masks, _cfg(epochs=2, device="cuda"), tmp_path, progress=False, device=target)
     n_train, n_val = len(res.train_index), len(res.val_index)
     n_batches = 2 * (-(-n_train // 3) + -(-n_val // 3))
     assert len(moves) == 2 * n_batches  # features and masks: one transfer per batch each, no per-sample moves
     assert all(dev == target for _, dev in moves)
     assert all(shape[0] <= 3 for shape, _ in moves)
-    assert seen and all(d == target for d in seen)
-    assert all(p.device.type == "cpu" for p in model.parameters())  # returned on the CPU
+    assert len(inputs) == n_batches and all(inputs)  # every forward (training and held-out) on a moved batch
+    assert placed == [target, torch.device("cpu")]  # trained there, returned on the CPU
+    assert all(p.device.type == "cpu" for p in model.parameters())
 
 
 def test_unavailable_device_fails_before_training(tmp_path, monkeypatch):
@@ -267,3 +282,168 @@ def test_bf16_training_runs_the_subnets_in_bf16_and_stays_close(tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-2)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-2)
     assert res_low.history != res_ref.history  # bf16 really ran
+
+
+# ------------------------------------------------------------------ divergence keeps no model (issue 20)
+def _no_model_files(folder) -> bool:
+    from multiflow.engine.train import BEST_FILE
+
+    return not (folder / BEST_FILE).exists()
+
+
+def test_nan_held_out_loss_in_every_epoch_stops_and_keeps_no_model(tmp_path):
+    """Held-out samples with NaN features: the old loop never improved on inf and returned the initial flow."""
+    feats, masks = _data()
+    _, val = split_train_val(len(feats), 0.2, seed=5)
+    feats[val] = np.nan
+    model = _model()
+    with pytest.raises(TrainingError, match=r"held-out loss \(val_loss\) is nan at epoch 1\b"):
+        train_flow(model, feats, masks, _cfg(checkpoint_every=1), tmp_path, progress=False)
+    assert _no_model_files(tmp_path) and not (tmp_path / STATE_FILE).exists()
+
+
+def test_infinite_held_out_loss_later_removes_the_best_weights(tmp_path, monkeypatch):
+    import multiflow.engine.train as tr
+
+    real = tr.evaluate_loss
+    calls: list[int] = []
+
+    def diverging(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw) if len(calls) < 3 else float("inf")
+
+    monkeypatch.setattr(tr, "evaluate_loss", diverging)
+    feats, masks = _data()
+    best_there: list[bool] = []  # at the end of epoch 2: the best weights of epoch 1 are on disk
+    with pytest.raises(TrainingError, match=r"held-out loss \(val_loss\) is inf at epoch 3\b"):
+        train_flow(_model(), feats, masks, _cfg(epochs=5, checkpoint_every=1), tmp_path, progress=False,
+                   on_epoch=lambda r: best_there.append(not _no_model_files(tmp_path)))
+    assert best_there == [False, True]
+    assert _no_model_files(tmp_path)  # ... and were removed when the run diverged
+    assert (tmp_path / STATE_FILE).exists()  # the resume state of epoch 2 stays (no model, an earlier state)
+
+
+class _PoisonedFeatures:
+    """Array-like features that turn NaN from the ``after``-th read on (as a corrupt cache would)."""
+
+    def __init__(self, base: np.ndarray, after: int) -> None:
+        self.base, self.after, self.reads = base, after, 0
+        self.shape = base.shape
+
+    def __getitem__(self, idx):
+        self.reads += 1
+        out = np.array(self.base[idx])
+        return out * np.nan if self.reads > self.after else out
+
+
+def test_non_finite_training_loss_names_the_epoch_and_removes_the_best_weights(tmp_path):
+    feats, masks = _data()
+    # epoch 1 reads 3 training batches (8 samples, batch 3) and 1 held-out batch; epoch 2's first batch is NaN
+    poisoned = _PoisonedFeatures(feats, after=4)
+    with pytest.raises(TrainingError, match=r"training loss became nan at epoch 2, batch 1/3"):
+        train_flow(_model(), poisoned, masks, _cfg(), tmp_path, progress=False)
+    assert _no_model_files(tmp_path)
+
+
+def test_no_trained_epoch_is_an_error_not_the_initial_flow(tmp_path):
+    feats, masks = _data()
+    with pytest.raises(TrainingError, match=r"no epoch was trained \(train.epochs=0\)"):
+        train_flow(_model(), feats, masks, _cfg(epochs=0), tmp_path, progress=False)
+
+
+def test_a_diverged_fit_leaves_no_model_in_the_run_folder(tmp_path, monkeypatch):
+    """fit_category writes its bundle only after train_flow returns: a divergence leaves no model.json,
+    no weights (model.safetensors, best.safetensors) and no camera statistics."""
+    import multiflow.engine.train as tr
+    from multiflow import api
+    from multiflow.synth import generate_dataset
+
+    real = tr.evaluate_loss
+    calls: list[int] = []
+    monkeypatch.setattr(tr, "evaluate_loss",
+                        lambda *a, **k: calls.append(1) or (real(*a, **k) if len(calls) < 2 else float("nan")))
+    data = tmp_path / "data"
+    generate_dataset(data, classes=["toy_brick"], n_train=6, n_test_good=1, n_test_defect=1, size=64, seed=3,
+                     progress=False)
+    overrides = [f"data.root={data}", "data.categories=[toy_brick]", "data.resolution=64",
+                 "features.input_size=64", f"features.cache_dir={tmp_path / 'cache'}", "model.hidden=8",
+                 "model.n_blocks=2", "model.kernel_sizes=[3,3]", "train.epochs=3", "train.batch_size=2",
+                 "train.val_fraction=0.4", f"out={tmp_path / 'results'}", "name=r", "train.device=cpu"]
+    with pytest.raises(TrainingError, match=r"held-out loss \(val_loss\) is nan at epoch 2\b"):
+        api.fit(overrides=overrides, progress=False)
+    folder = tmp_path / "results" / "r" / "toy_brick"
+    left = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert len(calls) == 2 and left == []  # best weights of epoch 1 written, then removed; nothing else
+    assert (tmp_path / "results" / "r" / "config.yaml").is_file()  # the run itself was set up
+
+
+# ------------------------------------------------------------------ resume refuses changed settings (issue 20)
+@pytest.mark.parametrize("key, new, shown", [
+    ("lr", 2e-3, "train.lr: 0.001 in the state, 0.002 now"),
+    ("betas", [0.8, 0.95], "train.betas: [0.9, 0.95] in the state, [0.8, 0.95] now"),
+    ("weight_decay", 0.1, "train.weight_decay: 1e-05 in the state, 0.1 now"),
+    ("batch_size", 4, "train.batch_size: 3 in the state, 4 now"),
+    ("view_dropout", 0.3, "train.view_dropout: 0.0 in the state, 0.3 now"),
+    ("val_fraction", 0.3, "train.val_fraction: 0.2 in the state, 0.3 now"),
+    ("select", "last", "train.select: 'best_val' in the state, 'last' now"),
+])
+def test_resume_refuses_a_changed_setting_that_changes_the_model(tmp_path, key, new, shown):
+    feats, masks = _data()
+    train_flow(_model(), feats, masks, _cfg(epochs=1), tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="cannot resume") as err:
+        train_flow(_model(), feats, masks, _cfg(epochs=2, **{key: new}), tmp_path, resume=True, progress=False)
+    assert shown in str(err.value) and str(tmp_path / STATE_FILE) in str(err.value)
+
+
+def test_resume_names_every_changed_setting(tmp_path):
+    feats, masks = _data()
+    train_flow(_model(), feats, masks, _cfg(epochs=1), tmp_path, progress=False)
+    with pytest.raises(CheckpointError) as err:
+        train_flow(_model(), feats, masks, _cfg(epochs=2, lr=5e-4, batch_size=2, seed=6), tmp_path, resume=True,
+                   progress=False)
+    msg = str(err.value)
+    for shown in ("train.lr: 0.001 in the state, 0.0005 now", "train.batch_size: 3 in the state, 2 now",
+                  "train.seed: 5 in the state, 6 now"):
+        assert shown in msg
+    assert "weight_decay" not in msg and "view_dropout" not in msg  # unchanged settings are not named
+
+
+def test_resume_may_extend_the_schedule_and_change_how_it_is_written(tmp_path):
+    """epochs, early stopping, checkpoint policy and threads do not change an epoch's work: allowed."""
+    feats, masks = _data()
+    full = _model()
+    res_full = train_flow(full, feats, masks, _cfg(epochs=4), tmp_path / "full", progress=False)
+    train_flow(_model(), feats, masks, _cfg(epochs=2), tmp_path / "b", progress=False)
+    longer = _model()
+    res = train_flow(longer, feats, masks, _cfg(epochs=4, checkpoint_every=1, checkpoint_minutes=0, threads=1,
+                                                early_stopping_patience=50, early_stopping_min_delta=0.5),
+                     tmp_path / "b", resume=True, progress=False)
+    assert res.history == res_full.history and res.files_written["state"] == 2
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, longer.state_dict()[k]), k
+
+
+def _strip_settings(path) -> None:
+    """Rewrite a state as a multiflow without recorded settings wrote it."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta.pop("settings", None)
+    save_file(tensors, str(path), metadata={"meta": json.dumps(meta)})
+
+
+def test_resume_of_an_older_state_checks_the_optimiser_it_holds_and_warns(tmp_path):
+    feats, masks = _data()
+    train_flow(_model(), feats, masks, _cfg(epochs=1), tmp_path, progress=False)
+    _strip_settings(tmp_path / STATE_FILE)
+    with pytest.warns(UserWarning, match="batch_size, val_fraction, view_dropout, select, precision"):
+        with pytest.raises(CheckpointError, match=r"train.lr: 0.001 in the state, 0.002 now"):
+            train_flow(_model(), feats, masks, _cfg(epochs=2, lr=2e-3), tmp_path, resume=True, progress=False)
+    with pytest.warns(UserWarning, match="cannot check"):
+        res = train_flow(_model(), feats, masks, _cfg(epochs=2), tmp_path, resume=True, progress=False)
+    assert [r["epoch"] for r in res.history] == [1, 2]

@@ -4,6 +4,15 @@ The flow never sees images: it is trained on a feature array ``(N, V, C, h, w)``
 memory-mapped cache) with foreground masks ``(N, V, h, w)``. The loss is the per-pixel NLL averaged
 over foreground pixels only.
 
+Structure
+---------
+:func:`train_flow` prepares a run and walks its epochs; :func:`train_epoch` is the step loop of one
+epoch (the loss of a batch comes from :class:`LocalLoss`, or from
+:class:`multiflow.engine.distributed.ShardedLoss` under DDP). What happens around the steps are
+small objects the epoch loop calls after every epoch, in this order: :func:`check_finite` (a
+non-finite loss ends the run), :class:`BestSelection` (which weights the run returns),
+:class:`EarlyStopping` (whether to stop) and :class:`Checkpointer` (when to write which file).
+
 Reproducibility and resuming
 ----------------------------
 Every epoch draws its batch order and its conditioning noise from generators seeded by
@@ -15,10 +24,32 @@ end; ``best.safetensors`` (weights only) is rewritten only when the selection lo
 killed run resumed with ``resume=True`` restarts from the last state and ends with the same model
 as an uninterrupted run with the same seed (when the state was written does not change the work).
 
+What a resume may change. The state records the settings that decide what an epoch computes
+(:func:`resume_settings`): ``seed``, the number of training samples, ``val_fraction`` (the held-out
+split), ``batch_size``, ``lr``, ``betas``, ``weight_decay``, ``view_dropout``, ``select`` (which
+epoch's weights are kept) and the precision the run computed in (``precision`` after the bf16
+fallback). A resume with any of them changed is refused with a :class:`CheckpointError` that names
+each changed setting with the state's and the new value: the continued run would be trained by
+neither setting. Settings that only decide how long the run goes and where or how often it writes
+may change: ``epochs`` (there is no schedule that depends on it, so extending a run continues it as
+the longer schedule would have), ``early_stopping_patience`` and ``early_stopping_min_delta`` (they
+apply from the resumed epoch on, to the counters in the state), ``checkpoint_minutes``,
+``checkpoint_every``, ``threads`` and ``device`` (CPU and GPU arithmetic differ in rounding only).
+``threshold_quantile`` is not used by training. A state written before the settings were recorded
+is checked on what it holds (seed, samples, and the optimiser's ``lr``/``betas``/``weight_decay``),
+with a warning naming the settings it cannot check.
+
 Early stopping (``early_stopping_patience`` > 0): training ends when the held-out loss (the
 training loss without held-out samples) has not improved by more than ``early_stopping_min_delta``
 for that many epochs; the last history record says so (``stopped``). Resuming an early-stopped run
 with ``early_stopping_patience=0`` continues it to ``epochs``, the same run the fixed schedule gives.
+
+Divergence: a NaN or infinite training loss (checked on every batch, before the optimiser step) or
+held-out loss ends the run with :class:`TrainingError` naming the epoch and the loss. Nothing of the
+run is kept as a model: ``best.safetensors`` is removed and no weights are returned, so a caller
+such as :func:`multiflow.engine.pipeline.fit_category` writes no bundle. The resume state of the last
+checkpoint stays (it holds only epochs before the divergence). A run in which no epoch finished
+(``epochs=0``) is an error too, instead of returning the initial flow as if it were trained.
 
 Device and precision: the model and each batch (one transfer per batch, pinned when CUDA) go to
 ``device``; with ``precision="bf16"`` the st-network convolutions run under bf16 autocast
@@ -39,7 +70,8 @@ Distributed data parallel
 Under ``torchrun`` (an initialised process group, see :mod:`multiflow.engine.distributed`) every
 rank walks the same global batches and noise, computes the loss of its shard so that the averaged
 gradient equals the single-process gradient of the global batch, evaluates its shard of the
-validation samples (sums all-reduced), and only rank 0 writes the training state.
+validation samples (sums all-reduced), and only rank 0 writes the training state. Every rank sees
+the same global losses, so a divergence stops all of them at the same batch or epoch.
 """
 
 from __future__ import annotations
@@ -47,6 +79,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +259,281 @@ def _load_state(path: Path, model, optimizer) -> tuple[dict, dict[str, Any]]:
     return best, meta
 
 
+# ------------------------------------------------------------------------------- resume settings
+#: what the checks below call each recorded setting (the configuration key where there is one)
+_SETTING_NAMES = {"n_samples": "number of training samples", "precision": "train.precision (as computed)"}
+
+
+def resume_settings(cfg: TrainConfig, n_samples: int, precision: str) -> dict[str, Any]:
+    """The settings that decide what an epoch computes, as the resume state records them (JSON values).
+
+    ``precision`` is the one the run computes in (after :func:`resolve_precision`'s fallback). A resume
+    must match every one of them (:func:`check_resume_settings`); see the module docstring for the
+    settings that may change.
+    """
+    return {
+        "seed": int(cfg.seed),
+        "n_samples": int(n_samples),
+        "val_fraction": float(cfg.val_fraction),
+        "batch_size": int(cfg.batch_size),
+        "lr": float(cfg.lr),
+        "betas": [float(b) for b in cfg.betas],
+        "weight_decay": float(cfg.weight_decay),
+        "view_dropout": float(cfg.view_dropout),
+        "select": str(cfg.select),
+        "precision": str(precision),
+    }
+
+
+def _recorded_settings(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The settings a state was written with; for a state from before they were recorded, what it holds."""
+    if "settings" in meta:
+        return dict(meta["settings"])
+    group = (meta.get("param_groups") or [{}])[0]
+    recorded = {"seed": meta.get("seed"), "n_samples": meta.get("n_samples"), "lr": group.get("lr"),
+                "betas": group.get("betas"), "weight_decay": group.get("weight_decay")}
+    unchecked = ["batch_size", "val_fraction", "view_dropout", "select", "precision"]
+    warnings.warn(f"{path}: written by an older multiflow that did not record {', '.join(unchecked)}; "
+                  "this resume cannot check that they are unchanged", stacklevel=3)
+    return recorded
+
+
+def check_resume_settings(recorded: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse a resume whose result-changing settings (:func:`resume_settings`) differ from the state's.
+
+    Raises:
+        CheckpointError: naming every changed setting with the state's and the new value.
+    """
+    changed = [
+        f"{_SETTING_NAMES.get(key, 'train.' + key)}: {recorded[key]!r} in the state, {value!r} now"
+        for key, value in current.items()
+        if key in recorded and recorded[key] != value
+    ]
+    if changed:
+        raise CheckpointError(
+            "cannot resume: settings that change the trained model differ from the state's ("
+            + "; ".join(changed) + "). Resume with the state's values, or start a new run in another folder "
+            "(epochs, early stopping, checkpoint interval, threads and device may change on resume)",
+            path,
+        )
+
+
+# ------------------------------------------------------------------- what happens around the steps
+def check_finite(record: dict[str, Any]) -> None:
+    """Raise :class:`TrainingError` if a loss of an epoch's ``record`` is NaN or infinite."""
+    for key, what in (("train_loss", "training loss"), ("val_loss", "held-out loss")):
+        if key in record and not math.isfinite(record[key]):
+            raise TrainingError(
+                f"the {what} ({key}) is {record[key]} at epoch {record['epoch']}; training stopped and no model "
+                "was kept. Lower train.lr or check the features of the training samples for NaN/inf"
+            )
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class BestSelection:
+    """Which weights a run returns (``cfg.select``): those after the epoch with the lowest selection
+    loss (``best_val``; the held-out loss, or the training loss without held-out samples), or the
+    last epoch's (``last``). ``epoch`` is 1-based (-1 before any epoch); ``weights`` start as the
+    initial model's."""
+
+    def __init__(self, select: str, model) -> None:
+        self.select = select
+        self.loss, self.epoch = math.inf, -1
+        self.weights = _weights(model)
+
+    def update(self, epoch: int, loss: float, model) -> bool:
+        """Consider the model after ``epoch`` (1-based); returns whether it is the new selection."""
+        improved = self.select == "last" or loss < self.loss
+        if improved:
+            self.loss, self.epoch, self.weights = loss, epoch, _weights(model)
+        return improved
+
+    def meta(self) -> dict[str, Any]:
+        return {"best_val": self.loss, "best_epoch": self.epoch}
+
+    def restore(self, meta: dict[str, Any], weights: dict[str, torch.Tensor], device: torch.device) -> None:
+        self.weights = {k: v.to(device) for k, v in weights.items()}
+        self.loss = float(meta.get("best_val", math.inf))
+        self.epoch = int(meta.get("best_epoch", -1))
+
+
+class EarlyStopping:
+    """Stop when the selection loss has not improved by more than ``min_delta`` for ``patience``
+    epochs (``patience=0``: never). A stop on the schedule's last epoch is no stop."""
+
+    def __init__(self, patience: int, min_delta: float, epochs: int) -> None:
+        self.patience, self.min_delta, self.epochs = patience, min_delta, epochs
+        self.best, self.wait, self.reason = math.inf, 0, ""
+
+    def update(self, epoch: int, loss: float, what: str) -> str:
+        """Count ``epoch`` (1-based) with selection loss ``loss`` (named ``what``); returns the stop
+        reason if the run stops after it, else ''."""
+        if self.patience <= 0:
+            return ""
+        if loss < self.best - self.min_delta:
+            self.best, self.wait = loss, 0
+            return ""
+        self.wait += 1
+        if self.wait >= self.patience and epoch < self.epochs:
+            self.reason = (
+                f"early stopping after epoch {epoch}: {what} did not improve by more than "
+                f"{self.min_delta:g} for {self.wait} epochs (best {self.best:.6f})"
+            )
+        return self.reason
+
+    def meta(self) -> dict[str, Any]:
+        return {"es_best": self.best, "es_wait": self.wait, "stop_reason": self.reason}
+
+    def restore(self, meta: dict[str, Any]) -> None:
+        self.best = float(meta.get("es_best", math.inf))
+        self.wait = int(meta.get("es_wait", 0))
+        self.reason = str(meta.get("stop_reason", ""))
+        if self.reason and self.patience <= 0:
+            # an early-stopped run resumed with early stopping off runs the rest of the schedule
+            # (exactly as the uninterrupted schedule would have: the state is that of the stop epoch)
+            self.best, self.wait, self.reason = math.inf, 0, ""
+
+
+class Checkpointer:
+    """The checkpoint policy (module docstring; BENCHMARKS.md "Checkpoints").
+
+    ``best.safetensors`` whenever the selection improves (not with ``select="last"``); the resume
+    state at the end of the schedule, after an early stop, every ``checkpoint_every`` epochs of this
+    call and when ``checkpoint_minutes`` of ``clock`` have passed since the last write (or the
+    start). Only the main rank writes; under DDP rank 0's clock decides for every rank.
+    ``bytes_written``/``files_written`` count this call's writes (file sizes after each write).
+    """
+
+    def __init__(self, state_dir: Path, cfg: TrainConfig, ctx: DistContext, clock: Callable[[], float],
+                 start_epoch: int, settings: dict[str, Any]) -> None:
+        self.state_path, self.best_path = state_dir / STATE_FILE, state_dir / BEST_FILE
+        self.epochs, self.every, self.minutes = cfg.epochs, cfg.checkpoint_every, cfg.checkpoint_minutes
+        self.ctx, self.clock, self.start_epoch, self.settings = ctx, clock, start_epoch, settings
+        self.bytes_written = {"state": 0, "best": 0}
+        self.files_written = {"state": 0, "best": 0}
+        self.last_save = clock()
+
+    def improved(self, selection: BestSelection) -> None:
+        """The selection changed: rewrite the best weights."""
+        if selection.select != "last" and self.ctx.is_main:
+            self.bytes_written["best"] += _save_best(self.best_path, selection.weights, selection.epoch,
+                                                     selection.loss)
+            self.files_written["best"] += 1
+
+    def epoch_end(self, epoch: int, model, optimizer, history: list[dict[str, Any]], selection: BestSelection,
+                  stopping: EarlyStopping) -> None:
+        """After epoch ``epoch`` (0-based): write the resume state if it is due."""
+        due = (
+            epoch + 1 == self.epochs
+            or bool(stopping.reason)
+            or (self.every > 0 and (epoch + 1 - self.start_epoch) % self.every == 0)
+            or (self.minutes > 0 and self.clock() - self.last_save >= 60.0 * self.minutes)
+        )
+        if self.ctx.enabled:  # rank 0's clock decides for every rank
+            due = bool(all_reduce_sum(torch.tensor([float(due and self.ctx.is_main)]), self.ctx)[0] > 0)
+        if not due:
+            return
+        if self.ctx.is_main:
+            meta = {"epoch": epoch, "history": history, **selection.meta(), "seed": self.settings["seed"],
+                    "n_samples": self.settings["n_samples"], **stopping.meta(), "settings": self.settings}
+            best = None if selection.epoch == epoch + 1 else selection.weights
+            self.bytes_written["state"] += _save_state(self.state_path, model, optimizer, best, meta)
+            self.files_written["state"] += 1
+        barrier(self.ctx)
+        self.last_save = self.clock()
+
+    def discard_model(self) -> None:
+        """The run failed: remove the best weights, so that nothing of it looks like a trained model."""
+        if self.ctx.is_main:
+            self.best_path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------- the loop
+class LocalLoss:
+    """The masked training loss of a whole batch in this process (:class:`ShardedLoss` under DDP).
+
+    ``__call__(x, m, generator, present)`` moves the batch to ``device`` (one transfer each), runs the
+    flow with noise from ``generator`` (bf16 autocast for the st-networks with ``precision="bf16"``)
+    and returns ``(loss, loss value)``: the masked NLL mean of the present views.
+    """
+
+    def __init__(self, model, device: torch.device, precision: str) -> None:
+        self.model, self.device, self.precision = model, device, precision
+
+    def __call__(self, x: torch.Tensor, m: torch.Tensor | None, generator: torch.Generator,
+                 present: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        x = to_device(x, self.device)
+        m = None if m is None else to_device(m, self.device)
+        p = None if present is None else to_device(present, self.device)
+        with autocast(self.device, self.precision):  # bf16: the st-networks only; coupling math in fp32
+            out = self.model(x, generator=generator, present=p)
+        nll = out.nll.float()
+        loss = masked_loss(nll, present_mask(m, p, nll))
+        return loss, float(loss.detach())
+
+
+def train_epoch(model, optimizer: torch.optim.Optimizer, loss_fn: Callable, features, masks, train_idx: np.ndarray,
+                cfg: TrainConfig, epoch: int, *, progress: bool = False) -> float:
+    """The optimiser steps of epoch ``epoch`` (0-based); returns the sample-weighted mean training loss.
+
+    Batch order, conditioning noise and view dropout come from the epoch's generators, so the epoch's
+    work depends only on the model and optimiser state at its start. A non-finite batch loss raises
+    :class:`TrainingError` (naming epoch and batch) before its step.
+    """
+    model.train()
+    order_gen = _epoch_generator(cfg.seed, epoch, 0)
+    noise_gen = _epoch_generator(cfg.seed, epoch, 1)
+    drop_gen = _epoch_generator(cfg.seed, epoch, 2) if cfg.view_dropout > 0 else None
+    order = train_idx[torch.randperm(len(train_idx), generator=order_gen).numpy()]
+    bs = cfg.batch_size
+    n_batches = math.ceil(len(order) / bs)
+    running, seen = 0.0, 0
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False,
+               dynamic_ncols=True)
+    for b in bar:
+        x, m = _batch(features, masks, order[b * bs : (b + 1) * bs])
+        present = None if drop_gen is None else draw_present(len(x), x.shape[1], cfg.view_dropout, drop_gen)
+        loss, value = loss_fn(x, m, noise_gen, present)
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"the training loss became {value} at epoch {epoch + 1}, batch {b + 1}/{n_batches}; training "
+                "stopped and no model was kept. Lower train.lr or check the features for NaN/inf"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running += value * len(x)
+        seen += len(x)
+        bar.set_postfix(loss=f"{running / seen:.4f}")
+    bar.close()
+    return running / max(seen, 1)
+
+
+def _restart(state_path: Path, resume: bool, model, optimizer, settings: dict[str, Any],
+             selection: BestSelection, stopping: EarlyStopping, device: torch.device) -> tuple[int, list[dict]]:
+    """The first epoch to run and the history so far: ``(0, [])``, or those of the resume state."""
+    if not state_path.exists():
+        return 0, []
+    if not resume:
+        raise CheckpointError(
+            "a training state already exists here; pass resume=True (--resume) to continue it "
+            "or choose another output folder",
+            state_path,
+        )
+    weights, meta = _load_state(state_path, model, optimizer)
+    check_resume_settings(_recorded_settings(meta, state_path), settings, state_path)
+    selection.restore(meta, weights, device)
+    stopping.restore(meta)
+    return int(meta["epoch"]) + 1, list(meta.get("history", []))
+
+
+def _log_epoch(record: dict[str, Any]) -> None:
+    tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+
+
 def train_flow(
     model,
     features,
@@ -252,179 +560,76 @@ def train_flow(
         stop_after_epochs: stop (as if killed) after this many epochs of *this call*; for tests.
         device: where to train (default: ``resolve_device(cfg.device)``); under DDP the rank's device.
         clock: seconds (monotonic) for the checkpoint interval; injectable for tests.
+
+    Raises:
+        TrainingError: a NaN/inf loss (the best weights of the run are removed) or no epoch trained.
+        CheckpointError: a state exists without ``resume``, is unreadable, or was written with other
+            result-changing settings (module docstring).
     """
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    state_path = state_dir / STATE_FILE
     n = int(features.shape[0])
     train_idx, val_idx = split_train_val(n, cfg.val_fraction, cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-
     torch.manual_seed(cfg.seed)  # only for modules that draw at construction; flows use generators
     ctx = current_context()
     if ctx.enabled:
-        device = ctx.device
-        progress = progress and ctx.is_main
+        device, progress = ctx.device, progress and ctx.is_main
     elif device is None:
         device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, notice=ctx.is_main)
     model.to(device)
     optimizer = _optimizer(model, cfg)
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    best_val = math.inf
-    best_epoch = -1
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    es_best, es_wait, stop_reason = math.inf, 0, ""
-    if state_path.exists():
-        if not resume:
-            raise CheckpointError(
-                "a training state already exists here; pass resume=True (--resume) to continue it "
-                "or choose another output folder",
-                state_path,
-            )
-        best_state, meta = _load_state(state_path, model, optimizer)
-        best_state = {k: v.to(device) for k, v in best_state.items()}
-        if meta.get("seed") != cfg.seed or meta.get("n_samples") != n:
-            raise CheckpointError(
-                f"state was written for seed={meta.get('seed')} and {meta.get('n_samples')} samples; "
-                f"this run has seed={cfg.seed} and {n} samples",
-                state_path,
-            )
-        start_epoch = int(meta["epoch"]) + 1
-        history = list(meta.get("history", []))
-        best_val = float(meta.get("best_val", math.inf))
-        best_epoch = int(meta.get("best_epoch", -1))
-        es_best = float(meta.get("es_best", math.inf))
-        es_wait = int(meta.get("es_wait", 0))
-        stop_reason = str(meta.get("stop_reason", ""))
-        if stop_reason and cfg.early_stopping_patience <= 0:
-            # an early-stopped run resumed with early stopping off runs the rest of the schedule
-            # (exactly as the uninterrupted schedule would have: the state is that of the stop epoch)
-            stop_reason, es_best, es_wait = "", math.inf, 0
-
-    sharded = ShardedLoss(model, ctx, precision=precision) if ctx.enabled else None
-    bs = cfg.batch_size
-    n_batches = math.ceil(len(train_idx) / bs)
-    epochs_run = 0
-    written = {"state": 0, "best": 0}
-    n_written = {"state": 0, "best": 0}
-    last_save = clock()
+    selection = BestSelection(cfg.select, model)
+    stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta, cfg.epochs)
+    settings = resume_settings(cfg, n, precision)
+    start_epoch, history = _restart(state_dir / STATE_FILE, resume, model, optimizer, settings, selection,
+                                    stopping, device)
+    loss_fn = ShardedLoss(model, ctx, precision=precision) if ctx.enabled else LocalLoss(model, device, precision)
+    checkpoints = Checkpointer(state_dir, cfg, ctx, clock, start_epoch, settings)
     epoch_bar = tqdm(total=cfg.epochs, initial=min(start_epoch, cfg.epochs), desc="training", unit="epoch",
                      disable=not progress, dynamic_ncols=True)
-    for epoch in range(start_epoch, cfg.epochs):
-        if stop_reason or (stop_after_epochs is not None and epochs_run >= stop_after_epochs):
-            break
-        model.train()
-        order_gen = _epoch_generator(cfg.seed, epoch, 0)
-        noise_gen = _epoch_generator(cfg.seed, epoch, 1)
-        drop_gen = _epoch_generator(cfg.seed, epoch, 2) if cfg.view_dropout > 0 else None
-        order = train_idx[torch.randperm(len(train_idx), generator=order_gen).numpy()]
-        running, seen = 0.0, 0
-        bar = tqdm(
-            range(n_batches),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        for b in bar:
-            x, m = _batch(features, masks, order[b * bs : (b + 1) * bs])
-            present = None if drop_gen is None else draw_present(len(x), x.shape[1], cfg.view_dropout, drop_gen)
-            if sharded is not None:
-                loss, loss_value = sharded(x, m, noise_gen, present=present)
-            else:
-                x = to_device(x, device)
-                m = None if m is None else to_device(m, device)
-                p = None if present is None else to_device(present, device)
-                with autocast(device, precision):  # bf16: the st-networks only; coupling math in fp32
-                    out = model(x, generator=noise_gen, present=p)
-                nll = out.nll.float()
-                loss = masked_loss(nll, present_mask(m, p, nll))
-                loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"loss became {loss_value} at epoch {epoch + 1}, batch {b + 1}/{n_batches}; "
-                    "lower train.lr or check the features for NaN/inf"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += loss_value * len(x)
-            seen += len(x)
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-        bar.close()
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": running / max(seen, 1)}
-        if len(val_idx):
-            record["val_loss"] = evaluate_loss(model, features, masks, val_idx, bs, ctx, device=device,
-                                               precision=precision)
-        selector = record.get("val_loss", record["train_loss"])
-        improved = cfg.select == "last" or selector < best_val
-        if improved:
-            best_val, best_epoch = selector, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if cfg.early_stopping_patience > 0:
-            if selector < es_best - cfg.early_stopping_min_delta:
-                es_best, es_wait = selector, 0
-            else:
-                es_wait += 1
-                if es_wait >= cfg.early_stopping_patience and epoch + 1 < cfg.epochs:
-                    what = "val_loss" if "val_loss" in record else "train_loss"
-                    stop_reason = (
-                        f"early stopping after epoch {epoch + 1}: {what} did not improve by more than "
-                        f"{cfg.early_stopping_min_delta:g} for {es_wait} epochs (best {es_best:.6f})"
-                    )
-                    record["stopped"] = stop_reason
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if progress:
-            msg = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-            tqdm.write(msg)
-        epoch_bar.update(1)
-        epochs_run += 1
-        if improved and cfg.select != "last" and ctx.is_main:
-            written["best"] += _save_best(state_dir / BEST_FILE, best_state, best_epoch, best_val)
-            n_written["best"] += 1
-        due = (
-            epoch + 1 == cfg.epochs
-            or bool(stop_reason)
-            or (cfg.checkpoint_every > 0 and (epoch + 1 - start_epoch) % cfg.checkpoint_every == 0)
-            or (cfg.checkpoint_minutes > 0 and clock() - last_save >= 60.0 * cfg.checkpoint_minutes)
-        )
-        if ctx.enabled:  # rank 0's clock decides for every rank
-            due = bool(all_reduce_sum(torch.tensor([float(due and ctx.is_main)]), ctx)[0] > 0)
-        if due:
-            meta = {
-                "epoch": epoch,
-                "history": history,
-                "best_val": best_val,
-                "best_epoch": best_epoch,
-                "seed": cfg.seed,
-                "n_samples": n,
-                "es_best": es_best,
-                "es_wait": es_wait,
-                "stop_reason": stop_reason,
-            }
-            if ctx.is_main:
-                same = best_epoch == epoch + 1
-                written["state"] += _save_state(state_path, model, optimizer, None if same else best_state, meta)
-                n_written["state"] += 1
-            barrier(ctx)
-            last_save = clock()
-    epoch_bar.close()
-
-    model.load_state_dict(best_state)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stopping.reason or (stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs):
+                break
+            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_epoch(
+                model, optimizer, loss_fn, features, masks, train_idx, cfg, epoch, progress=progress)}
+            if len(val_idx):
+                record["val_loss"] = evaluate_loss(model, features, masks, val_idx, cfg.batch_size, ctx,
+                                                   device=device, precision=precision)
+            check_finite(record)
+            what = "val_loss" if "val_loss" in record else "train_loss"
+            improved = selection.update(epoch + 1, record[what], model)
+            if stopping.update(epoch + 1, record[what], what):
+                record["stopped"] = stopping.reason
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            if progress:
+                _log_epoch(record)
+            epoch_bar.update(1)
+            if improved:
+                checkpoints.improved(selection)
+            checkpoints.epoch_end(epoch, model, optimizer, history, selection, stopping)
+    except TrainingError:
+        checkpoints.discard_model()
+        raise
+    finally:
+        epoch_bar.close()
+    if selection.epoch < 0 and stop_after_epochs is None:
+        raise TrainingError(f"no epoch was trained (train.epochs={cfg.epochs}); there is no model to return")
+    model.load_state_dict(selection.weights)
     model.to("cpu")
     model.eval()
     return TrainResult(
-        best_epoch=best_epoch,
-        best_val_loss=best_val,
+        best_epoch=selection.epoch,
+        best_val_loss=selection.loss,
         history=history,
         train_index=train_idx,
         val_index=val_idx,
-        stop_reason=stop_reason,
-        bytes_written=written,
-        files_written=n_written,
+        stop_reason=stopping.reason,
+        bytes_written=checkpoints.bytes_written,
+        files_written=checkpoints.files_written,
     )
