@@ -9,8 +9,8 @@ tests compare every step with it. Exactness per step:
 * background plane (least squares on the border frame), k-means++ of the border colours
   (scipy's ``kmeans2(..., minit="++")`` with the same random draws), the Gaussian blur and
   Otsu's threshold (scikit-image's 256-bin histogram, including its float32 class weights) follow
-  the reference operation by operation in float64; they differ from it only by floating-point
-  summation order (last-bit differences, which can move a pixel lying exactly on a threshold).
+  the reference in float64; they differ from it only by floating-point rounding order
+  (last-bit differences, which can move a pixel lying exactly on a threshold).
   ``precision="float32"`` (the default of :class:`~multiflow.features.masks.ThresholdMasks`)
   runs the per-pixel part (distances, blur, threshold) in float32 and the distances to the
   k-means centres as ``|I|^2 - 2 I.c + |c|^2`` (one batched matrix product): pixels within about
@@ -55,15 +55,17 @@ def _use_scipy(components: str, device: torch.device) -> bool:
     return components == "scipy" or (components == "auto" and device.type == "cpu")
 
 
-def as_float_images(images: torch.Tensor) -> torch.Tensor:
-    """``(N, 3, H, W)`` uint8 (``/ 255``) or float in ``[0, 1]`` -> float64, as the NumPy path reads images."""
+def as_float_images(images: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``(N, 3, H, W)`` uint8 or float in ``[0, 1]`` -> ``dtype``, the values the NumPy path reads
+    (uint8 ``/ 255`` in float64, then rounded to ``dtype``); a tensor already in ``dtype`` is returned
+    as it is."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8:
-        return images.to(torch.float64) / 255.0
+        return (images.to(torch.float64) / 255.0).to(dtype)
     if not images.is_floating_point():
         raise ValueError(f"expected uint8 or float images, got {images.dtype}")
-    return images.to(torch.float64)
+    return images.to(dtype)
 
 
 # ----------------------------------------------------------------------------- background models
@@ -83,26 +85,23 @@ def _plane_terms(h: int, w: int, dtype: torch.dtype, device: torch.device) -> tu
     return yy, xx
 
 
-def background_plane(images: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+def background_plane(border: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
     """Per image and channel the least-squares plane ``a_c + p_c y / H + q_c x / W`` through the
-    ``frame`` pixels. ``images (N, 3, H, W)`` float64 -> coefficients ``(N, 3 terms, 3 channels)``
-    float64 (as ``ThresholdMasks.background``'s ``lstsq``)."""
-    n, _, h, w = images.shape
+    frame pixels. ``border (N, 3, P)`` float64, the ``P`` pixels of ``frame (H, W)`` in row-major
+    order -> coefficients ``(N, 3 terms, 3 channels)`` float64 (as ``ThresholdMasks.background``'s
+    ``lstsq``: the minimum-norm least-squares solution)."""
+    h, w = frame.shape
     idx = frame.reshape(-1).nonzero().squeeze(1)
     yy, xx = idx // w, idx % w
     design = torch.stack([torch.ones_like(yy, dtype=torch.float64), yy.double() / h, xx.double() / w], 1)
-    pinv = torch.linalg.pinv(design)  # (3, P): the minimum-norm least-squares solution, like lstsq
-    px = images.reshape(n, 3, h * w)[:, :, idx].transpose(1, 2)  # (N, P, 3)
-    return pinv @ px
+    return torch.linalg.pinv(design) @ border.transpose(1, 2)
 
 
-def border_sample(images: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
-    """``(N, M, 3)`` float64: every ``max(1, P // 4000)``-th of the ``P`` frame pixels in row-major
-    order (the colours the k-means sees)."""
-    n, _, h, w = images.shape
-    idx = frame.reshape(-1).nonzero().squeeze(1)
-    idx = idx[:: max(1, len(idx) // BORDER_SAMPLE)]
-    return images.reshape(n, 3, h * w)[:, :, idx].transpose(1, 2).to(torch.float64)
+def border_sample(border: torch.Tensor) -> torch.Tensor:
+    """``border (N, 3, P)`` -> ``(N, M, 3)``: every ``max(1, P // 4000)``-th frame pixel (the colours
+    the k-means sees)."""
+    p = border.shape[2]
+    return border[:, :, :: max(1, p // BORDER_SAMPLE)].transpose(1, 2).contiguous()
 
 
 @lru_cache(maxsize=64)
@@ -115,11 +114,11 @@ def _kpp_draws(m: int, k: int, seed: int) -> tuple[int, tuple[float, ...]]:
 
 
 def _sqdist(data: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """``(N, M, D)``, ``(N, K, D)`` -> ``(N, K, M)`` squared distances, summed over ``D`` in order."""
-    diff = data[:, None, :, :] - centres[:, :, None, :]
-    out = diff[..., 0] ** 2
+    """``(N, M, D)``, ``(N, K, D)`` -> ``(N, M, K)`` squared distances, summed over ``D`` in order
+    (as scipy's ``cdist(..., "sqeuclidean")`` and ``vq``)."""
+    out = torch.square(data[:, :, None, 0] - centres[:, None, :, 0])
     for d in range(1, data.shape[-1]):
-        out = out + diff[..., d] ** 2
+        out = out + torch.square(data[:, :, None, d] - centres[:, None, :, d])
     return out
 
 
@@ -128,7 +127,9 @@ def kmeans_pp(data: torch.Tensor, k: int, seed: int, iterations: int = KMEANS_IT
 
     ``data (N, M, D)`` float64 -> centres ``(N, k, D)``. k-means++ seeding with scipy's draws
     (:func:`_kpp_draws`: the same for every image of a size), then ``iterations`` Lloyd steps
-    (nearest centre, first on ties; an empty cluster keeps its centre).
+    (nearest centre, first on ties; an empty cluster keeps its centre). Distances are summed in
+    scipy's order: border colours are quantised, exact ties between centres occur, and the
+    shortcut ``|c|^2 - 2 x.c`` breaks them differently (measured: a different mask).
     """
     n, m, d = data.shape
     first, uniforms = _kpp_draws(m, k, seed)
@@ -137,14 +138,14 @@ def kmeans_pp(data: torch.Tensor, k: int, seed: int, iterations: int = KMEANS_IT
     centres[:, 0] = data[:, first]
     d2 = None
     for i in range(1, k):
-        new = _sqdist(data, centres[:, i - 1 : i])[:, 0]
+        new = _sqdist(data, centres[:, i - 1 : i])[:, :, 0]
         d2 = new if d2 is None else torch.minimum(d2, new)
         cum = (d2 / d2.sum(1, keepdim=True)).cumsum(1)
         r = torch.full((n, 1), uniforms[i - 1], dtype=data.dtype, device=data.device)
         pick = torch.searchsorted(cum, r).squeeze(1).clamp(0, m - 1)
         centres[:, i] = data[ar, pick]
     for _ in range(iterations):
-        label = _sqdist(data, centres).argmin(1)  # (N, M)
+        label = _sqdist(data, centres).argmin(2)  # (N, M): the nearest centre, the first on ties
         sums = torch.zeros(n, k, d, dtype=data.dtype, device=data.device)
         sums.scatter_add_(1, label[..., None].expand(n, m, d), data)
         counts = torch.zeros(n, k, dtype=data.dtype, device=data.device)
@@ -348,7 +349,8 @@ def dilate_square(mask: torch.Tensor, size: int) -> torch.Tensor:
         return mask
     before, after = size - 1 - size // 2, size // 2  # output o covers input o - before .. o + after
     x = F.pad(mask[:, None].to(torch.float32), (before, after, before, after))
-    return F.max_pool2d(x, size, stride=1)[:, 0] > 0
+    x = F.max_pool2d(x, (size, 1), stride=1)  # a square is a column then a row: 2 size, not size^2
+    return F.max_pool2d(x, (1, size), stride=1)[:, 0] > 0
 
 
 def _nearest_along(mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -477,24 +479,26 @@ def threshold_masks(
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     dtype = PRECISIONS[precision]
-    img64 = as_float_images(images)
-    n, _, h, w = img64.shape
+    img = as_float_images(images, dtype)
+    n, _, h, w = img.shape
     if n == 0:
         return torch.zeros(0, h, w, dtype=torch.bool, device=images.device)
-    frame = frame_mask(h, w, border, img64.device)
-    coef = background_plane(img64, frame).to(dtype)  # (N, 3 terms, 3 channels)
-    img = img64.to(dtype)
+    frame = frame_mask(h, w, border, img.device)
+    border64 = as_float_images(images[:, :, frame][..., None])[..., 0]  # (N, 3, P) frame pixels, float64
+    coef = background_plane(border64, frame).to(dtype)  # (N, 3 terms, 3 channels)
     yy, xx = _plane_terms(h, w, dtype, img.device)
-    bg = (coef[:, 0, :, None, None] + coef[:, 1, :, None, None] * yy[None, None, :, None]
-          + coef[:, 2, :, None, None] * xx[None, None, None, :])
-    diff = img - bg
-    d2 = diff[:, 0] ** 2 + diff[:, 1] ** 2 + diff[:, 2] ** 2
-    del diff, bg
+    a, p, q = (coef[:, t, :, None, None] for t in range(3))
+    diff = (a + p * yy[:, None]) + q * xx  # (N, 3, H, W): the background plane
+    torch.sub(img, diff, out=diff)
+    diff.square_()
+    d2 = diff[:, 0] + diff[:, 1]
+    d2 += diff[:, 2]
+    del diff
     if clusters > 0:
-        centres = border_centres(border_sample(img64, frame), clusters, seed)  # (N, K, 3) float64
+        centres = border_centres(border_sample(border64), clusters, seed)  # (N, K, 3) float64
         d2 = torch.minimum(d2, _centre_d2(img.reshape(n, 3, h * w), centres).reshape(n, h, w))
     dist = gaussian_blur(d2.sqrt(), sigma)
     peak = dist.reshape(n, -1).amax(1).double()
     thr = torch.clamp(otsu_scale * otsu_threshold(dist), min=min_contrast)
-    mask = (dist.double() > thr[:, None, None]) & (peak >= min_contrast)[:, None, None]
+    mask = (dist > thr[:, None, None]) & (peak >= min_contrast)[:, None, None]  # compared in float64
     return keep_large_components(mask, keep_fraction, components=components)
