@@ -291,3 +291,32 @@ def test_compute_masks_torch_path_matches_the_reference(tmp_path, renders):
         for v in range(3):
             assert _iou(fast.full[s, v], ref.full[s, v]) >= 0.99
             assert (fast.grid[s, v] != ref.grid[s, v]).sum() <= 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (3, 3), (2, 7), (9, 9), (30, 4)])
+def test_threshold_masks_on_tiny_images_equal_the_reference(shape):
+    """Images smaller than the blur and the border frame: one pixel, one row, a frame that is everything."""
+    rng = np.random.default_rng(sum(shape))
+    noise = rng.random((*shape, 3)).astype(np.float32)
+    spot = np.full((*shape, 3), 0.2, np.float32)
+    spot[shape[0] // 2, shape[1] // 2] = [0.9, 0.9, 0.1]
+    for img in (noise, spot):
+        want = ThresholdMasks(backend="numpy")(img)
+        for precision in ("float32", "float64"):
+            for components in COMPONENTS:
+                got = ThresholdMasks(precision=precision).batch(
+                    torch.from_numpy(img).permute(2, 0, 1)[None], components=components)[0].numpy()
+                np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batch_view_masks_on_cuda_match_the_cpu(renders):
+    imgs = torch.from_numpy(renders).permute(0, 3, 1, 2).float().div(255).reshape(-1, 3, 3, 96, 96)
+    for precision in ("float32", "float64"):
+        provider = ThresholdMasks(precision=precision)
+        full_cpu, grid_cpu = batch_view_masks(provider, imgs, (12, 12))
+        full_gpu, grid_gpu = batch_view_masks(provider, imgs.cuda(), (12, 12), margin=0.0)
+        assert full_gpu.is_cuda and grid_gpu.is_cuda
+        for a, b in zip(full_gpu.cpu().reshape(-1, 96, 96).numpy(), full_cpu.reshape(-1, 96, 96).numpy()):
+            assert _iou(a, b) >= 0.99
+        assert (grid_gpu.cpu() != grid_cpu).sum() <= 0.01 * grid_cpu.numel()

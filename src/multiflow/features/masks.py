@@ -103,8 +103,8 @@ class ThresholdMasks:
 
     ``backend="torch"`` (default) computes all of this as batched tensor operations on the
     images' device (:meth:`batch`, :func:`multiflow.features.masks_torch.threshold_masks`), in
-    ``precision`` (``"float32"`` default, ``"float64"`` follows the reference operation by
-    operation); ``backend="numpy"`` is the NumPy/SciPy/scikit-image reference, whose cache key is
+    ``precision`` (``"float32"`` default; ``"float64"`` follows the reference up to rounding
+    order); ``backend="numpy"`` is the NumPy/SciPy/scikit-image reference, whose cache key is
     the one masks had before the torch path existed. The two agree up to pixels on the threshold
     (see :mod:`multiflow.features.masks_torch` for the tolerance per step).
 

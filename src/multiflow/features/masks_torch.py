@@ -15,7 +15,10 @@ tests compare every step with it. Exactness per step:
   runs the per-pixel part (distances, blur, threshold) in float32 and the distances to the
   k-means centres as ``|I|^2 - 2 I.c + |c|^2`` (one batched matrix product): pixels within about
   1e-4 (relative) of the threshold can flip, and Otsu's bin edges move with the float32 minimum
-  and maximum. Measured on the synthetic renders (tests): IoU >= 0.99 with the reference.
+  and maximum. Stated tolerance (asserted by the tests on every synthetic family): IoU >= 0.99 per
+  mask, at most 1 % of the grid cells different. Measured on 100 views at 128 px (5 families x
+  normal + 3 defect types x 5 views): float32 1 pixel different in all (raw IoU >= 0.9995, no
+  grid cell), float64 identical.
 * connected components (``"torch"``: label propagation), hole filling, the square dilation, the
   Euclidean ``margin`` and the reduction to the feature grid are exact (integer/boolean
   arithmetic; the margin's radius ``margin * hypot(h, w)`` of the bounding box is the one float).
@@ -127,7 +130,8 @@ def kmeans_pp(data: torch.Tensor, k: int, seed: int, iterations: int = KMEANS_IT
 
     ``data (N, M, D)`` float64 -> centres ``(N, k, D)``. k-means++ seeding with scipy's draws
     (:func:`_kpp_draws`: the same for every image of a size), then ``iterations`` Lloyd steps
-    (nearest centre, first on ties; an empty cluster keeps its centre). Distances are summed in
+    (nearest centre, first on ties; an empty cluster keeps its centre; stopped early once no point
+    changes its cluster, which is a fixed point of scipy's loop too). Distances are summed in
     scipy's order: border colours are quantised, exact ties between centres occur, and the
     shortcut ``|c|^2 - 2 x.c`` breaks them differently (measured: a different mask).
     """
@@ -144,8 +148,12 @@ def kmeans_pp(data: torch.Tensor, k: int, seed: int, iterations: int = KMEANS_IT
         r = torch.full((n, 1), uniforms[i - 1], dtype=data.dtype, device=data.device)
         pick = torch.searchsorted(cum, r).squeeze(1).clamp(0, m - 1)
         centres[:, i] = data[ar, pick]
+    previous = None
     for _ in range(iterations):
         label = _sqdist(data, centres).argmin(2)  # (N, M): the nearest centre, the first on ties
+        if previous is not None and torch.equal(label, previous):
+            break  # same clusters, same means: the remaining iterations would change nothing
+        previous = label
         sums = torch.zeros(n, k, d, dtype=data.dtype, device=data.device)
         sums.scatter_add_(1, label[..., None].expand(n, m, d), data)
         counts = torch.zeros(n, k, dtype=data.dtype, device=data.device)
