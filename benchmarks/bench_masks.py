@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="--backends: where the torch path runs (cpu, cuda)")
     parser.add_argument("--precision", default="float32", help="--backends: float32 or float64")
     parser.add_argument("--threads", type=int, default=0, help="--backends: torch threads (0: torch's default)")
-    parser.add_argument("--components", default="auto", choices=["auto", "torch", "scipy"],
-                        help="--backends: connected components and hole filling by SciPy (auto on the CPU) or "
-                             "label propagation (auto elsewhere)")
+    parser.add_argument("--steps", default="auto", choices=["auto", "torch", "scipy"],
+                        help="--backends: border k-means, connected components and hole filling by SciPy (auto on "
+                             "the CPU) or as tensor operations (auto elsewhere)")
     parser.add_argument("--no-md", action="store_true", help="--backends: print only; do not write BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.backends:
@@ -244,7 +244,7 @@ def backends(args: argparse.Namespace, argv: list[str] | None) -> int:
     with CpuShare() as share:
         for b in args.batches:
             t_np = _median_seconds(lambda: batch_view_masks(ref, images[:b], grid), args.repeats, lambda: None)
-            t_torch = _median_seconds(lambda: batch_view_masks(fast, on_device[:b], grid, components=args.components),
+            t_torch = _median_seconds(lambda: batch_view_masks(fast, on_device[:b], grid, steps=args.steps),
                                       args.repeats, sync)
             rows.append((b, t_np / b, t_torch / b))
             print(f"{b:>3} objects per call: numpy {t_np / b * 1e3:8.1f} ms/object  torch {t_torch / b * 1e3:8.1f} "
@@ -252,8 +252,8 @@ def backends(args: argparse.Namespace, argv: list[str] | None) -> int:
         # agreement over every rendered object: raw masks, post-processed masks, grid cells
         iou_raw, iou_full, cells, n_cells = [], [], 0, 0
         flat = images.reshape(-1, *images.shape[2:])
-        raw_fast = fast.batch(flat.to(device), components=args.components).cpu().numpy()
-        full_fast, grid_fast = (t.cpu() for t in batch_view_masks(fast, on_device, grid, components=args.components))
+        raw_fast = fast.batch(flat.to(device), steps=args.steps).cpu().numpy()
+        full_fast, grid_fast = (t.cpu() for t in batch_view_masks(fast, on_device, grid, steps=args.steps))
         full_fast, grid_fast = full_fast.reshape(-1, *full_fast.shape[2:]).numpy(), grid_fast.reshape(-1, *grid).numpy()
         for i in range(len(flat)):
             raw_ref = ref(flat[i].permute(1, 2, 0).numpy())
@@ -273,7 +273,7 @@ def backends(args: argparse.Namespace, argv: list[str] | None) -> int:
         f"Threshold provider + post-processing (hole filling, 8x8 dilation, area reduction to {grid[0]}x{grid[1]}) of "
         f"5-view objects at {args.size} px rendered by `multiflow.synth` (every family, normal and defective). "
         f"NumPy: `ThresholdMasks(backend=\"numpy\")` + `postprocess_mask`, view by view on the CPU; torch: "
-        f"`batch_view_masks` ({args.precision}, components {args.components}), all views of the call's objects at once. Median of {args.repeats} "
+        f"`batch_view_masks` ({args.precision}, steps {args.steps}), all views of the call's objects at once. Median of {args.repeats} "
         "after a warm-up.",
         "",
         "| objects per call | NumPy ms / object | torch ms / object | speed-up |",

@@ -25,7 +25,7 @@ from multiflow.features.masks import (
 
 from features_fakes import FakeDataset
 
-COMPONENTS = ["torch", "scipy"]
+STEPS = ["torch", "scipy"]
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -102,12 +102,16 @@ def test_kmeans_pp_equals_scipy_kmeans2():
         np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-12)
 
 
-def test_border_centres_with_few_colours_are_the_colours():
+@pytest.mark.parametrize("steps", STEPS)
+def test_border_centres_equal_the_reference(steps):
     cols = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.5, 0.5], [0.1, 0.2, 0.3]], dtype=torch.float64)
-    sample = cols[torch.arange(30) % 3][None]
-    got = mt.border_centres(sample, 4, seed=0)[0]
-    assert got.shape == (4, 3)
-    assert {tuple(r) for r in got.tolist()} == {(0.1, 0.2, 0.3), (0.5, 0.5, 0.5)}
+    few = cols[torch.arange(30) % 3]  # two colours: the colours themselves, no k-means
+    many = torch.from_numpy(np.random.default_rng(4).random((30, 3)))
+    got = mt.border_centres(torch.stack([few, many]), 4, seed=1, steps=steps)
+    assert got.shape == (2, 4, 3)
+    assert {tuple(r) for r in got[0].tolist()} == {(0.1, 0.2, 0.3), (0.5, 0.5, 0.5)}
+    want, _ = kmeans2(many.numpy(), 4, seed=np.random.default_rng(1), minit="++")
+    np.testing.assert_allclose(got[1].numpy(), want, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(40, 33), (3, 5), (1, 9)])
@@ -147,20 +151,20 @@ def test_label_components_on_a_spiral_and_edge_cases():
     assert lab[2].sum() == 5 * 15 + 7 + 1 and lab[3].sum() == 15
 
 
-@pytest.mark.parametrize("components", COMPONENTS)
-def test_fill_holes_equals_scipy(components):
+@pytest.mark.parametrize("steps", STEPS)
+def test_fill_holes_equals_scipy(steps):
     masks = np.concatenate([_blobs(4, density=0.6), _blobs(5, density=0.3), _edge_masks(48, 56)])
-    got = mt.fill_holes(torch.from_numpy(masks), components=components).numpy()
+    got = mt.fill_holes(torch.from_numpy(masks), steps=steps).numpy()
     want = np.stack([ndimage.binary_fill_holes(m) for m in masks])
     np.testing.assert_array_equal(got, want)
     assert (want.sum((1, 2)) > masks.sum((1, 2))).any()  # some holes were filled
 
 
-@pytest.mark.parametrize("components", COMPONENTS)
-def test_keep_large_components_equals_numpy(components):
+@pytest.mark.parametrize("steps", STEPS)
+def test_keep_large_components_equals_numpy(steps):
     masks = np.concatenate([_blobs(6, density=0.3), _edge_masks(48, 56)])
     for fraction in (0.02, 0.3, 1.0):
-        got = mt.keep_large_components(torch.from_numpy(masks), fraction, components=components).numpy()
+        got = mt.keep_large_components(torch.from_numpy(masks), fraction, steps=steps).numpy()
         want = np.stack([keep_large_components_np(m, fraction) for m in masks])
         np.testing.assert_array_equal(got, want)
     assert (want.sum((1, 2)) < masks.sum((1, 2))).any()  # some components were dropped
@@ -194,11 +198,11 @@ def test_reduce_to_grid_equals_numpy(mode):
         mt.reduce_to_grid(torch.from_numpy(masks), (60, 60), "area")
 
 
-@pytest.mark.parametrize("components", COMPONENTS)
-def test_postprocess_masks_equals_numpy(components):
+@pytest.mark.parametrize("steps", STEPS)
+def test_postprocess_masks_equals_numpy(steps):
     masks = np.concatenate([_blobs(10, density=0.3), _edge_masks(48, 56)])
     for margin in (0.0, 0.05):
-        full, grid = mt.postprocess_masks(torch.from_numpy(masks), (6, 7), margin=margin, components=components)
+        full, grid = mt.postprocess_masks(torch.from_numpy(masks), (6, 7), margin=margin, steps=steps)
         for m, f, g in zip(masks, full.numpy(), grid.numpy()):
             want_f, want_g = postprocess_mask(m, (6, 7), margin=margin)
             np.testing.assert_array_equal(f, want_f)
@@ -219,14 +223,14 @@ def renders():
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])
-@pytest.mark.parametrize("components", COMPONENTS)
-def test_threshold_masks_match_the_reference_on_synthetic_renders(renders, precision, components):
+@pytest.mark.parametrize("steps", STEPS)
+def test_threshold_masks_match_the_reference_on_synthetic_renders(renders, precision, steps):
     ref = ThresholdMasks(backend="numpy")
     want = [ref(im) for im in renders]
     provider = ThresholdMasks(precision=precision)
-    raw = provider.batch(torch.from_numpy(renders).permute(0, 3, 1, 2), components=components).numpy()
+    raw = provider.batch(torch.from_numpy(renders).permute(0, 3, 1, 2), steps=steps).numpy()
     grid = (12, 12)
-    full, g = mt.postprocess_masks(torch.from_numpy(raw), grid, components=components)
+    full, g = mt.postprocess_masks(torch.from_numpy(raw), grid, steps=steps)
     cells = 0
     for w, r, f, gg in zip(want, raw, full.numpy(), g.numpy()):
         assert w.any() and _iou(r, w) >= (0.99 if precision == "float32" else 0.999)
@@ -303,9 +307,9 @@ def test_threshold_masks_on_tiny_images_equal_the_reference(shape):
     for img in (noise, spot):
         want = ThresholdMasks(backend="numpy")(img)
         for precision in ("float32", "float64"):
-            for components in COMPONENTS:
+            for steps in STEPS:
                 got = ThresholdMasks(precision=precision).batch(
-                    torch.from_numpy(img).permute(2, 0, 1)[None], components=components)[0].numpy()
+                    torch.from_numpy(img).permute(2, 0, 1)[None], steps=steps)[0].numpy()
                 np.testing.assert_array_equal(got, want)
 
 

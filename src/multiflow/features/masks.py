@@ -27,7 +27,8 @@ device of the images (:mod:`multiflow.features.masks_torch`; ``ThresholdMasks(ba
 the default): :func:`batch_view_masks` takes all views of several objects at once ``(B, V, 3, H,
 W)``. The NumPy/SciPy path (``backend="numpy"``) is the reference the tests compare with; the
 torch path gives the same masks up to pixels on the threshold (IoU >= 0.99 on the synthetic
-renders, components, hole filling, dilation and grid reduction exact), and its cache key differs.
+renders; connected components, hole filling, dilation and grid reduction exact), and its cache
+key differs.
 """
 
 from __future__ import annotations
@@ -162,17 +163,18 @@ class ThresholdMasks:
         """Whether :meth:`batch` is the provider's own path (:func:`batch_view_masks` uses it)."""
         return self.backend == "torch"
 
-    def batch(self, images: torch.Tensor, *, components: str = "auto") -> torch.Tensor:
+    def batch(self, images: torch.Tensor, *, steps: str = "auto") -> torch.Tensor:
         """Raw masks ``(N, H, W)`` bool of ``images (N, 3, H, W)`` (uint8, or float in ``[0, 1]``),
         computed on the images' device (:func:`multiflow.features.masks_torch.threshold_masks`).
-        ``components``: ``"auto"`` (SciPy labelling on the CPU, label propagation elsewhere),
-        ``"torch"`` or ``"scipy"``; the result does not depend on it."""
+        ``steps``: ``"auto"`` (the border-colour k-means, component labelling and hole filling by
+        SciPy on the CPU, as tensor operations elsewhere), ``"torch"`` or ``"scipy"``; the masks do
+        not depend on it."""
         from multiflow.features.masks_torch import threshold_masks
 
         return threshold_masks(
             images, border=self.border, sigma=self.sigma, otsu_scale=self.otsu_scale, clusters=self.clusters,
             min_contrast=self.min_contrast, keep_fraction=self.keep_fraction, seed=self.seed,
-            precision=self.precision, components=components,
+            precision=self.precision, steps=steps,
         )
 
     def _frame(self, h: int, w: int) -> np.ndarray:
@@ -203,15 +205,9 @@ class ThresholdMasks:
 
         dist = np.linalg.norm(img - self.background(img), axis=2)
         if self.clusters > 0:
-            from scipy.cluster.vq import kmeans2
-
             border_px = img[self._frame(*img.shape[:2])]
             border_px = border_px[:: max(1, len(border_px) // 4000)]
-            centres = np.unique(border_px, axis=0)
-            if len(centres) > self.clusters:
-                with warnings.catch_warnings():  # an empty cluster is harmless here
-                    warnings.simplefilter("ignore")
-                    centres, _ = kmeans2(border_px, self.clusters, seed=np.random.default_rng(self.seed), minit="++")
+            centres = border_colours_np(border_px, self.clusters, self.seed)
             for c in centres:  # min distance to any border colour, one centre at a time (memory)
                 np.minimum(dist, np.linalg.norm(img - c, axis=2), out=dist)
         if self.sigma > 0:
@@ -220,6 +216,20 @@ class ThresholdMasks:
             return np.zeros(dist.shape, dtype=bool)
         t = max(self.otsu_scale * float(threshold_otsu(dist)), self.min_contrast)
         return keep_large_components_np(dist > t, self.keep_fraction)
+
+
+def border_colours_np(border_px: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """The background colours of :class:`ThresholdMasks` from the sampled border pixels
+    ``(M, 3)``: their distinct colours if at most ``clusters``, else the k-means++ centres
+    (``scipy.cluster.vq.kmeans2``, seeded)."""
+    from scipy.cluster.vq import kmeans2
+
+    centres = np.unique(border_px, axis=0)
+    if len(centres) > clusters:
+        with warnings.catch_warnings():  # an empty cluster is harmless here
+            warnings.simplefilter("ignore")
+            centres, _ = kmeans2(border_px, clusters, seed=np.random.default_rng(seed), minit="++")
+    return centres
 
 
 def keep_large_components_np(mask: np.ndarray, keep_fraction: float) -> np.ndarray:
@@ -402,7 +412,7 @@ def view_mask(
 def batch_view_masks(
     provider: MaskProvider, images: torch.Tensor, grid: tuple[int, int], *,
     image_paths: Sequence[Sequence[str | None]] | None = None, flips: Sequence[str] | None = None,
-    dilation: int = DILATION, mode: str = "area", margin: float = 0.0, components: str = "auto",
+    dilation: int = DILATION, mode: str = "area", margin: float = 0.0, steps: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Foreground masks of all views of several objects at once, as :func:`view_mask` computes them.
 
@@ -412,7 +422,7 @@ def batch_view_masks(
     (:func:`multiflow.features.masks_torch.postprocess_masks`) as tensor operations there; any
     other provider is called view by view (``image_paths[b][v]``, the view's load-time ``flips[v]``
     for providers that read files) and post-processed by :func:`postprocess_mask`.
-    ``components``: see :meth:`ThresholdMasks.batch`.
+    ``steps``: see :meth:`ThresholdMasks.batch`.
     """
     from multiflow.features.masks_torch import postprocess_masks
 
@@ -421,8 +431,8 @@ def batch_view_masks(
     b, v, _, height, width = images.shape
     h, w = int(grid[0]), int(grid[1])
     if getattr(provider, "batched", False):
-        raw = provider.batch(images.reshape(b * v, 3, height, width), components=components)
-        full, g = postprocess_masks(raw, (h, w), dilation=dilation, mode=mode, margin=margin, components=components)
+        raw = provider.batch(images.reshape(b * v, 3, height, width), steps=steps)
+        full, g = postprocess_masks(raw, (h, w), dilation=dilation, mode=mode, margin=margin, steps=steps)
         return full.reshape(b, v, height, width), g.reshape(b, v, h, w)
     if flips is not None and len(flips) != v:
         raise ValueError(f"{len(flips)} flips for {v} views")

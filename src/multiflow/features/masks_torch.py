@@ -29,8 +29,12 @@ with its own index + 1; a round takes the maximum over horizontal runs, vertical
 ``label <- label[label]`` (the pixel a label names carries a label at least as large, in the same
 component). Labels only grow and stay inside their component, so the fixed point is the largest
 index of each component; rounds stop when nothing changes (a compact object needs a handful, a
-spiral at most its geodesic length; never more than ``H * W``). On the CPU the SciPy labelling is
-faster (``components="auto"`` picks it there); the result is the same.
+spiral at most its geodesic length; never more than ``H * W``).
+
+``steps``: the small sequential steps SciPy does well on the CPU (the k-means of the border
+colours, which is then SciPy's own ``kmeans2``; connected components; hole filling) run there with
+SciPy under ``"auto"`` when the images are on the CPU, as tensor operations on any other device;
+``"torch"`` and ``"scipy"`` force one or the other. The masks do not depend on it (tested).
 """
 
 from __future__ import annotations
@@ -49,13 +53,13 @@ DILATION = 8
 BORDER_SAMPLE = 4000
 KMEANS_ITERATIONS = 10  # scipy.cluster.vq.kmeans2's default
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
-COMPONENT_BACKENDS = ("auto", "torch", "scipy")
+STEP_BACKENDS = ("auto", "torch", "scipy")
 
 
-def _use_scipy(components: str, device: torch.device) -> bool:
-    if components not in COMPONENT_BACKENDS:
-        raise ConfigError(f"components must be one of {COMPONENT_BACKENDS}, got {components!r}")
-    return components == "scipy" or (components == "auto" and device.type == "cpu")
+def _use_scipy(steps: str, device: torch.device) -> bool:
+    if steps not in STEP_BACKENDS:
+        raise ConfigError(f"steps must be one of {STEP_BACKENDS}, got {steps!r}")
+    return steps == "scipy" or (steps == "auto" and device.type == "cpu")
 
 
 def as_float_images(images: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -116,12 +120,13 @@ def _kpp_draws(m: int, k: int, seed: int) -> tuple[int, tuple[float, ...]]:
     return first, tuple(float(rng.uniform()) for _ in range(k - 1))
 
 
-def _sqdist(data: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """``(N, M, D)``, ``(N, K, D)`` -> ``(N, M, K)`` squared distances, summed over ``D`` in order
-    (as scipy's ``cdist(..., "sqeuclidean")`` and ``vq``)."""
-    out = torch.square(data[:, :, None, 0] - centres[:, None, :, 0])
-    for d in range(1, data.shape[-1]):
-        out = out + torch.square(data[:, :, None, d] - centres[:, None, :, d])
+def _sqdist(columns: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """``columns (N, D, M)`` (the points, one contiguous row per coordinate), ``centres (N, K, D)``
+    -> ``(N, M, K)`` squared distances, summed over ``D`` in order (as scipy's ``cdist(...,
+    "sqeuclidean")`` and ``vq``)."""
+    out = torch.square(columns[:, 0, :, None] - centres[:, None, :, 0])
+    for d in range(1, columns.shape[1]):
+        out += torch.square(columns[:, d, :, None] - centres[:, None, :, d])
     return out
 
 
@@ -136,13 +141,14 @@ def kmeans_pp(data: torch.Tensor, k: int, seed: int, iterations: int = KMEANS_IT
     shortcut ``|c|^2 - 2 x.c`` breaks them differently (measured: a different mask).
     """
     n, m, d = data.shape
+    columns = data.transpose(1, 2).contiguous()
     first, uniforms = _kpp_draws(m, k, seed)
     ar = torch.arange(n, device=data.device)
     centres = torch.empty(n, k, d, dtype=data.dtype, device=data.device)
     centres[:, 0] = data[:, first]
     d2 = None
     for i in range(1, k):
-        new = _sqdist(data, centres[:, i - 1 : i])[:, :, 0]
+        new = _sqdist(columns, centres[:, i - 1 : i])[:, :, 0]
         d2 = new if d2 is None else torch.minimum(d2, new)
         cum = (d2 / d2.sum(1, keepdim=True)).cumsum(1)
         r = torch.full((n, 1), uniforms[i - 1], dtype=data.dtype, device=data.device)
@@ -150,7 +156,7 @@ def kmeans_pp(data: torch.Tensor, k: int, seed: int, iterations: int = KMEANS_IT
         centres[:, i] = data[ar, pick]
     previous = None
     for _ in range(iterations):
-        label = _sqdist(data, centres).argmin(2)  # (N, M): the nearest centre, the first on ties
+        label = _sqdist(columns, centres).argmin(2)  # (N, M): the nearest centre, the first on ties
         if previous is not None and torch.equal(label, previous):
             break  # same clusters, same means: the remaining iterations would change nothing
         previous = label
@@ -163,14 +169,23 @@ def kmeans_pp(data: torch.Tensor, k: int, seed: int, iterations: int = KMEANS_IT
     return centres
 
 
-def border_centres(sample: torch.Tensor, clusters: int, seed: int) -> torch.Tensor:
+def border_centres(sample: torch.Tensor, clusters: int, seed: int, *, steps: str = "auto") -> torch.Tensor:
     """The background colours of ``ThresholdMasks``: ``sample (N, M, 3)`` -> ``(N, clusters, 3)``.
 
     An image with more than ``clusters`` distinct border colours gets the k-means centres, one
     with fewer its distinct colours (repeated to fill ``clusters`` rows: a repeated centre does not
-    change the minimum distance).
+    change the minimum distance). ``steps``: SciPy's ``kmeans2`` image by image, or
+    :func:`kmeans_pp` on the batch (see the module docstring).
     """
     n, m, _ = sample.shape
+    if _use_scipy(steps, sample.device):
+        from multiflow.features.masks import border_colours_np
+
+        out = []
+        for x in sample.cpu().numpy():
+            c = border_colours_np(x, clusters, seed)
+            out.append(c[np.arange(clusters) % len(c)])
+        return torch.from_numpy(np.stack(out)).to(sample.device)
     # lexicographic sort of the rows (three stable sorts), then count the changes
     rows = sample
     for c in (2, 1, 0):
@@ -250,7 +265,7 @@ def otsu_threshold(x: torch.Tensor, nbins: int = 256) -> torch.Tensor:
     return torch.where(hi == lo, lo, thr)
 
 
-# ----------------------------------------------------------------------------- components
+# ----------------------------------------------------------------------------- connected components
 
 
 def _label_dtype(h: int, w: int) -> torch.dtype:
@@ -315,14 +330,26 @@ def label_components(mask: torch.Tensor, connectivity: int = 8) -> torch.Tensor:
     return lab.long()
 
 
-def keep_large_components(mask: torch.Tensor, keep_fraction: float, *, components: str = "auto") -> torch.Tensor:
+def _keep_large_np(m: np.ndarray, keep_fraction: float) -> np.ndarray:
+    """``keep_large_components_np`` of :mod:`multiflow.features.masks` with a lookup table instead
+    of ``np.isin``."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(m, structure=np.ones((3, 3), dtype=bool))
+    if n <= 1:
+        return m
+    areas = np.bincount(labels.ravel())
+    keep = areas >= keep_fraction * areas[1:].max()
+    keep[0] = False
+    return keep[labels]
+
+
+def keep_large_components(mask: torch.Tensor, keep_fraction: float, *, steps: str = "auto") -> torch.Tensor:
     """Per image, the 8-connected components of ``mask (N, H, W)`` with at least ``keep_fraction``
     of the largest one's area (step 4 of ``ThresholdMasks``)."""
-    if _use_scipy(components, mask.device):
-        from multiflow.features.masks import keep_large_components_np
-
+    if _use_scipy(steps, mask.device):
         m = mask.cpu().numpy()
-        out = np.stack([keep_large_components_np(x, keep_fraction) for x in m]) if len(m) else m
+        out = np.stack([_keep_large_np(x, keep_fraction) for x in m]) if len(m) else m
         return torch.from_numpy(out).to(mask.device)
     n, h, w = mask.shape
     lab = label_components(mask, 8)
@@ -333,14 +360,25 @@ def keep_large_components(mask: torch.Tensor, keep_fraction: float, *, component
     return mask & (areas[key].double() >= keep_fraction * largest[:, None, None])
 
 
-def fill_holes(mask: torch.Tensor, *, components: str = "auto") -> torch.Tensor:
+def _fill_holes_np(m: np.ndarray) -> np.ndarray:
+    """``binary_fill_holes(m)`` by one labelling of the background (4-connectivity): components
+    that touch the image border are outside, the others are holes."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(~m)
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        outside[edge] = True
+    outside[0] = False  # the foreground
+    return ~outside[labels]
+
+
+def fill_holes(mask: torch.Tensor, *, steps: str = "auto") -> torch.Tensor:
     """``scipy.ndimage.binary_fill_holes`` of every ``mask (N, H, W)``: background not 4-connected
     to the outside of the image becomes foreground."""
-    if _use_scipy(components, mask.device):
-        from scipy import ndimage
-
+    if _use_scipy(steps, mask.device):
         m = mask.cpu().numpy()
-        return torch.from_numpy(np.stack([ndimage.binary_fill_holes(x) for x in m]) if len(m) else m).to(mask.device)
+        return torch.from_numpy(np.stack([_fill_holes_np(x) for x in m]) if len(m) else m).to(mask.device)
     bg = F.pad(~mask, (1, 1, 1, 1), value=True)  # the outside: a background ring around the image
     lab = label_components(bg, 4)
     outside = lab[:, :1, :1]
@@ -350,15 +388,41 @@ def fill_holes(mask: torch.Tensor, *, components: str = "auto") -> torch.Tensor:
 # ----------------------------------------------------------------------------- post-processing
 
 
+def _or_run(x: torch.Tensor, length: int, dim: int, forward: bool) -> torch.Tensor:
+    """``out[i] = any(x[i .. i + length - 1])`` (``forward``) or ``any(x[i - length + 1 .. i])``
+    along ``dim``, outside the tensor False: runs of 1, 2, 4, ... by OR-ing shifted copies, then one
+    overlapping shift to reach ``length``."""
+    n = x.shape[dim]
+
+    def shifted_or(t: torch.Tensor, s: int) -> torch.Tensor:  # t[i] | t[i + s] (forward) or t[i - s]
+        if s >= n:
+            return t
+        out = t.clone()
+        if forward:
+            out.narrow(dim, 0, n - s).logical_or_(t.narrow(dim, s, n - s))
+        else:
+            out.narrow(dim, s, n - s).logical_or_(t.narrow(dim, 0, n - s))
+        return out
+
+    cur, covered = x, 1
+    while covered * 2 <= length:
+        cur, covered = shifted_or(cur, covered), covered * 2
+    if covered < length:  # [0, covered) | [length - covered, length) = [0, length)
+        cur = shifted_or(cur, length - covered)
+    return cur
+
+
 def dilate_square(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """``scipy.ndimage.binary_dilation(mask[n], np.ones((size, size)))``: a pixel grows to the
-    offsets ``-(size // 2) .. size - 1 - size // 2`` in both axes (SciPy's origin for even sizes)."""
+    """``scipy.ndimage.binary_dilation(mask[n], np.ones((size, size)))`` of ``mask (N, H, W)``: a pixel
+    grows to the offsets ``-(size // 2) .. size - 1 - size // 2`` in both axes (SciPy's origin for
+    even sizes). A square is a column window then a row window, each by shifted ORs."""
     if size <= 1:
         return mask
     before, after = size - 1 - size // 2, size // 2  # output o covers input o - before .. o + after
-    x = F.pad(mask[:, None].to(torch.float32), (before, after, before, after))
-    x = F.max_pool2d(x, (size, 1), stride=1)  # a square is a column then a row: 2 size, not size^2
-    return F.max_pool2d(x, (1, size), stride=1)[:, 0] > 0
+    m = mask.bool()
+    for dim in (1, 2):
+        m = _or_run(_or_run(m, after + 1, dim, True), before + 1, dim, False)
+    return m
 
 
 def _nearest_along(mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -428,7 +492,7 @@ def reduce_to_grid(mask: torch.Tensor, grid: tuple[int, int], mode: str = "area"
 
 def postprocess_masks(
     masks: torch.Tensor, grid: tuple[int, int] | None = None, *, dilation: int = DILATION, fill: bool = True,
-    mode: str = "area", margin: float = 0.0, components: str = "auto",
+    mode: str = "area", margin: float = 0.0, steps: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Batched :func:`multiflow.features.masks.postprocess_mask`: ``masks (N, H, W)`` bool ->
     ``(full (N, H, W) bool, grid masks (N, h, w) bool or None)`` on the masks' device. Exact."""
@@ -438,7 +502,7 @@ def postprocess_masks(
         raise ConfigError(f"mask margin must be >= 0, got {margin}")
     m = masks.bool()
     if fill:
-        m = fill_holes(m, components=components)
+        m = fill_holes(m, steps=steps)
     m = dilate_square(m, int(dilation))
     if margin > 0 and len(m):
         m = add_margin(m, float(margin))
@@ -474,7 +538,7 @@ def _centre_d2(flat: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 
 def threshold_masks(
     images: torch.Tensor, *, border: float, sigma: float, otsu_scale: float, clusters: int, min_contrast: float,
-    keep_fraction: float, seed: int, precision: str = "float32", components: str = "auto",
+    keep_fraction: float, seed: int, precision: str = "float32", steps: str = "auto",
 ) -> torch.Tensor:
     """The ``threshold`` provider (:class:`multiflow.features.masks.ThresholdMasks`, steps 1-4) on a
     batch: ``images (N, 3, H, W)`` (uint8, or float in ``[0, 1]``) -> raw masks ``(N, H, W)`` bool,
@@ -503,10 +567,10 @@ def threshold_masks(
     d2 += diff[:, 2]
     del diff
     if clusters > 0:
-        centres = border_centres(border_sample(border64), clusters, seed)  # (N, K, 3) float64
+        centres = border_centres(border_sample(border64), clusters, seed, steps=steps)  # (N, K, 3) float64
         d2 = torch.minimum(d2, _centre_d2(img.reshape(n, 3, h * w), centres).reshape(n, h, w))
     dist = gaussian_blur(d2.sqrt(), sigma)
     peak = dist.reshape(n, -1).amax(1).double()
     thr = torch.clamp(otsu_scale * otsu_threshold(dist), min=min_contrast)
     mask = (dist > thr[:, None, None]) & (peak >= min_contrast)[:, None, None]  # compared in float64
-    return keep_large_components(mask, keep_fraction, components=components)
+    return keep_large_components(mask, keep_fraction, steps=steps)
