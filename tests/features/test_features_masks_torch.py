@@ -91,6 +91,23 @@ def test_otsu_equals_skimage_on_random_images():
     assert mt.otsu_threshold(const).item() == 0.25
 
 
+def test_histogram_equals_numpy_with_values_on_the_edges():
+    rng = np.random.default_rng(5)
+    imgs = []
+    for lo, hi in ((0.1, 0.8), (0.42654310306871945, 1.1119879058923028), (1.2530809568010897, 21.299860675726446),
+                   (0.2, 0.2 + 1e-9)):
+        # every edge and its neighbours: the scaled value puts some of them a bin too low or too high
+        edges = np.linspace(lo, hi, 257)
+        near = np.concatenate([edges, np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf)])
+        imgs.append(np.concatenate([np.clip(near, lo, hi), rng.uniform(lo, hi, 229)]))
+    x = np.stack(imgs)
+    counts, edges = mt.histogram(torch.from_numpy(x))
+    for i, row in enumerate(x):
+        want_counts, want_edges = np.histogram(row, bins=256)
+        np.testing.assert_array_equal(edges[i].numpy(), want_edges)
+        np.testing.assert_array_equal(counts[i].numpy(), want_counts)
+
+
 def test_kmeans_pp_equals_scipy_kmeans2():
     rng = np.random.default_rng(1)
     data = np.stack([

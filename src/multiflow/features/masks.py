@@ -222,13 +222,17 @@ def border_colours_np(border_px: np.ndarray, clusters: int, seed: int) -> np.nda
     """The background colours of :class:`ThresholdMasks` from the sampled border pixels
     ``(M, 3)``: their distinct colours if at most ``clusters``, else the k-means++ centres
     (``scipy.cluster.vq.kmeans2``, seeded)."""
+    centres = np.unique(border_px, axis=0)
+    return kmeans_colours_np(border_px, clusters, seed) if len(centres) > clusters else centres
+
+
+def kmeans_colours_np(border_px: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """``scipy.cluster.vq.kmeans2(border_px, clusters, minit="++")`` seeded with ``default_rng(seed)``."""
     from scipy.cluster.vq import kmeans2
 
-    centres = np.unique(border_px, axis=0)
-    if len(centres) > clusters:
-        with warnings.catch_warnings():  # an empty cluster is harmless here
-            warnings.simplefilter("ignore")
-            centres, _ = kmeans2(border_px, clusters, seed=np.random.default_rng(seed), minit="++")
+    with warnings.catch_warnings():  # an empty cluster is harmless here
+        warnings.simplefilter("ignore")
+        centres, _ = kmeans2(border_px, clusters, seed=np.random.default_rng(seed), minit="++")
     return centres
 
 

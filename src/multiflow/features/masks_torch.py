@@ -178,14 +178,6 @@ def border_centres(sample: torch.Tensor, clusters: int, seed: int, *, steps: str
     :func:`kmeans_pp` on the batch (see the module docstring).
     """
     n, m, _ = sample.shape
-    if _use_scipy(steps, sample.device):
-        from multiflow.features.masks import border_colours_np
-
-        out = []
-        for x in sample.cpu().numpy():
-            c = border_colours_np(x, clusters, seed)
-            out.append(c[np.arange(clusters) % len(c)])
-        return torch.from_numpy(np.stack(out)).to(sample.device)
     # lexicographic sort of the rows (three stable sorts), then count the changes
     rows = sample
     for c in (2, 1, 0):
@@ -197,6 +189,13 @@ def border_centres(sample: torch.Tensor, clusters: int, seed: int, *, steps: str
     few = (distinct <= clusters).tolist()
     if all(few):
         centres = torch.empty(n, clusters, 3, dtype=sample.dtype, device=sample.device)
+    elif _use_scipy(steps, sample.device):
+        from multiflow.features.masks import kmeans_colours_np
+
+        data = sample.cpu().numpy()
+        centres = torch.from_numpy(np.stack([
+            kmeans_colours_np(x, clusters, seed) if not f else np.zeros((clusters, 3)) for x, f in zip(data, few)
+        ])).to(sample.device)
     else:
         centres = kmeans_pp(sample, clusters, seed)
     for i in [i for i, f in enumerate(few) if f]:
@@ -224,25 +223,29 @@ def _gaussian_weights(sigma: float, truncate: float = 4.0) -> np.ndarray:
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """``scipy.ndimage.gaussian_filter(x[n], sigma)`` (truncate 4, mode "reflect") of ``x (N, H, W)``:
-    two 1-D convolutions, rows first."""
+    rows first, then columns, each a weighted sum of shifted slices of the padded image (on the CPU
+    faster than a one-channel convolution)."""
     if sigma <= 0:
         return x
-    wts = torch.as_tensor(_gaussian_weights(float(sigma)), dtype=x.dtype, device=x.device)
+    wts = [float(v) for v in _gaussian_weights(float(sigma))]
     r = (len(wts) - 1) // 2
     n, h, w = x.shape
-    y = x[:, _reflect_index(h, r, x.device)][:, None]  # (N, 1, H + 2r, W)
-    y = F.conv2d(y, wts.view(1, 1, -1, 1))[:, 0]
-    y = y[:, :, _reflect_index(w, r, x.device)][:, None]
-    return F.conv2d(y, wts.view(1, 1, 1, -1))[:, 0]
+    for dim, size in ((1, h), (2, w)):
+        y = x.index_select(dim, _reflect_index(size, r, x.device))
+        out = y.narrow(dim, 0, size) * wts[0]
+        for t in range(1, len(wts)):
+            out.add_(y.narrow(dim, t, size), alpha=wts[t])
+        x = out
+    return x
 
 
-def otsu_threshold(x: torch.Tensor, nbins: int = 256) -> torch.Tensor:
-    """Per image ``skimage.filters.threshold_otsu(x[n], nbins)``: ``x (N, ...)`` -> ``(N,)`` float64.
+def histogram(x: torch.Tensor, nbins: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image ``np.histogram(x[n], bins=nbins)``: ``x (N, ...)`` -> ``(counts (N, nbins) int64,
+    edges (N, nbins + 1) float64)``.
 
-    ``np.histogram``'s bins (edges ``linspace(min, max, nbins + 1)``, a value on an edge goes to the
-    bin above, the maximum to the last bin), class weights in float32 as scikit-image casts the
-    counts, the between-class variance ``w1 w2 (m1 - m2)^2`` maximised (first maximum); a constant
-    image returns its value.
+    Edges ``linspace(min, max, nbins + 1)`` (computed as NumPy does); a value on an edge goes to the
+    bin above, the maximum to the last bin. As in NumPy the bin comes from the scaled value and is
+    then moved one step down or up until ``edges[i] <= v < edges[i + 1]`` holds exactly.
     """
     n = x.shape[0]
     flat = x.reshape(n, -1)
@@ -250,10 +253,25 @@ def otsu_threshold(x: torch.Tensor, nbins: int = 256) -> torch.Tensor:
     step = (hi - lo) / nbins
     edges = torch.arange(nbins + 1, dtype=torch.float64, device=x.device)[None] * step[:, None] + lo[:, None]
     edges[:, -1] = hi
-    inner = edges[:, 1:-1].to(flat.dtype).contiguous()
-    bins = torch.searchsorted(inner, flat.contiguous(), right=True)  # edges[i] <= v < edges[i + 1]
+    scale = torch.where(hi > lo, nbins / (hi - lo), torch.zeros_like(hi))
+    bins = ((flat - lo[:, None]) * scale[:, None]).long().clamp_(0, nbins - 1)
+    bins -= (flat < edges.gather(1, bins)).long()
+    bins += ((flat >= edges.gather(1, bins + 1)) & (bins != nbins - 1)).long()
     offset = torch.arange(n, device=x.device)[:, None] * nbins
-    counts = torch.bincount((bins + offset).reshape(-1), minlength=n * nbins).reshape(n, nbins).to(torch.float32)
+    counts = torch.bincount((bins + offset).reshape(-1), minlength=n * nbins).reshape(n, nbins)
+    return counts, edges
+
+
+def otsu_threshold(x: torch.Tensor, nbins: int = 256) -> torch.Tensor:
+    """Per image ``skimage.filters.threshold_otsu(x[n], nbins)``: ``x (N, ...)`` -> ``(N,)`` float64.
+
+    :func:`histogram`, class weights in float32 as scikit-image casts the counts, the
+    between-class variance ``w1 w2 (m1 - m2)^2`` maximised (first maximum); a constant image
+    returns its value.
+    """
+    counts, edges = histogram(x, nbins)
+    counts = counts.to(torch.float32)
+    lo, hi = edges[:, 0], edges[:, -1]
     centres = (edges[:, :-1] + edges[:, 1:]) / 2.0
     w1 = counts.cumsum(1)
     w2 = counts.flip(1).cumsum(1).flip(1)
@@ -513,8 +531,7 @@ def _centre_d2(flat: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """``min_k |I - c_k|^2`` of ``flat (N, 3, P)`` and ``centres (N, K, 3)`` -> ``(N, P)``.
 
     float64: ``(r - c_r)^2 + (g - c_g)^2 + (b - c_b)^2`` per centre, the reference's order.
-    float32: ``|I|^2 - 2 I.c + |c|^2`` as one batched product per chunk of images (at most about
-    2^24 distances at a time).
+    float32: ``|I|^2 - 2 I.c + |c|^2``, a batched product per chunk of pixels.
     """
     n, _, p = flat.shape
     k = centres.shape[1]
@@ -527,13 +544,14 @@ def _centre_d2(flat: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
         return out
     cd = centres.to(flat.dtype)
     cc = (cd * cd).sum(2, keepdim=True)  # (N, K, 1)
-    out = torch.empty(n, p, dtype=flat.dtype, device=flat.device)
-    step = max(1, 2**24 // max(1, k * p))
-    for i in range(0, n, step):
-        sl = slice(i, i + step)
-        g = torch.baddbmm(cc[sl], cd[sl], flat[sl], alpha=-2.0).amin(1)  # (n', P)
-        out[sl] = (g + (flat[sl] * flat[sl]).sum(1)).clamp_min(0)
-    return out
+    out = (flat * flat).sum(1)  # |I|^2, (N, P)
+    # pixels in chunks whose (N, K, chunk) distances stay in the CPU's cache (one chunk elsewhere)
+    budget = 2**19 if flat.device.type == "cpu" else 2**26
+    chunk = max(1024, budget // max(1, n * k))
+    for i in range(0, p, chunk):
+        part = out[:, i : i + chunk]
+        part += torch.baddbmm(cc, cd, flat[:, :, i : i + chunk], alpha=-2.0).amin(1)
+    return out.clamp_min_(0)
 
 
 def threshold_masks(
