@@ -28,6 +28,7 @@ raw and of the post-processed masks, grid cells that differ) over all rendered o
     .venv/bin/python benchmarks/bench_masks.py --backends --threads 2          # CPU, 2 torch threads
     .venv/bin/python benchmarks/bench_masks.py --backends --device cuda
     .venv/bin/python benchmarks/bench_masks.py --backends --quick
+    .venv/bin/python benchmarks/bench_masks.py --backends --batches 1 --no-md --profile   # where the time goes
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="--backends: border k-means, connected components and hole filling by SciPy (auto on "
                              "the CPU) or as tensor operations (auto elsewhere)")
     parser.add_argument("--no-md", action="store_true", help="--backends: print only; do not write BENCHMARKS.md")
+    parser.add_argument("--profile", action="store_true",
+                        help="--backends: also print the 15 most expensive functions of the torch path for one "
+                             "object (cProfile, CPU time by function)")
     args = parser.parse_args(argv)
     if args.backends:
         return backends(args, argv)
@@ -262,6 +266,21 @@ def backends(args: argparse.Namespace, argv: list[str] | None) -> int:
             iou_full.append(_iou(full_fast[i], full_ref))
             cells += int((grid_fast[i] != grid_ref).sum())
             n_cells += grid_ref.size
+
+    if args.profile:
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(max(1, args.repeats)):
+            batch_view_masks(fast, on_device[:1], grid, steps=args.steps)
+        sync()
+        prof.disable()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)
+        print(out.getvalue())
 
     cmd = " ".join(["python benchmarks/bench_masks.py"] + (argv if argv is not None else sys.argv[1:]))
     lines = [
