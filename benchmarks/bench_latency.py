@@ -5,7 +5,9 @@ weights, which does not change its cost) a separate worker process measures, on 
 
 - backbone: ``FeatureExtractor.forward_views`` of one sample ``(1, 5, 3, S, S)``;
 - masks: the ``threshold`` provider + the paper's post-processing (hole filling, 8x8 dilation,
-  reduction to the feature grid) of the 5 views (always on the CPU: it is NumPy/SciPy code);
+  reduction to the feature grid) of the 5 views, batched on the device
+  (:func:`multiflow.features.masks.batch_view_masks`; ``--masks-backend numpy``: the NumPy/SciPy
+  reference, view by view on the CPU);
 - flow: ``MultiFlow.anomaly_map`` of the sample's features ``(1, 5, C, h, w)`` (the paper's flow:
   6 blocks, hidden 64, Real-IAD graph, conv fusion);
 - training: one optimisation step of the flow (batch 8 samples x 5 views, forward + masked NLL +
@@ -71,12 +73,12 @@ def _images(size: int, seed: int = 0):
     return np.stack(out)
 
 
-def worker(backbone: str, size: int, device: str, repeats: int, train_batch: int, threads: int) -> dict:
-    import numpy as np
+def worker(backbone: str, size: int, device: str, repeats: int, train_batch: int, threads: int,
+           masks_backend: str = "torch") -> dict:
     import torch
 
     from multiflow.features.backbones import build_backbone
-    from multiflow.features.masks import make_provider, postprocess_mask
+    from multiflow.features.masks import batch_view_masks, make_provider
     from multiflow.flow import MultiFlow, ViewGraph
 
     if threads:
@@ -90,13 +92,13 @@ def worker(backbone: str, size: int, device: str, repeats: int, train_batch: int
     t_backbone = _timed(lambda: ext.forward_views(imgs), device, repeats)
     feats = ext.forward_views(imgs)
 
-    provider = make_provider("threshold")
+    provider = make_provider("threshold", backend=masks_backend)
 
     def masks():
-        return np.stack([postprocess_mask(provider(imgs_np[v]), grid)[1] for v in range(VIEWS)])
+        return batch_view_masks(provider, imgs, grid)[1]  # (1, V, h, w) on the device
 
-    t_masks = _timed(masks, "cpu", repeats)
-    grid_masks = torch.from_numpy(masks())[None].to(device)
+    t_masks = _timed(masks, device, repeats)
+    grid_masks = masks()
 
     flow = MultiFlow(ext.channels, ViewGraph.real_iad(VIEWS - 1), seed=0).to(device)
     with torch.no_grad():
@@ -122,7 +124,7 @@ def worker(backbone: str, size: int, device: str, repeats: int, train_batch: int
         "backbone_s": t_backbone, "masks_s": t_masks, "flow_s": t_flow,
         "total_s": t_backbone + t_masks + t_flow, "train_step_s": t_step,
         "train_samples_per_s": train_batch / t_step, "train_batch": train_batch, "peak_mb": mem,
-        "flow_params": sum(p.numel() for p in flow.parameters()),
+        "flow_params": sum(p.numel() for p in flow.parameters()), "masks_backend": masks_backend,
     }
 
 
@@ -135,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--masks-backend", default="torch", choices=["torch", "numpy"],
+                   help="threshold masks: batched torch on the device, or the NumPy reference on the CPU")
     p.add_argument("--no-md", action="store_true", help="print only; do not write BENCHMARKS.md")
     p.add_argument("--worker", nargs=2, metavar=("BACKBONE", "SIZE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        res = worker(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.train_batch, args.threads)
+        res = worker(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.train_batch, args.threads,
+                     args.masks_backend)
         print("RESULT " + json.dumps(res), flush=True)
         return 0
     if args.quick:
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             for size in args.sizes:
                 cmd = [sys.executable, __file__, "--worker", bb, str(size), "--device", args.device,
                        "--repeats", str(args.repeats), "--train-batch", str(args.train_batch),
-                       "--threads", str(args.threads)]
+                       "--threads", str(args.threads), "--masks-backend", args.masks_backend]
                 t0 = time.perf_counter()
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -178,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     md = [f"### Latency per 5-view sample and training throughput ({args.device})", "",
           f"Command: `{command}`  ",
           f"Machine: {machine_line()}; worker torch threads {args.threads or 'default'}; CPU share {cpu_share:.2f} over {share.wall / 60:.1f} min.  ",
-          (f"Median of {args.repeats} after a warm-up. Masks: threshold provider + post-processing on the CPU. "
-           f"Flow: 6 blocks, hidden 64, Real-IAD graph, conv fusion. Training: one AdamW step on "
+          (f"Median of {args.repeats} after a warm-up. Masks: threshold provider + post-processing "
+           + ("batched on the device (torch). " if args.masks_backend == "torch" else "view by view on the CPU (NumPy). ")
+           + f"Flow: 6 blocks, hidden 64, Real-IAD graph, conv fusion. Training: one AdamW step on "
            f"{args.train_batch} samples x 5 views. B5 with random weights (same cost). Memory: {mem_kind}."), "",
           "| backbone | input | features | backbone ms | masks ms | flow ms | total ms | train samples/s | peak MiB |",
           "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
