@@ -1,8 +1,9 @@
 """Save / load a :class:`MultiFlow` as one safetensors file (no pickle, loading runs no code).
 
 File layout (the same for every flow class of :mod:`multiflow.flow`): the model's ``state_dict``
-tensors, plus the metadata entries ``"format": "multiflow.flow"``, ``"format_version": "1"`` and ``"config"`` (the JSON of
-:attr:`MultiFlow.config`, which includes the view graph: view names and directed edges). The
+tensors, plus the metadata entries ``"format": "multiflow.flow"``, ``"format_version": "1"`` and
+``"config"`` (the JSON of :attr:`MultiFlow.config`, which includes the view graph: view names and
+directed edges). The
 write goes through :func:`multiflow._atomic.atomic_path`, so an interrupted save never leaves a
 half-written checkpoint or a temporary file.
 """
