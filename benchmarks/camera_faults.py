@@ -85,7 +85,6 @@ def detection(sizes, data: Path, cache: Path, out: Path, category: str, progress
     from multiflow.engine.factories import build_extractor
     from multiflow.engine.pipeline import fit_category
     from multiflow.engine.preprocess import prepare_split
-    from multiflow.flow.single_view import from_single_view, to_single_view
     from multiflow.engine.scoring import compute_maps, image_scores
 
     res: dict[str, Any] = {}
@@ -99,8 +98,8 @@ def detection(sizes, data: Path, cache: Path, out: Path, category: str, progress
         labels = np.array([test.dataset.image_labels(i) for i in range(len(test.dataset))])
         n, v = labels.shape
         if name == "single-view":
-            f, m = to_single_view(test.features, test.masks)
-            img = image_scores(from_single_view(compute_maps(model, f, m), v))
+            f, m = model.to_flow_samples(test.features, test.masks)
+            img = image_scores(model.from_flow_samples(compute_maps(model, f, m), v))
             res["single-view"] = aurocs(img, labels, np.ones((n, v), bool))
             continue
         full = np.ones((n, v), bool)

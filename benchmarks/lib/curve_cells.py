@@ -57,7 +57,6 @@ def run_cell(cfg, grid: dict[str, Any], d: CachedClass, cls: str, n: int, method
              tmp_root: Path, maps_path: Path | None = None) -> dict[str, Any]:
     """Train (or fit) one method on the first ``n`` training objects and score the shared test set;
     ``maps_path``: where the cell's anomaly maps go (``.npz``)."""
-    from multiflow.flow.single_view import from_single_view, to_single_view
     from multiflow.engine.factories import build_flow, run_device
     from multiflow.engine.scoring import compute_maps
     from multiflow.engine.train import train_flow
@@ -85,15 +84,15 @@ def run_cell(cfg, grid: dict[str, Any], d: CachedClass, cls: str, n: int, method
             tcfg = dataclasses.replace(tcfg, checkpoint_every=tcfg.epochs, checkpoint_minutes=0.0)
             device, precision = run_device(tcfg)
             on = dict(device=device, precision=precision)
-            mcfg = dataclasses.replace(cfg.model, graph="none" if m.single_view else m.graph, single_view=False)
-            tf, tm = (to_single_view(feats, masks) if m.single_view else (feats, masks))
-            model = build_flow(mcfg, d.channels, ["view"] if m.single_view else d.view_names, seed)
+            mcfg = dataclasses.replace(cfg.model, graph=m.graph, single_view=m.single_view)
+            model = build_flow(mcfg, d.channels, d.view_names, seed)
+            tf, tm = model.to_flow_samples(feats, masks)
             tmp_root.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=tmp_root) as td:
                 result = train_flow(model, tf, tm, tcfg, Path(td) / "state", progress=False, device=device)
             if m.single_view:
-                sf, sm = to_single_view(d.test_features, d.test_masks)
-                maps = from_single_view(compute_maps(model, sf, sm, batch_size=64, **on), v)
+                sf, sm = model.to_flow_samples(d.test_features, d.test_masks)
+                maps = model.from_flow_samples(compute_maps(model, sf, sm, batch_size=64, **on), v)
             else:
                 maps = compute_maps(model, d.test_features, d.test_masks, batch_size=16, **on)
             rec |= _evaluate(maps, d)

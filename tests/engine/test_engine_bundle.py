@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 from multiflow.engine.bundle import (
     BUNDLE_FORMAT,
+    FLOW_FILE,
     FeaturesSpec,
     GraphSpec,
     MasksSpec,
@@ -22,7 +24,7 @@ from multiflow.engine.bundle import (
     set_threshold,
 )
 from multiflow.errors import CheckpointError
-from multiflow.flow import MultiFlow, ViewGraph
+from multiflow.flow import MultiFlow, ViewGraph, save_flow
 
 VIEWS = ["top", "left", "right"]
 
@@ -122,9 +124,57 @@ def test_bundle_with_a_mismatched_flow_is_refused(tmp_path):
     other = MultiFlow(4, ViewGraph.real_iad(3), n_blocks=1, hidden=4, kernel_sizes=(3,), seed=1)
     with pytest.raises(CheckpointError, match="graph views"):
         save_bundle(tmp_path, flow, ModelBundle(**{**bundle.__dict__, "view_names": ["a", "b", "c"]}))
-    save_bundle(tmp_path, other, bundle)
+    with pytest.raises(CheckpointError, match="the flow has 4 views"):
+        save_bundle(tmp_path, other, bundle)
+    save_bundle(tmp_path, flow, bundle)
+    save_flow(other, tmp_path / FLOW_FILE)  # a flow file from another model copied over this one
     with pytest.raises(CheckpointError, match="the flow has 4 views"):
         load_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("other, differs", [
+    (ViewGraph.full(3, names=VIEWS), r"edges only in the flow: left->right, right->left$"),
+    (ViewGraph.none(3, names=VIEWS), r"edges only in model.json: top->left, top->right, left->top, right->top$"),
+    (ViewGraph.top_only(3, names=["top", "right", "left"]), r"view names: flow \['top', 'right', 'left'\]"),
+])
+def test_a_flow_with_another_graph_of_as_many_views_is_refused_on_load(tmp_path, other, differs):
+    """The graph is compared in full (edges, names), not only the view count, naming the flow file."""
+    flow = MultiFlow(4, ViewGraph.top_only(3, names=VIEWS), n_blocks=1, hidden=4, kernel_sizes=(3,), seed=1)
+    bundle = _bundle(flow)
+    save_bundle(tmp_path, flow, bundle)
+    swapped = MultiFlow(4, other, n_blocks=1, hidden=4, kernel_sizes=(3,), seed=1)
+    with pytest.raises(CheckpointError, match=differs.rstrip("$")):
+        save_bundle(tmp_path / "new", swapped, bundle)
+    save_flow(swapped, tmp_path / FLOW_FILE)
+    with pytest.raises(CheckpointError) as err:
+        load_bundle(tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path / FLOW_FILE) in msg and "differs from the one model.json records" in msg
+    assert re.search(differs, msg.split(" (", 1)[1].split("): ", 1)[0]), msg
+
+
+def test_the_bundle_rebuilds_the_flow_class_it_records(tmp_path):
+    """A single-view model comes back as a SingleViewFlow (same file layout as a one-view
+    MultiFlow); a flow of the other class is refused at save, a mislabelled file at load."""
+    from multiflow.flow import SingleViewFlow
+
+    sv = SingleViewFlow(4, n_blocks=1, hidden=4, kernel_sizes=(3,), seed=1).eval()
+    b = _bundle(_flow())
+    bundle = ModelBundle(**{**b.__dict__, "graph": GraphSpec(view_names=["view"], edges=[]), "single_view": True})
+    save_bundle(tmp_path, sv, bundle)
+    flow, loaded = load_bundle(tmp_path)
+    assert type(flow) is SingleViewFlow and loaded.single_view
+    x = torch.randn(2, 3, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(flow(x).nll, sv(x).nll)
+    with pytest.raises(CheckpointError, match="is a MultiFlow, but the model description"):
+        save_bundle(tmp_path / "x", MultiFlow(4, ViewGraph.none(1, ["view"]), n_blocks=1, hidden=4,
+                                              kernel_sizes=(3,)), bundle)
+    save_bundle(tmp_path / "multi", _flow(), b)
+    save_flow(_flow(), tmp_path / "multi" / FLOW_FILE)
+    (tmp_path / "multi" / "model.json").write_text(
+        json.dumps(bundle.to_dict() | {"view_names": VIEWS}))  # says single-view, the flow file has 3 views
+    with pytest.raises(CheckpointError, match="one view without links"):
+        load_bundle(tmp_path / "multi")
 
 
 def test_set_threshold_rewrites_atomically_and_audits(tmp_path):

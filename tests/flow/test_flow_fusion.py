@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from multiflow.errors import ConfigError
-from multiflow.flow.fusion import ConvEdge, CrossAttentionEdge, SelfAttentionEdge, get_fusion, make_conv
+from multiflow.flow.fusion import (
+    ConvEdge,
+    CrossAttentionEdge,
+    EdgeOperator,
+    SelfAttentionEdge,
+    get_fusion,
+    make_conv,
+)
 
 
 def _h(seed):
@@ -51,3 +58,43 @@ def test_errors():
         make_conv(2, 2, 4)
     with pytest.raises(ConfigError):
         SelfAttentionEdge(6, 2, 3, 4)
+
+
+class _GatedContext(EdgeOperator):
+    """A new operator in one class: the source's global mean, gated per pixel by the target.
+    It uses ``source_present`` (the contract's argument) to refuse to pool over an absent view."""
+
+    def __init__(self, hidden, out_channels, kernel_size, heads=1):
+        super().__init__()
+        self.gate = make_conv(hidden, hidden, 1)
+        self.conv = make_conv(hidden, out_channels, kernel_size)
+        self.calls_with_absent = 0
+
+    def forward(self, h_target, h_source, *, source_present=None):
+        pooled = h_source.mean(dim=(2, 3), keepdim=True)
+        if source_present is not None:
+            self.calls_with_absent += int((~source_present).sum())
+            pooled = torch.where(source_present[:, None, None, None], pooled, torch.zeros_like(pooled))
+        return self.conv(torch.sigmoid(self.gate(h_target)) * pooled.expand_as(h_source))
+
+
+def test_a_registered_operator_plugs_into_the_flow(monkeypatch, randomise):
+    """One class + one FUSIONS entry: the flow builds, runs the per-edge strategy, passes the
+    present mask to the operator and keeps the missing-view and invertibility properties."""
+    from multiflow.flow import MultiFlow, ViewGraph
+    from multiflow.flow.fusion import FUSIONS
+
+    monkeypatch.setitem(FUSIONS, "gated_context", _GatedContext)
+    model = randomise(MultiFlow(4, ViewGraph.ring(4), fusion="gated_context", n_blocks=1, kernel_sizes=(3,),
+                                hidden=4).double()).eval()
+    ops = [m for m in model.modules() if isinstance(m, _GatedContext)]
+    assert ops and not any(m.can_fuse for m in model.modules() if hasattr(m, "can_fuse"))
+    x = torch.randn(2, 4, 4, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    p = torch.tensor([[True, False, True, True], [True, True, True, True]])
+    out = model(x, present=p)
+    assert sum(m.calls_with_absent for m in ops) > 0
+    junk = torch.where(p[:, :, None, None, None], x, 1e3 * x)
+    assert torch.equal(model(junk, present=p).z[p], out.z[p])
+    back, _ = model.inverse(out.z, present=p)
+    torch.testing.assert_close(back[p], x[p], rtol=0, atol=1e-11)
+    assert not torch.allclose(model(x).z[:, 0], out.z[:, 0])  # view 1 is a neighbour of view 0

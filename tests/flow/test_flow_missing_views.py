@@ -164,3 +164,31 @@ def test_present_validation(randomise):
         model(_x(4, b=2), present=torch.tensor([[True] * 4, [False] * 4]))
     with pytest.raises(DataError, match="bool tensor"):
         model(_x(4, b=2), present=torch.ones(2, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_messages_off_with_missing_views_is_the_flow_without_links(fused, randomise):
+    """``cross_view_scaled(model, 0)`` on a view-dropout input = the same flow on graph ``none``
+    (every parameter but the edge operators copied), on the present views."""
+    from multiflow.flow.subnet import cross_view_scaled
+
+    g = ViewGraph.real_iad()
+    model = _flow(g, randomise, seed=2)
+    model.set_fused(fused)
+    plain = MultiFlow(C, ViewGraph.none(5), **SMALL).double()
+    state = {k: v for k, v in model.state_dict().items() if ".edge_ops." not in k}
+    plain.load_state_dict(state, strict=True)
+    x = _x(5)
+    p = _present(3, 5, seed=5)
+    m4 = p[:, :, None, None]
+    for mode in ("eval", "train"):
+        model.train(mode == "train")
+        plain.train(mode == "train")
+        with cross_view_scaled(model, 0.0):
+            off = model(x, generator=torch.Generator().manual_seed(3), present=p)
+        want = plain(x, generator=torch.Generator().manual_seed(3), present=p)
+        torch.testing.assert_close(off.nll[m4.expand_as(off.nll)], want.nll[m4.expand_as(want.nll)],
+                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(off.z[p], want.z[p], rtol=1e-12, atol=1e-12)
+        on = model(x, generator=torch.Generator().manual_seed(3), present=p)
+        assert (on.nll - off.nll)[m4.expand_as(on.nll)].abs().max() > 1e-3  # the messages matter

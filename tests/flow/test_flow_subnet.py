@@ -26,17 +26,96 @@ def _u(v, b=2, c=3, hw=4, seed=0):
     return torch.randn(b, v, c, hw, hw, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def _both_strategies(net, u, present=None):
+    """``net(u, present)`` with the fused and with the per-edge strategy."""
+    before = net.fused
+    try:
+        net.fused = True
+        fused = net(u, present)
+        net.fused = False
+        per_edge = net(u, present)
+    finally:
+        net.fused = before
+    return fused, per_edge
+
+
+def _present(b, v, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(b, v, generator=g) < 0.6
+    p[:, 0] |= ~p.any(1)
+    return p
+
+
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("share", [False, True])
 @pytest.mark.parametrize("graph", GRAPHS, ids=repr)
 def test_fused_equals_per_edge(graph, share, k, randomise):
     net = randomise(_net(graph, k=k, share=share))
-    u = _u(graph.n_views)
-    fused = net.forward_fused(u)
-    per_edge = net.forward_per_edge(u)
-    assert fused.shape == (2, graph.n_views, 4, 4, 4)
-    assert fused.abs().max() > 1e-3
-    torch.testing.assert_close(fused, per_edge, rtol=1e-12, atol=1e-12)
+    u = _u(graph.n_views, b=3)
+    for present in (None, _present(3, graph.n_views)):
+        fused, per_edge = _both_strategies(net, u, present)
+        assert fused.shape == (3, graph.n_views, 4, 4, 4)
+        assert fused.abs().max() > 1e-3
+        torch.testing.assert_close(fused, per_edge, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# The forward of the st-network before the strategies were merged (multiflow 215caba), copied
+# verbatim: the paper's network (every view present, cross_view_scale 1) must stay bit-identical.
+def _old_forward_per_edge(self, u):
+    vc = self.view_class
+    h = [torch.relu(self.in_convs[vc[v]](u[:, v])) for v in range(self.n_views)]
+    outs = []
+    for i in range(self.n_views):
+        o = self.self_convs[vc[i]](h[i])
+        neigh = self._neigh[i]
+        if neigh:
+            acc = None
+            for j in neigh:
+                e = self.edge_ops[self.edge_class[(j, i)]](h[i], h[j])
+                acc = e if acc is None else acc + e
+            o = o + (acc / len(neigh) if self.cross_view_scale == 1.0 else acc * (self.cross_view_scale / len(neigh)))
+        outs.append(self.gamma[vc[i]] * o)
+    return torch.stack(outs, dim=1)
+
+
+def _old_forward_fused(self, u):
+    import torch.nn.functional as F
+
+    b, v, _, hh, ww = u.shape
+    p = self.kernel_size // 2
+    vc = self.view_class
+    h = self._fused_hidden(u)
+    outs = []
+    for i in range(v):
+        g = self.gamma[vc[i]]
+        sc = self.self_convs[vc[i]]
+        neigh = self._neigh[i]
+        if not neigh:
+            outs.append(F.conv2d(h[:, i], g * sc.weight, g * sc.bias))
+            continue
+        convs = [self.edge_ops[self.edge_class[(j, i)]].conv for j in neigh]
+        scale = g / len(neigh) if self.cross_view_scale == 1.0 else g * (self.cross_view_scale / len(neigh))
+        weight = torch.cat([g * sc.weight] + [scale * c.weight for c in convs], dim=1)
+        bias = g * sc.bias + scale * torch.stack([c.bias for c in convs]).sum(0)
+        idx = torch.tensor((i,) + tuple(neigh), device=u.device)
+        inp = h.index_select(1, idx).reshape(b, (1 + len(neigh)) * self.hidden, hh + 2 * p, ww + 2 * p)
+        outs.append(F.conv2d(inp, weight, bias))
+    return torch.stack(outs, dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fusion", ["conv", "cross_attention"])
+@pytest.mark.parametrize("graph", GRAPHS, ids=repr)
+def test_all_present_is_bit_identical_to_the_old_forward(graph, fusion, dtype, randomise):
+    net = randomise(_net(graph, fusion=fusion)).to(dtype)
+    u = _u(graph.n_views, b=3).to(dtype)
+    with torch.no_grad():
+        fused, per_edge = _both_strategies(net, u)
+        if fusion == "conv":
+            assert torch.equal(fused, _old_forward_fused(net, u))
+        assert torch.equal(per_edge, _old_forward_per_edge(net, u))
+    assert per_edge.abs().max() > 1e-3
 
 
 def test_dispatch_and_gradients_agree(randomise):
@@ -130,6 +209,34 @@ def test_cross_view_switched_off_equals_zero_edge_weights(fused, randomise):
             op.conv.weight.zero_()
             op.conv.bias.zero_()
     torch.testing.assert_close(off, net(u), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("fusion", ["conv", "self_attention"])
+@pytest.mark.parametrize("graph", GRAPHS[:4], ids=repr)
+def test_cross_view_scale_applies_with_missing_views(graph, fusion, fused, randomise):
+    """With ``present`` given, ``cross_view_scaled(net, 0)`` is the network without links (each view
+    its self path only) and ``0.5`` halves every message; the present-view twins used to ignore it."""
+    from multiflow.flow.subnet import cross_view_scaled
+
+    net = randomise(_net(graph, fusion=fusion, fused=fused))
+    v = graph.n_views
+    u = _u(v, b=4)
+    p = _present(4, v, seed=5)
+    assert p.sum() > 4  # some sample has a present neighbour
+    full = net(u, p)
+    with cross_view_scaled(net, 0.0):
+        off = net(u, p)
+    with cross_view_scaled(net, 0.5):
+        half = net(u, p)
+    vc = net.view_class
+    self_only = torch.stack(
+        [net.gamma[vc[i]] * net.self_convs[vc[i]](torch.relu(net.in_convs[vc[i]](u[:, i]))) for i in range(v)], dim=1
+    )
+    m = p[:, :, None, None, None].expand_as(full)
+    torch.testing.assert_close(off[m], self_only[m], rtol=1e-12, atol=1e-12)
+    assert (full[m] - off[m]).abs().max() > 1e-3  # the messages mattered
+    torch.testing.assert_close(half[m], ((full + off) / 2)[m], rtol=1e-10, atol=1e-12)
 
 
 def test_half_scaled_messages_are_linear(randomise):

@@ -47,7 +47,8 @@ class InferenceGraph(nn.Module):
 
     Args:
         extractor: a frozen :class:`multiflow.features.backbones.FeatureExtractor`.
-        flow: a trained :class:`multiflow.flow.MultiFlow` (put in eval mode here).
+        flow: a trained flow (:class:`multiflow.flow.MultiFlow` or another class with its
+            interface, e.g. :class:`multiflow.flow.SingleViewFlow`), put in eval mode here.
         threshold: decision threshold on the sample score.
         aggregation: one of :data:`multiflow.scoring.VIEW_AGGREGATIONS`.
         with_mask: whether :meth:`forward` takes a foreground mask.
@@ -113,11 +114,6 @@ def load_inference_graph(model_dir: str | os.PathLike, *, threshold: float | Non
     from multiflow.engine.predict import Predictor
 
     pred = Predictor(model_dir, threshold=threshold, device="cpu")  # export traces on the CPU
-    if pred.single_view:
-        raise ConfigError(
-            f"{model_dir}: a single-view baseline model (model.single_view=true) cannot be exported; "
-            "export a multi-view model"
-        )
     graph = InferenceGraph(extractor=pred.extractor, flow=pred.flow, threshold=pred.threshold,
                            aggregation=pred.aggregation, with_mask=with_mask,
                            feature_dtype=pred.bundle.features.dtype, postprocess=pred.postprocess)

@@ -350,12 +350,64 @@ def _flow_config(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def flow_class(bundle: ModelBundle) -> type:
+    """The flow class that rebuilds the bundle's flow file: :class:`multiflow.flow.SingleViewFlow`
+    where the bundle records ``single_view``, else :class:`multiflow.flow.MultiFlow` (both store a
+    ``MultiFlow`` config and state dict, so the file alone does not tell them apart)."""
+    from multiflow.flow import MultiFlow, SingleViewFlow
+
+    return SingleViewFlow if bundle.single_view else MultiFlow
+
+
+def graph_differences(flow_graph, spec: GraphSpec) -> list[str]:
+    """How the flow's :class:`multiflow.flow.ViewGraph` differs from the bundle's :class:`GraphSpec`
+    (view count, view names, directed edges ``j->i``); empty when they are the same graph. A flow
+    graph without names is compared by count and edges only."""
+    want = list(spec.view_names)
+    diffs = []
+    if flow_graph.n_views != len(want):
+        diffs.append(f"the flow has {flow_graph.n_views} views, model.json's graph {len(want)}: {want}")
+    elif flow_graph.names is not None and list(flow_graph.names) != want:
+        diffs.append(f"view names: flow {list(flow_graph.names)}, model.json {want}")
+    names = list(flow_graph.names) if flow_graph.names is not None else None
+
+    def show(edges: set[tuple[int, int]]) -> str:
+        return ", ".join(f"{names[j]}->{names[i]}" if names and max(j, i) < len(names) else f"{j}->{i}"
+                         for j, i in sorted(edges))
+
+    have, stored = set(flow_graph.edges), {(int(j), int(i)) for j, i in spec.edges}
+    if have - stored:
+        diffs.append(f"edges only in the flow: {show(have - stored)}")
+    if stored - have:
+        diffs.append(f"edges only in model.json: {show(stored - have)}")
+    return diffs
+
+
+def check_graph(flow, bundle: ModelBundle, where: str | Path) -> None:
+    """The flow's view graph must be the one the bundle records (:func:`graph_differences`);
+    :class:`CheckpointError` naming ``where`` and every difference otherwise."""
+    diffs = graph_differences(flow.graph, bundle.graph)
+    if diffs:
+        raise CheckpointError(
+            "the flow's view graph differs from the one model.json records (" + "; ".join(diffs)
+            + "): the flow file and the model description do not belong together (copy the whole class "
+            "folder, or refit)", where,
+        )
+
+
 def save_bundle(folder: str | Path, flow, bundle: ModelBundle) -> None:
-    """Write ``model.safetensors`` (the flow) and ``model.json`` (the bundle), each atomically."""
+    """Write ``model.safetensors`` (the flow) and ``model.json`` (the bundle), each atomically.
+    The flow must be of the class the bundle records (:func:`flow_class`) and have its graph."""
     from multiflow.flow import save_flow
 
     folder = Path(folder)
     bundle.check(folder / BUNDLE_FILE)
+    if type(flow) is not flow_class(bundle):
+        raise CheckpointError(
+            f"the flow is a {type(flow).__name__}, but the model description (single_view="
+            f"{bundle.single_view}) rebuilds a {flow_class(bundle).__name__}", folder / BUNDLE_FILE,
+        )
+    check_graph(flow, bundle, folder / BUNDLE_FILE)
     folder.mkdir(parents=True, exist_ok=True)
     save_flow(flow, folder / FLOW_FILE)
     write_bundle(folder, bundle)
@@ -393,19 +445,16 @@ def read_bundle(folder: str | Path) -> ModelBundle:
 
 
 def load_bundle(folder: str | Path):
-    """Load a trained class model: returns ``(flow, bundle)`` (flow in eval mode). Never executes code."""
+    """Load a trained class model: returns ``(flow, bundle)`` (flow in eval mode, of the class the
+    bundle records, :func:`flow_class`; its view graph checked against the bundle's,
+    :func:`check_graph`). Never executes code."""
     from multiflow.flow import load_flow
 
     folder = Path(folder)
     bundle = read_bundle(folder)
-    flow = load_flow(folder / FLOW_FILE)
+    flow = load_flow(folder / FLOW_FILE, flow_class=flow_class(bundle))
     flow.eval()
-    want = list(bundle.graph.view_names)
-    if flow.graph.n_views != len(want):
-        raise CheckpointError(
-            f"the flow has {flow.graph.n_views} views but the model description's graph names {len(want)}: {want}",
-            folder / FLOW_FILE,
-        )
+    check_graph(flow, bundle, folder / FLOW_FILE)
     return flow, bundle
 
 

@@ -114,12 +114,14 @@ def build_graph(model: ModelConfig, view_names: list[str]):
 
 
 def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: int):
-    """A freshly initialised :class:`multiflow.flow.MultiFlow` for ``channels`` features of these views."""
-    from multiflow.flow import MultiFlow
+    """A freshly initialised flow for ``channels`` features of these views: a
+    :class:`multiflow.flow.MultiFlow` on the configured view graph, or, with ``model.single_view``,
+    the :class:`multiflow.flow.SingleViewFlow` (one shared one-view flow, every image its own
+    sample; the graph settings do not apply). The only place that tells the two apart besides the
+    bundle, which records the class (:func:`multiflow.engine.bundle.load_bundle`)."""
+    from multiflow.flow import MultiFlow, SingleViewFlow
 
-    return MultiFlow(
-        channels,
-        build_graph(model, view_names),
+    kwargs = dict(
         n_blocks=model.n_blocks,
         hidden=model.hidden,
         kernel_sizes=model.kernel_sizes,
@@ -131,6 +133,9 @@ def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: i
         heads=model.heads,
         seed=seed,
     )
+    if model.single_view:
+        return SingleViewFlow(channels, **kwargs)
+    return MultiFlow(channels, build_graph(model, view_names), **kwargs)
 
 
 def build_extractor(cfg: FeatureConfig):

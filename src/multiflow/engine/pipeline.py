@@ -74,19 +74,15 @@ def image_score_spec(ev) -> ImageScoreSpec:
                           sigma=ev.image_score_sigma, size=ev.image_score_size)
 
 
-def _maps(model, features, masks, n_views: int, single_view: bool, ctx, *, batch_size: int,
+def _maps(model, features, masks, n_views: int, ctx, *, batch_size: int,
           progress: bool = False, device: torch.device | None = None, precision: str = "fp32") -> np.ndarray:
-    """Anomaly maps ``(N, V, h, w)`` computed on ``device`` in ``precision``; a single-view flow
-    scores every image as its own sample."""
+    """Anomaly maps ``(N, V, h, w)`` computed on ``device`` in ``precision``, in batches of the
+    flow's own samples (``model.to_flow_samples``: objects, or images for the single-view flow)."""
     from multiflow.engine.distributed import compute_maps_sharded
-    from multiflow.flow.single_view import from_single_view, to_single_view
 
     kw = dict(batch_size=batch_size, progress=progress, device=device, precision=precision)
-    if not single_view:
-        return compute_maps_sharded(model, features, masks, ctx, **kw)
-    sv_feats, sv_masks = to_single_view(features, masks)
-    maps = compute_maps_sharded(model, sv_feats, sv_masks, ctx, **kw)
-    return from_single_view(maps, n_views)
+    feats, masks = model.to_flow_samples(features, masks)
+    return model.from_flow_samples(compute_maps_sharded(model, feats, masks, ctx, **kw), n_views)
 
 
 # ------------------------------------------------------------------------------------ fitting
@@ -98,7 +94,6 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
     from multiflow.engine.distributed import barrier, current_context
     from multiflow.engine.scoring import calibrate_threshold, fit_scoring
     from multiflow.engine.train import train_flow
-    from multiflow.flow.single_view import single_view_indices, to_single_view
 
     ctx = current_context()
     progress = progress and ctx.is_main
@@ -109,21 +104,16 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
     extractor = build_extractor(cfg.features)
     train = prepare_split(cfg, category, "train", extractor, progress=progress, device=device)
     t_feat = time.perf_counter() - t0
-    feats, masks, flow_views, model_cfg = train.features, train.masks, train.view_names, cfg.model
     n_views = len(train.view_names)
-    single = bool(cfg.model.single_view)
-    if single:
-        # every image an independent sample of one single-view flow (no cross-view links)
-        feats, masks = to_single_view(feats, masks)
-        flow_views, model_cfg = ["view"], dataclasses.replace(cfg.model, graph="none")
-    model = build_flow(model_cfg, extractor.channels, flow_views, cfg.train.seed)
+    model = build_flow(cfg.model, extractor.channels, train.view_names, cfg.train.seed)
+    feats, masks = model.to_flow_samples(train.features, train.masks)  # what the flow takes as one sample
     result = train_flow(model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress,
                         device=device)
     val = result.val_index if result.val_index is not None and len(result.val_index) else result.train_index
-    # calibrate on whole samples (max over views); single view: those with at least one held-out image
-    val = single_view_indices(val, n_views) if single else np.sort(val)
+    # calibrate on whole samples (max over views): those with at least one held-out flow sample
+    val = model.objects_of_flow_samples(val, n_views)
     val_maps = _maps(model, train.features[val], None if train.masks is None else train.masks[val], n_views,
-                     single, ctx, batch_size=cfg.eval.batch_size, device=device, precision=precision)
+                     ctx, batch_size=cfg.eval.batch_size, device=device, precision=precision)
     spec = image_score_spec(cfg.eval)
     calibration, val_scores = fit_scoring(  # image score + per-view calibration; threshold after calibration
         val_maps, None if train.masks is None else train.masks[val], spec, cfg.eval.calibration,
@@ -135,7 +125,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
     bundle = ModelBundle(
         category=category,
         view_names=list(train.view_names),
-        graph=GraphSpec(view_names=list(graph["names"] or flow_views), edges=graph["edges"]),
+        graph=GraphSpec(view_names=list(graph["names"] or train.view_names), edges=graph["edges"]),
         features=FeaturesSpec(
             backbone=cfg.features.backbone, input_size=int(cfg.features.input_size), weights=cfg.features.weights,
             layer=cfg.features.layer, dtype=cfg.features.dtype, weights_digest=extractor.digest,
@@ -150,7 +140,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         ),
         scoring=ScoringSpec(aggregation=cfg.eval.aggregation, image_score=spec, calibration=calibration),
         flips=dict(cfg.data.flips),
-        single_view=single,
+        single_view=bool(cfg.model.single_view),
         training=TrainingRecord(
             best_epoch=int(result.best_epoch), best_val_loss=result.best_val_loss, history=list(result.history),
             train_samples=int(len(result.train_index)), val_samples=int(len(result.val_index)),
@@ -338,7 +328,7 @@ def evaluate_category(
     test = prepare_split(test_cfg, category, "test", extractor, progress=progress, device=device)
     if test.view_names != bundle.view_names:
         raise DataError(f"test views {test.view_names} differ from the model's {bundle.view_names}", folder)
-    maps = _maps(model, test.features, test.masks, len(test.view_names), bundle.single_view, ctx,
+    maps = _maps(model, test.features, test.masks, len(test.view_names), ctx,
                  batch_size=cfg.eval.batch_size, progress=progress, device=device, precision=precision)
     if not ctx.is_main:
         return {}  # rank 0 computes the metrics from the gathered maps and writes everything

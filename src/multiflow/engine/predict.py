@@ -113,7 +113,6 @@ class Predictor:
         self.threshold = float(self.bundle.threshold.value if threshold is None else threshold)
         self.aggregation = self.bundle.scoring.aggregation
         self.input_size = int(self.bundle.features.input_size)
-        self.single_view = bool(self.bundle.single_view)
         self.supports_missing_views = bool(self.bundle.supports_missing_views)
         self.fault_model = load_camera_faults(self.model_dir, self.bundle)
         self.frame_memory = None
@@ -206,10 +205,7 @@ class Predictor:
             p_arg = None if all_present else present[None].to(feats.device)
             self.flow.eval()
             with autocast(self.device, self.precision):  # bf16: the st-networks only; the NLL stays fp32
-                if self.single_view:  # one shared single-view flow: every view is its own sample
-                    nll = self.flow(feats.transpose(0, 1)).nll.transpose(0, 1)  # (1, V, h, w)
-                else:
-                    nll = self.flow(feats, present=p_arg).nll
+                nll = self.flow(feats, present=p_arg).nll
             maps, vs, ss = score_maps(nll.float(), mask, self.aggregation, self.postprocess, present=p_arg)
             maps, view_scores, sample_score = maps[0].cpu(), [float(s) for s in vs[0].cpu()], float(ss[0])
         else:

@@ -3,5 +3,8 @@
 from multiflow.flow.graph import ViewGraph
 from multiflow.flow.io import load_flow, save_flow
 from multiflow.flow.model import FlowOutput, MultiFlow, masked_loss, present_mask
+from multiflow.flow.single_view import SingleViewFlow
 
-__all__ = ["MultiFlow", "FlowOutput", "ViewGraph", "save_flow", "load_flow", "masked_loss", "present_mask"]
+__all__ = [
+    "MultiFlow", "SingleViewFlow", "FlowOutput", "ViewGraph", "save_flow", "load_flow", "masked_loss", "present_mask",
+]

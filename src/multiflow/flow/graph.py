@@ -203,9 +203,6 @@ class ViewGraph:
             raise ConfigError(f"view {i} is outside 0..{self._n - 1}")
         return self._in[i]
 
-    def has_edge(self, j: int, i: int) -> bool:
-        return (j, i) in set(self._edges)
-
     def components(self) -> list[list[int]]:
         """Connected components of the graph with edge directions ignored (sorted, by first view)."""
         adj: list[set[int]] = [set() for _ in range(self._n)]

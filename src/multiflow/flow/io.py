@@ -1,8 +1,9 @@
 """Save / load a :class:`MultiFlow` as one safetensors file (no pickle, loading runs no code).
 
-File layout: the model's ``state_dict`` tensors, plus the metadata entries
-``"format": "multiflow.flow"``, ``"format_version": "1"`` and ``"config"`` (the JSON of
-:attr:`MultiFlow.config`, which includes the view graph: view names and directed edges). The
+File layout (the same for every flow class of :mod:`multiflow.flow`): the model's ``state_dict``
+tensors, plus the metadata entries ``"format": "multiflow.flow"``, ``"format_version": "1"`` and
+``"config"`` (the JSON of :attr:`MultiFlow.config`, which includes the view graph: view names and
+directed edges). The
 write goes through :func:`multiflow._atomic.atomic_path`, so an interrupted save never leaves a
 half-written checkpoint or a temporary file.
 """
@@ -35,8 +36,11 @@ def save_flow(model: MultiFlow, path: str | PathLike) -> Path:
     return path
 
 
-def load_flow(path: str | PathLike, map_location: str | torch.device = "cpu") -> MultiFlow:
-    """Rebuild the :class:`MultiFlow` stored at ``path`` (see :func:`save_flow`).
+def load_flow(path: str | PathLike, map_location: str | torch.device = "cpu", *,
+              flow_class: type[MultiFlow] = MultiFlow) -> MultiFlow:
+    """Rebuild the :class:`MultiFlow` stored at ``path`` (see :func:`save_flow`) as ``flow_class``
+    (a flow class whose config is a ``MultiFlow`` config, e.g.
+    :class:`multiflow.flow.single_view.SingleViewFlow`; which one, the model bundle records).
 
     Raises:
         CheckpointError: the file is missing, not a safetensors file, not a multiflow flow, or its
@@ -62,7 +66,7 @@ def load_flow(path: str | PathLike, map_location: str | torch.device = "cpu") ->
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"missing or malformed config metadata ({exc})", path) from exc
     try:
-        model = MultiFlow.from_config(cfg)
+        model = flow_class.from_config(cfg)
     except MultiflowError as exc:
         raise CheckpointError(f"invalid config in checkpoint: {exc}", path) from exc
     try:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -180,10 +181,10 @@ class MultiFlow(nn.Module):
         if x.dim() != 5 or x.shape[1] != v or x.shape[2] != self.channels:
             raise DataError(f"{what} must have shape (B, {v}, {self.channels}, H, W), got {tuple(x.shape)}")
 
-    def _check_present(self, present: Tensor | None, batch: int) -> Tensor | None:
+    def _check_present(self, present: Tensor | None, batch: int, n_views: int | None = None) -> Tensor | None:
         if present is None:
             return None
-        v = self.graph.n_views
+        v = self.graph.n_views if n_views is None else n_views
         if tuple(present.shape) != (batch, v) or present.dtype != torch.bool:
             raise DataError(f"present must be a bool tensor of shape ({batch}, {v}), got "
                             f"{present.dtype} {tuple(present.shape)}")
@@ -239,6 +240,24 @@ class MultiFlow(nn.Module):
         return self.flow.inverse(z, cond, present.to(z.device))
 
     masked_loss = staticmethod(masked_loss)
+
+    # ------------------------------------------------------------------ samples
+    def to_flow_samples(self, features: Any, masks: Any | None = None) -> tuple[Any, Any | None]:
+        """The objects ``features (N, V, C, h, w)`` and ``masks (N, V, h, w)`` (array-likes, e.g. a
+        memory-mapped cache) laid out as the independent samples this flow is trained on and
+        scored with in batches (:func:`multiflow.engine.train.train_flow`, ``compute_maps``).
+        Here an object is one sample: returned as given. (The single-view flow makes every image
+        its own sample, :class:`multiflow.flow.single_view.SingleViewFlow`.)"""
+        return features, masks
+
+    def from_flow_samples(self, maps: np.ndarray, n_views: int) -> np.ndarray:
+        """Inverse of :meth:`to_flow_samples` for anomaly maps: ``(N, V, h, w)`` of ``n_views`` views."""
+        return maps
+
+    def objects_of_flow_samples(self, index: Any, n_views: int) -> np.ndarray:
+        """Sorted indices of the objects owning the samples ``index`` of :meth:`to_flow_samples`
+        (e.g. the held-out split of ``train_flow``); here the indices themselves, sorted."""
+        return np.unique(np.asarray(index, dtype=np.int64))
 
     @torch.no_grad()
     def anomaly_map(self, features: Tensor, mask: Tensor | None = None, present: Tensor | None = None) -> Tensor:

@@ -13,24 +13,32 @@ Weights: one set per view and per directed edge (reference implementation), or, 
 ``share_weights=True``, one set per orbit of views / edges under the automorphism group of the
 graph, which makes the network (and the flow) equivariant under those view permutations.
 
-Two formulations of the conv fusion compute the same function from the same parameters:
+One forward, two execution strategies of the same function from the same parameters
+(:meth:`MultiViewSubnet.forward` picks one; ``present`` is optional in both):
 
-* per-edge (``fused=False``): ``V`` self convs plus one conv per edge (21 for Real-IAD), summed;
-* fused (``fused=True``, default, conv fusion only): the ``V`` input convs run as ONE grouped conv
-  (``groups = V``), the hidden maps are padded once, and for each target ``i`` ONE conv runs over the
-  channel concatenation ``[h_i, h_j1, h_j2, ...]`` with the concatenated weight
-  ``gamma_i * [W_ii, W_j1i / |N(i)|, W_j2i / |N(i)|, ...]`` and bias
-  ``gamma_i * (b_ii + mean_j b_ji)``. Same FLOPs, far fewer and larger GEMMs, no per-edge
-  temporaries.
+* per-edge (any fusion operator): ``V`` self convs plus one operator call per edge (21 for
+  Real-IAD), weighted and summed;
+* fused (``fused=True``, default, when every operator is a conv of the source alone,
+  :attr:`multiflow.flow.fusion.EdgeOperator.source_conv`): the ``V`` input convs run as ONE grouped
+  conv (``groups = V``), the hidden maps are padded once, and for each target ``i`` ONE conv runs
+  over the channel concatenation ``[h_i, h_j1, h_j2, ...]`` with the concatenated weight
+  ``gamma_i * [W_ii, w_j1 W_j1i, w_j2 W_j2i, ...]`` and bias ``gamma_i * (b_ii + sum_j w_j b_ji)``
+  (``w_j`` the message weights below; per-sample weights scale the hidden maps instead of the
+  weight). Same FLOPs, far fewer and larger GEMMs, no per-edge temporaries.
 
-Missing views (``present``, a ``(B, V)`` bool mask; ``None`` = every view present): the network
-runs on the subgraph induced by the present views of each sample. The mean of Eq. 4 is taken over
-the *present* neighbours, ``out_i = gamma_i * ( f_ii(h_i) + (1 / |N_p(i)|) * sum_{j in N_p(i)}
-f_ji(h_i, h_j) )`` with ``N_p(i) = {j in N(i) : present_j}``; a view without present neighbours
-gets its self path only. The hidden maps of absent views are replaced by zeros before any edge
-operator sees them and their messages get weight 0 (selected with ``torch.where``), so the outputs
-of present views do not depend on the inputs of absent views at all. Outputs of absent views are
-computed (from their own inputs) but carry no meaning.
+Missing views (``present``, a ``(B, V)`` bool mask; ``None`` = every view present, the special
+case): the network runs on the subgraph induced by the present views of each sample. The mean of
+Eq. 4 is taken over the *present* neighbours, ``out_i = gamma_i * ( f_ii(h_i) + (1 / |N_p(i)|) *
+sum_{j in N_p(i)} f_ji(h_i, h_j) )`` with ``N_p(i) = {j in N(i) : present_j}``; a view without
+present neighbours gets its self path only. The hidden maps of absent views are replaced by zeros
+before any edge operator sees them and their messages get weight 0 (selected with
+``torch.where``), so the outputs of present views do not depend on the inputs of absent views at
+all. Outputs of absent views are computed (from their own inputs) but carry no meaning.
+
+The message weights ``w_j = s * present_j / max(|N_p(i)|, 1)``, with the diagnostic
+``cross_view_scale`` ``s`` (:func:`cross_view_scaled`), are defined once, in
+:class:`NeighbourWeights`; both strategies only apply them. With every view present and ``s = 1``
+the outputs are those of the paper's network bit for bit.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multiflow.errors import ConfigError
-from multiflow.flow.fusion import ConvEdge, EdgeFactory, get_fusion, make_conv
+from multiflow.flow.fusion import EdgeFactory, get_fusion, make_conv
 from multiflow.flow.graph import ViewGraph
 
 
@@ -60,7 +68,7 @@ class MultiViewSubnet(nn.Module):
             ``factory(hidden, out_channels, kernel_size, heads)``.
         heads: attention heads (attention fusions only).
         share_weights: tie weights across symmetric views / edges (graph automorphism orbits).
-        fused: use the fused conv formulation when the fusion is ``conv`` (same function).
+        fused: use the fused strategy when every operator allows it (same function, faster).
     """
 
     def __init__(
@@ -107,13 +115,16 @@ class MultiViewSubnet(nn.Module):
 
     @property
     def can_fuse(self) -> bool:
-        """True when every edge operator is a plain conv (the fused formulation applies)."""
-        return all(type(op) is ConvEdge for op in self.edge_ops)
+        """True when every edge operator is a conv of the source alone (:attr:`EdgeOperator.source_conv`),
+        so the fused strategy applies."""
+        return all(getattr(op, "source_conv", None) is not None for op in self.edge_ops)
 
     def forward(self, u: Tensor, present: Tensor | None = None) -> Tensor:
         """``u: (B, V, C_in, H, W) -> (B, V, C_out, H, W)`` (Eq. 4 times ``gamma``).
 
-        ``present``: optional ``(B, V)`` bool mask of the views present (see the module docstring).
+        ``present``: optional ``(B, V)`` bool mask of the views present; ``None`` is the special case
+        "every view present" (see the module docstring). The fused strategy runs when
+        :attr:`fused` is set and :attr:`can_fuse`, else the per-edge one: the same function.
         """
         if u.dim() != 5 or u.shape[1] != self.n_views or u.shape[2] != self.in_channels:
             raise ConfigError(
@@ -124,39 +135,41 @@ class MultiViewSubnet(nn.Module):
                 raise ConfigError(
                     f"present must have shape (B, V) = {(u.shape[0], self.n_views)}, got {tuple(present.shape)}"
                 )
-            if self.fused and self.can_fuse:
-                return self.forward_fused_present(u, present.to(device=u.device, dtype=torch.bool))
-            return self.forward_per_edge_present(u, present.to(device=u.device, dtype=torch.bool))
+            present = present.to(device=u.device, dtype=torch.bool)
+        weights = self.message_weights(present, u.dtype)
         if self.fused and self.can_fuse:
-            return self.forward_fused(u)
-        return self.forward_per_edge(u)
+            return self._forward_fused(u, present, weights)
+        return self._forward_per_edge(u, present, weights)
 
-    def message_weights(self, present: Tensor, dtype: torch.dtype) -> list[Tensor]:
-        """Per target view ``i``: weights ``(B, |N(i)|)`` = ``present_j / max(|N_p(i)|, 1)``."""
+    def message_weights(self, present: Tensor | None, dtype: torch.dtype) -> list[NeighbourWeights]:
+        """The weights of the neighbour messages of every target view (Eq. 4 with the
+        present views and :attr:`cross_view_scale`), one :class:`NeighbourWeights` per view."""
         out = []
         for i in range(self.n_views):
             neigh = self._neigh[i]
-            if not neigh:
-                out.append(present.new_zeros(present.shape[0], 0, dtype=dtype))
-                continue
-            p = present[:, list(neigh)].to(dtype)
-            out.append(p / p.sum(dim=1, keepdim=True).clamp_min(1.0))
+            p = None if present is None or not neigh else present[:, list(neigh)]
+            out.append(NeighbourWeights(len(neigh), self.cross_view_scale, p, dtype))
         return out
 
-    def forward_per_edge_present(self, u: Tensor, present: Tensor) -> Tensor:
-        """:meth:`forward_per_edge` on the induced subgraph of the present views (any fusion)."""
+    def _forward_per_edge(self, u: Tensor, present: Tensor | None, weights: list[NeighbourWeights]) -> Tensor:
+        """Per-edge strategy (any fusion operator): one module call per view and per edge."""
         vc = self.view_class
-        zero = u.new_zeros(())
         h = [torch.relu(self.in_convs[vc[v]](u[:, v])) for v in range(self.n_views)]
-        h = [torch.where(present[:, v, None, None, None], h[v], zero) for v in range(self.n_views)]
-        weights = self.message_weights(present, u.dtype)
+        if present is not None:  # absent views send nothing: zero hidden maps, weight 0 below
+            zero = u.new_zeros(())
+            h = [torch.where(present[:, v, None, None, None], h[v], zero) for v in range(self.n_views)]
         outs = []
         for i in range(self.n_views):
             o = self.self_convs[vc[i]](h[i])
-            for k, j in enumerate(self._neigh[i]):
-                w = weights[i][:, k, None, None, None]
-                e = self.edge_ops[self.edge_class[(j, i)]](h[i], h[j])
-                o = o + torch.where(w > 0, w * e, zero)
+            neigh = self._neigh[i]
+            if neigh:
+                msgs = [
+                    self.edge_ops[self.edge_class[(j, i)]](
+                        h[i], h[j], source_present=None if present is None else present[:, j]
+                    )
+                    for j in neigh
+                ]
+                o = o + weights[i].mean(msgs)
             outs.append(self.gamma[vc[i]] * o)
         return torch.stack(outs, dim=1)
 
@@ -176,17 +189,16 @@ class MultiViewSubnet(nn.Module):
             h = F.pad(h, (p, p, p, p), mode="replicate")
         return h.view(b, v, self.hidden, hh + 2 * p, ww + 2 * p)
 
-    def forward_fused_present(self, u: Tensor, present: Tensor) -> Tensor:
-        """Fused conv formulation on the induced subgraph (same function as
-        :meth:`forward_per_edge_present` for conv fusion): the per-sample message weights scale
-        the neighbours' hidden maps (conv is linear) and their biases, added after the conv."""
+    def _forward_fused(self, u: Tensor, present: Tensor | None, weights: list[NeighbourWeights]) -> Tensor:
+        """Fused strategy (source-conv operators only, see the module docstring). Conv is linear:
+        uniform message weights are folded into the concatenated conv weight, per-sample weights
+        scale the neighbours' hidden maps and their biases (added after the conv)."""
         b, v, _, hh, ww = u.shape
         p = self.kernel_size // 2
         vc = self.view_class
         h = self._fused_hidden(u)
-        zero = u.new_zeros(())
-        h = torch.where(present[:, :, None, None, None], h, zero)
-        weights = self.message_weights(present, u.dtype)
+        if present is not None:  # absent views send nothing: zero hidden maps, weight 0 below
+            h = torch.where(present[:, :, None, None, None], h, u.new_zeros(()))
         outs = []
         for i in range(v):
             g = self.gamma[vc[i]]
@@ -195,58 +207,87 @@ class MultiViewSubnet(nn.Module):
             if not neigh:
                 outs.append(F.conv2d(h[:, i], g * sc.weight, g * sc.bias))
                 continue
-            convs = [self.edge_ops[self.edge_class[(j, i)]].conv for j in neigh]
-            w = weights[i]  # (B, n)
-            idx = torch.tensor(tuple(neigh), device=u.device)
-            hn = h.index_select(1, idx)  # (B, n, hidden, H', W')
-            hn = torch.where(w[:, :, None, None, None] > 0, w[:, :, None, None, None] * hn, zero)
-            inp = torch.cat([h[:, i : i + 1], hn], dim=1).reshape(
-                b, (1 + len(neigh)) * self.hidden, hh + 2 * p, ww + 2 * p
-            )
+            convs = [self.edge_ops[self.edge_class[(j, i)]].source_conv for j in neigh]
+            idx = torch.tensor((i,) + tuple(neigh), device=u.device)
+            hin = h.index_select(1, idx)  # (B, 1 + n, hidden, H', W')
+            shape = (b, (1 + len(neigh)) * self.hidden, hh + 2 * p, ww + 2 * p)
+            w = weights[i]
+            if w.uniform:
+                scale = w.scaled(g)
+                weight = torch.cat([g * sc.weight] + [scale * c.weight for c in convs], dim=1)
+                bias = g * sc.bias + scale * torch.stack([c.bias for c in convs]).sum(0)
+                outs.append(F.conv2d(hin.reshape(shape), weight, bias))
+                continue
+            per = w.per_sample()  # (B, n)
+            hn = w.weigh(hin[:, 1:])
+            inp = torch.cat([hin[:, :1], hn], dim=1).reshape(shape)
             weight = torch.cat([g * sc.weight] + [g * c.weight for c in convs], dim=1)
-            bias = g * (sc.bias[None] + w @ torch.stack([c.bias for c in convs]))  # (B, C_out)
+            bias = g * (sc.bias[None] + per @ torch.stack([c.bias for c in convs]))  # (B, C_out)
             outs.append(F.conv2d(inp, weight) + bias[:, :, None, None])
         return torch.stack(outs, dim=1)
 
-    def forward_per_edge(self, u: Tensor) -> Tensor:
-        """Straightforward formulation: one module call per view and per edge."""
-        vc = self.view_class
-        h = [torch.relu(self.in_convs[vc[v]](u[:, v])) for v in range(self.n_views)]
-        outs = []
-        for i in range(self.n_views):
-            o = self.self_convs[vc[i]](h[i])
-            neigh = self._neigh[i]
-            if neigh:
-                acc = None
-                for j in neigh:
-                    e = self.edge_ops[self.edge_class[(j, i)]](h[i], h[j])
-                    acc = e if acc is None else acc + e
-                o = o + (acc / len(neigh) if self.cross_view_scale == 1.0 else acc * (self.cross_view_scale / len(neigh)))
-            outs.append(self.gamma[vc[i]] * o)
-        return torch.stack(outs, dim=1)
 
-    def forward_fused(self, u: Tensor) -> Tensor:
-        """Fused conv formulation (same function as :meth:`forward_per_edge` for conv fusion)."""
-        b, v, _, hh, ww = u.shape
-        p = self.kernel_size // 2
-        vc = self.view_class
-        h = self._fused_hidden(u)
-        outs = []
-        for i in range(v):
-            g = self.gamma[vc[i]]
-            sc = self.self_convs[vc[i]]
-            neigh = self._neigh[i]
-            if not neigh:
-                outs.append(F.conv2d(h[:, i], g * sc.weight, g * sc.bias))
-                continue
-            convs = [self.edge_ops[self.edge_class[(j, i)]].conv for j in neigh]
-            scale = g / len(neigh) if self.cross_view_scale == 1.0 else g * (self.cross_view_scale / len(neigh))
-            weight = torch.cat([g * sc.weight] + [scale * c.weight for c in convs], dim=1)
-            bias = g * sc.bias + scale * torch.stack([c.bias for c in convs]).sum(0)
-            idx = torch.tensor((i,) + tuple(neigh), device=u.device)
-            inp = h.index_select(1, idx).reshape(b, (1 + len(neigh)) * self.hidden, hh + 2 * p, ww + 2 * p)
-            outs.append(F.conv2d(inp, weight, bias))
-        return torch.stack(outs, dim=1)
+class NeighbourWeights:
+    """The factor of each neighbour message ``j -> i`` of one target view ``i`` in Eq. 4, the one
+    place where the missing views and :attr:`MultiViewSubnet.cross_view_scale` ``s`` enter:
+
+        ``w_j = s * present_j / max(|N_p(i)|, 1)``,  ``N_p(i) = {j in N(i) : present_j}``.
+
+    Args:
+        n: ``|N(i)|``.
+        scale: ``s`` (1 = the paper's network).
+        present: ``(B, n)`` bool of the neighbours ``N(i)`` in order, or None: every view present,
+            the weight is then the same ``s / n`` for every sample (:attr:`uniform`).
+        dtype: float dtype of the per-sample weights.
+
+    The uniform case is applied as ``(x * s) / n`` after summing (``= x / n`` exactly when
+    ``s = 1``, the paper's network bit for bit); per-sample weights multiply each message and an
+    absent neighbour's message is replaced by an exact zero (``torch.where``), so nothing of an
+    absent view, not even a non-finite value, reaches view ``i``.
+    """
+
+    def __init__(self, n: int, scale: float, present: Tensor | None, dtype: torch.dtype) -> None:
+        self.n, self.scale, self.present = int(n), float(scale), present
+        self._per_sample: Tensor | None = None
+        if present is not None:
+            p = present.to(dtype)
+            self._per_sample = p * self.scale / p.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+    @property
+    def uniform(self) -> bool:
+        return self.present is None
+
+    def scaled(self, x: Tensor) -> Tensor:
+        """``x * s / n``: ``x`` times the uniform weight (every view present)."""
+        return x * self.scale / self.n
+
+    def per_sample(self) -> Tensor:
+        """``(B, n)`` weights ``s * present_j / max(|N_p(i)|, 1)`` (only when not :attr:`uniform`)."""
+        if self._per_sample is None:
+            raise ValueError("every view is present: the weight is uniform, use scaled()")
+        return self._per_sample
+
+    def weigh(self, x: Tensor, k: int | None = None) -> Tensor:
+        """``w_j * x`` with an exact zero where neighbour ``j`` is absent: ``x (B, n, ...)`` holds
+        something of every neighbour, or, given ``k``, ``x (B, ...)`` that of neighbour ``k`` only."""
+        w, p = self.per_sample(), self.present
+        if k is not None:
+            w, p = w[:, k], p[:, k]
+        extra = (None,) * (x.dim() - w.dim())
+        w, p = w[(...,) + extra], p[(...,) + extra]
+        return torch.where(p, w * x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+    def mean(self, messages: list[Tensor]) -> Tensor:
+        """``sum_j w_j * messages[j]`` for messages ``(B, C, H, W)`` in the order of ``N(i)``."""
+        if self.uniform:
+            acc = messages[0]
+            for m in messages[1:]:
+                acc = acc + m
+            return self.scaled(acc)
+        acc = self.weigh(messages[0], 0)
+        for k, m in enumerate(messages[1:], start=1):
+            acc = acc + self.weigh(m, k)
+        return acc
 
 
 def multiview_subnet_factory(
