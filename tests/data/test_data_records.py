@@ -57,7 +57,7 @@ def test_record_dataset_indexing_and_labels(tmp_path: Path, fakes) -> None:
     mask = tmp_path / "m.png"
     fakes.write_mask(mask, True)
     rec = SampleRecord("s", "cat", "test", "crack", ("a", "b"), tuple(paths), (None, str(mask)), (0, None))
-    assert rec.files == tuple(paths) and rec.num_views == 2 and rec.maybe_anomalous
+    assert rec.files == tuple(paths) and rec.num_views == 2 and any(k != 0 for k in rec.known_labels)
     ds = RecordDataset(samples=[rec], view_names=["a", "b"], load_masks=False)
     assert ds.image_labels(0) == (0, 1) and ds.labels().tolist() == [1]
     s = ds[-1]
@@ -68,7 +68,7 @@ def test_record_dataset_indexing_and_labels(tmp_path: Path, fakes) -> None:
     with pytest.raises(DataError, match="differs from its image size"):
         RecordDataset(samples=[rec], view_names=["a", "b"])[0]
     normal = SampleRecord("n", "cat", "test", "good", ("a",), (paths[0],), (None,), (0,))
-    assert not normal.maybe_anomalous
+    assert not any(k != 0 for k in normal.known_labels)
     assert torch.equal(
         RecordDataset(samples=[normal], view_names=["a"])[0].masks, torch.zeros(1, 16, 16, dtype=torch.bool)
     )

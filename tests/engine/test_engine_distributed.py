@@ -14,11 +14,11 @@ from multiflow.engine.distributed import (
     compute_maps_sharded,
     shard_range,
     shutdown_distributed,
-    spawn_local,
 )
 from multiflow.engine.scoring import compute_maps, sample_scores
 from multiflow.engine.train import STATE_FILE, train_flow
 from multiflow.flow import MultiFlow, ViewGraph
+from support.ddp import spawn_local
 
 # 9 samples, 2 held out -> 7 training samples in batches of 3, 3, 1: the last global batch leaves
 # rank 1 with an empty shard, and the 3-sample batches split unevenly (2 + 1).

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from multiflow.errors import CheckpointError, ConfigError
 from multiflow.features.backbones import (
     build_backbone,
-    build_classifier,
     efficientnet_pytorch_to_timm,
     lite0_package_weights_path,
 )
+from support.backbones import build_classifier
 
 
 @pytest.fixture(scope="module")

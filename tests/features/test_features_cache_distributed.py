@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
-from multiflow.engine.distributed import spawn_local
 from multiflow.errors import CheckpointError, DataError
 from multiflow.features.cache import ArraySpec, build_entry, extract_features
+from support.ddp import spawn_local
 
 from features_fakes import FakeDataset, FakeExtractor
 

@@ -68,11 +68,6 @@ class SampleRecord:
     def num_views(self) -> int:
         return len(self.view_names)
 
-    @property
-    def maybe_anomalous(self) -> bool:
-        """``False`` iff every view is known to be normal without reading any mask."""
-        return any(k != 0 for k in self.known_labels)
-
 
 @dataclass(frozen=True)
 class SkippedSample:

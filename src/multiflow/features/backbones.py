@@ -523,18 +523,3 @@ def build_backbone(
         body=body, name=name, layers=layers, input_size=int(input_size), mean=mean, std=std,
         weights_source=source,
     )
-
-
-def build_classifier(name: str = "lite0", weights: str | os.PathLike | None = None) -> tuple[nn.Module, tuple, tuple]:
-    """The full ImageNet classifier behind a preset, with the same weights as
-    :func:`build_backbone` (used to check that the weight mapping is right). Returns
-    ``(model in eval mode, mean, std)``; inputs are normalised ``(x - mean) / std``."""
-    import timm
-
-    preset = PRESETS.get(name)
-    if preset is None:
-        raise ConfigError(f"no classifier preset {name!r}")
-    model = timm.create_model(preset.timm_name, pretrained=False)
-    load_weights_file(model, weights if weights is not None else lite0_package_weights_path())
-    return model.eval(), preset.mean, preset.std
-
