@@ -93,7 +93,7 @@ def test_to_device_is_a_no_op_on_the_same_device():
 
 
 def test_dist_context_device_follows_resolve_device(fake_cuda):
-    from multiflow.parallel import DistContext
+    from multiflow.ranks import DistContext
 
     assert DistContext(rank=1, world_size=2, local_rank=1, backend="nccl").device == torch.device("cuda", 1)
     assert DistContext(rank=1, world_size=2, local_rank=1, backend="gloo").device == torch.device("cpu")

@@ -22,7 +22,7 @@ from PIL import Image
 from multiflow._atomic import atomic_path, write_json, write_text
 from multiflow.engine.bundle import FeaturesSpec, GraphSpec, MasksSpec, ModelBundle, ThresholdSpec, write_bundle
 from multiflow.engine.outputs import write_scores_csv
-from multiflow.engine.test_outputs import write_test_outputs
+from multiflow.engine.review_files import write_review_files
 
 
 class _Record:
@@ -87,7 +87,7 @@ def synthetic_run(run_dir: str | Path, *, category: str = "widget", n_objects: i
         threshold=ThresholdSpec(value=threshold, source="synthetic run (no trained flow)"),
     )
     write_bundle(folder, bundle)
-    write_test_outputs(folder, _Samples(records), maps, views)
+    write_review_files(folder, _Samples(records), maps, views)
     write_scores_csv(folder / "scores.csv", [r.sample_id for r in records], defects, views, view_scores,
                      view_labels, scores, scores > threshold)
     both = 0 < labels.sum() < n_objects

@@ -27,7 +27,7 @@ def fake_run(tmp_path):
 
 
 @pytest.mark.slow  # uses the session's trained run
-def test_test_outputs_are_the_maps_and_paths_of_scores_csv(trained_run):
+def test_review_files_are_the_maps_and_paths_of_scores_csv(trained_run):
     folder = trained_run / CLASS
     rows = list(csv.DictReader(open(folder / "scores.csv")))
     maps = np.load(folder / "maps.npy")

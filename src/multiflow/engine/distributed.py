@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from multiflow.errors import ConfigError
-from multiflow.parallel import (  # noqa: F401  (re-exported: the engine's users import them from here)
+from multiflow.ranks import (  # noqa: F401  (re-exported: the engine's users import them from here)
     DistContext,
     all_reduce_sum,
     barrier,

@@ -169,12 +169,12 @@ def run_device(cfg: TrainConfig, device: torch.device | None = None) -> tuple[to
     """``(device, precision)`` of this process, resolved once per run.
 
     The device: the given ``device``, else this rank's device under ``torchrun``
-    (:attr:`multiflow.parallel.DistContext.device`), else ``train.device`` resolved by
+    (:attr:`multiflow.ranks.DistContext.device`), else ``train.device`` resolved by
     :func:`multiflow.device.resolve_device`. The precision: ``train.precision`` where the device
     supports it, else fp32 (with a one-line notice, :func:`multiflow.device.resolve_precision`).
     """
     from multiflow.device import resolve_device, resolve_precision
-    from multiflow.parallel import current_context
+    from multiflow.ranks import current_context
 
     ctx = current_context()
     if device is None:

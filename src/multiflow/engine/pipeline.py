@@ -286,7 +286,7 @@ def evaluate_category(
     """
     from multiflow.engine.distributed import current_context
     from multiflow.engine.outputs import category_pictures, write_scores_csv
-    from multiflow.engine.test_outputs import write_test_outputs
+    from multiflow.engine.review_files import write_review_files
     from multiflow.engine.scoring import postprocess_scores
     from multiflow.metrics import StreamingEvaluator, evaluate_exact, write_adeval_pkl
 
@@ -380,7 +380,7 @@ def evaluate_category(
         image_scores=img_scores.reshape(-1),
         mask_paths=[m for r in ds.samples for m in r.mask_paths],
     )
-    write_test_outputs(folder, ds, maps, test.view_names)  # maps.npy + samples.json for `multiflow review`
+    write_review_files(folder, ds, maps, test.view_names)  # maps.npy + samples.json for `multiflow review`
     if cfg.eval.pictures if pictures is None else pictures:
         category_pictures(folder, category, ds, maps, img_scores, s_scores, labels, threshold, test.view_names, how)
     return metrics

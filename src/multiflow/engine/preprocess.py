@@ -26,7 +26,7 @@ import torch
 from multiflow.config import RunConfig
 from multiflow.engine.factories import build_mask_provider, cache_dir, open_dataset
 from multiflow.errors import ConfigError, DataError
-from multiflow.parallel import current_context
+from multiflow.ranks import current_context
 
 FEATURE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 

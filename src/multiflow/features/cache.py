@@ -41,7 +41,7 @@ import torch
 
 from multiflow._atomic import write_bytes, write_json
 from multiflow.errors import CheckpointError, ConfigError, DataError
-from multiflow.parallel import DistContext
+from multiflow.ranks import DistContext
 
 CACHE_FORMAT = 1
 _DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -198,11 +198,11 @@ def build_entry(
     ``plan(batches)``, if given, is told the list of index batches before the first ``compute``
     (so a data loader can prefetch exactly those).
 
-    ``ctx`` (a :class:`multiflow.parallel.DistContext` with more than one rank, under
+    ``ctx`` (a :class:`multiflow.ranks.DistContext` with more than one rank, under
     ``torchrun``) shards the work: every rank must call this with the same arguments. Rank 0
     alone opens, prepares, writes and finishes the entry; the pending samples go in global
     batches of ``batch_size * world_size``, each rank computes its contiguous share
-    (:func:`~multiflow.parallel.shard_range`) and sends the rows to rank 0, which
+    (:func:`~multiflow.ranks.shard_range`) and sends the rows to rank 0, which
     writes them in sample order and marks them done, so a killed run resumes like a single
     process (with any number of ranks). An error on any rank stops all of them. The cache root
     must be visible to every rank (one machine, or a shared file system across nodes).
@@ -357,7 +357,7 @@ def _build_sharded(
     progress: bool, desc: str, plan: Callable[[list[list[int]]], None] | None, ctx: DistContext,
 ) -> CacheEntry:
     """:func:`build_entry` over the ranks of ``ctx`` (see there)."""
-    from multiflow.parallel import all_gather_objects, broadcast_from_main, gather_objects_to_main, shard_range
+    from multiflow.ranks import all_gather_objects, broadcast_from_main, gather_objects_to_main, shard_range
 
     def agree(failure: BaseException | None, what: str) -> None:
         """Collective: every rank learns whether any rank failed; all of them raise if one did."""

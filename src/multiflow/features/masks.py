@@ -46,7 +46,7 @@ from scipy import ndimage
 
 from multiflow.errors import ConfigError, DataError
 from multiflow.features.masks_torch import DILATION, PRECISIONS
-from multiflow.parallel import DistContext
+from multiflow.ranks import DistContext
 
 #: how :class:`ThresholdMasks` computes: batched tensor operations, or the NumPy reference
 BACKENDS = ("torch", "numpy")

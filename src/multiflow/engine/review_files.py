@@ -25,7 +25,7 @@ from multiflow._atomic import atomic_path, write_json
 SAMPLES_FORMAT = "multiflow-test-samples/1"
 
 
-def write_test_outputs(folder: Path, dataset: Any, maps: np.ndarray, view_names: list[str]) -> None:
+def write_review_files(folder: Path, dataset: Any, maps: np.ndarray, view_names: list[str]) -> None:
     """Write ``maps.npy`` (float16 ``(N, V, h, w)``) and ``samples.json`` for ``dataset``'s records.
 
     ``dataset.samples[i]`` must be the record of ``maps[i]`` (the order of ``scores.csv``).
