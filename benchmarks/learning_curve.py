@@ -269,10 +269,10 @@ def load_class_data(cfg, cls: str, extractor, *, progress: bool, device=None) ->
 
 # ------------------------------------------------------------------------------------ one cell
 def _evaluate(maps: np.ndarray, d: ClassData) -> dict[str, Any]:
-    from multiflow.engine.scoring import image_scores
+    from multiflow.scoring import image_scores_from_maps
     from multiflow.metrics import evaluate_exact
 
-    r = evaluate_exact(maps, None, labels=d.labels, image_scores=image_scores(maps), sample_ids=d.sample_ids,
+    r = evaluate_exact(maps, None, labels=d.labels, image_scores=image_scores_from_maps(maps).numpy(), sample_ids=d.sample_ids,
                        defects=d.defects, how="max").as_dict()
     return {"metrics": {k: r.get(k) for k, _ in METRICS},
             "per_defect": {k: {"s_auroc": v.get("s_auroc"), "i_auroc": v.get("i_auroc"),
@@ -308,7 +308,7 @@ def run_cell(cfg, grid: dict[str, Any], d: ClassData, cls: str, n: int, method: 
     ``maps_path``: where the cell's anomaly maps go (``.npz``)."""
     from multiflow.flow.single_view import from_single_view, to_single_view
     from multiflow.engine.factories import build_flow, run_device
-    from multiflow.engine.scoring import compute_maps
+    from multiflow.engine.maps import compute_maps
     from multiflow.engine.train import train_flow
     from multiflow.flow.subnet import cross_view_scaled, view_gammas
 

@@ -194,18 +194,17 @@ def test_format_1_with_view_dropout_keeps_it_and_finds_its_fault_statistics(tmp_
 
 
 def test_scoring_and_mask_switches_round_trip_and_default_when_absent(tmp_path):
-    """The fitted image score and calibration, the mask margin and soft weight round-trip; a format-2
-    bundle written before these fields existed loads with the paper's scoring and masks."""
-    from multiflow.scoring import ImageScoreSpec, ViewCalibration
+    """The fitted image score and the mask margin round-trip; a format-2 bundle written before these
+    fields existed loads with the paper's scoring and masks; a removed calibration is refused."""
+    from multiflow.scoring import ImageScoreSpec
 
     flow = _flow()
     bundle = _bundle(flow)
-    cal = ViewCalibration.fit([[1.0, 2.0, 3.0], [1.5, 2.5, 2.0], [0.5, 3.0, 2.5]], "tail")
-    bundle.scoring = ScoringSpec(aggregation="max", image_score=ImageScoreSpec(name="quantile", q=0.9), calibration=cal)
+    bundle.scoring = ScoringSpec(aggregation="max", image_score=ImageScoreSpec(name="quantile", q=0.9))
     bundle.masks = MasksSpec(provider="threshold", dilation=3, margin=0.05)
     save_bundle(tmp_path, flow, bundle)
     loaded = read_bundle(tmp_path)
-    assert loaded == bundle and loaded.scoring.calibration.knots == cal.knots
+    assert loaded == bundle
     data = json.loads((tmp_path / "model.json").read_text())
     data["scoring"] = {"aggregation": "max"}
     data["masks"] = {"provider": "threshold", "dilation": 3, "mask_root": ""}
@@ -214,7 +213,7 @@ def test_scoring_and_mask_switches_round_trip_and_default_when_absent(tmp_path):
     assert old.scoring == ScoringSpec() and old.masks.margin == 0.0
     assert old.scoring.postprocess(64).is_identity
     for bad, match in [({"image_score": {"name": "median"}}, "unknown image score"),
-                       ({"calibration": {"mode": "zscore", "loc": [0.0], "scale": [1.0]}}, "covers 1 views"),
+                       ({"calibration": {"mode": "zscore", "loc": [0.0], "scale": [1.0]}}, "'zscore' was removed"),
                        ({"extra": 1}, r"unknown field\(s\) \['extra'\]")]:
         (tmp_path / "model.json").write_text(json.dumps(data | {"scoring": bad}))
         with pytest.raises(CheckpointError, match=match):
@@ -223,23 +222,23 @@ def test_scoring_and_mask_switches_round_trip_and_default_when_absent(tmp_path):
 
 def test_format_1_with_a_scoring_section_keeps_it(tmp_path):
     """Format-1 files written by the scoring-switch branch stored image_score/calibration under
-    'scoring' and margin/soft under 'masks': the migration keeps them."""
+    'scoring' and margin/soft under 'masks': the migration keeps them (calibration 'none' only)."""
     from multiflow.flow import save_flow
-    from multiflow.scoring import ImageScoreSpec, ViewCalibration
+    from multiflow.scoring import ImageScoreSpec
 
     flow = _flow()
     save_flow(flow, tmp_path / "model.safetensors")
-    cal = ViewCalibration.fit([[1.0, 2.0, 3.0], [2.0, 2.5, 1.0]], "zscore")
+    cal = {"mode": "none", "loc": [], "scale": [], "knots": [], "levels": []}
     v1 = {
         "format": "multiflow-model/1", "category": "part", "view_names": VIEWS,
         "extractor": {"weights_digest": "cd" * 32, "channels": 4},
         "features": {"backbone": "lite0", "input_size": 64, "weights": "", "layer": ""},
         "masks": {"provider": "threshold", "dilation": 8, "mask_root": "", "margin": 0.05, "soft": 0.1},
         "aggregation": "max", "threshold": 0.5,
-        "scoring": {"image_score": {"name": "topk_mean", "k": 0.2}, "calibration": cal.to_dict()},
+        "scoring": {"image_score": {"name": "topk_mean", "k": 0.2}, "calibration": cal},
     }
     (tmp_path / "model.json").write_text(json.dumps(v1))
     b = read_bundle(tmp_path)
-    assert b.scoring.image_score == ImageScoreSpec(name="topk_mean", k=0.2) and b.scoring.calibration == cal
+    assert b.scoring == ScoringSpec(aggregation="max", image_score=ImageScoreSpec(name="topk_mean", k=0.2))
     assert b.masks.margin == 0.05  # the removed soft weight (training-only) is dropped on load
     assert not hasattr(b.masks, "soft")
