@@ -97,8 +97,9 @@ def test_threshold_section_states_the_target_and_refuses_non_finite_values():
                        ("threshold.quantile=0.99", "unknown key")]:
         with pytest.raises(ConfigError, match=match):
             load_config(None, [bad])
-    # configurations written before the section (train.threshold_quantile) still load
-    assert load_config(None, ["train.threshold_quantile=0.95"]).train.threshold_quantile == 0.95
+    # configurations written before the section (train.threshold_quantile) still load, with a warning
+    with pytest.warns(UserWarning, match="threshold_quantile=0.95 is no longer used.*threshold.false_reject"):
+        assert load_config(None, ["train.threshold_quantile=0.95"]).train.threshold_quantile == 0.95
 
 
 def test_device_precision_checkpoint_and_early_stopping_keys():

@@ -258,6 +258,12 @@ class RunConfig:
             raise ConfigError(
                 f"train.threshold_quantile must be in (0, 1], got {self.train.threshold_quantile}"
             )
+        if self.train.threshold_quantile != 0.99:
+            import warnings
+
+            warnings.warn(f"train.threshold_quantile={self.train.threshold_quantile} is no longer used: the threshold "
+                          f"is fitted for threshold.false_reject={self.threshold.false_reject} (a false-reject rate "
+                          "of good parts); state that instead", stacklevel=2)
         if not 0.0 <= self.train.view_dropout < 1.0:
             raise ConfigError(f"train.view_dropout must be in [0, 1), got {self.train.view_dropout}")
         if self.train.view_dropout > 0 and self.model.single_view:
