@@ -222,3 +222,25 @@ def test_scoring_overrides_at_test_time_are_checked_recorded_and_refit_the_thres
     maps = np.load(run_dir / CLASS / "maps.npy").astype(np.float64)  # float16 copies of the maps
     np.testing.assert_allclose([float(r["sample_score"]) for r in rows],
                                maps.reshape(len(rows), 5, -1).max(-1).mean(-1), rtol=2e-3)
+
+
+@pytest.mark.slow
+def test_an_override_on_a_model_without_calibration_maps_reports_no_decisions(scored_run, tmp_path):
+    """A bundle without stored calibration maps (fitted before format 3) cannot refit its threshold for
+    an overridden scoring: metrics.json says so and reports no decision metrics against it."""
+    import shutil
+
+    from multiflow.engine.bundle import read_bundle, write_bundle
+
+    run_dir, _ = scored_run
+    copy = tmp_path / "old"
+    shutil.copytree(run_dir, copy)
+    b = read_bundle(copy / CLASS)
+    b.threshold.calibration_maps, b.threshold.fit = "", None
+    write_bundle(copy / CLASS, b)
+    with pytest.warns(UserWarning, match="stores no calibration maps"):
+        api.evaluate(copy, progress=False, pictures=False, aggregation="mean")
+    m = json.loads((copy / CLASS / "metrics.json").read_text())
+    assert m["threshold"] is None and m["threshold_fit"] is None and m["decision_accuracy"] is None
+    assert m["false_positive_rate_at_threshold"] is None and m["threshold_refitted_for_overrides"] is False
+    assert any("not for the overridden one" in w for w in m["threshold_warnings"])

@@ -83,7 +83,12 @@ def _maps(model, features, masks, n_views: int, single_view: bool, ctx, *, batch
 # ------------------------------------------------------------------------------------ fitting
 def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool = False,
                  progress: bool = True, device: torch.device | None = None) -> ModelBundle:
-    """Train the flow of one class and calibrate its threshold on held-out normal training samples.
+    """Train the flow of one class and fit its threshold on held-out calibration objects.
+
+    ``threshold.calibration_fraction`` of the normal training objects are held out before training
+    (:mod:`multiflow.engine.threshold`); the flow trains (and selects its epoch) on the rest. The
+    threshold is fitted for ``threshold.false_reject`` at ``threshold.confidence``, per number of
+    present views too for a model trained with view dropout; its warnings are issued and stored.
 
     Features, masks, training and scoring run on ``device`` (default: :func:`run_device`)."""
     import warnings
@@ -258,7 +263,11 @@ def evaluate_category(
     The model's bundle defines the backbone, masks, flips and scoring; ``cfg`` gives the data
     location and the cache/batch settings. ``overrides`` (e.g. ``{"aggregation": "mean"}``) replace
     the bundle's scoring settings and are recorded as ``metrics["overrides"]``; a configuration whose
-    ``eval`` scoring settings differ from the bundle's without an override is an error. Features, masks
+    ``eval`` scoring settings differ from the bundle's without an override is an error. For an
+    overridden scoring the threshold is refitted from the bundle's stored calibration maps, with its
+    target (:func:`multiflow.engine.threshold.refit_threshold`; ``metrics["threshold_refitted_for_overrides"]``);
+    a bundle without them reports ``threshold: null`` and no decision metrics. The threshold's
+    warnings are issued and stored as ``metrics["threshold_warnings"]``. Features, masks
     and anomaly maps are computed on ``device`` (default: :func:`run_device` of ``cfg.train``) in
     ``train.precision``.
     """
@@ -355,7 +364,8 @@ def evaluate_category(
     s_labels = labels.max(1)
     metrics = result.as_dict()
     metrics["threshold"] = threshold
-    metrics["threshold_fit"] = (refit or bundle.threshold.fit).to_dict() if (refit or bundle.threshold.fit) else None
+    used_fit = refit if refit is not None else (bundle.threshold.fit if threshold is not None else None)
+    metrics["threshold_fit"] = None if used_fit is None else used_fit.to_dict()
     metrics["threshold_refitted_for_overrides"] = refit is not None
     metrics["threshold_warnings"] = threshold_warnings
     metrics["aggregation"] = how
