@@ -272,7 +272,8 @@ def _evaluate(maps: np.ndarray, d: ClassData) -> dict[str, Any]:
     from multiflow.scoring import image_scores_from_maps
     from multiflow.metrics import evaluate_exact
 
-    r = evaluate_exact(maps, None, labels=d.labels, image_scores=image_scores_from_maps(maps).numpy(), sample_ids=d.sample_ids,
+    r = evaluate_exact(maps, None, labels=d.labels, image_scores=image_scores_from_maps(maps).numpy(),
+                       sample_ids=d.sample_ids,
                        defects=d.defects, how="max").as_dict()
     return {"metrics": {k: r.get(k) for k, _ in METRICS},
             "per_defect": {k: {"s_auroc": v.get("s_auroc"), "i_auroc": v.get("i_auroc"),

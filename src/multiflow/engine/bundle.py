@@ -6,8 +6,8 @@ constructor config, :mod:`multiflow.flow.io`) and ``model.json`` (this module's
 images the way the model was trained and calibrated is here: the backbone (name, input size,
 weights, layer, feature dtype, weights digest), the foreground masks, the view graph and names,
 the load-time flips, the scoring (view aggregation, image score), the decision threshold with the
-target it was fitted for, its statistics, per-number-of-views thresholds and its audit trail, whether the flow scores incomplete objects
-(``supports_missing_views``, trained with ``view_dropout``) and the camera-fault statistics
+target it was fitted for, its statistics, per-number-of-views thresholds and its audit trail, whether the flow scores incomplete
+objects (``supports_missing_views``, trained with ``view_dropout``) and the camera-fault statistics
 (``camera_faults``: the name of the JSON file in the class folder,
 :class:`multiflow.faults.CameraFaultModel`; empty = no camera check).
 Test, predict, export, serve and the review app read the bundle and nothing else; the run's
@@ -248,11 +248,12 @@ class ModelBundle:
             raise CheckpointError(f"threshold {self.threshold.value!r} is not a finite number", where)
         bad = [k for k in self.threshold.by_views if not (k.isdigit() and 1 <= int(k) < len(self.view_names))]
         if bad:
-            raise CheckpointError(f"threshold.by_views: keys {bad} are not numbers of views 1..{len(self.view_names) - 1}",
+            raise CheckpointError(
+                f"threshold.by_views: keys {bad} are not numbers of views 1..{len(self.view_names) - 1}", where)
+        cal_maps = self.threshold.calibration_maps
+        if cal_maps and Path(cal_maps).name != cal_maps:
+            raise CheckpointError(f"threshold.calibration_maps must name a file in the class folder, got {cal_maps!r}",
                                   where)
-        if self.threshold.calibration_maps and Path(self.threshold.calibration_maps).name != self.threshold.calibration_maps:
-            raise CheckpointError("threshold.calibration_maps must name a file in the class folder, got "
-                                  f"{self.threshold.calibration_maps!r}", where)
         if not 0.0 <= float(self.view_dropout) < 1.0:
             raise CheckpointError(f"view_dropout {self.view_dropout!r} is not in [0, 1)", where)
         if self.supports_missing_views and self.single_view:
@@ -414,8 +415,8 @@ def read_bundle(folder: str | Path) -> ModelBundle:
             bundle.camera_faults = CAMERA_FAULTS_FILE
         return bundle
     raise CheckpointError(
-        f"unsupported model description format {fmt!r} (this multiflow reads {', '.join(READABLE_FORMATS)} and migrates "
-        f"{', '.join(LEGACY_FORMATS)}): retrain the class with `multiflow fit`, or use the multiflow "
+        f"unsupported model description format {fmt!r} (this multiflow reads {', '.join(READABLE_FORMATS)} and "
+        f"migrates {', '.join(LEGACY_FORMATS)}): retrain the class with `multiflow fit`, or use the multiflow "
         "version that wrote it",
         path,
     )

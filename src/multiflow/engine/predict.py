@@ -5,7 +5,8 @@ rebuilds the same frozen backbone (its weight digest, input size and layer must 
 flow was trained on) and mask provider from the model's bundle, and scores samples given as images
 ``(V, 3, H, W)`` in ``[0, 1]`` with the model's view names, with the bundle's image score
 (:mod:`multiflow.scoring`). The decision compares the sample score with the threshold fitted on
-held-out normal calibration objects for the number of views present (:meth:`multiflow.engine.bundle.ThresholdSpec.for_views`).
+held-out normal calibration objects for the number of views present
+(:meth:`multiflow.engine.bundle.ThresholdSpec.for_views`).
 
 Missing views and camera faults (docs/deployment.md, "Decision JSON"): a model trained with view
 dropout (``model.json``: ``supports_missing_views: true``) scores an object from any non-empty

@@ -134,7 +134,8 @@ def fit_by_views(model, features, masks, sample_ids: list[str], scoring: Scoring
 
 def save_calibration_maps(path: Path, maps: np.ndarray, masks: np.ndarray | None, sample_ids: list[str]) -> None:
     """Write the calibration objects' maps ``(N, V, h, w)``, grid masks and ids (atomically)."""
-    arrays: dict[str, Any] = {"maps": np.asarray(maps, dtype=np.float32), "sample_ids": np.asarray(sample_ids, dtype=str)}
+    arrays: dict[str, Any] = {"maps": np.asarray(maps, dtype=np.float32),
+                              "sample_ids": np.asarray(sample_ids, dtype=str)}
     if masks is not None:
         arrays["masks"] = np.asarray(masks, dtype=np.float32)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
