@@ -175,6 +175,7 @@ def suspected_outliers(scores: Any) -> np.ndarray:
     return (x - med) / scale > outlier_cutoff(s.size)
 
 
+@functools.lru_cache(maxsize=1024)
 def _tolerance_factor(n: int, false_reject: float, confidence: float) -> float:
     """One-sided normal tolerance factor ``k``: ``P(mu_hat + k sigma_hat >= q_{1-alpha}) = confidence``."""
     from scipy import stats
