@@ -85,7 +85,8 @@ def detection(sizes, data: Path, cache: Path, out: Path, category: str, progress
     from multiflow.engine.factories import build_extractor
     from multiflow.engine.pipeline import fit_category
     from multiflow.engine.preprocess import prepare_split
-    from multiflow.engine.scoring import compute_maps, image_scores
+    from multiflow.engine.maps import compute_maps
+    from multiflow.scoring import image_scores_from_maps
 
     res: dict[str, Any] = {}
     for name, extra in VARIANTS.items():
@@ -99,7 +100,7 @@ def detection(sizes, data: Path, cache: Path, out: Path, category: str, progress
         n, v = labels.shape
         if name == "single-view":
             f, m = model.to_flow_samples(test.features, test.masks)
-            img = image_scores(model.from_flow_samples(compute_maps(model, f, m), v))
+            img = image_scores_from_maps(model.from_flow_samples(compute_maps(model, f, m), v)).numpy()
             res["single-view"] = aurocs(img, labels, np.ones((n, v), bool))
             continue
         full = np.ones((n, v), bool)

@@ -62,11 +62,12 @@ def stop_epoch(val_losses: list[float], patience: int, min_delta: float = 0.0) -
 
 
 def _metrics(model, data, on) -> dict[str, Any]:
-    from multiflow.engine.scoring import compute_maps, image_scores
+    from multiflow.engine.maps import compute_maps
+    from multiflow.scoring import image_scores_from_maps
     from multiflow.metrics import evaluate_exact
 
     maps = compute_maps(model, data.test_features, data.test_masks, batch_size=16, **on)
-    r = evaluate_exact(maps, None, labels=data.labels, image_scores=image_scores(maps),
+    r = evaluate_exact(maps, None, labels=data.labels, image_scores=image_scores_from_maps(maps).numpy(),
                        sample_ids=data.sample_ids, defects=data.defects, how="max").as_dict()
     return {"s_auroc": r.get("s_auroc"), "i_auroc": r.get("i_auroc"),
             "per_defect": {k: v.get("s_auroc") for k, v in (r.get("per_defect") or {}).items()}}

@@ -64,19 +64,42 @@ def test_scoring_mask_and_feature_switches_are_validated():
     from multiflow.config import load_config
     from multiflow.errors import ConfigError
 
-    cfg = load_config(None, ["eval.image_score=quantile", "eval.image_score_q=0.95", "eval.calibration=tail",
+    cfg = load_config(None, ["eval.image_score=quantile", "eval.image_score_q=0.95", "eval.calibration=none",
                              "masks.margin=0.05", "features.input_size=0", "features.layer=blocks:3+blocks:5"])
     cfg.validate()
-    assert (cfg.eval.image_score, cfg.eval.calibration, cfg.masks.margin) == ("quantile", "tail", 0.05)
+    assert (cfg.eval.image_score, cfg.eval.calibration, cfg.masks.margin) == ("quantile", "none", 0.05)
     default = load_config(None, [])
     # the measured winner (BENCHMARKS.md, scoring_ablation and learning_curve): smoothed max, sigma 8 px
     assert (default.eval.image_score, default.eval.image_score_sigma) == ("smoothed_max", 8.0)
     assert (default.eval.calibration, default.masks.margin) == ("none", 0.0)
-    for bad in ["eval.image_score=median", "eval.calibration=platt", "eval.image_score_q=1.5",
+    for bad in ["eval.image_score=median", "eval.calibration=platt", "eval.calibration=tail",
+                "eval.calibration=zscore", "eval.image_score_q=1.5",
                 "eval.image_score_k=0", "eval.image_score_sigma=0", "masks.margin=-0.1", "features.input_size=-1",
                 "masks.soft=0.2"]:  # removed after it measured worse (BENCHMARKS.md, scoring_ablation)
         with pytest.raises(ConfigError):
             load_config(None, [bad]).validate()
+
+
+def test_threshold_section_states_the_target_and_refuses_non_finite_values():
+    """threshold.false_reject (default 1 %), threshold.confidence and threshold.calibration_fraction:
+    finite numbers strictly between 0 and 1; NaN / inf / 0 / 1 are refused with the key named."""
+    d = load_config(None)
+    assert (d.threshold.false_reject, d.threshold.confidence) == (0.01, 0.9)
+    assert 0 < d.threshold.calibration_fraction < 1
+    assert load_config(None, ["threshold.false_reject=0.05"]).threshold.false_reject == 0.05
+    for bad, match in [("threshold.false_reject=.nan", "threshold.false_reject"),
+                       ("threshold.false_reject=.inf", "threshold.false_reject"),
+                       ("threshold.false_reject=0", "threshold.false_reject"),
+                       ("threshold.false_reject=1", "threshold.false_reject"),
+                       ("threshold.confidence=1.5", "threshold.confidence"),
+                       ("threshold.confidence=-.inf", "threshold.confidence"),
+                       ("threshold.calibration_fraction=0", "threshold.calibration_fraction"),
+                       ("threshold.quantile=0.99", "unknown key")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, [bad])
+    # configurations written before the section (train.threshold_quantile) still load, with a warning
+    with pytest.warns(UserWarning, match="threshold_quantile=0.95 is no longer used.*threshold.false_reject"):
+        assert load_config(None, ["train.threshold_quantile=0.95"]).train.threshold_quantile == 0.95
 
 
 def test_device_precision_checkpoint_and_early_stopping_keys():

@@ -1,4 +1,4 @@
-"""Image-score reducers and per-view calibration against independent numpy / scipy oracles."""
+"""Image-score reducers against independent numpy / scipy oracles; the removed per-view calibrations."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from scipy import ndimage
 
 from multiflow.engine.bundle import ScoringSpec
-from multiflow.scoring import ImageScoreSpec, ScorePostprocess, ViewCalibration, image_score
-from multiflow.scoring_post import smooth
+from multiflow.scoring import ImageScoreSpec, ScorePostprocess, image_score
+from multiflow.scoring.image_score import smooth
 from multiflow.errors import ConfigError, DataError
 
 
@@ -113,76 +113,24 @@ def test_bad_inputs():
         image_score(np.zeros((1, 2, 2)), spec=ImageScoreSpec(name="smoothed_max"))
 
 
-# ------------------------------------------------------------------------------- calibration
-def test_zscore_matches_numpy_and_equalises_spread():
-    rng = np.random.default_rng(6)
-    normal = np.stack([rng.normal(1, 0.1, 50), rng.normal(5, 3.0, 50)], axis=1)
-    cal = ViewCalibration.fit(normal, "zscore")
-    n = len(normal)
-    log_sd = np.log(normal.std(axis=0, ddof=1))
-    shrunk = np.exp(((n - 1) * log_sd + 2 * log_sd.mean()) / (n + 1))
-    z = cal.apply(torch.from_numpy(normal)).numpy()
-    np.testing.assert_allclose(z, (normal - normal.mean(0)) / shrunk, rtol=1e-12)
-    assert 0.85 < z[:, 0].std() / z[:, 1].std() < 1.0 / 0.85
+# ------------------------------------------------------------------- removed calibration
+@pytest.mark.parametrize("mode", ["zscore", "tail"])
+def test_removed_calibrations_are_refused_with_the_reason(mode):
+    """zscore and tail measured worse than no calibration and were removed: a scoring section, a
+    configuration or an override that names one is refused, naming the mode and why."""
+    from multiflow.config import load_config
+    from multiflow.scoring import check_overrides
 
-
-def test_zscore_tiny_n_is_finite():
-    for normal in (np.array([[1.0, 2.0]]), np.array([[1.0, 2.0], [1.0, 2.0]])):
-        cal = ViewCalibration.fit(normal, "zscore")
-        out = cal.apply(np.array([[3.0, 0.0]])).numpy()
-        assert np.isfinite(out).all() and out[0, 0] > 0 > out[0, 1]
-
-
-def test_tail_levels_are_empirical_tail_probabilities():
-    normal = np.array([[1.0, 0.0], [2.0, 0.0], [2.0, 1.0], [4.0, 3.0]])
-    cal = ViewCalibration.fit(normal, "tail")
-    got = cal.apply(normal).numpy()
-    for j in range(2):
-        for i in range(4):
-            p = (normal[:, j] >= normal[i, j]).sum() / 5.0
-            assert got[i, j] == pytest.approx(-np.log10(p), rel=1e-12)
-    # between knots: linear interpolation of -log10 p
-    mid = cal.apply(np.array([[3.0, 2.0]])).numpy()[0]
-    assert mid[0] == pytest.approx(0.5 * (-np.log10(3 / 5) - np.log10(1 / 5)))  # between knots 2 and 4
-    assert mid[1] == pytest.approx(0.5 * (-np.log10(2 / 5) - np.log10(1 / 5)))
-
-
-@pytest.mark.parametrize("n", [1, 2, 7, 40])
-def test_tail_is_strictly_increasing_and_finite(n):
-    rng = np.random.default_rng(n)
-    normal = np.round(rng.gamma(2.0, size=(n, 3)) * [1, 10, 0.1], 1)  # ties and different spreads
-    cal = ViewCalibration.fit(normal, "tail")
-    grid = np.linspace(-50, 500, 4001)
-    out = cal.apply(np.repeat(grid[:, None], 3, axis=1)).numpy()
-    assert np.isfinite(out).all()
-    assert (np.diff(out, axis=0) > 0).all()
-    # beyond the largest normal score the tail grows linearly with slope 1 / (sigma ln 10)
-    s_max = normal.max(0)
-    far = cal.apply((s_max + 10 * np.array(cal.scale))[None]).numpy()[0]
-    at = cal.apply(s_max[None]).numpy()[0]
-    np.testing.assert_allclose(far - at, 10 / np.log(10), rtol=1e-10)
-
-
-def test_calibration_dict_round_trip_and_map_axis():
-    rng = np.random.default_rng(8)
-    normal = rng.normal(size=(9, 3))
-    for mode in ("none", "zscore", "tail"):
-        cal = ViewCalibration.fit(normal, mode)
-        back = ViewCalibration.from_dict(cal.to_dict())
-        x = rng.normal(size=(5, 3)) * 3
-        np.testing.assert_array_equal(back.apply(x).numpy(), cal.apply(x).numpy())
-        maps = rng.normal(size=(2, 3, 4, 4))
-        on_maps = cal.apply(maps, view_axis=1).numpy()
-        per_pixel = cal.apply(np.moveaxis(maps, 1, -1)).numpy()
-        np.testing.assert_allclose(on_maps, np.moveaxis(per_pixel, -1, 1))
-    with pytest.raises(ConfigError):
-        ViewCalibration.from_dict({"mode": "tail", "loc": [0.0], "scale": [1.0], "knots": [], "levels": []})
-    with pytest.raises(ConfigError):
-        ViewCalibration.from_dict({"mode": "bogus"})
-    with pytest.raises(DataError):
-        ViewCalibration.fit(np.zeros((0, 2)), "zscore")
-    with pytest.raises(DataError):
-        ViewCalibration.fit(normal, "zscore").apply(np.zeros((2, 4)))
+    with pytest.raises(ConfigError, match=f"{mode}.*removed.*measured worse"):
+        ScoringSpec.from_dict({"calibration": {"mode": mode, "loc": [0.0], "scale": [1.0]}})
+    with pytest.raises(ConfigError, match="eval.calibration.*removed"):
+        load_config(None, [f"eval.calibration={mode}"])
+    with pytest.raises(ConfigError, match="removed"):
+        check_overrides({"calibration": mode})
+    # "none" (what every model scores with) still loads, as a mapping of format 2 or a plain name
+    assert ScoringSpec.from_dict({"calibration": {"mode": "none", "loc": [], "scale": [], "knots": [],
+                                                  "levels": []}}) == ScoringSpec()
+    assert check_overrides({"calibration": "none"}) == {"calibration": "none"}
 
 
 def test_module_matches_functions_and_meta_round_trip():
@@ -190,11 +138,23 @@ def test_module_matches_functions_and_meta_round_trip():
     maps = torch.from_numpy(rng.normal(size=(4, 3, 6, 6))).float()
     fg = torch.from_numpy(rng.random((4, 3, 6, 6)) > 0.3).float()
     spec = ImageScoreSpec(name="topk_mean", k=0.1)
-    cal = ViewCalibration.fit(rng.normal(size=(10, 3)), "tail")
-    back = ScoringSpec.from_dict(json.loads(json.dumps(asdict(ScoringSpec(image_score=spec, calibration=cal)))))
-    spec2, cal2 = back.image_score, back.calibration
-    assert spec2 == spec and cal2 == cal
-    raw, calibrated = ScorePostprocess(spec=spec2, calibration=cal2)(maps, fg)
-    np.testing.assert_allclose(raw.numpy(), image_score(maps, fg, spec).numpy(), rtol=1e-6)
-    np.testing.assert_allclose(calibrated.numpy(), cal.apply(raw.double()).numpy(), rtol=1e-5)
+    back = ScoringSpec.from_dict(json.loads(json.dumps(asdict(ScoringSpec(image_score=spec)))))
+    assert back.image_score == spec
+    scores = ScorePostprocess(spec=back.image_score)(maps, fg)
+    np.testing.assert_allclose(scores.numpy(), image_score(maps, fg, spec).numpy(), rtol=1e-6)
     assert ScoringSpec.from_dict({}) == ScoringSpec()  # bundles without the fields score as the paper
+
+
+def test_image_score_defaults_live_in_the_spec_only():
+    """The configuration's image-score defaults are DEFAULT_IMAGE_SCORE's, and the reducers take their
+    parameters from the spec (smoothed_max has no sigma default of its own to drift from it)."""
+    import inspect
+
+    from multiflow.config import EvalConfig
+    from multiflow.scoring import DEFAULT_IMAGE_SCORE
+    from multiflow.scoring.image_score import smoothed_max, topk_mean, quantile
+
+    assert EvalConfig().image_score_spec() == DEFAULT_IMAGE_SCORE
+    for fn in (smoothed_max, topk_mean, quantile):
+        params = list(inspect.signature(fn).parameters.values())[2:]
+        assert all(p.default is inspect.Parameter.empty for p in params), fn.__name__

@@ -20,10 +20,11 @@ from multiflow._atomic import write_bytes, write_json
 
 
 def _evaluate(maps: np.ndarray, d: CachedClass) -> dict[str, Any]:
-    from multiflow.engine.scoring import image_scores
+    from multiflow.scoring import image_scores_from_maps
     from multiflow.metrics import evaluate_exact
 
-    r = evaluate_exact(maps, None, labels=d.labels, image_scores=image_scores(maps), sample_ids=d.sample_ids,
+    r = evaluate_exact(maps, None, labels=d.labels, image_scores=image_scores_from_maps(maps).numpy(),
+                       sample_ids=d.sample_ids,
                        defects=d.defects, how="max").as_dict()
     return {"metrics": {k: r.get(k) for k, _ in METRICS},
             "per_defect": {k: {"s_auroc": v.get("s_auroc"), "i_auroc": v.get("i_auroc"),
@@ -58,7 +59,7 @@ def run_cell(cfg, grid: dict[str, Any], d: CachedClass, cls: str, n: int, method
     """Train (or fit) one method on the first ``n`` training objects and score the shared test set;
     ``maps_path``: where the cell's anomaly maps go (``.npz``)."""
     from multiflow.engine.factories import build_flow, run_device
-    from multiflow.engine.scoring import compute_maps
+    from multiflow.engine.maps import compute_maps
     from multiflow.engine.train import train_flow
     from multiflow.flow.subnet import cross_view_scaled, view_gammas
 

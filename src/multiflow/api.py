@@ -42,9 +42,10 @@ def evaluate(run_dir: str | os.PathLike, *, progress: bool = True, pictures: boo
 
     The models' bundles define how they score; ``overrides`` (``section.key=value``) change the
     run configuration's data location and evaluation settings; ``aggregation``, ``image_score``
-    (e.g. ``{"name": "quantile", "q": 0.95}``) and ``calibration`` (only ``"none"``: drop a fitted
-    calibration) are explicit test-time overrides of the bundles' scoring, recorded in each
-    ``metrics.json`` (see :func:`multiflow.engine.pipeline.check_overrides`).
+    (e.g. ``{"name": "quantile", "q": 0.95}``) and ``calibration`` (only ``"none"``, accepted for old
+    callers: per-view calibration was removed) are explicit test-time overrides of the bundles'
+    scoring, recorded in each ``metrics.json`` (see :func:`multiflow.scoring.check_overrides`); the
+    threshold is refitted for an overridden scoring from the stored calibration maps.
     """
     from multiflow.engine.pipeline import evaluate_run
 

@@ -22,6 +22,8 @@ import yaml
 
 from multiflow.errors import ConfigError
 from multiflow.numbers import check_number
+from multiflow.scoring.spec import DEFAULT_IMAGE_SCORE
+from multiflow.scoring.threshold import DEFAULT_CONFIDENCE, DEFAULT_FALSE_REJECT
 
 
 @dataclass
@@ -111,6 +113,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     select: str = "best_val"
+    #: legacy (before ``threshold.false_reject``): read from old configurations, no longer used
     threshold_quantile: float = 0.99
     #: resume state (model + AdamW + best so far) every this many minutes of wall clock and at the end
     checkpoint_minutes: float = 5.0
@@ -140,15 +143,36 @@ class EvalConfig:
     pictures: bool = True
     batch_size: int = 16
     pixel_metrics: bool = True
-    # how a map becomes an image score (multiflow.scoring): max | topk_mean | quantile | smoothed_max
-    image_score: str = "smoothed_max"
-    image_score_k: float = 0.01  # topk_mean: fraction of foreground pixels (< 1) or a count (>= 1)
-    image_score_q: float = 0.99  # quantile: the quantile of the foreground pixels
-    image_score_sigma: float = 8.0  # smoothed_max: Gaussian sigma in pixels of the upsampled map
-    image_score_size: int = 0  # smoothed_max: side of the upsampled map (0 = features.input_size)
-    # per-view calibration of image scores before the max over views, fitted on held-out normal
-    # training samples at the end of fit: none | zscore | tail
+    # how a map becomes an image score (multiflow.scoring.spec: the defaults are DEFAULT_IMAGE_SCORE's)
+    image_score: str = DEFAULT_IMAGE_SCORE.name  # max | topk_mean | quantile | smoothed_max
+    image_score_k: float = DEFAULT_IMAGE_SCORE.k  # topk_mean: fraction of foreground pixels (< 1) or a count
+    image_score_q: float = DEFAULT_IMAGE_SCORE.q  # quantile: the quantile of the foreground pixels
+    image_score_sigma: float = DEFAULT_IMAGE_SCORE.sigma  # smoothed_max: Gaussian sigma (pixels, upsampled map)
+    image_score_size: int = DEFAULT_IMAGE_SCORE.size  # smoothed_max: side of the upsampled map (0 = input size)
+    # legacy: per-view calibration was removed (measured worse); only "none" is accepted
     calibration: str = "none"
+
+    def image_score_spec(self):
+        """The :class:`multiflow.scoring.ImageScoreSpec` of these settings (validated there)."""
+        from multiflow.scoring.spec import ImageScoreSpec
+
+        return ImageScoreSpec(name=self.image_score, k=self.image_score_k, q=self.image_score_q,
+                              sigma=self.image_score_sigma, size=self.image_score_size)
+
+
+@dataclass
+class ThresholdConfig:
+    """The decision threshold (:mod:`multiflow.scoring.threshold`): the user states the target.
+
+    ``false_reject``: the false-reject rate of new good objects the threshold must not exceed;
+    ``confidence``: with this probability (over the draw of the calibration objects);
+    ``calibration_fraction``: the share of the normal training objects held out, before training,
+    to fit the threshold on (at least 2 objects): they neither train the flow nor select its epoch.
+    """
+
+    false_reject: float = DEFAULT_FALSE_REJECT
+    confidence: float = DEFAULT_CONFIDENCE
+    calibration_fraction: float = 0.1
 
 
 @dataclass
@@ -169,6 +193,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     out: str = "results"
     name: str = ""
@@ -181,7 +206,7 @@ class RunConfig:
         from multiflow.features.masks import MASK_PROVIDERS
         from multiflow.flow.fusion import FUSIONS
         from multiflow.flow.noise import NOISE_SCHEMES
-        from multiflow.scoring import CALIBRATIONS, IMAGE_SCORES, VIEW_AGGREGATIONS
+        from multiflow.scoring import VIEW_AGGREGATIONS, check_calibration, check_target
 
         check_numbers(self)
         _choice("data.format", self.data.format, {"realiad", "folder", "manifest"})
@@ -191,8 +216,15 @@ class RunConfig:
         _choice("model.noise", self.model.noise, set(NOISE_SCHEMES))
         _choice("train.select", self.train.select, {"best_val", "last"})
         _choice("eval.aggregation", self.eval.aggregation, set(VIEW_AGGREGATIONS))
-        _choice("eval.image_score", self.eval.image_score, set(IMAGE_SCORES))
-        _choice("eval.calibration", self.eval.calibration, set(CALIBRATIONS))
+        try:
+            self.eval.image_score_spec()
+        except ConfigError as exc:
+            raise ConfigError(f"eval.image_score*: {exc}") from None
+        check_calibration(self.eval.calibration, "eval.calibration")
+        check_target(self.threshold.false_reject, self.threshold.confidence, "threshold")
+        f = self.threshold.calibration_fraction
+        if not (isinstance(f, float) and 0.0 < f < 1.0):
+            raise ConfigError(f"threshold.calibration_fraction must be a number with 0 < fraction < 1, got {f!r}")
         _choice("features.dtype", self.features.dtype, {"float16", "float32"})
         _choice("train.precision", self.train.precision, {"fp32", "bf16"})
         dev = self.train.device.strip().lower()
@@ -203,6 +235,12 @@ class RunConfig:
                 f"model.kernel_sizes has {len(self.model.kernel_sizes)} entries but "
                 f"model.n_blocks is {self.model.n_blocks}"
             )
+        if self.train.threshold_quantile != 0.99:
+            import warnings
+
+            warnings.warn(f"train.threshold_quantile={self.train.threshold_quantile} is no longer used: the threshold "
+                          f"is fitted for threshold.false_reject={self.threshold.false_reject} (a false-reject rate "
+                          "of good parts); state that instead", stacklevel=2)
         if self.train.view_dropout > 0 and self.model.single_view:
             raise ConfigError("train.view_dropout needs the multi-view flow (model.single_view=false)")
         if len(self.train.betas) != 2:
@@ -270,6 +308,9 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "eval.image_score_q": {"ge": 0, "le": 1},
     "eval.image_score_sigma": {"gt": 0},
     "eval.image_score_size": {"ge": 0},
+    "threshold.false_reject": {"gt": 0, "lt": 1},
+    "threshold.confidence": {"gt": 0, "lt": 1},
+    "threshold.calibration_fraction": {"gt": 0, "lt": 1},
     "faults.size": {"gt": 0},
     "faults.grid": {"gt": 0},
     "faults.margin": {"ge": 0},

@@ -18,7 +18,7 @@ from benchmarks import scoring_ablation as sa  # noqa: E402
 def _record(variant, seed, category, s_by_combo, test_s=None):
     combos = {}
     for label, _, _ in sa.IMAGE_SCORES:
-        for cal in sa.CALIBRATIONS:
+        for cal in sa.REPORTED_CALIBRATIONS:
             name = sa.combo_name(label, cal)
             s = s_by_combo.get(name, 0.70)
             combos[name] = {"metrics": {"s_auroc": s, "i_auroc": s - 0.1, "p_auroc": 0.9, "aupro": 0.8},
@@ -64,7 +64,7 @@ def test_report_rows_deltas_bf16_per_defect_and_costs():
     assert "| +0.50 ± 0.00 * |" in md  # bf16 vs fp32, paired
     assert "| AK | 70.5 | 72.0 | 90.5 |" in md and "| BX | 60.0 | 60.0 | 60.0 |" in md
     assert "| paper | 10 | 4.00 | 192 x 8x8 | 12288 |" in md
-    assert md.count("\n| paper | ") == len(sa.IMAGE_SCORES) * len(sa.CALIBRATIONS) + 1  # grid rows + cost row
+    assert md.count("\n| paper | ") == len(sa.IMAGE_SCORES) * len(sa.REPORTED_CALIBRATIONS) + 1  # grid + cost row
     assert "| bf16 | max |" not in md  # precision is not a scoring switch: not in the grid
 
 
@@ -81,5 +81,6 @@ def test_quick_run_matches_the_pipeline_and_resumes(tmp_path, capsys):
         assert rec["combos"]["max+none"]["metrics"][k] == pytest.approx(v, abs=1e-9), k
     assert not (run / "runs" / "paper" / "seed0" / "bottle_cap" / "model.safetensors").exists()  # dropped once scored
     out = capsys.readouterr().out
-    assert "| paper | smoothed_max@8 | tail |" in out and "Per defect type" in out
+    assert "| paper | smoothed_max@8 | none |" in out and "Per defect type" in out
+    assert "| paper | smoothed_max@8 | tail |" not in out  # removed: only shown from records that carry it
     assert sa.main(argv) == 0  # finished: read back, nothing retrained (the model files are gone)

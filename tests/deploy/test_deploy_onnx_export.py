@@ -112,35 +112,28 @@ def test_errors_name_the_problem(tiny_model, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "image_score, calibration",
-    [({"name": "topk_mean", "k": 0.3}, "tail"), ({"name": "quantile", "q": 0.8}, "zscore"),
-     ({"name": "smoothed_max", "sigma": 3.0}, "tail")],
+    "image_score",
+    [{"name": "topk_mean", "k": 0.3}, {"name": "quantile", "q": 0.8}, {"name": "smoothed_max", "sigma": 3.0}],
 )
-def test_export_parity_with_image_score_and_calibration(tiny_model, tmp_path, image_score, calibration):
-    """A non-default image score and a fitted per-view calibration: onnxruntime == PyTorch graph ==
-    Predictor, and the graph's view scores are the calibrated postprocess functions of its maps."""
+def test_export_parity_with_image_score(tiny_model, tmp_path, image_score):
+    """A non-default image score: onnxruntime == PyTorch graph == Predictor, and the graph's view
+    scores are the image-score functions of its maps (the same scoring code)."""
     from multiflow.engine.bundle import ScoringSpec
     from multiflow.engine.predict import Predictor
-    from multiflow.scoring import ImageScoreSpec, ViewCalibration, image_score as score_fn
+    from multiflow.scoring import ImageScoreSpec, image_score as score_fn
 
     spec = ImageScoreSpec(**image_score)
-    plain, _ = load_inference_graph(tiny_model)
-    x_normal, m_normal = _inputs(5, 7)
-    with torch.no_grad():
-        maps = plain(x_normal, m_normal)[0]
-    raw = score_fn(maps, m_normal, spec, image_size=INPUT_SIZE)
-    cal = ViewCalibration.fit(raw.double() * torch.tensor([1.0, 3.0, 0.5], dtype=torch.float64), calibration)
-    folder = make_bundle(tmp_path / "scored", threshold=0.0, scoring=ScoringSpec(image_score=spec, calibration=cal))
+    folder = make_bundle(tmp_path / "scored", threshold=0.0, scoring=ScoringSpec(image_score=spec))
     graph, meta = load_inference_graph(folder)
     x, m = _inputs(3, 8)
     with torch.no_grad():
         ref = [t.numpy() for t in graph(x, m)]
-    want = cal.apply(score_fn(torch.from_numpy(ref[0]), m, spec, image_size=INPUT_SIZE).double()).numpy()
+    want = score_fn(torch.from_numpy(ref[0]), m, spec, image_size=INPUT_SIZE).numpy()
     np.testing.assert_allclose(ref[1], want, rtol=1e-4, atol=1e-4)
     assert not np.allclose(ref[1], ref[0].reshape(3, len(VIEWS), -1).max(-1), atol=1e-3)  # not the plain max
     threshold = float(np.median(ref[2]))
     path = export_onnx(folder, tmp_path / "scored.onnx", threshold=threshold)
-    assert onnx_metadata(path)["scoring"]["calibration"]["mode"] == calibration
+    assert onnx_metadata(path)["scoring"]["image_score"] == spec.to_dict()
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         None, {"images": x.numpy(), "mask": m.numpy()}
     )

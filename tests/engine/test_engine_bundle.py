@@ -244,18 +244,17 @@ def test_format_1_with_view_dropout_keeps_it_and_finds_its_fault_statistics(tmp_
 
 
 def test_scoring_and_mask_switches_round_trip_and_default_when_absent(tmp_path):
-    """The fitted image score and calibration, the mask margin and soft weight round-trip; a format-2
-    bundle written before these fields existed loads with the paper's scoring and masks."""
-    from multiflow.scoring import ImageScoreSpec, ViewCalibration
+    """The fitted image score and the mask margin round-trip; a format-2 bundle written before these
+    fields existed loads with the paper's scoring and masks; a removed calibration is refused."""
+    from multiflow.scoring import ImageScoreSpec
 
     flow = _flow()
     bundle = _bundle(flow)
-    cal = ViewCalibration.fit([[1.0, 2.0, 3.0], [1.5, 2.5, 2.0], [0.5, 3.0, 2.5]], "tail")
-    bundle.scoring = ScoringSpec(aggregation="max", image_score=ImageScoreSpec(name="quantile", q=0.9), calibration=cal)
+    bundle.scoring = ScoringSpec(aggregation="max", image_score=ImageScoreSpec(name="quantile", q=0.9))
     bundle.masks = MasksSpec(provider="threshold", dilation=3, margin=0.05)
     save_bundle(tmp_path, flow, bundle)
     loaded = read_bundle(tmp_path)
-    assert loaded == bundle and loaded.scoring.calibration.knots == cal.knots
+    assert loaded == bundle
     data = json.loads((tmp_path / "model.json").read_text())
     data["scoring"] = {"aggregation": "max"}
     data["masks"] = {"provider": "threshold", "dilation": 3, "mask_root": ""}
@@ -264,7 +263,7 @@ def test_scoring_and_mask_switches_round_trip_and_default_when_absent(tmp_path):
     assert old.scoring == ScoringSpec() and old.masks.margin == 0.0
     assert old.scoring.postprocess(64).is_identity
     for bad, match in [({"image_score": {"name": "median"}}, "unknown image score"),
-                       ({"calibration": {"mode": "zscore", "loc": [0.0], "scale": [1.0]}}, "covers 1 views"),
+                       ({"calibration": {"mode": "zscore", "loc": [0.0], "scale": [1.0]}}, "'zscore' was removed"),
                        ({"extra": 1}, r"unknown field\(s\) \['extra'\]")]:
         (tmp_path / "model.json").write_text(json.dumps(data | {"scoring": bad}))
         with pytest.raises(CheckpointError, match=match):
@@ -273,23 +272,96 @@ def test_scoring_and_mask_switches_round_trip_and_default_when_absent(tmp_path):
 
 def test_format_1_with_a_scoring_section_keeps_it(tmp_path):
     """Format-1 files written by the scoring-switch branch stored image_score/calibration under
-    'scoring' and margin/soft under 'masks': the migration keeps them."""
+    'scoring' and margin/soft under 'masks': the migration keeps them (calibration 'none' only)."""
     from multiflow.flow import save_flow
-    from multiflow.scoring import ImageScoreSpec, ViewCalibration
+    from multiflow.scoring import ImageScoreSpec
 
     flow = _flow()
     save_flow(flow, tmp_path / "model.safetensors")
-    cal = ViewCalibration.fit([[1.0, 2.0, 3.0], [2.0, 2.5, 1.0]], "zscore")
+    cal = {"mode": "none", "loc": [], "scale": [], "knots": [], "levels": []}
     v1 = {
         "format": "multiflow-model/1", "category": "part", "view_names": VIEWS,
         "extractor": {"weights_digest": "cd" * 32, "channels": 4},
         "features": {"backbone": "lite0", "input_size": 64, "weights": "", "layer": ""},
         "masks": {"provider": "threshold", "dilation": 8, "mask_root": "", "margin": 0.05, "soft": 0.1},
         "aggregation": "max", "threshold": 0.5,
-        "scoring": {"image_score": {"name": "topk_mean", "k": 0.2}, "calibration": cal.to_dict()},
+        "scoring": {"image_score": {"name": "topk_mean", "k": 0.2}, "calibration": cal},
     }
     (tmp_path / "model.json").write_text(json.dumps(v1))
     b = read_bundle(tmp_path)
-    assert b.scoring.image_score == ImageScoreSpec(name="topk_mean", k=0.2) and b.scoring.calibration == cal
+    assert b.scoring == ScoringSpec(aggregation="max", image_score=ImageScoreSpec(name="topk_mean", k=0.2))
     assert b.masks.margin == 0.05  # the removed soft weight (training-only) is dropped on load
     assert not hasattr(b.masks, "soft")
+
+
+def _fitted_threshold() -> ThresholdSpec:
+    from multiflow.scoring import fit_threshold
+
+    ids = [f"n{i}" for i in range(12)]
+    full = fit_threshold([1.0, 1.1, 1.2, 1.05, 0.95, 1.15, 1.0, 1.1, 1.2, 1.05, 0.95, 11.0], ids)
+    two = fit_threshold([1.3, 1.4, 1.5, 1.35, 1.25, 1.45, 1.3, 1.4, 1.5, 1.35, 1.25, 1.45], ids)
+    return ThresholdSpec(value=full.value, fit=full, by_views={"2": two}, calibration_maps="calibration_maps.npz",
+                         source="12 held-out calibration objects")
+
+
+def test_format_3_threshold_states_its_target_outliers_and_per_view_count_values(tmp_path):
+    """The threshold carries its target, sample size, needed_n, outliers and warnings, and one value per
+    number of present views; all round-trip through model.json (format 3)."""
+    flow = _flow()
+    bundle = _bundle(flow)
+    bundle.threshold = _fitted_threshold()
+    save_bundle(tmp_path, flow, bundle)
+    data = json.loads((tmp_path / "model.json").read_text())
+    assert data["format"] == "multiflow-model/3" == BUNDLE_FORMAT
+    assert data["threshold"]["fit"]["false_reject"] == 0.01 and data["threshold"]["fit"]["needed_n"] == 230
+    assert data["threshold"]["fit"]["outliers"] == [{"sample_id": "n11", "score": 11.0}]
+    loaded = read_bundle(tmp_path)
+    assert loaded == bundle
+    t = loaded.threshold
+    assert t.for_views(3, 3) == t.value and t.for_views(2, 3) == t.by_views["2"].value != t.value
+    assert t.for_views(1, 3) == t.value  # no value fitted for one view: the full one
+    assert any("needs 230" in w for w in t.warnings) and any("n11 (score 11)" in w for w in t.warnings)
+    assert any(w.startswith("2 views present:") for w in t.warnings)
+    for bad, match in [({"by_views": {"3": t.by_views["2"].to_dict()}}, "by_views"),
+                       ({"by_views": {"2": {"value": 1.0}}}, "malformed 'threshold'"),
+                       ({"fit": t.fit.to_dict() | {"false_reject": 2.0}}, "false_reject"),
+                       ({"calibration_maps": "../x.npz"}, "calibration_maps")]:
+        (tmp_path / "model.json").write_text(json.dumps(data | {"threshold": data["threshold"] | bad}))
+        with pytest.raises(CheckpointError, match=match):
+            read_bundle(tmp_path)
+
+
+def test_format_2_bundle_loads_and_says_its_threshold_has_no_stated_rate(tmp_path):
+    """A bundle written before format 3 (raw quantile threshold, calibration 'none') still loads and
+    scores as before; its threshold warns that no false-reject rate was stated."""
+    flow = _flow()
+    save_bundle(tmp_path, flow, _bundle(flow))
+    data = json.loads((tmp_path / "model.json").read_text())
+    data["format"] = "multiflow-model/2"
+    data["threshold"] = {"value": 1.25, "quantile": 0.99, "source": "held-out normal training samples", "audit": []}
+    data["scoring"] = {"aggregation": "mean", "image_score": {"name": "max", "k": 0.01, "q": 0.99, "sigma": 8.0,
+                                                              "size": 0},
+                       "calibration": {"mode": "none", "loc": [], "scale": [], "knots": [], "levels": []}}
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    b = read_bundle(tmp_path)
+    assert b.threshold.value == 1.25 and b.threshold.fit is None and b.threshold.for_views(2, 3) == 1.25
+    assert b.scoring == ScoringSpec(aggregation="mean")
+    assert len(b.threshold.warnings) == 1 and "0.99 quantile" in b.threshold.warnings[0]
+    assert "without a stated false-reject rate" in b.threshold.warnings[0]
+    data["scoring"]["calibration"] = {"mode": "tail", "loc": [0.0] * 3, "scale": [1.0] * 3}
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="'tail' was removed"):
+        read_bundle(tmp_path)
+
+
+def test_a_hand_set_threshold_applies_to_every_view_count(tmp_path):
+    """set_threshold replaces the fitted value for every number of views: the per-count values and
+    the statistics (which described the fitted value) are dropped, and the warning says so."""
+    flow = _flow()
+    bundle = _bundle(flow)
+    bundle.threshold = _fitted_threshold()
+    save_bundle(tmp_path, flow, bundle)
+    b = set_threshold(tmp_path, 3.0, who="qa", reason="line trial")
+    assert b.threshold.for_views(2, 3) == 3.0 == b.threshold.for_views(3, 3)
+    assert b.threshold.fit is None and b.threshold.by_views == {}
+    assert read_bundle(tmp_path).threshold.warnings == ["threshold set by hand (set by qa); no stated false-reject rate"]

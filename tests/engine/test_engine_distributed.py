@@ -15,10 +15,17 @@ from multiflow.engine.distributed import (
     shard_range,
     shutdown_distributed,
 )
-from multiflow.engine.scoring import compute_maps, sample_scores
+from multiflow.engine.maps import compute_maps
 from multiflow.engine.train import STATE_FILE, train_flow
 from multiflow.flow import MultiFlow, ViewGraph
 from support.ddp import spawn_local
+
+def _sample_scores(maps: np.ndarray) -> np.ndarray:
+    """``(N, V, h, w)`` -> ``(N,)``: max over pixels, then over views (the paper's sample score)."""
+    from multiflow.scoring import aggregate_views, image_scores_from_maps
+
+    return aggregate_views(image_scores_from_maps(maps), "max").numpy()
+
 
 # 9 samples, 2 held out -> 7 training samples in batches of 3, 3, 1: the last global batch leaves
 # rank 1 with an empty shard, and the 3-sample batches split unevenly (2 + 1).
@@ -66,7 +73,7 @@ def test_two_processes_train_the_same_model_and_metrics_as_one(tmp_path, with_ma
     from sklearn.metrics import roc_auc_score
 
     labels = np.array([0, 1, 0, 1, 1, 0, 0, 1, 0])
-    s1, s2 = sample_scores(one["maps"]), sample_scores(two["maps"])
+    s1, s2 = _sample_scores(one["maps"]), _sample_scores(two["maps"])
     np.testing.assert_allclose(s2, s1, rtol=1e-5)
     assert roc_auc_score(labels, s2) == roc_auc_score(labels, s1)
     # only rank 0 wrote a training state, and it holds the final model

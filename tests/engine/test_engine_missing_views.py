@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import warnings
@@ -44,7 +45,7 @@ def run(tmp_path_factory):
 def test_model_records_support_and_fault_statistics(run):
     folder, _ = run
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["format"] == "multiflow-model/2"
+    assert meta["format"] == "multiflow-model/3"
     assert meta["supports_missing_views"] is True and meta["view_dropout"] == 0.3
     assert meta["camera_faults"] == "camera_faults.json" and (folder / "camera_faults.json").is_file()
 
@@ -65,6 +66,47 @@ def test_incomplete_object_is_scored_on_the_views_present(run):
     pred2 = Predictor(folder)
     again = pred2.predict(junk[[0, 1, 3]], ["C1", "C2", "C4"], sample_id="b").as_dict()
     assert again["view_scores"] == sub["view_scores"]
+
+
+def test_a_threshold_per_number_of_views_is_fitted_and_picked_by_the_predictor(run, tmp_path):
+    """fit scores the calibration objects with views removed (the flow's present argument) and fits
+    one threshold per number of present views; the predictor decides an incomplete object against
+    the one for its number of views. Each per-count threshold is at least the worst score of a
+    calibration object over its subsets of that size (as predict computes them)."""
+    from multiflow.data.realiad import RealIADDataset
+    from multiflow.engine.bundle import read_bundle
+    from multiflow.engine.threshold import load_calibration_maps
+
+    folder, objs = run
+    b = read_bundle(folder)
+    t = b.threshold
+    assert sorted(t.by_views, key=int) == ["1", "2", "3", "4"]
+    for k, f in t.by_views.items():
+        assert (f.n, f.false_reject, f.needed_n) == (2, 0.01, 230) and "views" in f.warning
+    pred = Predictor(folder, frozen_check=False)
+    sub = pred.predict(objs[0][[0, 1, 3]], ["C1", "C2", "C4"], sample_id="x")
+    assert sub.threshold == pytest.approx(t.by_views["3"].value)
+    # the predictor picks by the number of views present: a distinct 3-views value is the one used
+    low = dataclasses.replace(t.by_views["3"], value=sub.sample_score - 1.0)
+    pred.bundle.threshold.by_views["3"] = low
+    again = pred.predict(objs[0][[0, 1, 3]], ["C1", "C2", "C4"], sample_id="x")
+    assert again.threshold == low.value and again.decision == "NG"
+    four = pred.predict(objs[0][[0, 1, 2, 3]], ["C1", "C2", "C3", "C4"], sample_id="w")
+    n_scored = sum(np.isfinite(s) for s in four.view_scores)  # a camera fault leaves a view unscored
+    assert four.threshold == pytest.approx(pred.bundle.threshold.for_views(n_scored, 5))
+    assert pred.predict(objs[0], sample_id="y").threshold == pytest.approx(t.value)
+    pred.bundle.threshold.by_views["3"] = t.by_views["3"]
+    fixed = Predictor(folder, threshold=1e9, frozen_check=False)  # an explicit threshold applies to any subset
+    assert fixed.predict(objs[0][[0, 1, 3]], ["C1", "C2", "C4"], sample_id="z").threshold == 1e9
+    _, _, ids = load_calibration_maps(folder / t.calibration_maps)
+    train = RealIADDataset(folder.parents[2] / "data", CLASS, split="train", image_size=SIZE, load_masks=False)
+    by_id = {train.samples[i].sample_id: i for i in range(len(train))}
+    views = list(b.view_names)
+    for sid in ids:
+        images = train[by_id[sid]].images
+        worst = max(pred.predict(images[[0, 2, 3, 4]], [views[j] for j in (0, 2, 3, 4)], sample_id=sid).sample_score,
+                    pred.predict(images[[1, 2, 3, 4]], [views[j] for j in (1, 2, 3, 4)], sample_id=sid).sample_score)
+        assert worst <= t.by_views["4"].value * (1 + 1e-3)
 
 
 def test_camera_fault_gives_check_camera_and_the_product_decision(run):

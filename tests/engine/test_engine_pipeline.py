@@ -40,11 +40,11 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scored_run(run):
-    """The same data and flow settings with a non-default image score and per-view calibration."""
+    """The same data and flow settings with a non-default image score."""
     _, _, data, overrides = run
     ov = [o for o in overrides if not o.startswith(("name=", "eval.pictures", "features.input_size"))] + [
         "name=scored", "eval.pictures=false", "eval.image_score=topk_mean", "eval.image_score_k=0.2",
-        "eval.calibration=zscore", "masks.margin=0.05", "features.input_size=0",
+        "masks.margin=0.05", "features.input_size=0",
     ]
     run_dir = api.fit(overrides=ov, progress=False)
     api.evaluate(run_dir, progress=False)
@@ -94,14 +94,35 @@ def test_metrics_agree_with_an_independent_oracle_on_the_written_scores(run):
     np.testing.assert_array_equal(decisions, scores > m["threshold"])
 
 
-def test_threshold_comes_from_held_out_training_samples(run):
+def test_threshold_comes_from_held_out_calibration_objects(run):
+    """The threshold is fitted on calibration objects kept apart from training and epoch selection,
+    states its target and sample size, warns (bundle and metrics) that 2 objects cannot support a
+    1 % false-reject rate without an assumption, and keeps the calibration maps for refits."""
     run_dir, _, _, _ = run
     from multiflow.engine.bundle import read_bundle
+    from multiflow.engine.threshold import load_calibration_maps
+    from multiflow.scoring import fit_threshold
 
     b = read_bundle(run_dir / CLASS)
-    assert b.training.val_samples >= 1 and b.training.train_samples + b.training.val_samples == 6
-    assert b.threshold.source == "held-out normal training samples"
-    assert b.training.val_sample_scores["mean"] <= b.threshold.value + 1e-6 or b.threshold.quantile < 1
+    t = b.training
+    assert t.calibration_samples == 2 and t.train_samples + t.val_samples == 4 and t.val_samples >= 1
+    assert "calibration objects" in b.threshold.source and "not used to select the epoch" in b.threshold.source
+    f = b.threshold.fit
+    assert (f.false_reject, f.confidence, f.n, f.needed_n) == (0.01, 0.9, 2, 230)
+    assert f.method in ("gaussian_log", "gaussian") and "needs 230" in f.warning
+    assert any("needs 230" in w for w in b.threshold.warnings)
+    maps, masks, ids = load_calibration_maps(run_dir / CLASS / b.threshold.calibration_maps)
+    assert maps.shape[:2] == (2, 5) and len(set(ids)) == 2
+    # the calibration objects are normal *training* objects, not test objects
+    test_ids = {r["sample_id"] for r in csv.DictReader(open(run_dir / CLASS / "scores.csv"))}
+    assert not set(ids) & test_ids
+    # the stored threshold is the fit of the stored maps' sample scores (max over views of the max)
+    scores = maps.reshape(2, 5, -1).max(-1).max(-1) if b.scoring.image_score.name == "max" else None
+    if scores is not None:
+        assert fit_threshold(scores, ids).value == pytest.approx(b.threshold.value, rel=1e-5)
+    assert b.threshold.value >= t.val_sample_scores["max"] - 1e-6
+    m = json.loads((run_dir / CLASS / "metrics.json").read_text())
+    assert m["threshold"] == b.threshold.value and any("needs 230" in w for w in m["threshold_warnings"])
 
 
 def test_predict_matches_the_evaluation_scores(run, tmp_path):
@@ -146,14 +167,12 @@ def test_scoring_switches_are_fitted_stored_and_honoured_by_test_and_predict(sco
 
     run_dir, data = scored_run
     b = read_bundle(run_dir / CLASS)
-    spec, cal = b.scoring.image_score, b.scoring.calibration
-    assert spec == ImageScoreSpec(name="topk_mean", k=0.2, sigma=8.0) and cal.mode == "zscore" and cal.n_views == 5
+    spec = b.scoring.image_score
+    assert spec == ImageScoreSpec(name="topk_mean", k=0.2, sigma=8.0)
     assert b.features.input_size == 96 and b.masks.margin == 0.05  # 0 -> the data's size
-    assert all(s > 0 for s in cal.scale)
-    # the threshold is a quantile of *calibrated* held-out scores: z-scores of the very samples the
-    # calibration was fitted on average to zero over views
+    # the threshold is fitted on the held-out calibration objects' top-k scores
     vs = b.training.val_sample_scores
-    assert abs(vs["mean"]) < 10.0 and b.threshold.value == pytest.approx(vs["max"], abs=1.0)
+    assert vs["n"] == 2 and b.threshold.value >= vs["max"]
     rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
     views = [k[len("score_"):] for k in rows[0] if k.startswith("score_")]
     view_scores = np.array([[float(r[f"score_{v}"]) for v in views] for r in rows])
@@ -164,36 +183,64 @@ def test_scoring_switches_are_fitted_stored_and_honoured_by_test_and_predict(sco
     by_id = {r["sample_id"]: r for r in rows}
     preds = api.predict(run_dir / CLASS, data_root=data, data_format="realiad", split="test",
                         out_dir=tmp_path, progress=False)
-    # test reads float16 cached features, predict fresh float32 ones: compare on the raw NLL scale
-    # (z * sigma_v + mu_v): agreement to float16 rounding of the features (rel 5e-4)
-    loc, scale = np.array(cal.loc), np.array(cal.scale)
+    # test reads float16 cached features, predict fresh float32 ones: agreement to float16 rounding
+    # of the features (rel 5e-4)
     for p in preds:
         r = by_id[p["sample_id"]]
-        got = np.array([p["view_scores"][v] for v in views]) * scale + loc
-        want = np.array([float(r[f"score_{v}"]) for v in views]) * scale + loc
+        got = np.array([p["view_scores"][v] for v in views])
+        want = np.array([float(r[f"score_{v}"]) for v in views])
         np.testing.assert_allclose(got, want, rtol=5e-4, atol=1e-4)
         assert p["decision"] == r["decision"]
 
 
 @pytest.mark.slow
-def test_scoring_overrides_at_test_time_are_checked_and_recorded(scored_run):
-    """A fitted calibration can only be dropped at test time, an image-score override needs that,
-    and the override (recorded in metrics.json) scores with the plain max of the stored maps."""
+def test_scoring_overrides_at_test_time_are_checked_recorded_and_refit_the_threshold(scored_run):
+    """A removed calibration is refused at test time; the configuration alone is no override; an
+    image-score override (recorded in metrics.json) scores with the plain max of the stored maps and
+    the threshold is refitted for it from the stored calibration maps, not kept from top-k."""
+    from multiflow.engine.bundle import read_bundle
+    from multiflow.engine.threshold import load_calibration_maps
     from multiflow.errors import ConfigError
-    from multiflow.scoring import ImageScoreSpec
+    from multiflow.scoring import ImageScoreSpec, fit_threshold
 
     run_dir, _ = scored_run
-    with pytest.raises(ConfigError, match="calibration: none"):
-        api.evaluate(run_dir, progress=False, pictures=False, image_score={"name": "max"})
-    with pytest.raises(ConfigError, match="only 'none'"):
+    with pytest.raises(ConfigError, match="'tail' was removed"):
         api.evaluate(run_dir, progress=False, pictures=False, calibration="tail")
-    with pytest.raises(ConfigError, match="eval.calibration"):  # the configuration alone is no override
-        api.evaluate(run_dir, progress=False, pictures=False, overrides=["eval.calibration=none"])
-    api.evaluate(run_dir, progress=False, pictures=False, image_score={"name": "max"}, calibration="none")
+    with pytest.raises(ConfigError, match="eval.image_score"):  # the configuration alone is no override
+        api.evaluate(run_dir, progress=False, pictures=False, overrides=["eval.image_score=max"])
+    api.evaluate(run_dir, progress=False, pictures=False, image_score={"name": "max"}, calibration="none",
+                 aggregation="mean")
     m = json.loads((run_dir / CLASS / "metrics.json").read_text())
-    assert m["overrides"] == {"image_score": ImageScoreSpec().to_dict(), "calibration": "none"}
-    assert m["calibration"] == "none" and m["image_score"]["name"] == "max"
+    assert m["overrides"] == {"image_score": ImageScoreSpec().to_dict(), "calibration": "none", "aggregation": "mean"}
+    assert m["image_score"]["name"] == "max" and m["aggregation"] == "mean"
+    b = read_bundle(run_dir / CLASS)
+    maps, _, ids = load_calibration_maps(run_dir / CLASS / b.threshold.calibration_maps)
+    want = fit_threshold(maps.reshape(len(ids), 5, -1).max(-1).mean(-1), ids).value
+    assert m["threshold_refitted_for_overrides"] is True
+    assert m["threshold"] == pytest.approx(want, rel=1e-5) and m["threshold"] != pytest.approx(b.threshold.value)
     rows = list(csv.DictReader(open(run_dir / CLASS / "scores.csv")))
     maps = np.load(run_dir / CLASS / "maps.npy").astype(np.float64)  # float16 copies of the maps
-    np.testing.assert_allclose([float(r["sample_score"]) for r in rows], maps.reshape(len(rows), -1).max(1),
-                               rtol=2e-3)
+    np.testing.assert_allclose([float(r["sample_score"]) for r in rows],
+                               maps.reshape(len(rows), 5, -1).max(-1).mean(-1), rtol=2e-3)
+
+
+@pytest.mark.slow
+def test_an_override_on_a_model_without_calibration_maps_reports_no_decisions(scored_run, tmp_path):
+    """A bundle without stored calibration maps (fitted before format 3) cannot refit its threshold for
+    an overridden scoring: metrics.json says so and reports no decision metrics against it."""
+    import shutil
+
+    from multiflow.engine.bundle import read_bundle, write_bundle
+
+    run_dir, _ = scored_run
+    copy = tmp_path / "old"
+    shutil.copytree(run_dir, copy)
+    b = read_bundle(copy / CLASS)
+    b.threshold.calibration_maps, b.threshold.fit = "", None
+    write_bundle(copy / CLASS, b)
+    with pytest.warns(UserWarning, match="stores no calibration maps"):
+        api.evaluate(copy, progress=False, pictures=False, aggregation="mean")
+    m = json.loads((copy / CLASS / "metrics.json").read_text())
+    assert m["threshold"] is None and m["threshold_fit"] is None and m["decision_accuracy"] is None
+    assert m["false_positive_rate_at_threshold"] is None and m["threshold_refitted_for_overrides"] is False
+    assert any("not for the overridden one" in w for w in m["threshold_warnings"])

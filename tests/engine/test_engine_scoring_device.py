@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import multiflow.engine.scoring as scoring
+import multiflow.engine.maps as scoring
 from multiflow.device import bf16_supported
 from multiflow.engine.distributed import DistContext, compute_maps_sharded
 from multiflow.flow import MultiFlow, ViewGraph

@@ -5,7 +5,7 @@ single-view option did when the pipeline branched on it.
 The reference is that old path, rebuilt here from its pieces: a one-view ``MultiFlow`` (graph
 ``none`` over ``["view"]``) trained by ``train_flow`` on ``to_single_view`` of the cached features
 (every image its own sample, the same batch size, so ``V`` times the steps), calibrated on the
-objects owning a held-out image and scored image by image.
+calibration objects held out before training (engine/threshold.py) and scored image by image.
 """
 
 from __future__ import annotations
@@ -45,32 +45,34 @@ def _old_single_view_path(run_dir, root):
     from multiflow.config import load_config
     from multiflow.engine.factories import build_extractor, build_flow
     from multiflow.engine.preprocess import prepare_split
-    from multiflow.engine.scoring import calibrate_threshold, compute_maps, fit_scoring
+    from multiflow.engine.maps import compute_maps
+    from multiflow.engine.threshold import fit_for_scoring, split_calibration
     from multiflow.engine.train import train_flow
-    from multiflow.flow.single_view import from_single_view, single_view_indices, to_single_view
-    from multiflow.engine.pipeline import image_score_spec
+    from multiflow.flow.single_view import from_single_view, to_single_view
+    from multiflow.scoring import ScoringSpec
 
     cfg = load_config(run_dir / "config.yaml")
     extractor = build_extractor(cfg.features)
     train = prepare_split(cfg, CLASS, "train", extractor, progress=False)
     test = prepare_split(cfg, CLASS, "test", extractor, progress=False)
     v = len(train.view_names)
-    feats, masks = to_single_view(train.features, train.masks)
+    rest, cal = split_calibration(5, cfg.threshold.calibration_fraction, cfg.train.seed, min_rest=2)
+    feats, masks = to_single_view(train.features[rest], None if train.masks is None else train.masks[rest])
     model = build_flow(dataclasses.replace(cfg.model, graph="none", single_view=False), extractor.channels,
                        ["view"], cfg.train.seed)
     result = train_flow(model, feats, masks, cfg.train, root / "old_state", progress=False,
                         device=torch.device("cpu"))
-    assert len(result.train_index) + len(result.val_index) == 5 * v  # images, not objects
+    assert len(result.train_index) + len(result.val_index) == len(rest) * v  # images, not objects
 
     def maps_of(f, m):
         sf, sm = to_single_view(f, m)
         return from_single_view(compute_maps(model, sf, sm, batch_size=cfg.eval.batch_size), v)
 
-    val = single_view_indices(result.val_index, v)
-    val_masks = None if train.masks is None else train.masks[val]
-    _, val_scores = fit_scoring(maps_of(train.features[val], val_masks), val_masks, image_score_spec(cfg.eval),
-                                cfg.eval.calibration, image_size=int(extractor.input_size), how=cfg.eval.aggregation)
-    threshold = calibrate_threshold(val_scores, cfg.train.threshold_quantile)
+    cal_masks = None if train.masks is None else train.masks[cal]
+    scoring = ScoringSpec(aggregation=cfg.eval.aggregation, image_score=cfg.eval.image_score_spec())
+    fit, _ = fit_for_scoring(maps_of(train.features[cal], cal_masks), cal_masks, [train.sample_ids[i] for i in cal],
+                             scoring, cfg.threshold, image_size=int(extractor.input_size))
+    threshold = fit.value
     return model, result, threshold, maps_of(test.features, test.masks)
 
 

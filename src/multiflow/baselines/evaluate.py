@@ -29,7 +29,7 @@ def evaluate_patchcore(cfg: RunConfig, category: str, out_dir: Path, *, seed: in
     from multiflow.engine.bundle import json_default
     from multiflow.engine.factories import build_extractor, run_device
     from multiflow.engine.preprocess import prepare_split
-    from multiflow.engine.scoring import image_scores
+    from multiflow.scoring import image_scores_from_maps
     from multiflow.metrics import evaluate_exact
 
     t0 = time.perf_counter()
@@ -50,7 +50,8 @@ def evaluate_patchcore(cfg: RunConfig, category: str, out_dir: Path, *, seed: in
         gt = np.stack([ground_truth_masks(ds, i) for i in range(len(ds))])
     else:
         labels = np.array([ds.image_labels(i) for i in range(len(ds))])
-    result = evaluate_exact(maps, gt, labels=labels, image_scores=image_scores(maps), sample_ids=test.sample_ids,
+    result = evaluate_exact(maps, gt, labels=labels, image_scores=image_scores_from_maps(maps).numpy(),
+                            sample_ids=test.sample_ids,
                             defects=defects, how=cfg.eval.aggregation)
     metrics = result.as_dict()
     metrics["baseline"] = model.describe()

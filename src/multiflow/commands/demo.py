@@ -50,7 +50,6 @@ DEMO_OVERRIDES = [
     "train.batch_size=4",
     "train.lr=0.001",
     "train.checkpoint_every=4",
-    "train.threshold_quantile=0.95",
     "eval.pictures=true",
 ]
 

@@ -9,8 +9,7 @@ The exported graph (:class:`InferenceGraph`) computes, for a batch of samples,
 * anomaly maps ``(B, V, h, w)`` = per-pixel NLL of the flow in eval mode (no noise); with a
   foreground ``mask`` ``(B, V, h, w)`` (> 0.5 = foreground, computed outside the graph by
   :class:`multiflow.engine.preprocess.ViewPreprocessor`), the background fill; view scores
-  ``(B, V)`` (the model's image score over the foreground, ``max`` by default, per-view
-  calibrated when the model was fitted with ``eval.calibration``), sample score ``(B,)`` and
+  ``(B, V)`` (the model's image score over the foreground, ``max`` by default), sample score ``(B,)`` and
   decision ``(B,)``: all by the same torch functions as every other path
   (:func:`multiflow.scoring.score_maps` with the bundle's :class:`multiflow.scoring.ScorePostprocess`),
   traced into the graph.
@@ -54,8 +53,8 @@ class InferenceGraph(nn.Module):
         with_mask: whether :meth:`forward` takes a foreground mask.
         feature_dtype: the bundle's ``features.dtype``; ``"float16"`` rounds the features as the
             feature cache stores them (what the flow was trained and calibrated on).
-        postprocess: image score + calibration (:meth:`multiflow.engine.bundle.ScoringSpec.postprocess`;
-            None = the paper's max, uncalibrated).
+        postprocess: the image score (:meth:`multiflow.scoring.ScoringSpec.postprocess`; None = the
+            paper's max).
     """
 
     def __init__(self, *, extractor: nn.Module, flow: nn.Module, threshold: float, aggregation: str = "max",

@@ -223,6 +223,7 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
             "category": predictor.bundle.category,
             "view_names": view_names,
             "threshold": predictor.threshold,
+            "threshold_warnings": predictor.bundle.threshold.warnings,
             "input_size": predictor.input_size,
             "limits": asdict(limits) | {"max_images": max_images},
         }

@@ -5,16 +5,20 @@ constructor config, :mod:`multiflow.flow.io`) and ``model.json`` (this module's
 :class:`ModelBundle`, format :data:`BUNDLE_FORMAT`). Everything a consumer needs to score new
 images the way the model was trained and calibrated is here: the backbone (name, input size,
 weights, layer, feature dtype, weights digest), the foreground masks, the view graph and names,
-the load-time flips, the scoring (view aggregation, image score, per-view calibration), the
-decision threshold with its audit trail, whether the flow scores incomplete objects
-(``supports_missing_views``, trained with ``view_dropout``) and the camera-fault statistics
+the load-time flips, the scoring (view aggregation, image score), the decision threshold with the
+target it was fitted for, its statistics, per-number-of-views thresholds and its audit trail, whether the flow scores incomplete
+objects (``supports_missing_views``, trained with ``view_dropout``) and the camera-fault statistics
 (``camera_faults``: the name of the JSON file in the class folder,
 :class:`multiflow.faults.CameraFaultModel`; empty = no camera check).
 Test, predict, export, serve and the review app read the bundle and nothing else; the run's
 ``config.yaml`` only says where the data is.
 
 Format history: ``multiflow-model/1`` was a flat dict (``engine/pipeline.py`` before the bundle);
-:func:`load_bundle` migrates it on load. Loading executes no code from the files.
+:func:`load_bundle` migrates it on load. ``multiflow-model/2`` had a raw-quantile threshold
+(``threshold.quantile``) and a per-view score calibration; it loads (a calibration other than
+``none`` is refused: the modes were removed), its threshold without a stated false-reject rate
+(:attr:`ThresholdSpec.warnings` says so). ``multiflow-model/3`` adds ``threshold.fit``,
+``threshold.by_views`` and ``threshold.calibration_maps``. Loading executes no code from the files.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ import numpy as np
 from multiflow._atomic import write_json
 from multiflow.config import FeatureConfig, MaskConfig
 from multiflow.errors import CheckpointError, ConfigError
-from multiflow.scoring import ImageScoreSpec, ScorePostprocess, ViewCalibration, check_aggregation
+from multiflow.scoring import ScoringSpec, ThresholdFit, check_aggregation
 
-BUNDLE_FORMAT = "multiflow-model/2"
+BUNDLE_FORMAT = "multiflow-model/3"
+#: formats read with the current parser (fields added since have defaults)
+READABLE_FORMATS = (BUNDLE_FORMAT, "multiflow-model/2")
+#: formats migrated on load
 LEGACY_FORMATS = ("multiflow-model/1",)
 BUNDLE_FILE = "model.json"
 FLOW_FILE = "model.safetensors"
@@ -90,36 +97,6 @@ class MasksSpec:
 
 
 @dataclass
-class ScoringSpec:
-    """From anomaly maps to a sample score (:mod:`multiflow.scoring`).
-
-    ``aggregation``: over views; ``image_score``: how a map becomes an image score
-    (:class:`multiflow.scoring.ImageScoreSpec`); ``calibration``: the per-view calibration fitted
-    on held-out normal training samples (:class:`multiflow.scoring.ViewCalibration`). The
-    defaults (max over the map, no calibration) are the paper's scores, so bundles written
-    before these fields existed load and score as they did.
-    """
-
-    aggregation: str = "max"
-    image_score: ImageScoreSpec = field(default_factory=ImageScoreSpec)
-    calibration: ViewCalibration = field(default_factory=ViewCalibration)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ScoringSpec":
-        """Parse the JSON form (nested ``image_score`` / ``calibration`` mappings; missing = defaults)."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown field(s) {unknown} in 'scoring'")
-        return cls(aggregation=str(data.get("aggregation", "max")),
-                   image_score=ImageScoreSpec.from_dict(data.get("image_score")),
-                   calibration=ViewCalibration.from_dict(data.get("calibration")))
-
-    def postprocess(self, image_size: int) -> ScorePostprocess:
-        """The torch module computing (calibrated) view scores from maps, for a model of ``image_size``."""
-        return ScorePostprocess(spec=self.image_score, calibration=self.calibration, image_size=int(image_size))
-
-
-@dataclass
 class ThresholdChange:
     """One entry of the threshold's audit trail."""
 
@@ -132,19 +109,59 @@ class ThresholdChange:
 
 @dataclass
 class ThresholdSpec:
-    """The decision threshold on the sample score (``score > value`` = NG)."""
+    """The decision threshold on the sample score (``score > value`` = NG) and what it was fitted for.
+
+    ``value``: the threshold for an object with every view present. ``fit``: its statistics
+    (:class:`multiflow.scoring.ThresholdFit`: target false-reject rate, confidence, method, number of
+    calibration objects, ``needed_n``, suspected outliers, warning); None for thresholds of older
+    bundles and set by hand. ``by_views``: for models that score incomplete objects, the threshold
+    fitted the same way for each number of present views (``{"4": fit, ...}``; the key is the
+    count). ``calibration_maps``: the file in the class folder holding the calibration objects'
+    maps, from which a test-time scoring override refits the threshold. ``quantile``: the raw
+    quantile of format-2 bundles (legacy). ``audit``: every change made by hand.
+    """
 
     value: float
     quantile: float | None = None
     source: str = ""
     audit: list[ThresholdChange] = field(default_factory=list)
+    fit: ThresholdFit | None = None
+    by_views: dict[str, ThresholdFit] = field(default_factory=dict)
+    calibration_maps: str = ""
+
+    def for_views(self, n_present: int, n_views: int) -> float:
+        """The threshold for an object scored from ``n_present`` of the model's ``n_views`` views:
+        the one fitted for that number of views where there is one, else :attr:`value`."""
+        if n_present != n_views and str(int(n_present)) in self.by_views:
+            return float(self.by_views[str(int(n_present))].value)
+        return float(self.value)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What a user of this threshold should know (fit, ``test``, ``serve /health``, the review app
+        show it): too few calibration objects for the target, suspected outliers, no stated target."""
+        out = []
+        if self.fit is None:
+            if self.audit:
+                out.append(f"threshold set by hand ({self.source or 'audit trail'}); no stated false-reject rate")
+            else:
+                what = f"the {self.quantile} quantile" if self.quantile is not None else "a raw quantile"
+                out.append(f"threshold fitted as {what} of held-out normal scores, without a stated false-reject "
+                           "rate (a model fitted before threshold.false_reject): refit to state one")
+        elif self.fit.warning:
+            out.append(self.fit.warning)
+        for k, f in sorted(self.by_views.items(), key=lambda kv: int(kv[0])):
+            if f.warning:
+                out.append(f"{k} views present: {f.warning}")
+        return out
 
 
 @dataclass
 class TrainingRecord:
     """How the flow was trained (informative; not needed for scoring).
 
-    ``stop_reason``: empty unless early stopping ended the run (``train.early_stopping_patience``);
+    ``val_sample_scores``: summary of the sample scores the threshold was fitted on (the held-out
+    calibration objects since format 3). ``stop_reason``: empty unless early stopping ended the run (``train.early_stopping_patience``);
     ``device`` and ``precision``: where and how it was trained (``train.device``, ``train.precision``
     as resolved; empty in bundles written before these were recorded).
     """
@@ -154,6 +171,8 @@ class TrainingRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_samples: int = 0
     val_samples: int = 0
+    #: held-out objects the threshold was fitted on (threshold.calibration_fraction; 0 in older bundles)
+    calibration_samples: int = 0
     val_sample_scores: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     stop_reason: str = ""
@@ -225,13 +244,16 @@ class ModelBundle:
             check_aggregation(self.scoring.aggregation)
         except Exception as exc:
             raise CheckpointError(str(exc), where) from None
-        n_cal = self.scoring.calibration.n_views
-        if self.scoring.calibration.mode != "none" and n_cal != len(self.view_names):
-            raise CheckpointError(
-                f"the score calibration covers {n_cal} views, the model has {len(self.view_names)}", where
-            )
         if not np.isfinite(float(self.threshold.value)):
             raise CheckpointError(f"threshold {self.threshold.value!r} is not a finite number", where)
+        bad = [k for k in self.threshold.by_views if not (k.isdigit() and 1 <= int(k) < len(self.view_names))]
+        if bad:
+            raise CheckpointError(
+                f"threshold.by_views: keys {bad} are not numbers of views 1..{len(self.view_names) - 1}", where)
+        cal_maps = self.threshold.calibration_maps
+        if cal_maps and Path(cal_maps).name != cal_maps:
+            raise CheckpointError(f"threshold.calibration_maps must name a file in the class folder, got {cal_maps!r}",
+                                  where)
         if not 0.0 <= float(self.view_dropout) < 1.0:
             raise CheckpointError(f"view_dropout {self.view_dropout!r} is not in [0, 1)", where)
         if self.supports_missing_views and self.single_view:
@@ -273,6 +295,14 @@ def _threshold(data: Any, where: str | Path) -> ThresholdSpec:
     spec = _build(ThresholdSpec, data, where, "threshold")
     spec.value = float(spec.value)
     spec.audit = [_build(ThresholdChange, a, where, "threshold.audit") for a in spec.audit]
+    try:
+        spec.fit = None if spec.fit is None else ThresholdFit.from_dict(spec.fit)
+        if not isinstance(spec.by_views, dict):
+            raise ConfigError(f"'by_views' must be an object, got {type(spec.by_views).__name__}")
+        spec.by_views = {str(k): ThresholdFit.from_dict(v) for k, v in spec.by_views.items()}
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"model description: malformed 'threshold': {exc}", where) from None
+    spec.calibration_maps = str(spec.calibration_maps or "")
     return spec
 
 
@@ -429,7 +459,7 @@ def read_bundle(folder: str | Path) -> ModelBundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"not valid JSON: {exc}", path) from None
     fmt = data.get("format") if isinstance(data, dict) else None
-    if fmt == BUNDLE_FORMAT:
+    if fmt in READABLE_FORMATS:
         return ModelBundle.from_dict(data, path)
     if fmt in LEGACY_FORMATS:
         bundle = migrate_v1(data, _flow_config(folder / FLOW_FILE), path)
@@ -437,8 +467,8 @@ def read_bundle(folder: str | Path) -> ModelBundle:
             bundle.camera_faults = CAMERA_FAULTS_FILE
         return bundle
     raise CheckpointError(
-        f"unsupported model description format {fmt!r} (this multiflow reads {BUNDLE_FORMAT} and migrates "
-        f"{', '.join(LEGACY_FORMATS)}): retrain the class with `multiflow fit`, or use the multiflow "
+        f"unsupported model description format {fmt!r} (this multiflow reads {', '.join(READABLE_FORMATS)} and "
+        f"migrates {', '.join(LEGACY_FORMATS)}): retrain the class with `multiflow fit`, or use the multiflow "
         "version that wrote it",
         path,
     )
@@ -480,6 +510,9 @@ def set_threshold(folder: str | Path, value: float, *, who: str, reason: str) ->
     """Set the decision threshold of a trained class model; appends an audit record and rewrites
     ``model.json`` atomically (predict, export and serve read the new value). Returns the bundle.
 
+    A threshold set by hand applies to every number of present views: the fitted statistics and the
+    per-number-of-views thresholds (which described the fitted value) are dropped.
+
     The read-modify-write holds an exclusive lock (``fcntl.flock``, POSIX) on ``model.json.lock``
     beside it, so concurrent writers (two review pages, two processes) never lose a record."""
     import fcntl
@@ -501,6 +534,9 @@ def set_threshold(folder: str | Path, value: float, *, who: str, reason: str) ->
         ))
         bundle.threshold.value = value
         bundle.threshold.source = f"set by {who}"
+        # the fitted statistics (and the per-number-of-views thresholds) described the old value
+        bundle.threshold.fit = None
+        bundle.threshold.by_views = {}
         write_bundle(folder, bundle)
     return bundle
 

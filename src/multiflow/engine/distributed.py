@@ -103,13 +103,13 @@ def exit_after_distributed(code: int) -> NoReturn:
 def compute_maps_sharded(model, features, masks, ctx: DistContext, *, batch_size: int = 16,
                          progress: bool = False, device: torch.device | None = None,
                          precision: str = "fp32") -> np.ndarray:
-    """:func:`multiflow.engine.scoring.compute_maps` with the samples split over ranks.
+    """:func:`multiflow.engine.maps.compute_maps` with the samples split over ranks.
 
     Rank ``r`` scores samples :func:`shard_range` ``(N, r, W)``; the maps ``(N, V, h, w)`` are
     all-gathered in sample order, so every rank holds the same result as a single process.
     ``device`` (single process; under DDP the rank's device) and ``precision`` go to ``compute_maps``.
     """
-    from multiflow.engine.scoring import compute_maps
+    from multiflow.engine.maps import compute_maps
 
     if not ctx.enabled:
         return compute_maps(model, features, masks, batch_size=batch_size, progress=progress, device=device,

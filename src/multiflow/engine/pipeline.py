@@ -7,6 +7,7 @@ One model per class (category). A run folder looks like::
         <category>/model.safetensors     the flow (weights + its constructor config)
         <category>/model.json            the model bundle (:mod:`multiflow.engine.bundle`)
         <category>/camera_faults.json    per-camera normal statistics for the camera-fault check (named by the bundle)
+        <category>/calibration_maps.npz  maps of the held-out calibration objects (threshold refits; named by the bundle)
         <category>/train_state/          resumable training state
         <category>/metrics.json          evaluation of the test split (after ``multiflow test``)
         <category>/scores.csv            per-sample and per-view scores of the test split
@@ -47,7 +48,6 @@ from multiflow.engine.bundle import (
     GraphSpec,
     MasksSpec,
     ModelBundle,
-    ScoringSpec,
     ThresholdSpec,
     TrainingRecord,
     check_backbone,
@@ -59,19 +59,10 @@ from multiflow.engine.bundle import (
 from multiflow.engine.factories import build_extractor, build_flow, list_categories, resolve_input_size, run_device
 from multiflow.engine.preprocess import prepare_split
 from multiflow.errors import CheckpointError, ConfigError, DataError
-from multiflow.scoring import ImageScoreSpec
+from multiflow.scoring import ScoringSpec, check_overrides
 
 if TYPE_CHECKING:
     import torch
-
-#: test-time settings that may override a bundle's, each recorded in metrics.json
-TEST_OVERRIDES = tuple(f.name for f in dataclasses.fields(ScoringSpec))
-
-
-def image_score_spec(ev) -> ImageScoreSpec:
-    """The :class:`multiflow.scoring.ImageScoreSpec` of an :class:`multiflow.config.EvalConfig`."""
-    return ImageScoreSpec(name=ev.image_score, k=ev.image_score_k, q=ev.image_score_q,
-                          sigma=ev.image_score_sigma, size=ev.image_score_size)
 
 
 def _maps(model, features, masks, n_views: int, ctx, *, batch_size: int,
@@ -88,11 +79,25 @@ def _maps(model, features, masks, n_views: int, ctx, *, batch_size: int,
 # ------------------------------------------------------------------------------------ fitting
 def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool = False,
                  progress: bool = True, device: torch.device | None = None) -> ModelBundle:
-    """Train the flow of one class and calibrate its threshold on held-out normal training samples.
+    """Train the flow of one class and fit its threshold on held-out calibration objects.
+
+    ``threshold.calibration_fraction`` of the normal training objects are held out before training
+    (:mod:`multiflow.engine.threshold`); the flow trains (and selects its epoch) on the rest. The
+    threshold is fitted for ``threshold.false_reject`` at ``threshold.confidence``, per number of
+    present views too for a model trained with view dropout; its warnings are issued and stored.
 
     Features, masks, training and scoring run on ``device`` (default: :func:`run_device`)."""
+    import warnings
+
     from multiflow.engine.distributed import barrier, current_context
-    from multiflow.engine.scoring import calibrate_threshold, fit_scoring
+    from multiflow.engine.threshold import (
+        CALIBRATION_FILE,
+        RowSubset,
+        fit_by_views,
+        fit_for_scoring,
+        save_calibration_maps,
+        split_calibration,
+    )
     from multiflow.engine.train import train_flow
 
     ctx = current_context()
@@ -105,21 +110,42 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
     train = prepare_split(cfg, category, "train", extractor, progress=progress, device=device)
     t_feat = time.perf_counter() - t0
     n_views = len(train.view_names)
+    # the threshold's calibration objects, held out before training (engine/threshold.py)
+    rest, cal = split_calibration(len(train.sample_ids), cfg.threshold.calibration_fraction, cfg.train.seed,
+                                  min_rest=2 if cfg.train.val_fraction > 0 else 1)
     model = build_flow(cfg.model, extractor.channels, train.view_names, cfg.train.seed)
-    feats, masks = model.to_flow_samples(train.features, train.masks)  # what the flow takes as one sample
+    # what the flow takes as one sample (objects, or images for the single-view flow), of the rest
+    flow_feats, flow_masks = model.to_flow_samples(train.features, train.masks)
+    per = int(flow_feats.shape[0]) // max(len(train.sample_ids), 1)  # flow samples per object
+    rows = (np.asarray(rest)[:, None] * per + np.arange(per)[None]).reshape(-1)
+    feats, masks = RowSubset(flow_feats, rows), None if flow_masks is None else RowSubset(flow_masks, rows)
     result = train_flow(model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress,
                         device=device)
-    val = result.val_index if result.val_index is not None and len(result.val_index) else result.train_index
-    # calibrate on whole samples (max over views): those with at least one held-out flow sample
-    val = model.objects_of_flow_samples(val, n_views)
-    val_maps = _maps(model, train.features[val], None if train.masks is None else train.masks[val], n_views,
-                     ctx, batch_size=cfg.eval.batch_size, device=device, precision=precision)
-    spec = image_score_spec(cfg.eval)
-    calibration, val_scores = fit_scoring(  # image score + per-view calibration; threshold after calibration
-        val_maps, None if train.masks is None else train.masks[val], spec, cfg.eval.calibration,
-        image_size=int(extractor.input_size), how=cfg.eval.aggregation,
+    cal_masks = None if train.masks is None else train.masks[cal]
+    cal_ids = [train.sample_ids[i] for i in cal]
+    cal_maps = _maps(model, train.features[cal], cal_masks, n_views, ctx, batch_size=cfg.eval.batch_size,
+                     device=device, precision=precision)
+    scoring = ScoringSpec(aggregation=cfg.eval.aggregation, image_score=cfg.eval.image_score_spec())
+    image_size = int(extractor.input_size)
+    fit, cal_scores = fit_for_scoring(cal_maps, cal_masks, cal_ids, scoring, cfg.threshold, image_size=image_size)
+    supports_missing = bool(cfg.train.view_dropout > 0)
+    by_views = {}
+    if supports_missing:  # one threshold per number of present views, fitted the same way
+        by_views = fit_by_views(model, train.features[cal], cal_masks, cal_ids, scoring, cfg.threshold,
+                                image_size=image_size, batch_size=cfg.eval.batch_size, device=device,
+                                precision=precision, seed=cfg.train.seed)
+        model.to("cpu")
+    threshold = ThresholdSpec(
+        value=fit.value, fit=fit, by_views=by_views, calibration_maps=CALIBRATION_FILE,
+        source=f"{len(cal)} held-out calibration objects (threshold.calibration_fraction; not trained on, "
+               "not used to select the epoch)",
     )
-    threshold = calibrate_threshold(val_scores, cfg.train.threshold_quantile)
+    if ctx.is_main:
+        for w in threshold.warnings:
+            warnings.warn(f"{category}: threshold: {w}", stacklevel=2)
+        if progress:
+            print(f"{category}: threshold {fit.value:.6g} ({fit.method}, {fit.n} calibration objects, false-reject "
+                  f"target {fit.false_reject:g} at {fit.confidence:.0%} confidence)", flush=True)
     graph = model.graph.to_dict()
     desc = extractor.describe()
     bundle = ModelBundle(
@@ -134,28 +160,27 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         ),
         masks=MasksSpec(provider=cfg.masks.provider, dilation=int(cfg.masks.dilation), mask_root=cfg.masks.mask_root,
                         margin=float(cfg.masks.margin)),
-        threshold=ThresholdSpec(
-            value=threshold, quantile=float(cfg.train.threshold_quantile),
-            source="held-out normal training samples" if len(result.val_index) else "training samples",
-        ),
-        scoring=ScoringSpec(aggregation=cfg.eval.aggregation, image_score=spec, calibration=calibration),
+        threshold=threshold,
+        scoring=scoring,
         flips=dict(cfg.data.flips),
         single_view=bool(cfg.model.single_view),
         training=TrainingRecord(
             best_epoch=int(result.best_epoch), best_val_loss=result.best_val_loss, history=list(result.history),
             train_samples=int(len(result.train_index)), val_samples=int(len(result.val_index)),
-            val_sample_scores={"n": int(len(val_scores)), "mean": float(val_scores.mean()),
-                               "max": float(val_scores.max())},
+            calibration_samples=int(len(cal)),
+            val_sample_scores={"n": int(len(cal_scores)), "mean": float(cal_scores.mean()),
+                               "max": float(cal_scores.max())},
             seconds={"features_and_masks": t_feat, "total": time.perf_counter() - t0},
             stop_reason=result.stop_reason, device=str(device), precision=precision,
         ),
-        supports_missing_views=bool(cfg.train.view_dropout > 0),
+        supports_missing_views=supports_missing,
         view_dropout=float(cfg.train.view_dropout),
     )
     if ctx.is_main:
         if cfg.faults.enabled and fit_camera_fault_stats(cfg, category, train.dataset, out / CAMERA_FAULTS_FILE,
                                                          progress=progress):
             bundle.camera_faults = CAMERA_FAULTS_FILE
+        save_calibration_maps(out / CALIBRATION_FILE, cal_maps, cal_masks, cal_ids)
         save_bundle(out, model, bundle)
     barrier(ctx)
     return bundle
@@ -219,58 +244,6 @@ def fit_run(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False
 
 
 # ---------------------------------------------------------------------------------- evaluation
-def check_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """Validated test-time overrides (keys of :data:`TEST_OVERRIDES`), in their JSON form.
-
-    ``aggregation``: a view aggregation name; ``image_score``: an image-score spec (mapping or
-    :class:`multiflow.scoring.ImageScoreSpec`; missing keys take their defaults); ``calibration``:
-    only ``"none"`` (drop the model's fitted per-view calibration: its parameters cannot be made
-    up at test time). Overriding the image score of a model with a fitted calibration needs
-    ``calibration: "none"`` too (the calibration was fitted on the model's image scores).
-    """
-    from multiflow.scoring import check_aggregation
-
-    ov = dict(overrides or {})
-    unknown = sorted(set(ov) - set(TEST_OVERRIDES))
-    if unknown:
-        raise ConfigError(f"unknown test-time override(s) {unknown}; allowed: {list(TEST_OVERRIDES)}")
-    if "aggregation" in ov:
-        check_aggregation(ov["aggregation"])
-    if "image_score" in ov:
-        spec = ov["image_score"]
-        ov["image_score"] = (spec if isinstance(spec, ImageScoreSpec) else ImageScoreSpec.from_dict(spec)).to_dict()
-    if "calibration" in ov:
-        mode = ov["calibration"].get("mode") if isinstance(ov["calibration"], dict) else ov["calibration"]
-        if mode != "none":
-            raise ConfigError(
-                f"test-time calibration override {ov['calibration']!r}: only 'none' (a calibration is fitted at fit "
-                "time on held-out normal samples; refit with eval.calibration=...)"
-            )
-        ov["calibration"] = "none"
-    return ov
-
-
-def apply_overrides(scoring: ScoringSpec, ov: dict[str, Any], where: str | Path = "") -> ScoringSpec:
-    """The bundle's scoring with validated test-time overrides (:func:`check_overrides`) applied."""
-    from multiflow.scoring import ViewCalibration
-
-    out = dataclasses.replace(scoring)
-    if "aggregation" in ov:
-        out.aggregation = ov["aggregation"]
-    if ov.get("calibration") == "none":
-        out.calibration = ViewCalibration()
-    if "image_score" in ov:
-        spec = ImageScoreSpec.from_dict(ov["image_score"])
-        if spec != scoring.image_score and out.calibration.mode != "none":
-            raise ConfigError(
-                f"{where}: the model's {scoring.calibration.mode} calibration was fitted on its "
-                f"{scoring.image_score.name} image scores; to score with {spec.name} at test time, override the "
-                "calibration too (calibration: none), or refit"
-            )
-        out.image_score = spec
-    return out
-
-
 def evaluate_category(
     run_dir: Path, category: str, cfg: RunConfig, *, progress: bool = True, pictures: bool | None = None,
     overrides: dict[str, Any] | None = None, device: torch.device | None = None,
@@ -280,15 +253,22 @@ def evaluate_category(
     The model's bundle defines the backbone, masks, flips and scoring; ``cfg`` gives the data
     location and the cache/batch settings. ``overrides`` (e.g. ``{"aggregation": "mean"}``) replace
     the bundle's scoring settings and are recorded as ``metrics["overrides"]``; a configuration whose
-    ``eval`` scoring settings differ from the bundle's without an override is an error. Features, masks
+    ``eval`` scoring settings differ from the bundle's without an override is an error. For an
+    overridden scoring the threshold is refitted from the bundle's stored calibration maps, with its
+    target (:func:`multiflow.engine.threshold.refit_threshold`; ``metrics["threshold_refitted_for_overrides"]``);
+    a bundle without them reports ``threshold: null`` and no decision metrics. The threshold's
+    warnings are issued and stored as ``metrics["threshold_warnings"]``. Features, masks
     and anomaly maps are computed on ``device`` (default: :func:`run_device` of ``cfg.train``) in
     ``train.precision``.
     """
+    import warnings
+
     from multiflow.engine.distributed import current_context
     from multiflow.engine.outputs import category_pictures, write_scores_csv
     from multiflow.engine.review_files import write_review_files
-    from multiflow.engine.scoring import postprocess_scores
+    from multiflow.engine.threshold import refit_threshold
     from multiflow.metrics import StreamingEvaluator, evaluate_exact, write_adeval_pkl
+    from multiflow.scoring import score_arrays
 
     ov = check_overrides(overrides)
     ctx = current_context()
@@ -303,19 +283,13 @@ def evaluate_category(
             f"model's {bundle.scoring.aggregation!r}; the model's setting is used unless you override it explicitly "
             f"(multiflow test --aggregation {cfg.eval.aggregation}, recorded in metrics.json)"
         )
-    if "image_score" not in ov and image_score_spec(cfg.eval) != bundle.scoring.image_score:
+    if "image_score" not in ov and cfg.eval.image_score_spec() != bundle.scoring.image_score:
         raise ConfigError(
-            f"{folder / BUNDLE_FILE}: the configuration's eval.image_score* settings {image_score_spec(cfg.eval)} "
+            f"{folder / BUNDLE_FILE}: the configuration's eval.image_score* settings {cfg.eval.image_score_spec()} "
             f"differ from the model's {bundle.scoring.image_score}; the model's are used unless you override them "
             "explicitly (overrides={'image_score': {...}}, recorded in metrics.json)"
         )
-    if "calibration" not in ov and cfg.eval.calibration != bundle.scoring.calibration.mode:
-        raise ConfigError(
-            f"{folder / BUNDLE_FILE}: eval.calibration={cfg.eval.calibration} in the configuration differs from the "
-            f"model's {bundle.scoring.calibration.mode!r} (fitted at fit time); refit, or drop the model's calibration "
-            "explicitly (overrides={'calibration': 'none'}, recorded in metrics.json)"
-        )
-    scoring = apply_overrides(bundle.scoring, ov, folder / BUNDLE_FILE)
+    scoring = bundle.scoring.with_overrides(ov)
     extractor = build_extractor(bundle.features.to_config())
     check_backbone(extractor, bundle, folder / BUNDLE_FILE)
     test_cfg = dataclasses.replace(
@@ -337,8 +311,8 @@ def evaluate_category(
     ds = test.dataset
     defects = [r.defect for r in ds.samples]
     how = scoring.aggregation
-    # I-AUROC and the sample score use the (calibrated) view scores of the model's image score
-    _, img_scores, s_scores = postprocess_scores(maps, test.masks, scoring.postprocess(extractor.input_size), how)
+    # I-AUROC and the sample score use the view scores of the model's image score
+    img_scores, s_scores = score_arrays(maps, test.masks, scoring.postprocess(extractor.input_size), how)
     labels = np.array([ds.image_labels(i) for i in range(len(ds))])
     if cfg.eval.pixel_metrics:
         if cfg.eval.streaming:
@@ -358,18 +332,41 @@ def evaluate_category(
     else:
         result = evaluate_exact(maps, None, labels=labels, image_scores=img_scores,
                                 sample_ids=test.sample_ids, defects=defects, how=how)
-    threshold = float(bundle.threshold.value)
-    decisions = s_scores > threshold
+    # the threshold of the scoring used: the model's, or refitted for an overridden scoring from the
+    # stored calibration maps (engine/threshold.py); a model without them reports no decisions
+    threshold_warnings = list(bundle.threshold.warnings)
+    threshold: float | None = float(bundle.threshold.value)
+    refit = None
+    if scoring != bundle.scoring:
+        refit = refit_threshold(folder, bundle, scoring)
+        if refit is None:
+            threshold = None
+            threshold_warnings.append(
+                "the model's threshold was fitted for its own scoring, not for the overridden one, and the model "
+                "stores no calibration maps to refit it (fitted before threshold.false_reject): no decisions reported"
+            )
+        else:
+            threshold = refit.value
+            threshold_warnings += [f"refitted for the overridden scoring: {refit.warning}"] if refit.warning else []
+    for w in threshold_warnings:
+        warnings.warn(f"{category}: threshold: {w}", stacklevel=2)
+    decisions = s_scores > (np.inf if threshold is None else threshold)
     s_labels = labels.max(1)
     metrics = result.as_dict()
     metrics["threshold"] = threshold
+    used_fit = refit if refit is not None else (bundle.threshold.fit if threshold is not None else None)
+    metrics["threshold_fit"] = None if used_fit is None else used_fit.to_dict()
+    metrics["threshold_refitted_for_overrides"] = refit is not None
+    metrics["threshold_warnings"] = threshold_warnings
     metrics["aggregation"] = how
     metrics["image_score"] = scoring.image_score.to_dict()
-    metrics["calibration"] = scoring.calibration.mode
     metrics["overrides"] = ov
-    metrics["decision_accuracy"] = float((decisions == s_labels.astype(bool)).mean())
-    metrics["false_positive_rate_at_threshold"] = float(decisions[s_labels == 0].mean()) if (s_labels == 0).any() else None
-    metrics["true_positive_rate_at_threshold"] = float(decisions[s_labels == 1].mean()) if (s_labels == 1).any() else None
+    applies = threshold is not None
+    metrics["decision_accuracy"] = float((decisions == s_labels.astype(bool)).mean()) if applies else None
+    metrics["false_positive_rate_at_threshold"] = (
+        float(decisions[s_labels == 0].mean()) if applies and (s_labels == 0).any() else None)
+    metrics["true_positive_rate_at_threshold"] = (
+        float(decisions[s_labels == 1].mean()) if applies and (s_labels == 1).any() else None)
     write_json(folder / "metrics.json", metrics, default=json_default)
     write_scores_csv(folder / "scores.csv", test.sample_ids, defects, test.view_names, img_scores, labels, s_scores,
                      decisions)
@@ -382,7 +379,8 @@ def evaluate_category(
     )
     write_review_files(folder, ds, maps, test.view_names)  # maps.npy + samples.json for `multiflow review`
     if cfg.eval.pictures if pictures is None else pictures:
-        category_pictures(folder, category, ds, maps, img_scores, s_scores, labels, threshold, test.view_names, how)
+        category_pictures(folder, category, ds, maps, img_scores, s_scores, labels,
+                          float(bundle.threshold.value) if threshold is None else threshold, test.view_names, how)
     return metrics
 
 

@@ -3,9 +3,10 @@
 :class:`Predictor` loads a trained class model (``<run>/<class>/model.{safetensors,json}``) once,
 rebuilds the same frozen backbone (its weight digest, input size and layer must match the ones the
 flow was trained on) and mask provider from the model's bundle, and scores samples given as images
-``(V, 3, H, W)`` in ``[0, 1]`` with the model's view names, with the bundle's image score and
-per-view calibration (:mod:`multiflow.scoring`). The decision compares the sample score with the threshold calibrated on
-held-out normal training samples.
+``(V, 3, H, W)`` in ``[0, 1]`` with the model's view names, with the bundle's image score
+(:mod:`multiflow.scoring`). The decision compares the sample score with the threshold fitted on
+held-out normal calibration objects for the number of views present
+(:meth:`multiflow.engine.bundle.ThresholdSpec.for_views`).
 
 Missing views and camera faults (docs/deployment.md, "Decision JSON"): a model trained with view
 dropout (``model.json``: ``supports_missing_views: true``) scores an object from any non-empty
@@ -73,7 +74,7 @@ class Predictor:
 
     Everything comes from the model's bundle (:mod:`multiflow.engine.bundle`): backbone (weights
     digest, input size, layer checked), feature dtype, masks (margin included), flips, aggregation,
-    image score and calibration, threshold. The
+    image score, threshold. The
     images go through the one preprocessing path (:class:`multiflow.engine.preprocess.ViewPreprocessor`),
     so a sample scores here as it does in ``multiflow test``.
 
@@ -111,6 +112,7 @@ class Predictor:
         self.preprocessor = ViewPreprocessor(extractor=self.extractor, bundle=self.bundle, device=self.device)
         self.view_names: list[str] = list(self.bundle.view_names)
         self.threshold = float(self.bundle.threshold.value if threshold is None else threshold)
+        self.threshold_fixed = threshold is not None  # else: the bundle's threshold for the views present
         self.aggregation = self.bundle.scoring.aggregation
         self.input_size = int(self.bundle.features.input_size)
         self.supports_missing_views = bool(self.bundle.supports_missing_views)
@@ -120,8 +122,7 @@ class Predictor:
             from multiflow.faults import FrameMemory
 
             self.frame_memory = FrameMemory()
-        # the model's image score and per-view calibration (identity for the paper's scoring)
-        # (its calibration buffers on the model's device, next to the maps)
+        # the model's image score (identity for the paper's max)
         self.postprocess = self.bundle.scoring.postprocess(self.input_size).to(self.device)
 
     @property
@@ -212,7 +213,8 @@ class Predictor:
             maps = torch.full((n, 1, 1), float("nan"))
             view_scores = [float("nan")] * n
             sample_score = float("nan")
-        decision, product = decide(sample_score if usable else None, self.threshold, faults)
+        thr = self.threshold if self.threshold_fixed else self.bundle.threshold.for_views(len(usable), n)
+        decision, product = decide(sample_score if usable else None, thr, faults)
         full = torch.nn.functional.interpolate(maps[:, None], size=(h_img, w_img), mode="bilinear",
                                                align_corners=False)[:, 0]
         return Prediction(
@@ -221,7 +223,7 @@ class Predictor:
             sample_score=sample_score,
             view_scores=view_scores,
             view_names=list(self.view_names),
-            threshold=self.threshold,
+            threshold=thr,
             maps=maps.numpy(),
             maps_full=full.numpy(),
             missing_views=[v for v in self.view_names if v not in given],

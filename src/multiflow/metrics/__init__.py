@@ -1,7 +1,7 @@
 """Evaluation metrics of the official Real-IAD / ADEval protocol, exact and streaming.
 
-* :mod:`.aggregate`: image score = max of a (foreground) anomaly map; sample score from the view
-  scores (``"max"`` official, ``"mean"``, ``"mean_of_max"``).
+* image score = max of a (foreground) anomaly map and sample score from the view scores come from
+  :mod:`multiflow.scoring` (re-exported here: ``aggregate_views``, ``image_scores_from_maps``).
 * :mod:`.curves`: exact AUROC / AP / F1-max with ties (scikit-learn definitions).
 * :mod:`.pixel`: exact P-AUROC and AUPRO (8-connected regions, FPR limit 0.3) at the GT resolution.
 * :mod:`.evaluate`: :class:`EvalResult`, :func:`evaluate_exact`, per-defect and per-class summaries.
@@ -16,7 +16,7 @@ from multiflow.metrics.adeval_io import (
     read_adeval_pkl,
     write_adeval_pkl,
 )
-from multiflow.metrics.aggregate import VIEW_AGGREGATIONS, aggregate_views, image_scores_from_maps
+from multiflow.scoring import VIEW_AGGREGATIONS, aggregate_views, image_scores_from_maps
 from multiflow.metrics.curves import auroc, average_precision, f1_max, f1_max_threshold
 from multiflow.metrics.evaluate import (
     DefectResult,

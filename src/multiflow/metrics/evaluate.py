@@ -10,7 +10,7 @@ Inputs come in one of two layouts (tensors or numpy arrays):
 
 Image labels follow the official rule: an image is anomalous iff its ground-truth mask is non-empty
 (explicit ``labels`` must agree with the masks; without masks they are required). A sample is
-anomalous iff one of its views is; its score aggregates the view scores (:mod:`.aggregate`).
+anomalous iff one of its views is; its score aggregates the view scores (:mod:`multiflow.scoring`).
 
 Per-defect results (``EvalResult.per_defect``): for every defect type ``d``, the AUROC of all normal
 items (label 0, whatever folder they come from: the views of a defective object that do not show
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from multiflow.errors import DataError
-from multiflow.metrics.aggregate import check_aggregation, image_scores_from_maps
+from multiflow.scoring import check_aggregation, image_scores_from_maps
 from multiflow.metrics.curves import (
     _ap_from_points,
     _auroc_from_points,
@@ -238,7 +238,7 @@ def group_samples(
     if how == "max":
         s_scores = np.full(first.size, -np.inf)
         np.maximum.at(s_scores, inverse, scores)
-    else:  # "mean" and "mean_of_max": the mean over views of the image scores (see aggregate.py)
+    else:  # "mean" and "mean_of_max": the mean over views of the image scores (see multiflow.scoring.spec)
         s_scores = np.bincount(inverse, weights=scores, minlength=first.size) / counts
     return s_scores, s_labels, s_defects
 

@@ -53,7 +53,7 @@ import numpy as np
 
 from multiflow._atomic import atomic_path
 from multiflow.errors import CheckpointError, DataError
-from multiflow.metrics.aggregate import check_aggregation
+from multiflow.scoring import check_aggregation
 from multiflow.metrics.curves import CurvePoints, _ap_from_points, _auroc_from_points, _f1_max_from_points, partial_area
 from multiflow.metrics.evaluate import EvalResult, ImageRecords, image_level_metrics, normalise_batch
 from multiflow.metrics.pixel import region_weights, resize_maps
