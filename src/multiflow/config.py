@@ -12,6 +12,7 @@ name the file and the key. Overrides use dotted keys (``train.epochs=5``) with Y
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -152,12 +153,17 @@ class EvalConfig:
 
 @dataclass
 class FaultConfig:
-    """Camera-fault statistics fitted on the normal training images (:mod:`multiflow.faults`)."""
+    """Camera-fault statistics fitted on the normal training images (:mod:`multiflow.faults`).
+
+    ``false_alarm``: target probability that a good object raises any camera fault (the object-level
+    budget of :mod:`multiflow.faults.fit`; a guaranteed rate needs ``(1 - a) / a`` normal training
+    objects, 99 for 1 %).
+    """
 
     enabled: bool = True
     size: int = 256
     grid: int = 8
-    margin: float = 1.0
+    false_alarm: float = 0.01
 
 
 @dataclass
@@ -230,6 +236,9 @@ class RunConfig:
             raise ConfigError(
                 f"train.threshold_quantile must be in (0, 1], got {self.train.threshold_quantile}"
             )
+        if not (isinstance(self.faults.false_alarm, (int, float)) and math.isfinite(self.faults.false_alarm)
+                and 0.0 < self.faults.false_alarm < 1.0):
+            raise ConfigError(f"faults.false_alarm must be a finite rate in (0, 1), got {self.faults.false_alarm!r}")
         if not 0.0 <= self.train.view_dropout < 1.0:
             raise ConfigError(f"train.view_dropout must be in [0, 1), got {self.train.view_dropout}")
         if self.train.view_dropout > 0 and self.model.single_view:
