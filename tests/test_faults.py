@@ -87,6 +87,23 @@ def test_each_fault_is_flagged_on_its_camera(data, kind):
     assert hits >= n - 1, (kind, hits, n)
 
 
+def test_a_dirt_blob_is_an_occlusion_on_its_camera(data):
+    from multiflow.synth.camera_faults import dirt_blob
+
+    model, good, _, names = data
+    hits = 0
+    for view in (0, 2, 4):
+        for t in range(4):
+            x = good[t + 1].clone()
+            # at 64 px a cell is 8 x 8 pixels: a blob of 22 % of the side (the benchmark's 14 % at
+            # 256-384 px covers as many pixels per cell)
+            x[view] = dirt_blob(x[view], np.random.default_rng(10 * view + t), radius=0.22)
+            found = detect_faults(model, x)
+            assert {f.view for f in found} <= {names[view]}, found
+            hits += any(f.view == names[view] and f.fault == "occlusion" for f in found)
+    assert hits >= 6, hits  # measured rates at the benchmark's sizes: benchmarks/camera_faults.py
+
+
 def test_swap_names_both_cameras(data):
     model, good, _, names = data
     found = detect_faults(model, apply_camera_fault(good[3], 0, "swapped", rng=np.random.default_rng(0), other=2))
@@ -103,7 +120,8 @@ def test_a_fault_is_reported_with_the_check_that_fired(data):
     assert (fault.view, fault.fault) == (names[1], "underexposure")
     assert fault.check in ("brightness_low", "clip_low") and fault.score > model.threshold
     assert fault.as_dict()["check"] == fault.check and f"check {fault.check}" in fault.reason
-    assert object_score(model, faulty) == pytest.approx(max(fault.score, object_score(model, faulty)))
+    # T is the maximum over every check: at least the score of the check that fired, above tau
+    assert object_score(model, faulty) >= fault.score - 1e-9
     assert object_score(model, good[2]) <= model.threshold
 
 

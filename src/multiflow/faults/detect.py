@@ -4,8 +4,8 @@ threshold ``tau``, turned into faults per camera, and the frozen-frame check wit
 Rules (each only removes flags, so the object-level false-alarm bound of the fit holds):
 
 * ``occlusion`` is not reported on a view with an exposure fault (a global change is not local dirt);
-  ``blur`` is not reported on a view with an occlusion (the blob lowers the view's sharpness, but
-  blur does not make a region dark, so the occlusion is the better explanation).
+  where both ``blur`` and ``occlusion`` fire (a blob lowers the view's sharpness, blur lowers the
+  texture of the cells with the strongest edges most), the check with the larger score names the fault.
 * ``swapped`` (pair): two views whose pair score exceeds ``tau`` AND whose images each fit the
   other's camera better than their own; both are flagged, the partner named, and their other flags
   dropped (those compared an image with the wrong camera).
@@ -128,8 +128,8 @@ def detect_faults(
         fired = [c for c, _, _, _ in VIEW_CHECKS if c != "swap" and z[c][k] > tau]
         if any(c in exposure for c in fired):
             fired = [c for c in fired if c != "occlusion"]
-        elif "occlusion" in fired:  # a dark, smooth blob also lowers the view's sharpness: not blur
-            fired = [c for c in fired if c != "sharpness"]
+        elif "occlusion" in fired and "sharpness" in fired:  # a blob lowers the sharpness, blur the cells'
+            fired.remove("occlusion" if z["sharpness"][k] > z["occlusion"][k] else "sharpness")  # texture
         seen: set[str] = set()
         for c in sorted(fired, key=lambda c: -z[c][k]):  # the strongest check names the fault kind's reason
             if _KIND_OF[c] in seen:

@@ -18,15 +18,16 @@ check                 statistic      direction  fault
 
 Statistics that need a reference of the camera (:class:`Reference`):
 
-* ``occlusion``: per cell the one-sided robust z-scores ``(m - x) / s`` of the grey mean and the
-  local texture against the camera's per-cell median ``m`` and scale ``s = max(1.4826 MAD, floor)``;
-  a cell counts with ``min(z_mean, z_texture)`` after the view's median cell z-scores are
-  subtracted (a global change of brightness or sharpness is exposure or blur, not a local blob):
-  dirt on a lens is an opaque, smooth blob, darker
-  AND less textured than the camera's normal image there. A product defect (scratch, dent, missing
-  or mis-coloured part) adds edges or changes colour; it does not make a region both dark and
-  textureless, so it does not give this evidence. The statistic is the ``occlusion_cells``-th
-  largest cell score (dirt covers a region, one odd cell is normal variation).
+* ``occlusion``: per cell the one-sided robust z-scores ``(m - x) / s`` of the grey mean (darker)
+  and of the local texture (smoother) against the camera's per-cell median ``m`` and scale
+  ``s = max(1.4826 MAD, floor)``, each minus the view's median over cells (a global change of
+  brightness or sharpness is exposure or blur, not a local blob); a cell counts with
+  ``(z_dark + z_smooth) / 2``: dirt on a lens is an opaque blob, darker AND less textured than the
+  camera's normal image there. A product defect (scratch, dent, missing or mis-coloured part) adds
+  edges or changes colour, so one of the two scores is low or negative and the cell does not give
+  this evidence (measured: benchmarks/camera_faults.py, "product defects taken for camera faults").
+  The statistic is the ``occlusion_cells``-th largest cell score (dirt covers a region, one odd
+  cell is normal variation).
 * ``swap``: ``e[v, c] = mean((d_v - mu_c)^2 / var_c)`` (descriptor ``d_v`` against camera ``c``'s
   Gaussian); ``swap = log(e[v, own] / min_{c != own} e[v, c])``.
 * ``pair``: ``log((e[a, a] + e[b, b]) / (e[a, b] + e[b, a]))`` for two present views ``a, b``.
@@ -154,7 +155,7 @@ def occlusion_score(ref: Reference, st: ViewStats, occlusion_cells: int) -> np.n
     # local, not global: the view's median cell change (exposure, blur) is taken out
     z_dark = z_dark - np.median(z_dark.reshape(len(z_dark), -1), axis=1)[:, None, None]
     z_smooth = z_smooth - np.median(z_smooth.reshape(len(z_smooth), -1), axis=1)[:, None, None]
-    z = np.minimum(z_dark, z_smooth)
+    z = 0.5 * (z_dark + z_smooth)
     flat = np.sort(z.reshape(z.shape[0], -1), axis=1)
     return flat[:, -min(occlusion_cells, flat.shape[1])]
 
