@@ -108,15 +108,7 @@ def detect_faults(
     Returns:
         the flagged faults, in view order; an empty list when every view looks normal.
     """
-    names = list(model.view_names if view_names is None else view_names)
-    unknown = [n for n in names if n not in model.view_names]
-    if unknown:
-        raise DataError(f"views {unknown} are not cameras of the fault model {model.view_names}")
-    if len(set(names)) != len(names):
-        raise DataError(f"views {names} name a camera twice")
-    if images.shape[0] != len(names):
-        raise DataError(f"{images.shape[0]} images for {len(names)} views {names}")
-    idx = [model.view_names.index(n) for n in names]
+    names, idx = _cameras(model, images, view_names)
     st = view_stats(images, size=model.size, grid=model.grid)
     raw = raw_statistics(model.reference, st, idx, model.occlusion_cells)
     z, pair = model.check_scores(raw, idx)
@@ -174,11 +166,24 @@ def detect_faults(
 def object_score(model: CameraFaultModel, images: torch.Tensor, view_names: Sequence[str] | None = None) -> float:
     """The object statistic ``T`` (:mod:`multiflow.faults.fit`) of one object: a camera fault is
     flagged by some check exactly when ``T > model.threshold`` (before the rules above)."""
-    names = list(model.view_names if view_names is None else view_names)
-    idx = [model.view_names.index(n) for n in names]
+    _, idx = _cameras(model, images, view_names)
     raw = raw_statistics(model.reference, view_stats(images, size=model.size, grid=model.grid), idx,
                          model.occlusion_cells)
     return object_statistic(*model.check_scores(raw, idx))
+
+
+def _cameras(model: CameraFaultModel, images: torch.Tensor,
+             view_names: Sequence[str] | None) -> tuple[list[str], list[int]]:
+    """``(names, camera indices)`` of the views given, checked against the model and the images."""
+    names = list(model.view_names if view_names is None else view_names)
+    unknown = [n for n in names if n not in model.view_names]
+    if unknown:
+        raise DataError(f"views {unknown} are not cameras of the fault model {model.view_names}")
+    if len(set(names)) != len(names):
+        raise DataError(f"views {names} name a camera twice")
+    if images.ndim != 4 or images.shape[0] != len(names):
+        raise DataError(f"images {tuple(images.shape)} for {len(names)} views {names}: (V, 3, H, W) expected")
+    return names, [model.view_names.index(n) for n in names]
 
 
 _WHAT = {

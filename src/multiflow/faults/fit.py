@@ -49,7 +49,8 @@ whatever the number of checks: there is no per-check budget to split, and correl
 nothing. This needs ``k <= n``, i.e. ``n >= (1 - alpha) / alpha`` objects (:func:`min_objects`: 99
 for 1 %). With fewer, ``tau`` extrapolates an exponential tail fitted to the largest ``T_i``
 (peaks over threshold) and :func:`fit_camera_faults` warns that the rate is an estimate, not a
-guarantee. A view is flagged for every check with ``z > tau``; the rules of
+guarantee. An object with missing views has fewer checks, so its ``T`` can only be smaller and
+the bound holds for it too. A view is flagged for every check with ``z > tau``; the rules of
 :func:`multiflow.faults.detect.detect_faults` only remove flags, so they keep the bound.
 
 The frozen-frame check is a near-equality test outside this budget: a view is frozen when its
