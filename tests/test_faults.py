@@ -239,6 +239,7 @@ def test_flow_swap_gains_are_likelihood_differences_of_the_swapped_assignment():
     mask = (torch.rand(4, 3, 3) > 0.3).double()
     gains = flow_swap_gains(flow, f, mask, [(0, 2), (1, 3)])
 
+    @torch.no_grad()
     def total(x, m):
         nll = flow(x[None]).nll[0]
         return float(((nll * m).sum((1, 2)) / m.sum((1, 2))).sum())
