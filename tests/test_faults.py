@@ -1,22 +1,34 @@
-"""Camera-fault detection (multiflow.faults) on small synthetic multi-view data."""
+"""Camera-fault detection (multiflow.faults) on synthetic multi-view data.
+
+The error-rate tests are statistical tests with stated power: the fixture renders 100 normal
+training objects (enough for a conformal 1 % threshold, ``min_objects(0.01) = 99``) and 100 clean
+normal test objects; "at most 4 false alarms in 100" passes a detector with a 1 % rate with
+probability 0.997 and one with a 10 % rate with probability 0.024.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from multiflow.errors import CheckpointError, DataError
-from multiflow.faults import CameraFault, CameraFaultModel, FrameMemory, decide, detect_faults, fit_camera_faults
-from multiflow.synth.camera_faults import SYNTH_FAULTS, apply_camera_fault
+import multiflow.faults as faults_pkg
+from multiflow.errors import CheckpointError, ConfigError, DataError
+from multiflow.faults import (CameraFault, CameraFaultModel, FrameMemory, calibrate, decide_object, detect_faults,
+                              fit_camera_faults, min_objects, object_score)
+from multiflow.synth.camera_faults import apply_camera_fault
 
-SIZE = 96
+SIZE = 64
 KW = dict(size=SIZE, grid=8)
+N_TRAIN, N_GOOD, N_DEFECT = 100, 100, 40
+
+
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
 
 
 @pytest.fixture(scope="module")
@@ -25,109 +37,217 @@ def data(tmp_path_factory):
     from multiflow.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, classes=["bottle_cap"], n_train=16, n_test_good=5, n_test_defect=0, size=SIZE,
-                     n_views=5, seed=3, progress=False)
+    generate_dataset(root, classes=["toy_brick"], n_train=N_TRAIN, n_test_good=N_GOOD, n_test_defect=N_DEFECT,
+                     size=SIZE, n_views=5, seed=3, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train = RealIADDataset(root, "bottle_cap", split="train", image_size=SIZE, load_masks=False)
-        test = RealIADDataset(root, "bottle_cap", split="test", image_size=SIZE, load_masks=False)
-    model = fit_camera_faults((train[i].images for i in range(len(train))), train.view_names, **KW)
-    return root, model, [test[i].images for i in range(len(test))], train.view_names
+        train = RealIADDataset(root, "toy_brick", split="train", image_size=SIZE, load_masks=False)
+        test = RealIADDataset(root, "toy_brick", split="test", image_size=SIZE, load_masks=False)
+    model = fit_camera_faults((train[i].images for i in range(len(train))), train.view_names, false_alarm=0.01, **KW)
+    good = [test[i].images for i in range(len(test)) if not any(test.image_labels(i))]
+    bad = [test[i].images for i in range(len(test)) if any(test.image_labels(i))]
+    return model, good, bad, list(train.view_names)
 
 
-def test_clean_normal_objects_raise_no_fault(data):
-    _, model, objs, _ = data
+def test_the_statistical_tests_have_the_stated_power():
+    assert _binom_cdf(4, N_GOOD, 0.01) > 0.99 and _binom_cdf(4, N_GOOD, 0.10) < 0.03
+    assert _binom_cdf(3, N_DEFECT, 0.02) > 0.99 and _binom_cdf(3, N_DEFECT, 0.20) < 0.03
+
+
+def test_clean_normal_objects_rarely_raise_a_fault(data):
+    model, good, _, _ = data
+    assert model.calibration["method"] == "conformal" and model.calibration["n_objects"] == N_TRAIN
     mem = FrameMemory()
-    for o in objs:
-        assert detect_faults(model, o, memory=mem) == []
+    alarms = [(k, f) for k, o in enumerate(good) for f in detect_faults(model, o, memory=mem, object_id=str(k))]
+    assert len({k for k, _ in alarms}) <= 4, alarms  # a 10 % detector passes with probability 0.024
 
 
-@pytest.mark.parametrize("kind", [k for k in SYNTH_FAULTS if k != "swapped"])
-@pytest.mark.parametrize("view", [0, 3])
-def test_each_fault_is_flagged_on_its_camera(data, kind, view):
-    _, model, objs, names = data
+def test_product_defects_are_not_camera_faults(data):
+    model, _, bad, _ = data
+    flagged = [detect_faults(model, o) for o in bad]
+    assert sum(bool(f) for f in flagged) <= 3, [f for f in flagged if f]  # a 20 % rate passes w.p. 0.02
+
+
+@pytest.mark.parametrize("kind", ["blur", "overexposure", "underexposure", "frozen", "swapped"])
+def test_each_fault_is_flagged_on_its_camera(data, kind):
+    model, good, _, names = data
+    hits, n = 0, 0
+    for view in (0, 2, 4):
+        for t in range(4):
+            rng = np.random.default_rng(10 * view + t)
+            mem = FrameMemory()
+            detect_faults(model, good[t], memory=mem, object_id="previous")
+            other = (view + 1) % len(names)
+            faulty = apply_camera_fault(good[t + 1], view, kind, rng=rng, previous=good[t], other=other)
+            found = detect_faults(model, faulty, memory=mem, object_id="this")
+            n += 1
+            hits += any(f.view == names[view] and f.fault == kind for f in found)
+            involved = {names[view], names[other]} if kind == "swapped" else {names[view]}
+            assert {f.view for f in found} <= involved, found
+    assert hits >= n - 1, (kind, hits, n)
+
+
+def test_a_dirt_blob_is_an_occlusion_on_its_camera(data):
+    from multiflow.synth.camera_faults import dirt_blob
+
+    model, good, _, names = data
     hits = 0
-    # a dirt blob is placed at random; over a dark part of the product it can stay in the normal
-    # range (measured rates: benchmarks/camera_faults.py), so one of four positions must be found
-    tries = 4 if kind == "occlusion" else 1
-    for t in range(tries):
-        rng = np.random.default_rng(10 * view + t)
-        mem = FrameMemory()
-        detect_faults(model, objs[t], memory=mem)
-        faulty = apply_camera_fault(objs[t + 1], view, kind, rng=rng, previous=objs[t])
-        faults = detect_faults(model, faulty, memory=mem)
-        hits += any(f.view == names[view] and f.fault == kind for f in faults)
-        # the other cameras stay clean
-        assert all(f.view == names[view] for f in faults), faults
-    assert hits >= 1, (kind, hits, tries)
+    for view in (0, 2, 4):
+        for t in range(4):
+            x = good[t + 1].clone()
+            # at 64 px a cell is 8 x 8 pixels: a blob of 22 % of the side (the benchmark's 14 % at
+            # 256-384 px covers as many pixels per cell)
+            x[view] = dirt_blob(x[view], np.random.default_rng(10 * view + t), radius=0.22)
+            found = detect_faults(model, x)
+            assert {f.view for f in found} <= {names[view]}, found
+            hits += any(f.view == names[view] and f.fault == "occlusion" for f in found)
+    assert hits >= 6, hits  # measured rates at the benchmark's sizes: benchmarks/camera_faults.py
 
 
-def test_swapped_camera_files_on_disk_are_flagged_as_a_pair(data):
-    from multiflow.data.realiad import RealIADDataset
+def test_swap_names_both_cameras(data):
+    model, good, _, names = data
+    found = detect_faults(model, apply_camera_fault(good[3], 0, "swapped", rng=np.random.default_rng(0), other=2))
+    swapped = {f.view: f for f in found if f.fault == "swapped"}
+    assert set(swapped) == {names[0], names[2]}, found
+    assert swapped[names[0]].other_view == names[2] and swapped[names[2]].other_view == names[0]
+    assert swapped[names[0]].check == "swap_pair"
 
-    root, model, _, names = data
-    folder = Path(root) / f"realiad_{SIZE}" / "bottle_cap" / "OK"
-    sample = sorted(folder.iterdir())[-1]
-    c1 = next(sample.glob("*_C1_*.jpg"))
-    c3 = next(sample.glob("*_C3_*.jpg"))
-    tmp = c1.with_suffix(".tmp")
-    os.replace(c1, tmp)
-    os.replace(c3, c1)
-    os.replace(tmp, c3)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            test = RealIADDataset(root, "bottle_cap", split="test", image_size=SIZE, load_masks=False)
-        i = [r.sample_id for r in test.samples].index(c1.name.rsplit("_C1_", 1)[0])
-        faults = detect_faults(model, test[i].images)
-    finally:
-        os.replace(c1, tmp)
-        os.replace(c3, c1)
-        os.replace(tmp, c3)
-    swapped = {f.view: f for f in faults if f.fault == "swapped"}
-    assert set(swapped) == {"C1", "C3"}, faults
-    assert swapped["C1"].other_view == "C3" and swapped["C3"].other_view == "C1"
-    assert "C1 and C3 appear swapped" in swapped["C1"].reason
+
+def test_a_fault_is_reported_with_the_check_that_fired(data):
+    model, good, _, names = data
+    faulty = apply_camera_fault(good[2], 1, "underexposure", rng=np.random.default_rng(0))
+    (fault,) = detect_faults(model, faulty)
+    assert (fault.view, fault.fault) == (names[1], "underexposure")
+    assert fault.check in ("brightness_low", "clip_low") and fault.score > model.threshold
+    assert fault.as_dict()["check"] == fault.check and f"check {fault.check}" in fault.reason
+    # T is the maximum over every check: at least the score of the check that fired, above tau
+    assert object_score(model, faulty) >= fault.score - 1e-9
+    assert object_score(model, good[2]) <= model.threshold
+
+
+def test_a_retry_is_not_a_frozen_camera(data):
+    model, good, _, names = data
+    mem = FrameMemory()
+    assert detect_faults(model, good[0], memory=mem, object_id="a") == []
+    assert detect_faults(model, good[1], memory=mem, object_id="b") == []
+    # the client sends "b" again: the same images with the same id are a retry
+    assert detect_faults(model, good[1], memory=mem, object_id="b") == []
+    # a retry is compared with the object before it: a camera stuck on "a" is still caught
+    stuck = good[1].clone()
+    stuck[3] = good[0][3]
+    assert [(f.view, f.fault) for f in detect_faults(model, stuck, memory=mem, object_id="b")] == [(names[3], "frozen")]
+    # the same images under a NEW id: every camera delivered the previous frame again
+    found = detect_faults(model, good[1], memory=mem, object_id="c")
+    assert sorted((f.view, f.fault) for f in found) == [(n, "frozen") for n in names]
 
 
 def test_subset_of_views_and_unknown_view(data):
-    _, model, objs, names = data
-    faulty = apply_camera_fault(objs[2], 4, "blur", rng=np.random.default_rng(0))
+    model, good, _, names = data
+    faulty = apply_camera_fault(good[2], 4, "blur", rng=np.random.default_rng(0))
     sub = [4, 1]
-    faults = detect_faults(model, faulty[sub], [names[k] for k in sub])
-    assert (names[4], "blur") in [(f.view, f.fault) for f in faults]
-    assert {f.view for f in faults} == {names[4]}
+    found = detect_faults(model, faulty[sub], [names[k] for k in sub])
+    assert [(f.view, f.fault) for f in found] == [(names[4], "blur")]
     with pytest.raises(DataError, match="not cameras"):
-        detect_faults(model, objs[0][:1], ["C9"])
+        detect_faults(model, good[0][:1], ["C9"])
+    with pytest.raises(DataError, match="twice"):
+        detect_faults(model, good[0][:2], [names[0], names[0]])
 
 
 def test_json_round_trip_and_corrupt_file(data, tmp_path):
-    _, model, objs, _ = data
+    model, good, _, _ = data
     path = tmp_path / "camera_faults.json"
     model.save(path)
     again = CameraFaultModel.load(path)
-    faulty = apply_camera_fault(objs[1], 2, "occlusion", rng=np.random.default_rng(1))
-    assert detect_faults(again, faulty) == detect_faults(model, faulty)
+    faulty = apply_camera_fault(good[1], 2, "overexposure", rng=np.random.default_rng(1))
+    assert detect_faults(again, faulty) == detect_faults(model, faulty) != []
     doc = json.loads(path.read_text())
-    doc["desc_mean"] = doc["desc_mean"][:2]
+    doc["standard"]["pair"] = doc["standard"]["pair"][:2]
     path.write_text(json.dumps(doc))
-    with pytest.raises(CheckpointError, match=r"camera_faults.json: .*desc_mean has shape"):
+    with pytest.raises(CheckpointError, match=r"camera_faults.json: .*standard\['pair'\] has shape"):
+        CameraFaultModel.load(path)
+    doc["format"] = "multiflow-camera-faults/1"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="refit"):
         CameraFaultModel.load(path)
     path.write_text("{not json")
     with pytest.raises(CheckpointError, match="camera_faults.json: cannot read"):
         CameraFaultModel.load(path)
 
 
-def test_fit_needs_normal_objects():
+def test_calibration_is_conformal_with_enough_objects_and_extrapolated_without():
+    assert min_objects(0.01) == 99 and min_objects(0.05) == 19 and min_objects(0.1) == 9
+    t = np.arange(1.0, 101.0)  # T_i = 1..100
+    tau, rec = calibrate(t[::-1], 0.05)
+    assert tau == 96.0 and rec["rank"] == 96 and rec["method"] == "conformal"  # ceil(101 * 0.95) = 96
+    tau, rec = calibrate(t, 0.01)
+    assert tau == 100.0 and rec["rank"] == 100
+    # 50 objects cannot give a 1 % conformal quantile: exponential tail beyond the largest value
+    tau, rec = calibrate(t[:50], 0.01)
+    assert rec["method"].startswith("exponential tail") and tau > 50.0
+    m, u = rec["tail_objects"], rec["tail_start"]
+    assert (m, u) == (10, 40.0) and rec["tail_mean_excess"] == pytest.approx(5.5)
+    assert tau == pytest.approx(40.0 + 5.5 * math.log(10 / (51 * 0.01)))
+
+
+def test_fit_warns_below_the_objects_its_target_needs_and_refuses_bad_settings():
+    rng = torch.Generator().manual_seed(0)
+    objs = [torch.rand(2, 3, 32, 32, generator=rng) for _ in range(20)]
+    with pytest.warns(UserWarning, match="needs at least 99"):
+        model = fit_camera_faults(objs, ["a", "b"], size=32, grid=4, false_alarm=0.01)
+    assert model.calibration["method"].startswith("exponential tail")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fit_camera_faults(objs, ["a", "b"], size=32, grid=4, false_alarm=0.1).calibration["method"] == "conformal"
+    for bad in (0.0, 1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="false_alarm"):
+            fit_camera_faults(objs, ["a", "b"], size=32, grid=4, false_alarm=bad)
     with pytest.raises(DataError, match="at least 10"):
-        fit_camera_faults([torch.rand(2, 3, 32, 32)] * 9, ["a", "b"], size=32, grid=4)
+        fit_camera_faults(objs[:9], ["a", "b"], size=32, grid=4)
 
 
-def test_decide():
+def test_false_alarm_is_a_validated_config_value():
+    from multiflow.config import load_config
+
+    assert load_config(None, ["faults.false_alarm=0.05"]).faults.false_alarm == 0.05
+    for bad in ("0", "1.5", ".nan"):
+        with pytest.raises(ConfigError, match="faults.false_alarm"):
+            load_config(None, [f"faults.false_alarm={bad}"])
+
+
+def test_decide_object():
+    assert not hasattr(faults_pkg, "decide")  # one `decide` (scoring's) in the code base
     f = [CameraFault("C2", "blur", "x")]
-    assert decide(5.0, 3.0, []) == ("NG", "NG")
-    assert decide(1.0, 3.0, []) == ("OK", "OK")
-    assert decide(1.0, 3.0, f) == ("CHECK CAMERA", "OK")
-    assert decide(None, 3.0, f) == ("CHECK CAMERA", None)
+    assert decide_object(5.0, 3.0, []) == ("NG", "NG")
+    assert decide_object(1.0, 3.0, []) == ("OK", "OK")
+    assert decide_object(1.0, 3.0, f) == ("CHECK CAMERA", "OK")
+    assert decide_object(None, 3.0, f) == ("CHECK CAMERA", None)
     with pytest.raises(DataError):
-        decide(None, 3.0, [])
+        decide_object(None, 3.0, [])
+
+
+def test_flow_swap_gains_are_likelihood_differences_of_the_swapped_assignment():
+    from multiflow.faults import flow_swap_gains
+    from multiflow.flow import MultiFlow, ViewGraph
+
+    torch.manual_seed(0)
+    flow = MultiFlow(4, ViewGraph.real_iad(3), n_blocks=2, hidden=8, kernel_sizes=(3, 3), seed=1).double().eval()
+    assert flow.graph.n_views == 4
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    f = torch.randn(4, 4, 3, 3, dtype=torch.float64)  # (V, C, h, w)
+    mask = (torch.rand(4, 3, 3) > 0.3).double()
+    gains = flow_swap_gains(flow, f, mask, [(0, 2), (1, 3)])
+
+    @torch.no_grad()
+    def total(x, m):
+        nll = flow(x[None]).nll[0]
+        return float(((nll * m).sum((1, 2)) / m.sum((1, 2))).sum())
+
+    swapped = f[[2, 1, 0, 3]]
+    assert gains[0] == pytest.approx(total(f, mask) - total(swapped, mask[[2, 1, 0, 3]]), rel=1e-9)
+    assert gains[0] != pytest.approx(0.0, abs=1e-6)  # the flow's cameras are not interchangeable
+    # from the swapped object, swapping back gains exactly what the swap lost
+    assert flow_swap_gains(flow, swapped, mask[[2, 1, 0, 3]], [(0, 2)])[0] == pytest.approx(-gains[0], rel=1e-9)
+    with pytest.raises(DataError, match="pair"):
+        flow_swap_gains(flow, f, None, [(1, 1)])

@@ -12,6 +12,7 @@ name the file and the key. Overrides use dotted keys (``train.epochs=5``) with Y
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -177,12 +178,17 @@ class ThresholdConfig:
 
 @dataclass
 class FaultConfig:
-    """Camera-fault statistics fitted on the normal training images (:mod:`multiflow.faults`)."""
+    """Camera-fault statistics fitted on the normal training images (:mod:`multiflow.faults`).
+
+    ``false_alarm``: target probability that a good object raises any camera fault (the object-level
+    budget of :mod:`multiflow.faults.fit`; a guaranteed rate needs ``(1 - a) / a`` normal training
+    objects, 99 for 1 %).
+    """
 
     enabled: bool = True
     size: int = 256
     grid: int = 8
-    margin: float = 1.0
+    false_alarm: float = 0.01
 
 
 @dataclass
@@ -313,7 +319,7 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "threshold.calibration_fraction": {"gt": 0, "lt": 1},
     "faults.size": {"gt": 0},
     "faults.grid": {"gt": 0},
-    "faults.margin": {"ge": 0},
+    "faults.false_alarm": {"gt": 0, "lt": 1},
 }
 
 

@@ -1,5 +1,5 @@
-"""benchmarks/camera_faults.py: the missing-view scoring helper and the report (the run itself is
-``--quick``, a few minutes; not part of the test suite)."""
+"""benchmarks/camera_faults.py: the missing-view scoring helper, the fault cases, the flow-swap table
+and the report (the run itself is ``--quick``, a few minutes; not part of the test suite)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,18 +17,41 @@ from benchmarks import camera_faults as cf  # noqa: E402
 from multiflow.flow import MultiFlow, ViewGraph  # noqa: E402
 
 
-def test_scores_with_present_match_the_model_and_mark_absent_views():
-    model = MultiFlow(4, ViewGraph.real_iad(3), n_blocks=2, hidden=8, kernel_sizes=(3, 3), seed=1)
+@pytest.fixture(scope="module")
+def model():
+    m = MultiFlow(4, ViewGraph.real_iad(3), n_blocks=2, hidden=8, kernel_sizes=(3, 3), seed=1)
     with torch.no_grad():
-        for p in model.parameters():
+        for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))
+    return m.eval()
+
+
+def test_absent_views_do_not_change_the_scores_of_the_present_ones(model):
     feats = np.random.default_rng(0).normal(size=(5, 4, 4, 3, 3)).astype(np.float32)
     present = np.ones((5, 4), bool)
     present[1, 2] = present[3, 0] = False
     got = cf.scores_with_present(model, feats, None, present)
     assert np.isnan(got[~present]).all() and np.isfinite(got[present]).all()
-    want = model.anomaly_map(torch.from_numpy(feats), None, torch.from_numpy(present)).amax(dim=(2, 3)).numpy()
-    np.testing.assert_allclose(got[present], want[present], rtol=1e-6)
+    other = feats.copy()
+    other[1, 2] += 100.0  # garbage in a view that is absent
+    other[3, 0] -= 100.0
+    np.testing.assert_array_equal(cf.scores_with_present(model, other, None, present)[present], got[present])
+    # ... while a present view's features do change them
+    other[0, 1] += 5.0
+    assert not np.allclose(cf.scores_with_present(model, other, None, present)[0], got[0])
+
+
+def test_scores_are_the_maximum_over_the_foreground(model):
+    feats = np.random.default_rng(1).normal(size=(2, 4, 4, 3, 3)).astype(np.float32)
+    present = np.ones((2, 4), bool)
+    full = cf.scores_with_present(model, feats, None, present)
+    maps = model.anomaly_map(torch.from_numpy(feats), None, None).numpy()
+    masks = np.ones((2, 4, 3, 3), np.float32)
+    peak = np.unravel_index(maps[0, 0].argmax(), (3, 3))
+    masks[0, 0][peak] = 0.0  # the peak pixel is background now
+    got = cf.scores_with_present(model, feats, masks, present)
+    assert got[0, 0] < full[0, 0]
+    np.testing.assert_allclose(got[1], full[1], rtol=1e-6)
 
 
 def test_aurocs_use_present_views_only():
@@ -35,21 +59,57 @@ def test_aurocs_use_present_views_only():
     labels = np.array([[0, 0], [0, 1], [1, 0]])
     present = np.array([[True, False], [True, False], [True, True]])
     s, i = cf.aurocs(img, labels, present)
-    # sample scores over present views: 1, 2, 5 with labels 0, 1, 1 -> perfect ranking
-    assert s == 1.0
-    # images present: (1, 0), (2, 0), (5, 1), (0, 0) -> 5 ranks above all three normal images
-    assert i == 1.0
+    assert s == 1.0 and i == 1.0  # with view 1 of sample 0 counted, both would drop (9.0 is normal)
+    s_all, _ = cf.aurocs(np.nan_to_num(img), labels, np.ones_like(present))
+    assert s_all < 1.0
+
+
+def test_fault_cases_cover_cameras_and_pairs_and_are_bounded():
+    kinds = ("blur", "swapped")
+    every = cf.fault_cases(kinds, 5, [3, 7, 9], 0, seed=0)
+    assert sum(k == "blur" for k, _, _ in every) == 5 * 3
+    swaps = [w for k, w, _ in every if k == "swapped"]
+    assert len(swaps) == 10 * 3 and (1, 3) in swaps and all(a < b for a, b in swaps)
+    few = cf.fault_cases(kinds, 5, [3, 7, 9], 4, seed=0)
+    assert [k for k, _, _ in few] == ["blur"] * 4 + ["swapped"] * 4
+    assert set(few) <= set(every) and few == cf.fault_cases(kinds, 5, [3, 7, 9], 4, seed=0)
+    assert few != cf.fault_cases(kinds, 5, [3, 7, 9], 4, seed=1)
+
+
+def _result(per, clean_normal=(0, 10), swaps=(), null=None):
+    return {"detection": {"paper/all": [0.9, 0.8], "dropout/all": [0.895, 0.8],
+                          "dropout/1-missing": [[0.88, 0.7], [0.86, 0.7]], "dropout/2-missing": [[0.8, 0.6]]},
+            "faults": {"per_fault": {"blur": per},
+                       "clean": {"normal": {"n": clean_normal[1], "flagged": clean_normal[0],
+                                            "checks": {"overexposure/clip_high": clean_normal[0]}},
+                                 "defective": {"n": 8, "flagged": 1, "checks": {"occlusion/occlusion": 1}}},
+                       "swaps": list(swaps), "flow_swap_clean": null or {},
+                       "threshold": 6.5, "calibration": {"n_objects": 200, "method": "conformal"}}}
 
 
 def test_report_table_and_goals():
-    per = {"n": 10, "detected": 9, "any_fault_on_camera": 10, "ng_without_detector": 7, "check_camera": 10,
-           "product_ng_remaining_views": 1}
-    res = {"c": {"detection": {"paper/all": [0.9, 0.8], "dropout/all": [0.895, 0.8],
-                               "dropout/1-missing": [[0.88, 0.7], [0.86, 0.7]], "dropout/2-missing": [[0.8, 0.6]],
-                               "single-view": [0.85, 0.75]},
-                 "faults": {"per_fault": {"blur": per}, "clean": {"normal": [0, 10], "defective": [1, 8]}}}}
+    per = {"n": 10, "detected": 9, "any_fault_on_camera": 10, "other_cameras_flagged": 0, "check_camera": 10,
+           "product_ng_remaining_views": 1, "checks": {"blur/sharpness": 9, "occlusion/occlusion": 1}}
+    res = {"c": _result(per, (1, 10))}
     md = cf.report(res, cf.QUICK, "python benchmarks/camera_faults.py --quick")
     assert "| (c) view-dropout model | one missing (worst camera) | 86.00 | 70.00 |" in md
     assert "(b) - (a): -0.50 pp" in md and "-2.50 pp S-AUROC" in md
-    assert "| blur | 10 | 90.00 % | 100.00 % | 100.00 % | 70.00 % | 10.00 % |" in md
-    assert "0 of 10 clean normal" in md and "1 of 8 clean defective" in md
+    assert "| blur | 10 | 90.00 % | 100.00 % | 0.00 % | 100.00 % | 10.00 % | blur/sharpness 9, occlusion/occlusion 1 |" in md
+    assert "1 of 10 clean normal test objects (10.00 %" in md and "checks: overexposure/clip_high 1" in md
+    assert "1 of 8 clean defective objects (12.50 %" in md
+    assert "tau 6.50 from 200 training objects (conformal)" in md
+    assert "single-view" not in md  # not among the quick variants
+
+
+def test_flow_swap_table_counts_swaps_above_every_clean_gain():
+    null = {"paper": {"C2-C4": [-3.0, -1.0, 0.5, -2.0]}}
+    swaps = [{"pair": ["C2", "C4"], "object": k, "detected": d, "gain": {"paper": g}}
+             for k, (g, d) in enumerate([(2.0, True), (0.0, False), (5.0, False)])]
+    res = {"c": _result({"n": 0, "detected": 0, "any_fault_on_camera": 0, "other_cameras_flagged": 0, "check_camera": 0,
+                         "product_ng_remaining_views": 0, "checks": {}}, swaps=swaps, null=null)}
+    (row,) = cf.flow_swap_table(res)
+    # AUROC: gains 2 and 5 beat all four clean gains, 0.0 beats three of four -> (4 + 4 + 3) / 12
+    assert row[:3] == ("paper", "C2-C4", 3) and row[3] == pytest.approx(11 / 12)
+    assert row[4] == pytest.approx(2 / 3) and row[5] == pytest.approx(1 / 3)
+    md = cf.report(res, cf.QUICK, "cmd")
+    assert "| paper | C2-C4 | 3 | 91.67 | 66.67 % | 33.33 % |" in md

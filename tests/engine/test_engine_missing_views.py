@@ -159,3 +159,17 @@ def test_fault_check_sees_the_images_of_the_preprocessing_path(run, monkeypatch)
     pred.predict(big, sample_id="big")
     torch.testing.assert_close(seen[0], pred.preprocessor.resize(big), rtol=0, atol=0)
     assert seen[0].shape[-2:] == (SIZE, SIZE)
+
+
+def test_a_retried_request_is_not_a_frozen_camera(run):
+    folder, objs = run
+    pred = Predictor(folder)
+    first = pred.predict(objs[0], sample_id="retry-a")
+    again = pred.predict(objs[0], sample_id="retry-a")  # the client sends the same part again
+    assert not [f for f in again.camera_faults if f["fault"] == "frozen"]
+    assert again.decision == first.decision and again.sample_score == pytest.approx(first.sample_score)
+    # the same images as a different object: every camera repeats its frame
+    other = pred.predict(objs[0], sample_id="retry-b").as_dict()
+    assert other["decision"] == "CHECK CAMERA"
+    frozen = [f for f in other["camera_faults"] if f["fault"] == "frozen"]
+    assert {f["view"] for f in frozen} == set(pred.view_names) and all(f["check"] == "frozen" for f in frozen)

@@ -208,7 +208,7 @@ def fit_camera_fault_stats(cfg: RunConfig, category: str, ds, path: Path, *, pro
         return False
     it = (ds[i].images for i in tqdm(normal, desc="camera statistics", disable=not progress, leave=False))
     fit_camera_faults(it, list(ds.view_names), size=cfg.faults.size, grid=cfg.faults.grid,
-                      margin=cfg.faults.margin).save(path)
+                      false_alarm=cfg.faults.false_alarm).save(path)
     return True
 
 

@@ -15,7 +15,8 @@ missing views. When the class folder holds ``camera_faults.json`` (written by ``
 first checked for camera faults (:mod:`multiflow.faults`); the decision is then ``CHECK CAMERA``
 with the cameras and reasons, and, where the model supports missing views, the product is scored on
 the remaining views (``product_decision``). The predictor remembers the previous object's
-fingerprints for the frozen-frame check, so objects must be given in acquisition order.
+fingerprints for the frozen-frame check, so objects must be given in acquisition order; a request
+with the previous object's sample id is a retry and is compared with the object before it.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ class Predictor:
         preprocessing path resized them; faulty views are not scored (module docstring).
         """
         from multiflow.device import autocast
-        from multiflow.faults import decide, detect_faults
+        from multiflow.faults import decide_object, detect_faults
         from multiflow.scoring import score_maps
 
         if images.ndim != 4 or images.shape[1] != 3:
@@ -183,7 +184,8 @@ class Predictor:
         x = self.preprocessor.resize(images)  # (V', 3, S, S): what the cache and the flow see
         faults = []
         if self.fault_model is not None:
-            faults = detect_faults(self.fault_model, x, given, memory=self.frame_memory)
+            # the sample id keys the frame memory: the same id again is a retry, not a frozen camera
+            faults = detect_faults(self.fault_model, x, given, memory=self.frame_memory, object_id=sample_id or None)
         faulty = {f.view for f in faults}
         usable = [v for v in self.view_names if v in given and v not in faulty]
         if faulty and not self.supports_missing_views:
@@ -214,7 +216,7 @@ class Predictor:
             view_scores = [float("nan")] * n
             sample_score = float("nan")
         thr = self.threshold if self.threshold_fixed else self.bundle.threshold.for_views(len(usable), n)
-        decision, product = decide(sample_score if usable else None, thr, faults)
+        decision, product = decide_object(sample_score if usable else None, thr, faults)
         full = torch.nn.functional.interpolate(maps[:, None], size=(h_img, w_img), mode="bilinear",
                                                align_corners=False)[:, 0]
         return Prediction(

@@ -1,0 +1,200 @@
+"""Camera faults of one object: which checks of :mod:`multiflow.faults.fit` exceed the object-level
+threshold ``tau``, turned into faults per camera, and the frozen-frame check with its frame memory.
+
+Rules (each only removes flags, so the object-level false-alarm bound of the fit holds):
+
+* ``occlusion`` is not reported on a view with an exposure fault (a global change is not local dirt);
+  where both ``blur`` and ``occlusion`` fire (a blob lowers the view's sharpness, blur lowers the
+  texture of the cells with the strongest edges most), the check with the larger score names the fault.
+* ``swapped`` (pair): two views whose pair score exceeds ``tau`` AND whose images each fit the
+  other's camera better than their own; both are flagged, the partner named, and their other flags
+  dropped (those compared an image with the wrong camera).
+* ``swapped`` (single view): the image fits another camera better than its own beyond ``tau`` and
+  nothing else explains its oddity (no other flag on that view).
+* ``frozen`` (outside the budget, see :mod:`multiflow.faults.fit`): the view's fingerprint equals,
+  up to the fitted tolerance, that of the same camera for the previous *different* object.
+  :class:`FrameMemory` is keyed by object id: a retried request (the same id again) is compared with
+  the object before it, never with itself, so a retry is not a frozen camera.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from multiflow.errors import DataError
+from multiflow.faults.fit import PAIR_CHECK, VIEW_CHECKS, CameraFaultModel, object_statistic, raw_statistics
+from multiflow.faults.stats import view_stats
+
+_STAT_OF = {check: stat for check, stat, _, _ in VIEW_CHECKS}
+_KIND_OF = {check: kind for check, _, _, kind in VIEW_CHECKS}
+
+
+@dataclass(frozen=True)
+class CameraFault:
+    """One flagged view: the camera, the fault kind, the check that fired with its standardised
+    score (``None`` for ``frozen``), a readable reason and, for a swap, the other camera."""
+
+    view: str
+    fault: str
+    reason: str
+    other_view: str | None = None
+    check: str = ""
+    score: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"view": self.view, "fault": self.fault, "check": self.check, "reason": self.reason}
+        if self.score is not None:
+            d["score"] = round(float(self.score), 3)
+        if self.other_view is not None:
+            d["other_view"] = self.other_view
+        return d
+
+
+class FrameMemory:
+    """Per-camera fingerprints of the last object and of the object before it, with the last id.
+
+    :meth:`reference` gives what a new object is compared with: the last object's fingerprints, or,
+    when the new object carries the last object's id (a retried request), the object's before it.
+    :meth:`update` records a new object; a retry leaves the memory as it is.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[str, np.ndarray] = {}
+        self.before: dict[str, np.ndarray] = {}
+        self.last_id: str | None = None
+
+    def is_retry(self, object_id: str | None) -> bool:
+        return object_id is not None and object_id != "" and object_id == self.last_id
+
+    def reference(self, object_id: str | None) -> dict[str, np.ndarray]:
+        return self.before if self.is_retry(object_id) else self.last
+
+    def update(self, view_names: Sequence[str], fingerprints: np.ndarray, object_id: str | None = None) -> None:
+        if self.is_retry(object_id):
+            # a retry may bring views the first request lacked: remember those, keep the rest
+            for k, name in enumerate(view_names):
+                self.last.setdefault(name, fingerprints[k].copy())
+            return
+        self.before = self.last
+        self.last = dict(self.before)  # cameras absent from this object keep their last frame
+        for k, name in enumerate(view_names):
+            self.last[name] = fingerprints[k].copy()
+        self.last_id = object_id or None
+
+
+def detect_faults(
+    model: CameraFaultModel,
+    images: torch.Tensor,
+    view_names: Sequence[str] | None = None,
+    *,
+    memory: FrameMemory | None = None,
+    object_id: str | None = None,
+) -> list[CameraFault]:
+    """Camera faults of one object.
+
+    Args:
+        model: the fitted model.
+        images: ``(V', 3, H, W)`` RGB in ``[0, 1]`` for the views ``view_names`` (a subset of the
+            model's cameras, in any order; default: all of them in the model's order).
+        memory: frame memory for the frozen-frame check, updated with this object (None: no check).
+        object_id: the object's id (a repeated id is a retry, module docstring); None or ``""``: every
+            call is a new object.
+
+    Returns:
+        the flagged faults, in view order; an empty list when every view looks normal.
+    """
+    names, idx = _cameras(model, images, view_names)
+    st = view_stats(images, size=model.size, grid=model.grid)
+    raw = raw_statistics(model.reference, st, idx, model.occlusion_cells)
+    z, pair = model.check_scores(raw, idx)
+    tau = float(model.threshold)
+    e = raw["energies"]
+    faults: list[CameraFault] = []
+    exposure = {"brightness_high", "clip_high", "brightness_low", "clip_low"}
+    for k, name in enumerate(names):
+        fired = [c for c, _, _, _ in VIEW_CHECKS if c != "swap" and z[c][k] > tau]
+        if any(c in exposure for c in fired):
+            fired = [c for c in fired if c != "occlusion"]
+        elif "occlusion" in fired and "sharpness" in fired:  # a blob lowers the sharpness, blur the cells'
+            fired.remove("occlusion" if z["sharpness"][k] > z["occlusion"][k] else "sharpness")  # texture
+        seen: set[str] = set()
+        for c in sorted(fired, key=lambda c: -z[c][k]):  # the strongest check names the fault kind's reason
+            if _KIND_OF[c] in seen:
+                continue
+            seen.add(_KIND_OF[c])
+            faults.append(CameraFault(name, _KIND_OF[c], _reason(c, float(raw[_STAT_OF[c]][k]), float(z[c][k]), tau),
+                                      check=c, score=float(z[c][k])))
+    if memory is not None:
+        ref = memory.reference(object_id)
+        for k, name in enumerate(names):
+            if name in ref:
+                dist = float(np.abs(st.fingerprint[k] - ref[name]).mean())
+                thr = float(model.frozen_threshold[idx[k]])
+                if dist <= thr:
+                    faults.append(CameraFault(name, "frozen", f"the same frame as the previous object (mean "
+                                              f"difference {dist:.5f} <= {thr:.5f})", check="frozen"))
+    flagged = {f.view for f in faults}
+    swaps: list[CameraFault] = []
+    paired: set[str] = set()
+    for k, name in enumerate(names):
+        partner = [j for j in range(len(names)) if j != k and pair[k, j] > tau
+                   and e[k, idx[j]] < e[k, idx[k]] and e[j, idx[k]] < e[j, idx[j]]]
+        if partner:
+            j = max(partner, key=lambda j: pair[k, j])
+            paired.add(name)
+            swaps.append(CameraFault(
+                name, "swapped", f"cameras {name} and {names[j]} appear swapped: each image fits the other camera "
+                f"(pair score {pair[k, j]:.1f} > {tau:.1f})", names[j], check=PAIR_CHECK, score=float(pair[k, j])))
+        elif z["swap"][k] > tau and name not in flagged:
+            other = model.view_names[int(raw["swap_best"][k])]
+            swaps.append(CameraFault(
+                name, "swapped", f"the image fits camera {other}'s normal views better than its own (score "
+                f"{z['swap'][k]:.1f} > {tau:.1f}): cable in the wrong port?", other, check="swap",
+                score=float(z["swap"][k])))
+    faults = [f for f in faults if f.view not in paired] + swaps
+    faults.sort(key=lambda f: names.index(f.view))
+    if memory is not None:
+        memory.update(names, st.fingerprint, object_id)
+    return faults
+
+
+def object_score(model: CameraFaultModel, images: torch.Tensor, view_names: Sequence[str] | None = None) -> float:
+    """The object statistic ``T`` (:mod:`multiflow.faults.fit`) of one object: a camera fault is
+    flagged by some check exactly when ``T > model.threshold`` (before the rules above)."""
+    _, idx = _cameras(model, images, view_names)
+    raw = raw_statistics(model.reference, view_stats(images, size=model.size, grid=model.grid), idx,
+                         model.occlusion_cells)
+    return object_statistic(*model.check_scores(raw, idx))
+
+
+def _cameras(model: CameraFaultModel, images: torch.Tensor,
+             view_names: Sequence[str] | None) -> tuple[list[str], list[int]]:
+    """``(names, camera indices)`` of the views given, checked against the model and the images."""
+    names = list(model.view_names if view_names is None else view_names)
+    unknown = [n for n in names if n not in model.view_names]
+    if unknown:
+        raise DataError(f"views {unknown} are not cameras of the fault model {model.view_names}")
+    if len(set(names)) != len(names):
+        raise DataError(f"views {names} name a camera twice")
+    if images.ndim != 4 or images.shape[0] != len(names):
+        raise DataError(f"images {tuple(images.shape)} for {len(names)} views {names}: (V, 3, H, W) expected")
+    return names, [model.view_names.index(n) for n in names]
+
+
+_WHAT = {
+    "sharpness": "sharpness (high-frequency share, log)", "brightness_high": "brightness",
+    "brightness_low": "brightness", "clip_high": "fraction of pixels clipped white",
+    "clip_low": "fraction of pixels clipped black", "occlusion": "a dark, textureless region (dirt on the lens or "
+    "an obstruction); cell score",
+}
+
+
+def _reason(check: str, value: float, z: float, tau: float) -> str:
+    side = "below" if check in ("sharpness", "brightness_low") else "above"
+    return (f"{_WHAT[check]} {value:.3f} is {side} the camera's normal range (standardised score {z:.1f} > "
+            f"threshold {tau:.1f}, check {check})")
