@@ -168,7 +168,7 @@ def test_camera_graph_settings_load():
         ("train.betas=[0.9, 1.5]", r"train\.betas\[1\] must be in \[0, 1\), got 1.5"),
         ("train.lr=0", r"train\.lr must be in \(0, inf\), got 0"),
         ("model.clamp=-1", r"model\.clamp must be in \(0, inf\)"),
-        ("faults.margin=-0.5", r"faults\.margin must be in \[0, inf\)"),
+        ("faults.false_alarm=1.5", r"faults\.false_alarm must be in \(0, 1\)"),
         ("train.weight_decay=-1e-5", r"train\.weight_decay must be in \[0, inf\)"),
         ("eval.image_score_q=1.5", r"eval\.image_score_q must be in \[0, 1\], got 1.5"),
     ],
