@@ -103,14 +103,37 @@ def aurocs(img: np.ndarray, labels: np.ndarray, present: np.ndarray) -> tuple[fl
 
 
 def train(sizes, data: Path, cache: Path, out: Path, category: str, progress: bool) -> None:
-    """Fit every variant of ``sizes['variants']`` (resumed from its checkpoints when interrupted)."""
-    from multiflow.engine.pipeline import fit_category
+    """Fit every variant of ``sizes['variants']`` (resumed from its checkpoints when interrupted).
+
+    With ``sizes['runs']`` (``--runs``), a variant already trained there (``<runs>/<name>/<class>``,
+    or ``<runs>/<name>_<class>/<class>``: ``multiflow fit --out <runs> --name <name>``) is linked instead
+    of trained. A model whose ``camera_faults.json`` is missing or of an older format gets it (re)fitted
+    from the class's normal training images (the statistics do not depend on the flow)."""
+    import json as _json
+
+    from multiflow.engine.factories import open_dataset
+    from multiflow.engine.pipeline import fit_camera_fault_stats, fit_category
+    from multiflow.faults.fit import FAULTS_FORMAT
 
     for name in sizes["variants"]:
         folder = out / "runs" / name
+        cfg = config(sizes, data, cache, category, VARIANTS[name])
+        if not (folder / category / "model.json").is_file() and sizes.get("runs"):
+            for cand in (Path(sizes["runs"]) / name / category, Path(sizes["runs"]) / f"{name}_{category}" / category):
+                if (cand / "model.json").is_file():
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / category).symlink_to(cand.resolve(), target_is_directory=True)
+                    break
         if not (folder / category / "model.json").is_file():
-            fit_category(config(sizes, data, cache, category, VARIANTS[name]), category, folder, resume=True,
-                         progress=progress)
+            fit_category(cfg, category, folder, resume=True, progress=progress)
+        stats = folder / category / "camera_faults.json"
+        try:
+            current = _json.loads(stats.read_text()).get("format") == FAULTS_FORMAT
+        except (OSError, ValueError, AttributeError):
+            current = False
+        if not current:
+            ds = open_dataset(cfg.data, category, "train", sizes["size"], load_masks=False)
+            fit_camera_fault_stats(cfg, category, ds, stats, progress=progress)
 
 
 def detection(sizes, data: Path, cache: Path, out: Path, category: str, progress: bool) -> dict[str, Any]:
@@ -394,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-cases", type=int, help="at most this many cases per fault kind and class (0: all)")
     p.add_argument("--device", default="auto", help="device of the fault-case predictors (auto, cpu, cuda, cuda:N)")
     p.add_argument("--out", help="results folder (default results/camera-faults[-quick])")
+    p.add_argument("--runs", help="reuse models trained there by `multiflow fit --out RUNS --name <variant>` "
+                   "(or --name <variant>_<class>) with the same settings instead of training them")
     p.add_argument("--no-benchmarks-md", action="store_true", help="do not write the BENCHMARKS.md section")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -409,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or not set(sizes["variants"]) & {"paper", "dropout"}:
             p.error(f"--variants: choose from {sorted(VARIANTS)}, with paper or dropout (got {args.variants})")
     sizes["device"] = args.device
+    if args.runs:
+        sizes["runs"] = str(Path(args.runs).resolve())
     out = Path(args.out) if args.out else ROOT / "results" / ("camera-faults-quick" if args.quick else "camera-faults")
     progress = not args.quiet
     cache = out / "cache"
