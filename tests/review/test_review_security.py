@@ -312,7 +312,8 @@ def _with_camera_faults(run: Path, faulty: dict[int, str]) -> list[dict[str, str
 
 
 def test_counts_and_decisions_are_those_of_predict_with_camera_faults(fake_run):
-    from multiflow.faults import CameraFault, decide
+    from multiflow.faults import CameraFault
+    from multiflow.faults import decide_object as decide
 
     meta = json.loads((fake_run / CLASS / "model.json").read_text())
     t = meta["threshold"]["value"]

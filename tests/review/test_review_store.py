@@ -261,3 +261,26 @@ def test_pages_link_classes_by_their_url_encoded_name(tmp_path):
     obj = c.get(f"/c/cap%20%232/o/{first}")
     assert obj.status_code == 200 and "/img/cap%20%232/" in obj.text
     assert c.get("/img/cap%20%232/0/1/thumb.jpg").headers["content-type"] == "image/jpeg"
+
+
+def test_decisions_after_test_time_overrides_use_the_refitted_threshold(tmp_path):
+    """``multiflow test --aggregation mean`` refits the threshold for the overridden scoring: the review
+    app decides with that one (not the model's), and says so; without a refit it warns instead."""
+    run = synthetic_run(tmp_path / "ov", n_objects=30, n_views=3, image_size=32, grid=4, seed=2)
+    folder = run / "widget"
+    metrics_path = run / "widget" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    model_thr = json.loads((folder / "model.json").read_text())["threshold"]["value"]
+    scores = RunStore(run).get("widget").scores
+    refit = float(np.median(scores))
+    assert refit != model_thr
+    metrics.update(overrides={"aggregation": "mean"}, threshold=refit, threshold_refitted_for_overrides=True)
+    metrics_path.write_text(json.dumps(metrics))
+    c = RunStore(run).get("widget")
+    assert c.threshold == refit
+    assert list(c.decision == "NG") == list(c.scores > refit)
+    assert any("refitted" in w for w in c.threshold_warnings)
+    metrics.update(threshold=None, threshold_refitted_for_overrides=False)
+    metrics_path.write_text(json.dumps(metrics))
+    c = RunStore(run).get("widget")
+    assert c.threshold == model_thr and any("no threshold was fitted" in w for w in c.threshold_warnings)

@@ -5,7 +5,7 @@ A class is *complete* when ``<run>/<class>/`` holds ``model.json``, ``scores.csv
 incomplete with the reason (a run still being trained or evaluated is not an error).
 
 Decisions (:attr:`TestedClass.decision`) are made as ``predict`` and ``serve`` make them, by
-:func:`multiflow.faults.decide` on each object's stored sample score, the class model's *current*
+:func:`multiflow.faults.decide_object` on each object's stored sample score, the class model's *current*
 threshold and the object's stored camera faults: ``CHECK CAMERA`` when a camera fault is stored,
 else ``NG`` when ``score > threshold``, else ``OK``. ``multiflow test`` does not run the
 camera-fault check today, so a run it wrote has no faults and every object is ``OK``/``NG``; a
@@ -217,8 +217,8 @@ def _stored_faults(row: dict[str, str]) -> list[Any]:
 
 
 def decide_all(scores: np.ndarray, threshold: float, faults: list[list[Any]], where: Path) -> np.ndarray:
-    """``(N,)`` decisions of :func:`multiflow.faults.decide` (``predict``'s and ``serve``'s rule)."""
-    from multiflow.faults import decide
+    """``(N,)`` decisions of :func:`multiflow.faults.decide_object` (``predict``'s and ``serve``'s rule)."""
+    from multiflow.faults import decide_object as decide
 
     out = np.empty(len(scores), dtype=object)
     for i, (s, f) in enumerate(zip(scores, faults)):
@@ -232,7 +232,7 @@ def decide_all(scores: np.ndarray, threshold: float, faults: list[list[Any]], wh
 def threshold_notes(bundle: Any, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``(info, warnings)`` of a bundle's threshold (see :class:`TestedClass`); ``raw``: ``model.json``."""
     info = {k: v for k, v in asdict(bundle.threshold).items() if k not in ("value", "audit")}
-    warnings: list[str] = []
+    warnings: list[str] = list(getattr(bundle.threshold, "warnings", []) or [])
     for k in [k for k in info if "warning" in k.lower()]:
         v = info.pop(k)
         warnings += [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)] if v else []
@@ -281,6 +281,18 @@ def load_class(run_dir: Path, name: str) -> TestedClass:
     if maps.ndim != 4 or maps.shape[:2] != (n, v):
         raise DataError(f"maps of shape {maps.shape} do not match {n} objects x {v} views", folder / "maps.npy")
     metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
+    if isinstance(metrics, dict) and metrics.get("overrides"):
+        # the stored scores come from test-time scoring overrides: the model's threshold is for another
+        # score; `multiflow test` refitted one for them (or says none applies)
+        refit = metrics.get("threshold") if metrics.get("threshold_refitted_for_overrides") else None
+        if isinstance(refit, (int, float)) and np.isfinite(refit):
+            base["threshold"] = float(refit)
+            note = (f"scores from test-time overrides {metrics['overrides']}: decisions use the threshold "
+                    f"refitted for them ({refit:.6g}), not the model's")
+        else:
+            note = (f"scores from test-time overrides {metrics['overrides']}: no threshold was fitted for them, "
+                    "so the decisions shown use the model's threshold for another score")
+        base["threshold_warnings"] = [note, *base["threshold_warnings"]]
     step = max(1, n // 200)  # the colour range from a subsample keeps start-up fast at 1,000+ objects
     sub = np.asarray(maps[::step], dtype=np.float32)
     lo, hi = float(np.percentile(sub, 1)), float(np.percentile(sub, 99.9))
