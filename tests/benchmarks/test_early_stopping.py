@@ -65,14 +65,14 @@ def _uninterrupted_full_schedule(out: Path, state: Path):
     import dataclasses
 
     from benchmarks import paper_experiments as pe
-    from multiflow.engine.factories import build_flow, run_device
+    from multiflow.engine.factories import build_extractor, build_flow, run_device
     from multiflow.engine.train import train_flow
 
     sizes = dict(es.QUICK)
     (cls,), (seed,) = sizes["classes"], sizes["seeds"]
     cfg = pe.make_config(argparse.Namespace(base_masks="", config=None, epochs=0, set=[]), out / "data",
                          out / "cache", sizes["classes"], sizes)
-    data = es.load_class(cfg, cls, progress=False)
+    data = es.load_class(cfg, cls, build_extractor(cfg.features), progress=False)
     tcfg = dataclasses.replace(cfg.train, seed=seed, early_stopping_patience=0, checkpoint_minutes=0.0,
                                checkpoint_every=0)
     device, precision = run_device(tcfg)
