@@ -247,3 +247,15 @@ def test_config_files_that_cannot_be_used_name_the_file_and_the_problem(tmp_path
     assert main(["fit", "--config", str(p), "--data", str(tmp_path), "--out", str(tmp_path / "results")]) == 1
     stderr = capsys.readouterr().err
     assert f"multiflow fit: error: {p}" in stderr and "Traceback" not in stderr
+
+
+def test_a_run_config_with_a_removed_key_still_loads_with_a_warning():
+    """A run folder written before faults.margin was replaced by faults.false_alarm stays usable
+    (test, predict, review read its config.yaml); an unknown key is still an error."""
+    from multiflow.config import config_from_dict
+
+    with pytest.warns(UserWarning, match=r"faults\.margin is no longer used"):
+        cfg = config_from_dict({"faults": {"margin": 0.5, "size": 128}}, "old/config.yaml")
+    assert cfg.faults.size == 128
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['margn'\]"):
+        config_from_dict({"faults": {"margn": 0.5}}, "old/config.yaml")

@@ -400,11 +400,25 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+#: Keys of earlier versions that no longer mean anything: a run folder's ``config.yaml`` written with
+#: them still loads (the key is dropped with a warning); a new configuration should not set them.
+REMOVED_KEYS = {
+    "faults.margin": "camera-fault cut-offs are now fitted for faults.false_alarm (an object-level rate)",
+}
+
+
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    removed = [k for k in data if k not in names and f"{where}.{k}" in REMOVED_KEYS]
+    if removed:
+        import warnings
+
+        for k in removed:
+            warnings.warn(f"{where}.{k} is no longer used and is ignored: {REMOVED_KEYS[f'{where}.{k}']}", stacklevel=3)
+        data = {k: v for k, v in data.items() if k not in removed}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
