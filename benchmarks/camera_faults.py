@@ -109,8 +109,6 @@ def train(sizes, data: Path, cache: Path, out: Path, category: str, progress: bo
     or ``<runs>/<name>_<class>/<class>``: ``multiflow fit --out <runs> --name <name>``) is linked instead
     of trained. A model whose ``camera_faults.json`` is missing or of an older format gets it (re)fitted
     from the class's normal training images (the statistics do not depend on the flow)."""
-    import json as _json
-
     from multiflow.engine.factories import open_dataset
     from multiflow.engine.pipeline import fit_camera_fault_stats, fit_category
     from multiflow.faults.fit import FAULTS_FORMAT
@@ -128,7 +126,7 @@ def train(sizes, data: Path, cache: Path, out: Path, category: str, progress: bo
             fit_category(cfg, category, folder, resume=True, progress=progress)
         stats = folder / category / "camera_faults.json"
         try:
-            current = _json.loads(stats.read_text()).get("format") == FAULTS_FORMAT
+            current = json.loads(stats.read_text()).get("format") == FAULTS_FORMAT
         except (OSError, ValueError, AttributeError):
             current = False
         if not current:

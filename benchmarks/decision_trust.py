@@ -55,7 +55,7 @@ def _find(runs: Path, names: list[str], cls: str) -> Path | None:
     return None
 
 
-def _split(folder: Path, bundle, cfg) -> tuple[np.ndarray, str]:
+def _split(bundle, cfg) -> tuple[np.ndarray, str]:
     """Calibration object indices of the normal training objects, and how they were chosen."""
     from multiflow.engine.threshold import split_calibration
     from multiflow.engine.train import split_train_val
@@ -108,7 +108,7 @@ def evaluate_class(runs: Path, cls: str, paper: Path, dropout: Path | None) -> d
             cache[key] = (prepare_split(cfg, cls, "train", ex, progress=False),
                           prepare_split(cfg, cls, "test", ex, progress=False), int(ex.input_size))
         train, test, size = cache[key]
-        cal, how = _split(folder, bundle, cfg)
+        cal, how = _split(bundle, cfg)
         ids = [train.sample_ids[i] for i in cal]
         cal_masks = None if train.masks is None else train.masks[cal]
         cal_s = _scores(model, bundle, train.features[cal], cal_masks, image_size=size)

@@ -228,9 +228,6 @@ class RunConfig:
             raise ConfigError(f"eval.image_score*: {exc}") from None
         check_calibration(self.eval.calibration, "eval.calibration")
         check_target(self.threshold.false_reject, self.threshold.confidence, "threshold")
-        f = self.threshold.calibration_fraction
-        if not (isinstance(f, float) and 0.0 < f < 1.0):
-            raise ConfigError(f"threshold.calibration_fraction must be a number with 0 < fraction < 1, got {f!r}")
         _choice("features.dtype", self.features.dtype, {"float16", "float32"})
         _choice("train.precision", self.train.precision, {"fp32", "bf16"})
         dev = self.train.device.strip().lower()
@@ -314,9 +311,7 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "eval.image_score_q": {"ge": 0, "le": 1},
     "eval.image_score_sigma": {"gt": 0},
     "eval.image_score_size": {"ge": 0},
-    "threshold.false_reject": {"gt": 0, "lt": 1},
-    "threshold.confidence": {"gt": 0, "lt": 1},
-    "threshold.calibration_fraction": {"gt": 0, "lt": 1},
+    "threshold.calibration_fraction": {"gt": 0, "lt": 1},  # false_reject, confidence: scoring.check_target
     "faults.size": {"gt": 0},
     "faults.grid": {"gt": 0},
     "faults.false_alarm": {"gt": 0, "lt": 1},
