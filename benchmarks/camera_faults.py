@@ -60,7 +60,7 @@ SECTION = "camera_faults"
 FULL = {"classes": ["bottle_cap", "lock_nut"], "n_train": 26, "n_test_good": 10, "n_test_defect": 18, "size": 256,
         "epochs": 8, "lr": 1e-3, "batch": 4, "precision": "fp32", "view_dropout": 0.3, "seed": 0, "max_cases": 0,
         "variants": ["paper", "dropout", "single-view"], "false_alarm": 0.01}
-QUICK = {"classes": ["bottle_cap"], "n_train": 12, "n_test_good": 3, "n_test_defect": 2, "size": 64, "epochs": 1,
+QUICK = {"classes": ["bottle_cap"], "n_train": 30, "n_test_good": 3, "n_test_defect": 2, "size": 64, "epochs": 1,
          "lr": 1e-3, "batch": 4, "precision": "fp32", "view_dropout": 0.3, "seed": 0, "max_cases": 3,
          "variants": ["paper", "dropout"], "false_alarm": 0.01,
          "model": ["model.n_blocks=2", "model.kernel_sizes=[3,3]", "model.hidden=8"]}
@@ -222,6 +222,9 @@ def fault_model_with_flow(pred, variant: str, sizes, data: Path, out: Path, cate
         _say(progress, f"{category}/{variant}: no calibration objects recorded: no flow swap check")
         return fm
     _, _, ids = load_calibration_maps(pred.model_dir / pred.bundle.threshold.calibration_maps)
+    if len(ids) < 3:
+        _say(progress, f"{category}/{variant}: {len(ids)} calibration objects: no flow swap check (needs >= 3)")
+        return fm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train = RealIADDataset(data, category, split="train", image_size=sizes["size"], load_masks=False)
