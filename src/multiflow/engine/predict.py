@@ -14,7 +14,12 @@ subset of its cameras; other models refuse incomplete objects with a :class:`Dat
 missing views. When the class folder holds ``camera_faults.json`` (written by ``fit``), every view is
 first checked for camera faults (:mod:`multiflow.faults`); the decision is then ``CHECK CAMERA``
 with the cameras and reasons, and, where the model supports missing views, the product is scored on
-the remaining views (``product_decision``). The predictor remembers the previous object's
+the remaining views (``product_decision``). The camera check uses the flow's evidence too
+(:func:`multiflow.faults.check_cameras`): the NLL maps of the given views (an occlusion flag on a
+region inside the object where the map peaks is a product defect: ``dismissed_camera_faults``) and,
+when the fault model has a flow swap check and every camera is given, the swap gains of every
+camera pair (one flow forward of ``1 + V (V - 1) / 2`` assignments; the NLL of the given one is
+the product's, so no second forward unless a faulty view is left out). The predictor remembers the previous object's
 fingerprints for the frozen-frame check, so objects must be given in acquisition order; a request
 with the previous object's sample id is a retry and is compared with the object before it.
 """
