@@ -6,25 +6,35 @@ resumes trainings; a folder keeps one set of settings and refuses others):
 1. Detection with missing views: S-AUROC and I-AUROC (over the views present) of the paper model
    and the view-dropout model on all views, the dropout model with one and two cameras missing, and
    (``--variants`` with ``single-view``) the single-view flow.
-2. Camera faults (:mod:`multiflow.faults`, fitted by ``fit`` on the normal training images):
+2. Camera faults (:mod:`multiflow.faults`, fitted by ``fit`` on the normal training images), by the
+   image checks alone and by the combined rule ``predict`` uses (image checks; an occlusion flag
+   dismissed where the flow's anomaly map shows a product defect on the object; the flow's swap
+   check, fitted on the model's held-out calibration objects within its share of the budget, here
+   when the model's ``camera_faults.json`` has none: ``<out>/<class>/faults_<variant>.json``):
    * false camera faults on the clean normal test objects (in acquisition order, frame memory on,
      ids = sample ids) and which check fired;
    * product defects taken for camera faults: clean defective test objects with any camera fault;
    * every synthetic fault (:mod:`multiflow.synth.camera_faults`) on every camera (swaps: on every
      pair of cameras) of the clean normal test objects, at most ``--max-cases`` per kind and class
-     (a seeded random subset): detected = the right fault on the right camera (both cameras of a
-     swap), the check that fired, and with the view-dropout model's predictor the decision
-     (``CHECK CAMERA``) and the product decision on the remaining views;
+     (a seeded random subset, one generator per case): detected = the right fault on the right
+     camera (both cameras of a swap), the check that fired, and with the view-dropout model's
+     predictor the decision (``CHECK CAMERA``) and the product decision on the remaining views;
    * swap evidence from the flow (:func:`multiflow.faults.flow_swap_gains` on the whole maps, the
-     paper and dropout models): per camera pair the AUROC of the likelihood gain of the swapped assignment, swapped
-     objects against the same pair on the clean objects, and the share of swaps above the largest
-     clean gain (i.e. at no false alarm on the clean objects).
+     paper and dropout models): per camera pair the AUROC of the likelihood gain of the swapped
+     assignment, swapped objects against the same pair on the clean objects, the share of swaps
+     above the largest clean gain, and the detection by the fitted flow check and by image checks
+     OR flow check.
+
+Resumable: the flow's evidence on the clean objects is computed from the cached test features in
+batches and saved per chunk (``<out>/<class>/flow_<variant>.npz``), each fault case's result is
+appended to ``<out>/<class>/cases.jsonl``; a killed run continues where it stopped. Progress is
+printed per stage.
 
     python benchmarks/camera_faults.py --quick --no-benchmarks-md --out /tmp/cf-quick   # smoke test
     python benchmarks/camera_faults.py                 # synthetic data set of issue 14 (2 classes, 256 px)
     python benchmarks/camera_faults.py --data results/trust/data --classes toy_brick,terminal_block \\
-        --size 384 --epochs 40 --batch 8 --lr 2e-4 --precision bf16 --max-cases 200 \\
-        --out results/camera-faults-trust                # issue 20: existing data, 200 train objects
+        --size 384 --epochs 8 --batch 4 --lr 0.001 --precision bf16 --variants paper,dropout \\
+        --max-cases 20 --runs results/trust/runs --out results/camera-faults-trust  # issue 20, N = 200
 """
 
 from __future__ import annotations
@@ -50,13 +60,14 @@ SECTION = "camera_faults"
 FULL = {"classes": ["bottle_cap", "lock_nut"], "n_train": 26, "n_test_good": 10, "n_test_defect": 18, "size": 256,
         "epochs": 8, "lr": 1e-3, "batch": 4, "precision": "fp32", "view_dropout": 0.3, "seed": 0, "max_cases": 0,
         "variants": ["paper", "dropout", "single-view"], "false_alarm": 0.01}
-QUICK = {"classes": ["bottle_cap"], "n_train": 12, "n_test_good": 3, "n_test_defect": 2, "size": 64, "epochs": 1,
+QUICK = {"classes": ["bottle_cap"], "n_train": 30, "n_test_good": 3, "n_test_defect": 2, "size": 64, "epochs": 1,
          "lr": 1e-3, "batch": 4, "precision": "fp32", "view_dropout": 0.3, "seed": 0, "max_cases": 3,
          "variants": ["paper", "dropout"], "false_alarm": 0.01,
          "model": ["model.n_blocks=2", "model.kernel_sizes=[3,3]", "model.hidden=8"]}
 VARIANTS = {"paper": [], "dropout": ["train.view_dropout={vd}"], "single-view": ["model.single_view=true"]}
 #: settings that change what a class result means (a results folder keeps one set of them)
-SETTINGS = ("size", "epochs", "lr", "batch", "precision", "view_dropout", "seed", "max_cases", "variants",
+RESULT_FORMAT = 2  # results of format 1 (image checks only) are not reused
+SETTINGS = ("format", "size", "epochs", "lr", "batch", "precision", "view_dropout", "seed", "max_cases", "variants",
             "false_alarm", "model", "data")
 
 
@@ -182,17 +193,108 @@ def fault_cases(kinds, n_views: int, normal: list[int], max_cases: int, seed: in
 
 
 def _checks(found) -> list[str]:
-    return [f"{f.fault}/{f.check}" for f in found]
+    return [f"{f.fault}/{f.check}" if hasattr(f, "fault") else f"{f['fault']}/{f['check']}" for f in found]
 
 
-def faults(sizes, data: Path, out: Path, category: str, progress: bool) -> dict[str, Any]:
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, flush=True)
+
+
+def fault_model_with_flow(pred, variant: str, sizes, data: Path, out: Path, category: str, progress: bool):
+    """The camera-fault model of a predictor with the flow-swap check: the model's own when ``fit``
+    already fitted one, else fitted here on the swap gains of the model's held-out calibration
+    objects (``calibration_maps.npz`` names them), with ``faults.flow_swap_share`` of the budget.
+    Written to ``<out>/faults_<variant>.json`` (reused on a rerun), never into the run folder."""
+    from multiflow.config import FaultConfig
+    from multiflow.data.realiad import RealIADDataset
+    from multiflow.engine.threshold import load_calibration_maps
+    from multiflow.faults import CameraFaultModel, with_flow_swap
+    from multiflow.faults.flow_swap import swap_gains_in_batches
+
+    fm = pred.fault_model
+    if fm is None or fm.flow_swap is not None:
+        return fm
+    path = out / f"faults_{variant}.json"
+    if path.is_file():
+        return CameraFaultModel.load(path)
+    if not pred.bundle.threshold.calibration_maps:
+        _say(progress, f"{category}/{variant}: no calibration objects recorded: no flow swap check")
+        return fm
+    _, _, ids = load_calibration_maps(pred.model_dir / pred.bundle.threshold.calibration_maps)
+    if len(ids) < 3:
+        _say(progress, f"{category}/{variant}: {len(ids)} calibration objects: no flow swap check (needs >= 3)")
+        return fm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train = RealIADDataset(data, category, split="train", image_size=sizes["size"], load_masks=False)
+    by_id = {r.sample_id: k for k, r in enumerate(train.samples)}
+    feats = []
+    for sid in ids:
+        k = by_id[sid]
+        f, _ = pred.preprocessor(train[k].images, view_names=list(train.view_names),
+                                 image_paths=list(train.samples[k].image_paths),
+                                 image_root=str(getattr(train, "image_root", None) or data), sample_id=sid)
+        feats.append(f[0].cpu())
+    import torch
+
+    gains, _ = swap_gains_in_batches(pred.flow, torch.stack(feats), batch=4, device=pred.device,
+                                     precision=pred.precision, progress=progress,
+                                     desc=f"{category}/{variant}: flow swap check ({len(ids)} calibration objects)")
+    fm = with_flow_swap(fm, gains, FaultConfig().flow_swap_share, source=f"{len(ids)} held-out calibration objects")
+    fm.save(path)
+    return fm
+
+
+def clean_flow_evidence(pred, variant: str, test, out: Path, category: str, progress: bool, batch: int = 4):
+    """``(gains (N, P), nll (N, V, h, w))`` of the flow ``variant`` on every test object's cached
+    features (batched; saved per chunk to ``<out>/flow_<variant>.npz`` so a killed run resumes)."""
+    import torch
+
+    from multiflow._atomic import atomic_path
+    from multiflow.faults.flow_swap import swap_gains_in_batches
+
+    path = out / f"flow_{variant}.npz"
+    n = len(test.sample_ids)
+    gains, maps, done = [], [], 0
+    if path.is_file():
+        with np.load(path) as z:
+            if list(z["ids"]) == list(test.sample_ids):
+                done = int(z["done"])
+                gains, maps = [z["gains"][:done]], [z["nll"][:done]]
+    t0 = time.perf_counter()
+    chunk = 8 * batch
+    for s in range(done, n, chunk):
+        g, m = swap_gains_in_batches(pred.flow, torch.as_tensor(np.asarray(test.features[s:s + chunk])), batch=batch,
+                                     device=pred.device, precision=pred.precision)
+        gains.append(g)
+        maps.append(m)
+        done = min(s + chunk, n)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, gains=np.concatenate(gains), nll=np.concatenate(maps), done=done,
+                     ids=np.asarray(test.sample_ids, dtype=str))
+        _say(progress, f"{category}/{variant}: flow evidence on clean objects {done}/{n} "
+                       f"({time.perf_counter() - t0:.0f} s)")
+    return np.concatenate(gains), np.concatenate(maps)
+
+
+def _hit(found, cams: set[str], kind: str) -> bool:
+    return all(any(f["view"] == c and f["fault"] == kind for f in found) for c in cams)
+
+
+def faults(sizes, data: Path, cache: Path, out: Path, category: str, progress: bool) -> dict[str, Any]:
+    """Camera-fault measurements of one class (module docstring): image checks alone and the
+    combined rule (image checks with the product rule and the flow swap check, per flow model)."""
     from collections import Counter
 
-    from tqdm.auto import tqdm
+    import torch
 
     from multiflow.data.realiad import RealIADDataset
+    from multiflow.engine.factories import build_extractor
     from multiflow.engine.predict import Predictor
-    from multiflow.faults import FrameMemory, detect_faults, flow_swap_gains
+    from multiflow.engine.preprocess import prepare_split
+    from multiflow.faults import FrameMemory, check_cameras, detect_faults, flow_swap_batch
+    from multiflow.faults.detect import flow_swap_scores
     from multiflow.synth.camera_faults import SYNTH_FAULTS, apply_camera_fault
 
     with warnings.catch_warnings():
@@ -204,9 +306,12 @@ def faults(sizes, data: Path, out: Path, category: str, progress: bool) -> dict[
     defective = [i for i in range(len(test)) if any(test.image_labels(i))]
     predictors = {name: Predictor(out / "runs" / name / category, frozen_check=False, device=sizes.get("device", "auto"))
                   for name in sizes["variants"] if name in ("paper", "dropout")}
-    fm = next(iter(predictors.values())).fault_model
-    if fm is None:
+    base = next(iter(predictors.values())).fault_model
+    if base is None:
         raise SystemExit(f"{category}: no camera_faults.json (needs >= 10 normal training objects)")
+    fms = {m: fault_model_with_flow(p, m, sizes, data, out, category, progress) for m, p in predictors.items()}
+    for m, p in predictors.items():
+        p.fault_model = fms[m]
     objs: dict[int, Any] = {}
 
     def obj(i: int):
@@ -217,68 +322,140 @@ def faults(sizes, data: Path, out: Path, category: str, progress: bool) -> dict[
     def paths(i: int) -> list[str]:
         return list(test.samples[i].image_paths)
 
-    def swap_gains(images, i: int) -> dict[str, list[float]]:
-        out_: dict[str, list[float]] = {}
-        for name, pred in predictors.items():
-            # whole maps: mask files are looked up by camera slot, so after a swap they would not
-            # belong to the image they mask and favour the swap back for the wrong reason
-            f, _ = pred.preprocessor(images, view_names=names, image_paths=paths(i), image_root=root,
-                                     sample_id=test.samples[i].sample_id)
-            out_[name] = flow_swap_gains(pred.flow.eval(), f, None).tolist()
-        return out_
-
-    # 1. clean objects, in acquisition order with the frame memory (ids = sample ids)
+    # 1. the flow's evidence on the clean test objects, from the cached features (batched, resumable)
+    cfg = config(sizes, data, cache, category, VARIANTS["paper"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        split = prepare_split(cfg, category, "test", build_extractor(cfg.features), progress=progress)
+    row_of = {sid: k for k, sid in enumerate(split.sample_ids)}
+    evidence = {m: clean_flow_evidence(p, m, split, out, category, progress) for m, p in predictors.items()}
+    # 2. clean objects, in acquisition order with the frame memory (ids = sample ids): the image
+    # checks alone, and the combined rule of each flow model
     clean: dict[str, Any] = {}
     for key, idx in (("normal", normal), ("defective", defective)):
-        mem, flagged, checks = FrameMemory(), 0, Counter()
-        for i in tqdm(idx, desc=f"{category}: clean {key}", disable=not progress, leave=False):
-            found = detect_faults(fm, obj(i), memory=mem, object_id=test.samples[i].sample_id)
-            flagged += bool(found)
-            checks.update(_checks(found))
-        clean[key] = {"n": len(idx), "flagged": flagged, "checks": dict(checks)}
-    # 2. the flow's swap evidence on the clean normal objects (the null distribution per pair)
-    clean_gains = {i: swap_gains(obj(i), i) for i in tqdm(normal, desc=f"{category}: flow swap (clean)",
-                                                         disable=not progress, leave=False)}
+        mems = {"image": FrameMemory()} | {m: FrameMemory() for m in predictors}
+        rec = {"n": len(idx), "flagged": 0, "checks": Counter(),
+               "combined": {m: {"flagged": 0, "checks": Counter(), "dismissed": 0} for m in predictors}}
+        for i in idx:
+            sid = test.samples[i].sample_id
+            found = detect_faults(base, obj(i), memory=mems["image"], object_id=sid)
+            rec["flagged"] += bool(found)
+            rec["checks"].update(_checks(found))
+            r = row_of[sid]
+            for m in predictors:
+                gains, nll = evidence[m]
+                masks = None if split.masks is None else torch.as_tensor(np.asarray(split.masks[r]))
+                got = check_cameras(fms[m], obj(i), memory=mems[m], object_id=sid, anomaly_maps=nll[r], masks=masks,
+                                    swap_gains=gains[r] if fms[m].flow_swap is not None else None)
+                c = rec["combined"][m]
+                c["flagged"] += bool(got.faults)
+                c["checks"].update(_checks(got.faults))
+                c["dismissed"] += bool(got.dismissed)
+        clean[key] = rec
+        _say(progress, f"{category}: clean {key}: {rec['flagged']} of {len(idx)} flagged by the image checks, "
+                       + ", ".join(f"{m} combined {c['flagged']}" for m, c in rec["combined"].items()))
+    # 3. synthetic faults (one row per case in cases.jsonl: a killed run resumes)
     pairs = list(itertools.combinations(range(len(names)), 2))
-    # 3. synthetic faults
-    per: dict[str, dict[str, Any]] = {}
-    swaps: list[dict[str, Any]] = []
     cases = fault_cases(SYNTH_FAULTS, len(names), normal, int(sizes.get("max_cases") or 0), sizes["seed"])
-    rng = np.random.default_rng(sizes["seed"])
-    dropout = predictors.get("dropout")
-    for kind, cams, i in tqdm(cases, desc=f"{category}: faults", disable=not progress, leave=False):
-        prev = obj(normal[normal.index(i) - 1])  # the previous normal object (the last one for the first)
-        v, other = cams[0], (cams[1] if len(cams) > 1 else None)
-        img = apply_camera_fault(obj(i), v, kind, rng=rng, previous=prev, other=other)
-        mem = FrameMemory()
-        detect_faults(fm, prev, memory=mem, object_id="previous")
-        found = detect_faults(fm, img, memory=mem, object_id=test.samples[i].sample_id)
-        on = {names[c] for c in cams}
-        row = per.setdefault(kind, {"n": 0, "detected": 0, "any_fault_on_camera": 0, "other_cameras_flagged": 0,
-                                    "check_camera": 0, "product_ng_remaining_views": 0, "checks": {}})
-        row["n"] += 1
-        hit = all(any(f.view == c and f.fault == kind for f in found) for c in on)
-        row["detected"] += hit
-        row["any_fault_on_camera"] += any(f.view in on for f in found)
-        row["other_cameras_flagged"] += any(f.view not in on for f in found)
-        for c in _checks([f for f in found if f.view in on]):
-            row["checks"][c] = row["checks"].get(c, 0) + 1
-        if dropout is not None:
-            d = dropout.predict(img, sample_id=test.samples[i].sample_id, image_paths=paths(i), image_root=root)
-            row["check_camera"] += d.decision == "CHECK CAMERA"
-            row["product_ng_remaining_views"] += d.product_decision == "NG"
-        if kind == "swapped":
-            swaps.append({"pair": [names[c] for c in cams], "object": i, "detected": bool(hit),
-                          "gain": {m: g[pairs.index(cams)] for m, g in swap_gains(img, i).items()}})
-    flow_swap = {m: {f"{names[a]}-{names[b]}": [clean_gains[i][m][k] for i in normal] for k, (a, b) in enumerate(pairs)}
-                 for m in predictors}
+    decider = predictors.get("dropout") or next(iter(predictors.values()))
+    decider_name = "dropout" if "dropout" in predictors else next(iter(predictors))
+    log = out / "cases.jsonl"
+    rows: dict[int, dict] = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a line cut off by a killed run
+            rows[r["case"]] = r
+    t0 = time.perf_counter()
+    with open(log, "a") as fh:
+        for c, (kind, cams, i) in enumerate(cases):
+            if c in rows:
+                continue
+            rng = np.random.default_rng([sizes["seed"], c])
+            prev = obj(normal[normal.index(i) - 1])  # the previous normal object (the last one for the first)
+            v, other = cams[0], (cams[1] if len(cams) > 1 else None)
+            img = apply_camera_fault(obj(i), v, kind, rng=rng, previous=prev, other=other)
+            on = {names[x] for x in cams}
+            sid = test.samples[i].sample_id
+            mem = FrameMemory()
+            detect_faults(base, prev, memory=mem, object_id="previous")
+            found = [f.as_dict() for f in detect_faults(base, img, memory=mem, object_id=sid)]
+            mem = FrameMemory()
+            detect_faults(base, prev, memory=mem, object_id="previous")
+            decider.frame_memory = mem
+            d = decider.predict(img, sample_id=sid, image_paths=paths(i), image_root=root)
+            decider.frame_memory = None
+            comb = d.camera_faults
+            row = {"case": c, "kind": kind, "cameras": [names[x] for x in cams], "object": i,
+                   "image": {"detected": _hit(found, on, kind), "any_on_camera": any(f["view"] in on for f in found),
+                             "other_cameras": any(f["view"] not in on for f in found), "checks": _checks(
+                                 [f for f in found if f["view"] in on])},
+                   "combined": {"detected": _hit(comb, on, kind), "any_on_camera": any(f["view"] in on for f in comb),
+                                "other_cameras": any(f["view"] not in on for f in comb),
+                                "checks": _checks([f for f in comb if f["view"] in on]),
+                                "dismissed": len(d.dismissed_camera_faults)},
+                   "check_camera": d.decision == "CHECK CAMERA", "product_ng": d.product_decision == "NG"}
+            if kind == "swapped":
+                p = pairs.index(tuple(cams))
+                gains = {decider_name: None if d.swap_gains is None else float(d.swap_gains[p])}
+                for m, pred in predictors.items():
+                    if m == decider_name and gains[m] is not None:
+                        continue
+                    f, _ = pred.preprocessor(img, view_names=names, image_paths=paths(i), image_root=root,
+                                             sample_id=sid)
+                    with torch.no_grad():
+                        gains[m] = float(flow_swap_batch(pred.flow.eval(), f)[0][0, p])
+                row["gain"] = gains
+                row["flow_detected"] = {
+                    m: bool(fms[m].flow_swap is not None and gains[m] > 0 and flow_swap_scores(
+                        fms[m], np.full(len(pairs), gains[m]))[p] > fms[m].flow_swap["threshold"]) for m in gains}
+            rows[c] = row
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            if progress and (len(rows) % 10 == 0 or len(rows) == len(cases)):
+                _say(progress, f"{category}: fault cases {len(rows)}/{len(cases)} ({time.perf_counter() - t0:.0f} s)")
+    per: dict[str, dict[str, Any]] = {}
+    swaps = []
+    for c in range(len(cases)):
+        r = rows[c]
+        a = per.setdefault(r["kind"], {"n": 0, "detected": 0, "any_fault_on_camera": 0, "other_cameras_flagged": 0,
+                                       "image_detected": 0, "dismissed": 0, "check_camera": 0,
+                                       "product_ng_remaining_views": 0, "checks": {}})
+        a["n"] += 1
+        a["detected"] += r["combined"]["detected"]
+        a["any_fault_on_camera"] += r["combined"]["any_on_camera"]
+        a["other_cameras_flagged"] += r["combined"]["other_cameras"]
+        a["image_detected"] += r["image"]["detected"]
+        a["dismissed"] += bool(r["combined"]["dismissed"])
+        a["check_camera"] += r["check_camera"]
+        a["product_ng_remaining_views"] += r["product_ng"]
+        for k in r["combined"]["checks"]:
+            a["checks"][k] = a["checks"].get(k, 0) + 1
+        if r["kind"] == "swapped":
+            swaps.append({"pair": r["cameras"],
+                          "object": r["object"], "detected": r["image"]["detected"], "gain": r["gain"],
+                          "flow_detected": r["flow_detected"], "combined_detected": r["combined"]["detected"]})
+    flow_swap = {m: {f"{names[a]}-{names[b]}": [float(evidence[m][0][row_of[test.samples[i].sample_id], k])
+                                               for i in normal] for k, (a, b) in enumerate(pairs)} for m in predictors}
+    for rec in clean.values():
+        rec["checks"] = dict(rec["checks"])
+        for cm in rec["combined"].values():
+            cm["checks"] = dict(cm["checks"])
     return {"clean": clean, "per_fault": per, "views": names, "swaps": swaps, "flow_swap_clean": flow_swap,
-            "threshold": fm.threshold, "calibration": {k: v for k, v in fm.calibration.items() if k != "statistic"}}
+            "decider": decider_name, "threshold": base.threshold,
+            "calibration": {k: v for k, v in base.calibration.items() if k != "statistic"},
+            "flow_swap_check": {m: None if fm.flow_swap is None else {
+                "threshold": fm.flow_swap["threshold"], "false_alarm": fm.flow_swap["false_alarm"],
+                "n_objects": fm.flow_swap.get("n_objects"), "method": fm.flow_swap["calibration"]["method"],
+                "image_threshold": fm.threshold} for m, fm in fms.items()}}
 
 
-def flow_swap_table(results: dict[str, dict]) -> list[tuple[str, str, int, float, float, float]]:
+def flow_swap_table(results: dict[str, dict]) -> list[tuple]:
     """Per model and camera pair (all classes): ``(model, pair, swaps, AUROC of the flow's gain
-    swapped vs clean, share of swaps above the largest clean gain, share the image checks detected)``."""
+    swapped vs clean, share of swaps above the largest clean gain, share the image checks detected,
+    share the fitted flow check flagged, share image checks OR flow check)``."""
     from multiflow.metrics import auroc
 
     rows = []
@@ -287,7 +464,7 @@ def flow_swap_table(results: dict[str, dict]) -> list[tuple[str, str, int, float
         pairs = sorted({tuple(s["pair"]) for r in results.values() for s in r["faults"].get("swaps", [])})
         for pair in pairs:
             key = "-".join(pair)
-            aucs, above, img, n = [], 0, 0, 0
+            aucs, above, img, flow, comb, n = [], 0, 0, 0, 0, 0
             for r in results.values():
                 null = np.asarray(r["faults"]["flow_swap_clean"][m][key], dtype=np.float64)
                 hits = [s for s in r["faults"]["swaps"] if tuple(s["pair"]) == pair]
@@ -297,9 +474,48 @@ def flow_swap_table(results: dict[str, dict]) -> list[tuple[str, str, int, float
                 aucs.append(float(auroc(np.r_[null, g], np.r_[np.zeros(len(null)), np.ones(len(g))])))
                 above += int((g > null.max()).sum())
                 img += sum(s["detected"] for s in hits)
+                f = [bool(s.get("flow_detected", {}).get(m)) for s in hits]
+                flow += sum(f)
+                comb += sum(s["detected"] or fd for s, fd in zip(hits, f))
                 n += len(hits)
             if n:
-                rows.append((m, key, n, float(np.mean(aucs)), above / n, img / n))
+                rows.append((m, key, n, float(np.mean(aucs)), above / n, img / n, flow / n, comb / n))
+    return rows
+
+
+def _sum_checks(dicts) -> str:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for c, x in d.items():
+            total[c] = total.get(c, 0) + x
+    return ", ".join(f"{c} {x}" for c, x in sorted(total.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def summary_rows(results: dict[str, dict], variants: list[str]) -> list[tuple]:
+    """Per class and pooled: ``(name, clean normal n, false faults combined, image alone, defective n,
+    defects taken combined, {kind: (detected, n)}, S-AUROC paper, S-AUROC dropout, I-AUROC paper,
+    I-AUROC dropout)`` (counts; the combined rule is the decision model's)."""
+    rows = []
+    cats = list(results)
+    for name, group in [(c, [c]) for c in cats] + ([("pooled", cats)] if len(cats) > 1 else []):
+        fk = [results[c]["faults"] for c in group]
+        nn = sum(f["clean"]["normal"]["n"] for f in fk)
+        img = sum(f["clean"]["normal"]["flagged"] for f in fk)
+        comb = sum(f["clean"]["normal"]["combined"][f["decider"]]["flagged"] for f in fk)
+        nd = sum(f["clean"]["defective"]["n"] for f in fk)
+        dcomb = sum(f["clean"]["defective"]["combined"][f["decider"]]["flagged"] for f in fk)
+        kinds = {}
+        for f in fk:
+            for k, r in f["per_fault"].items():
+                d, n = kinds.get(k, (0, 0))
+                kinds[k] = (d + r["detected"], n + r["n"])
+
+        def au(key, j):
+            vals = [results[c]["detection"][key][j] for c in group if key in results[c]["detection"]]
+            return float(np.mean(vals)) if vals else float("nan")
+
+        rows.append((name, nn, comb, img, nd, dcomb, kinds, au("paper/all", 0), au("dropout/all", 0),
+                     au("paper/all", 1), au("dropout/all", 1)))
     return rows
 
 
@@ -339,48 +555,70 @@ def report(results: dict[str, dict], sizes: dict[str, Any], command: str) -> str
         lines += ["", f"(b) - (a): {d_ab:+.2f} pp S-AUROC (goal: within 1 pp); one camera missing - all views: "
                   f"{d_c:+.2f} pp S-AUROC (goal: at most 3 pp lost)."]
     fk = [results[c]["faults"] for c in cats]
-    lines += ["", "Camera faults on clean normal test objects (every fault kind on every camera, swaps on every "
-              "camera pair; all classes):", "",
-              "| fault | cases | detected (right fault, right camera; goal >= 95 %) | any fault on that camera "
-              "| another camera flagged | decision CHECK CAMERA | product NG on the remaining views | checks that fired |",
-              "|---|---:|---:|---:|---:|---:|---:|---|"]
+    decider = fk[0].get("decider", "dropout")
     kinds = list(dict.fromkeys(k for f in fk for k in f["per_fault"]))
+    lines += ["", f"Goals per class and pooled (combined rule: image checks, product rule and the {decider} flow's swap "
+              "check; false camera faults <= 1 %, each fault kind detected >= 95 %, product defects taken for camera "
+              "faults <= 2 %, dropout S-AUROC within 1 pp of paper):", "",
+              "| class | false camera faults (combined) | image checks alone | product defects taken | "
+              + " | ".join(kinds) + " | S-AUROC paper / dropout | I-AUROC paper / dropout |",
+              "|---|---:|---:|---:|" + "---:|" * len(kinds) + "---:|---:|"]
+    for name, nn, comb, img, nd, dcomb, kd, sp, sd, ip, idr in summary_rows(results, variants):
+        det = " | ".join(f"{pct(kd[k][0] / max(kd[k][1], 1))} % ({kd[k][0]}/{kd[k][1]})" if k in kd else "-"
+                         for k in kinds)
+        lines.append(f"| {name} | {comb}/{nn} ({pct(comb / max(nn, 1))} %) | {img}/{nn} ({pct(img / max(nn, 1))} %) | "
+                     f"{dcomb}/{nd} ({pct(dcomb / max(nd, 1))} %) | {det} | {pct(sp)} / {pct(sd)} | "
+                     f"{pct(ip)} / {pct(idr)} |")
+    lines += ["", "Camera faults on clean normal test objects (every fault kind on every camera, swaps on every "
+              f"camera pair; all classes; decision and combined rule from the {decider} model's predictor):", "",
+              "| fault | cases | detected, combined rule (right fault, right camera; goal >= 95 %) | image checks alone "
+              "| any fault on that camera | another camera flagged | a flag dismissed as product | decision CHECK CAMERA "
+              "| product NG on the remaining views | checks that fired |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for k in kinds:
         rs = [f["per_fault"][k] for f in fk if k in f["per_fault"]]
-        t = {key: sum(r[key] for r in rs) for key in rs[0] if key != "checks"}
-        checks: dict[str, int] = {}
-        for r in rs:
-            for c, x in r["checks"].items():
-                checks[c] = checks.get(c, 0) + x
+        t = {key: sum(r.get(key, 0) for r in rs) for key in rs[0] if key != "checks"}
         n = max(t["n"], 1)
-        fired = ", ".join(f"{c} {x}" for c, x in sorted(checks.items(), key=lambda kv: -kv[1]))
-        lines.append(f"| {k} | {t['n']} | {pct(t['detected'] / n)} % | {pct(t['any_fault_on_camera'] / n)} % | "
-                     f"{pct(t['other_cameras_flagged'] / n)} % | {pct(t['check_camera'] / n)} % | "
-                     f"{pct(t['product_ng_remaining_views'] / n)} % | {fired} |")
+        lines.append(f"| {k} | {t['n']} | {pct(t['detected'] / n)} % | {pct(t.get('image_detected', 0) / n)} % | "
+                     f"{pct(t['any_fault_on_camera'] / n)} % | {pct(t['other_cameras_flagged'] / n)} % | "
+                     f"{pct(t.get('dismissed', 0) / n)} % | {pct(t['check_camera'] / n)} % | "
+                     f"{pct(t['product_ng_remaining_views'] / n)} % | {_sum_checks(r['checks'] for r in rs)} |")
 
     def clean(key):
         n = sum(f["clean"][key]["n"] for f in fk)
-        flagged = sum(f["clean"][key]["flagged"] for f in fk)
-        checks: dict[str, int] = {}
-        for f in fk:
-            for c, x in f["clean"][key]["checks"].items():
-                checks[c] = checks.get(c, 0) + x
-        return flagged, n, ", ".join(f"{c} {x}" for c, x in sorted(checks.items(), key=lambda kv: -kv[1])) or "none"
+        img = sum(f["clean"][key]["flagged"] for f in fk)
+        per = {}
+        for m in sorted({m for f in fk for m in f["clean"][key].get("combined", {})}):
+            cs = [f["clean"][key]["combined"][m] for f in fk if m in f["clean"][key].get("combined", {})]
+            per[m] = (sum(c["flagged"] for c in cs), _sum_checks(c["checks"] for c in cs), sum(c["dismissed"] for c in cs))
+        return n, img, _sum_checks(f["clean"][key]["checks"] for f in fk), per
 
-    fn, nn, cn = clean("normal")
-    fd, nd, cd = clean("defective")
+    for key, what, goal in (("normal", "clean normal test objects", "goal <= 1 %"),
+                            ("defective", "clean defective test objects (a product defect taken for a camera fault)",
+                             "goal <= 2 %")):
+        n, img, checks, per = clean(key)
+        lines += ["", f"False camera faults on {n} {what}; {goal}: image checks alone {img} ({pct(img / max(n, 1))} %; "
+                  f"checks: {checks})" + "".join(
+                      f"; combined rule with the {m} flow {x} ({pct(x / max(n, 1))} %; checks: {c}; objects with a flag "
+                      f"dismissed as product: {d})" for m, (x, c, d) in per.items()) + "."]
     cal = "; ".join(f"{c}: tau {results[c]['faults']['threshold']:.2f} from {results[c]['faults']['calibration']['n_objects']} "
                     f"training objects ({results[c]['faults']['calibration']['method']})" for c in cats)
-    lines += ["", f"False camera faults: {fn} of {nn} clean normal test objects ({pct(fn / max(nn, 1))} %; goal <= 1 %; "
-              f"checks: {cn}); {fd} of {nd} clean defective objects ({pct(fd / max(nd, 1))} %; goal <= 2 %: a product "
-              f"defect taken for a camera fault; checks: {cd}). Object-level threshold: {cal}."]
+    lines += ["", f"Object-level threshold of the image checks (full budget, before the split): {cal}."]
+    fsc = [(c, m, x) for c in cats for m, x in (results[c]["faults"].get("flow_swap_check") or {}).items() if x]
+    if fsc:
+        lines += ["Flow swap check (its share of the budget; the image checks' threshold refitted for the rest): " + "; ".join(
+            f"{c}/{m}: cut-off {x['threshold']:.2f} at {x['false_alarm']:g} from {x['n_objects']} calibration objects "
+            f"({x['method']}), image tau {x['image_threshold']:.2f}" for c, m, x in fsc) + "."]
     table = flow_swap_table(results)
     if table:
         lines += ["", "Swap evidence from the flow (likelihood gain of the swapped assignment, "
-                  "`multiflow.faults.flow_swap_gains`) against the image checks, per camera pair (all classes):", "",
+                  "`multiflow.faults.flow_swap_gains`) and the fitted flow check against the image checks, per camera "
+                  "pair (all classes):", "",
                   "| flow | pair | swaps | AUROC gain (swapped vs clean) | flow: above every clean gain "
-                  "| image checks: detected |", "|---|---|---:|---:|---:|---:|"]
-        lines += [f"| {m} | {p} | {n} | {pct(a)} | {pct(b)} % | {pct(c)} % |" for m, p, n, a, b, c in table]
+                  "| image checks: detected | flow check (fitted cut-off) | image checks OR flow check |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {m} | {p} | {n} | {pct(a)} | {pct(b)} % | {pct(c)} % | {pct(f)} % | {pct(o)} % |"
+                  for m, p, n, a, b, c, f, o in table]
     data = (f"existing data `{sizes['data']}`" if sizes.get("data") else
             f"synthetic (`multiflow synth`), {sizes['n_train']} train / {sizes['n_test_good']} good / "
             f"{sizes['n_test_defect']} defective test objects per class")
@@ -394,7 +632,7 @@ def report(results: dict[str, dict], sizes: dict[str, Any], command: str) -> str
 
 
 def settings_of(sizes: dict[str, Any]) -> dict[str, Any]:
-    return {k: sizes.get(k) for k in SETTINGS}
+    return {k: sizes.get(k) for k in SETTINGS} | {"format": RESULT_FORMAT}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,9 +699,13 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            _say(progress, f"{category}: models ({', '.join(sizes['variants'])})")
             train(sizes, data, cache, out / category, category, progress)
+            _say(progress, f"{category}: detection with missing views ({time.perf_counter() - t0:.0f} s)")
             det = detection(sizes, data, cache, out / category, category, progress)
-        flt = faults(sizes, data, out / category, category, progress)
+        _say(progress, f"{category}: camera faults ({time.perf_counter() - t0:.0f} s)")
+        flt = faults(sizes, data, cache, out / category, category, progress)
+        _say(progress, f"{category}: done ({time.perf_counter() - t0:.0f} s)")
         results[category] = {"settings": settings_of(sizes), "detection": det, "faults": flt,
                              "seconds": time.perf_counter() - t0}
         write_json(path, results[category])

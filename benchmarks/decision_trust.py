@@ -90,7 +90,7 @@ def evaluate_class(runs: Path, cls: str, paper: Path, dropout: Path | None) -> d
     from multiflow.engine.bundle import load_bundle
     from multiflow.engine.factories import build_extractor
     from multiflow.engine.preprocess import prepare_split
-    from multiflow.engine.threshold import fit_by_views
+    from multiflow.engine.threshold import fit_from_view_scores, scores_by_views
     from multiflow.metrics import auroc
     from multiflow.scoring import fit_threshold
 
@@ -130,10 +130,11 @@ def evaluate_class(runs: Path, cls: str, paper: Path, dropout: Path | None) -> d
             rng = np.random.default_rng(0)
             good_idx = np.flatnonzero(~labels)
             rec["by_views"] = {}
+            # each view subset scored once; the thresholds of every target are fitted from those scores
+            worst = scores_by_views(model, train.features[cal], cal_masks, bundle.scoring, image_size=size,
+                                    batch_size=8, seed=cfg.train.seed)
             for t in TARGETS:
-                target = SimpleNamespace(false_reject=t, confidence=CONFIDENCE)
-                fits = fit_by_views(model, train.features[cal], cal_masks, ids, bundle.scoring, target,
-                                    image_size=size, batch_size=8, seed=cfg.train.seed)
+                fits = fit_from_view_scores(worst, ids, SimpleNamespace(false_reject=t, confidence=CONFIDENCE))
                 all_views = rec["targets"][str(t)]["threshold"]
                 for k in range(1, v):
                     present = np.zeros((len(good_idx), v), dtype=bool)

@@ -183,12 +183,16 @@ class FaultConfig:
     ``false_alarm``: target probability that a good object raises any camera fault (the object-level
     budget of :mod:`multiflow.faults.fit`; a guaranteed rate needs ``(1 - a) / a`` normal training
     objects, 99 for 1 %).
+    ``flow_swap``: also fit the flow's swap check (:mod:`multiflow.faults.flow_swap`) on the held-out
+    calibration objects; ``flow_swap_share``: its share of ``false_alarm`` (the image checks get the rest).
     """
 
     enabled: bool = True
     size: int = 256
     grid: int = 8
     false_alarm: float = 0.01
+    flow_swap: bool = True
+    flow_swap_share: float = 0.5
 
 
 @dataclass
@@ -315,6 +319,7 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "faults.size": {"gt": 0},
     "faults.grid": {"gt": 0},
     "faults.false_alarm": {"gt": 0, "lt": 1},
+    "faults.flow_swap_share": {"gt": 0, "lt": 1},
 }
 
 

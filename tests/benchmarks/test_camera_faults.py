@@ -76,40 +76,83 @@ def test_fault_cases_cover_cameras_and_pairs_and_are_bounded():
     assert few != cf.fault_cases(kinds, 5, [3, 7, 9], 4, seed=1)
 
 
-def _result(per, clean_normal=(0, 10), swaps=(), null=None):
+def _result(per, clean_normal=(0, 10), swaps=(), null=None, combined=(0, 1)):
+    """A class result as faults() writes it; ``combined``: flagged (clean normal, clean defective) by
+    the combined rule of the dropout model."""
     return {"detection": {"paper/all": [0.9, 0.8], "dropout/all": [0.895, 0.8],
                           "dropout/1-missing": [[0.88, 0.7], [0.86, 0.7]], "dropout/2-missing": [[0.8, 0.6]]},
-            "faults": {"per_fault": {"blur": per},
+            "faults": {"per_fault": {"blur": per}, "decider": "dropout",
                        "clean": {"normal": {"n": clean_normal[1], "flagged": clean_normal[0],
-                                            "checks": {"overexposure/clip_high": clean_normal[0]}},
-                                 "defective": {"n": 8, "flagged": 1, "checks": {"occlusion/occlusion": 1}}},
+                                            "checks": {"overexposure/clip_high": clean_normal[0]},
+                                            "combined": {"dropout": {"flagged": combined[0], "dismissed": 0,
+                                                                     "checks": {"swapped/flow_swap": combined[0]}}}},
+                                 "defective": {"n": 8, "flagged": 2, "checks": {"occlusion/occlusion": 2},
+                                               "combined": {"dropout": {"flagged": combined[1], "dismissed": 1,
+                                                                        "checks": {"occlusion/occlusion": combined[1]}}}}},
                        "swaps": list(swaps), "flow_swap_clean": null or {},
-                       "threshold": 6.5, "calibration": {"n_objects": 200, "method": "conformal"}}}
+                       "threshold": 6.5, "calibration": {"n_objects": 200, "method": "conformal"},
+                       "flow_swap_check": {"dropout": {"threshold": 3.0, "false_alarm": 0.005, "n_objects": 20,
+                                                       "method": "exponential tail", "image_threshold": 7.0}}}}
 
 
 def test_report_table_and_goals():
-    per = {"n": 10, "detected": 9, "any_fault_on_camera": 10, "other_cameras_flagged": 0, "check_camera": 10,
-           "product_ng_remaining_views": 1, "checks": {"blur/sharpness": 9, "occlusion/occlusion": 1}}
-    res = {"c": _result(per, (1, 10))}
+    per = {"n": 10, "detected": 9, "image_detected": 8, "any_fault_on_camera": 10, "other_cameras_flagged": 0,
+           "dismissed": 0, "check_camera": 10, "product_ng_remaining_views": 1,
+           "checks": {"blur/sharpness": 9, "occlusion/occlusion": 1}}
+    res = {"c": _result(per, (1, 10)), "d": _result(per, (1, 10), combined=(1, 0))}
     md = cf.report(res, cf.QUICK, "python benchmarks/camera_faults.py --quick")
     assert "| (c) view-dropout model | one missing (worst camera) | 86.00 | 70.00 |" in md
     assert "(b) - (a): -0.50 pp" in md and "-2.50 pp S-AUROC" in md
-    assert "| blur | 10 | 90.00 % | 100.00 % | 0.00 % | 100.00 % | 10.00 % | blur/sharpness 9, occlusion/occlusion 1 |" in md
-    assert "1 of 10 clean normal test objects (10.00 %" in md and "checks: overexposure/clip_high 1" in md
-    assert "1 of 8 clean defective objects (12.50 %" in md
+    assert ("| blur | 20 | 90.00 % | 80.00 % | 100.00 % | 0.00 % | 0.00 % | 100.00 % | 10.00 % | "
+            "blur/sharpness 18, occlusion/occlusion 2 |") in md
+    # per class and pooled: false faults (combined), image checks alone, product defects taken, detection, AUROCs
+    assert "| c | 0/10 (0.00 %) | 1/10 (10.00 %) | 1/8 (12.50 %) | 90.00 % (9/10) | 90.00 / 89.50 | 80.00 / 80.00 |" in md
+    assert "| d | 1/10 (10.00 %) | 1/10 (10.00 %) | 0/8 (0.00 %) |" in md
+    assert "| pooled | 1/20 (5.00 %) | 2/20 (10.00 %) | 1/16 (6.25 %) | 90.00 % (18/20) |" in md
+    assert "image checks alone 2 (10.00 %; checks: overexposure/clip_high 2); combined rule with the dropout flow 1" in md
+    assert "objects with a flag dismissed as product: 2" in md
     assert "tau 6.50 from 200 training objects (conformal)" in md
+    assert "c/dropout: cut-off 3.00 at 0.005 from 20 calibration objects (exponential tail), image tau 7.00" in md
     assert "single-view" not in md  # not among the quick variants
 
 
 def test_flow_swap_table_counts_swaps_above_every_clean_gain():
     null = {"paper": {"C2-C4": [-3.0, -1.0, 0.5, -2.0]}}
-    swaps = [{"pair": ["C2", "C4"], "object": k, "detected": d, "gain": {"paper": g}}
-             for k, (g, d) in enumerate([(2.0, True), (0.0, False), (5.0, False)])]
+    swaps = [{"pair": ["C2", "C4"], "object": k, "detected": d, "gain": {"paper": g}, "flow_detected": {"paper": fd}}
+             for k, (g, d, fd) in enumerate([(2.0, True, True), (0.0, False, False), (5.0, False, True)])]
     res = {"c": _result({"n": 0, "detected": 0, "any_fault_on_camera": 0, "other_cameras_flagged": 0, "check_camera": 0,
                          "product_ng_remaining_views": 0, "checks": {}}, swaps=swaps, null=null)}
     (row,) = cf.flow_swap_table(res)
     # AUROC: gains 2 and 5 beat all four clean gains, 0.0 beats three of four -> (4 + 4 + 3) / 12
     assert row[:3] == ("paper", "C2-C4", 3) and row[3] == pytest.approx(11 / 12)
     assert row[4] == pytest.approx(2 / 3) and row[5] == pytest.approx(1 / 3)
+    assert row[6] == pytest.approx(2 / 3) and row[7] == pytest.approx(2 / 3)  # image OR flow: cases 0 and 2
     md = cf.report(res, cf.QUICK, "cmd")
-    assert "| paper | C2-C4 | 3 | 91.67 | 66.67 % | 33.33 % |" in md
+    assert "| paper | C2-C4 | 3 | 91.67 | 66.67 % | 33.33 % | 66.67 % | 66.67 % |" in md
+
+
+def test_clean_flow_evidence_is_batched_and_resumes_after_a_kill(model, tmp_path, monkeypatch):
+    """The gains and maps of every clean object equal flow_swap_batch per object; a run killed after
+    the first chunk continues from the saved file (only the rest goes through the flow)."""
+    from types import SimpleNamespace
+
+    import multiflow.faults.flow_swap as fsw
+
+    feats = np.random.default_rng(2).normal(size=(11, 4, 4, 3, 3)).astype(np.float32)
+    split = SimpleNamespace(features=feats, sample_ids=[f"s{i}" for i in range(11)])
+    pred = SimpleNamespace(flow=model, device=torch.device("cpu"), precision="fp32")
+    gains, nll = cf.clean_flow_evidence(pred, "paper", split, tmp_path, "c", progress=False, batch=2)
+    for i in (0, 5, 10):
+        g, m = fsw.flow_swap_batch(model, torch.from_numpy(feats[i:i + 1]))
+        np.testing.assert_allclose(gains[i], g[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(nll[i], m[0].numpy(), rtol=1e-5, atol=1e-6)
+    # a run killed after the first chunk (16 objects per chunk at batch 2: use batch 1 -> chunks of 8)
+    path = tmp_path / "flow_paper.npz"
+    np.savez(path, gains=gains[:8], nll=nll[:8], done=8, ids=np.asarray(split.sample_ids))
+    seen = []
+    real = fsw.swap_gains_in_batches
+    monkeypatch.setattr(fsw, "swap_gains_in_batches", lambda flow, f, **k: seen.append(len(f)) or real(flow, f, **k))
+    g2, n2 = cf.clean_flow_evidence(pred, "paper", split, tmp_path, "c", progress=False, batch=1)
+    assert seen == [3]
+    np.testing.assert_allclose(g2, gains, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(n2, nll, rtol=1e-5, atol=1e-6)

@@ -148,13 +148,13 @@ def test_fault_check_sees_the_images_of_the_preprocessing_path(run, monkeypatch)
     folder, objs = run
     pred = Predictor(folder)
     seen = []
-    real = faults.detect_faults
+    real = faults.check_cameras
 
     def spy(model, images, *args, **kwargs):
         seen.append(images.clone())
         return real(model, images, *args, **kwargs)
 
-    monkeypatch.setattr(faults, "detect_faults", spy)
+    monkeypatch.setattr(faults, "check_cameras", spy)
     big = torch.nn.functional.interpolate(objs[0], size=(2 * SIZE, 2 * SIZE), mode="nearest")
     pred.predict(big, sample_id="big")
     torch.testing.assert_close(seen[0], pred.preprocessor.resize(big), rtol=0, atol=0)
@@ -173,3 +173,45 @@ def test_a_retried_request_is_not_a_frozen_camera(run):
     assert other["decision"] == "CHECK CAMERA"
     frozen = [f for f in other["camera_faults"] if f["fault"] == "frozen"]
     assert {f["view"] for f in frozen} == set(pred.view_names) and all(f["check"] == "frozen" for f in frozen)
+
+
+def test_flow_swap_check_is_fitted_into_the_bundle_and_reported_by_predict(run, tmp_path):
+    """fit_flow_swap_check adds the flow's swap check to camera_faults.json (the image checks'
+    budget split); predict computes the gains of every pair (equal to flow_swap_gains on its
+    features) and reports a pair above the cut-off as swapped on both cameras, check flow_swap,
+    those views left unscored."""
+    import shutil
+
+    from multiflow.config import RunConfig
+    from multiflow.engine.pipeline import fit_flow_swap_check
+    from multiflow.faults import CameraFaultModel, flow_swap_gains
+    from multiflow.faults.flow_swap import all_pairs
+
+    folder, objs = run
+    copy = tmp_path / "cls"
+    shutil.copytree(folder, copy)
+    pred = Predictor(copy)
+    feats = torch.cat([pred.preprocessor(o)[0] for o in objs[:3]])
+    before = CameraFaultModel.load(copy / "camera_faults.json")
+    assert before.flow_swap is None
+    assert fit_flow_swap_check(RunConfig(), pred.flow, feats, copy / "camera_faults.json", progress=False)
+    fm = CameraFaultModel.load(copy / "camera_faults.json")
+    assert fm.flow_swap["n_objects"] == 3 and fm.flow_swap["false_alarm"] == pytest.approx(0.5 * before.false_alarm)
+    assert fm.threshold >= before.threshold
+    pred = Predictor(copy, frozen_check=False)
+    p = all_pairs(5).index((1, 3))
+    swapped = objs[0][[0, 3, 2, 1, 4]]
+    out = pred.predict(swapped, sample_id="s")
+    want = flow_swap_gains(pred.flow.eval(), pred.preprocessor(swapped)[0])
+    np.testing.assert_allclose(out.swap_gains, want, rtol=1e-5, atol=1e-6)
+    x = swapped if out.swap_gains[p] > 0 else objs[0]  # the assignment whose exchange the flow prefers
+    gains = pred.predict(x, sample_id="g").swap_gains
+    # a cut-off only pair (1, 3) exceeds
+    pred.fault_model.flow_swap["q"] = [g - 1.0 if k == p else g + 1.0 for k, g in enumerate(gains)]
+    pred.fault_model.flow_swap["b"] = [1.0] * len(gains)
+    pred.fault_model.flow_swap["threshold"] = 0.5
+    got = pred.predict(x, sample_id="h")
+    flow_flags = sorted((f["view"], f["other_view"]) for f in got.camera_faults if f["check"] == "flow_swap")
+    assert flow_flags == [("C2", "C4"), ("C4", "C2")] and got.decision == "CHECK CAMERA"
+    assert got.view_scores[1] != got.view_scores[1] and got.view_scores[3] != got.view_scores[3]  # NaN: not scored
+    assert got.product_decision in ("OK", "NG")

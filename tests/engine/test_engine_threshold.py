@@ -102,6 +102,28 @@ def test_per_view_count_thresholds_use_the_worst_subset_scored_through_the_flow(
         assert fits[str(k)].n == 8 and f"from {k} of 3 views" in fits[str(k)].warning
 
 
+def test_view_subsets_scored_once_for_every_target(monkeypatch):
+    """decision_trust fits two targets: every view subset goes through the flow once (scores_by_views),
+    and the fits from those scores equal fit_by_views' for each target."""
+    import multiflow.engine.maps as maps_mod
+    from multiflow.engine.threshold import fit_from_view_scores, scores_by_views
+
+    feats, masks = _data(n=8, views=3)
+    model = _model()
+    ids = [f"c{i}" for i in range(8)]
+    calls = []
+    real = maps_mod.compute_maps
+    monkeypatch.setattr(maps_mod, "compute_maps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    worst = scores_by_views(model, feats, masks, ScoringSpec(), image_size=16, batch_size=3, seed=0)
+    assert len(calls) == len(view_subsets(3, 1)) + len(view_subsets(3, 2))
+    for fr in (0.01, 0.05):
+        target = type("Target", (), {"false_reject": fr, "confidence": 0.9})()
+        once = fit_from_view_scores(worst, ids, target)
+        direct = fit_by_views(model, feats, masks, ids, ScoringSpec(), target, image_size=16, batch_size=3, seed=0)
+        assert sorted(once) == sorted(direct) == ["1", "2"]
+        assert all(once[k].value == pytest.approx(direct[k].value, rel=1e-6) for k in once)
+
+
 def test_calibration_maps_round_trip_and_missing_file_is_named(tmp_path):
     rng = np.random.default_rng(1)
     maps, masks = rng.normal(size=(4, 3, 2, 2)).astype(np.float32), (rng.random((4, 3, 2, 2)) > 0.5)

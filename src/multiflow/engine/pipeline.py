@@ -180,6 +180,9 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         if cfg.faults.enabled and fit_camera_fault_stats(cfg, category, train.dataset, out / CAMERA_FAULTS_FILE,
                                                          progress=progress):
             bundle.camera_faults = CAMERA_FAULTS_FILE
+            if cfg.faults.flow_swap and not cfg.model.single_view:
+                fit_flow_swap_check(cfg, model, train.features[cal], out / CAMERA_FAULTS_FILE, device=device,
+                                    precision=precision, progress=progress)
         save_calibration_maps(out / CALIBRATION_FILE, cal_maps, cal_masks, cal_ids)
         save_bundle(out, model, bundle)
     barrier(ctx)
@@ -209,6 +212,35 @@ def fit_camera_fault_stats(cfg: RunConfig, category: str, ds, path: Path, *, pro
     it = (ds[i].images for i in tqdm(normal, desc="camera statistics", disable=not progress, leave=False))
     fit_camera_faults(it, list(ds.view_names), size=cfg.faults.size, grid=cfg.faults.grid,
                       false_alarm=cfg.faults.false_alarm).save(path)
+    return True
+
+
+def fit_flow_swap_check(cfg: RunConfig, model, features, path: Path, *, device=None, precision: str = "fp32",
+                        progress: bool = True) -> bool:
+    """Add the flow's swap check (:mod:`multiflow.faults.flow_swap`) to the camera-fault statistics
+    at ``path``, fitted on the swap gains of the held-out calibration objects' ``features``
+    ``(N, V, C, h, w)`` (the flow did not train on them), with ``faults.flow_swap_share`` of the
+    object-level budget; False (with a warning) when there are fewer than 3 objects or 2 cameras."""
+    import warnings
+
+    import torch
+
+    from multiflow.faults import CameraFaultModel, with_flow_swap
+    from multiflow.faults.flow_swap import swap_gains_in_batches
+
+    n, v = int(features.shape[0]), int(features.shape[1])
+    if n < 3 or v < 2:
+        warnings.warn(f"{path.parent.name}: {n} calibration objects, {v} cameras: no flow swap check fitted "
+                      "(needs >= 3 objects and >= 2 cameras)", stacklevel=2)
+        return False
+    device = torch.device("cpu") if device is None else device
+    model.to(device)
+    gains, _ = swap_gains_in_batches(model, features, batch=2, device=device, precision=precision,
+                                     progress=progress, desc="flow swap check")
+    model.to("cpu")
+    fm = with_flow_swap(CameraFaultModel.load(path), gains, cfg.faults.flow_swap_share,
+                        source=f"{n} held-out calibration objects")
+    fm.save(path)
     return True
 
 

@@ -14,7 +14,12 @@ subset of its cameras; other models refuse incomplete objects with a :class:`Dat
 missing views. When the class folder holds ``camera_faults.json`` (written by ``fit``), every view is
 first checked for camera faults (:mod:`multiflow.faults`); the decision is then ``CHECK CAMERA``
 with the cameras and reasons, and, where the model supports missing views, the product is scored on
-the remaining views (``product_decision``). The predictor remembers the previous object's
+the remaining views (``product_decision``). The camera check uses the flow's evidence too
+(:func:`multiflow.faults.check_cameras`): the NLL maps of the given views (an occlusion flag on a
+region inside the object where the map peaks is a product defect: ``dismissed_camera_faults``) and,
+when the fault model has a flow swap check and every camera is given, the swap gains of every
+camera pair (one flow forward of ``1 + V (V - 1) / 2`` assignments; the NLL of the given one is
+the product's, so no second forward unless a faulty view is left out). The predictor remembers the previous object's
 fingerprints for the frozen-frame check, so objects must be given in acquisition order; a request
 with the previous object's sample id is a retry and is compared with the object before it.
 """
@@ -51,6 +56,10 @@ class Prediction:
     missing_views: list[str] = field(default_factory=list)
     camera_faults: list[dict[str, Any]] = field(default_factory=list)
     product_decision: str | None = None
+    #: camera-fault flags dismissed as product defects, with the evidence (:mod:`multiflow.faults.detect`)
+    dismissed_camera_faults: list[dict[str, Any]] = field(default_factory=list)
+    #: the flow's swap gains (every camera pair) when the fault model has a flow-swap check, else None
+    swap_gains: np.ndarray | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The decision JSON (schema: docs/deployment.md); NaN scores (views not scored) become null."""
@@ -67,6 +76,7 @@ class Prediction:
             "view_scores": {v: num(s) for v, s in zip(self.view_names, self.view_scores)},
             "missing_views": list(self.missing_views),
             "camera_faults": list(self.camera_faults),
+            "dismissed_camera_faults": list(self.dismissed_camera_faults),
         }
 
 
@@ -169,7 +179,7 @@ class Predictor:
         preprocessing path resized them; faulty views are not scored (module docstring).
         """
         from multiflow.device import autocast
-        from multiflow.faults import decide_object, detect_faults
+        from multiflow.faults import check_cameras, decide_object, flow_swap_batch
         from multiflow.scoring import score_maps
 
         if images.ndim != 4 or images.shape[1] != 3:
@@ -182,33 +192,61 @@ class Predictor:
         self.check_views(given, sample_id)
         h_img, w_img = images.shape[-2:]
         x = self.preprocessor.resize(images)  # (V', 3, S, S): what the cache and the flow see
-        faults = []
+        n = len(self.view_names)
+        pos_given = [self.view_names.index(v) for v in given]
+        self.flow.eval()
+
+        def place(t: torch.Tensor, pos: list[int]) -> torch.Tensor:
+            """``(1, V', ...)`` for the cameras ``pos`` -> ``(1, V, ...)`` zeros elsewhere."""
+            full = t.new_zeros(1, n, *t.shape[2:])
+            full[:, pos] = t
+            return full
+
+        faults, dismissed, gains = [], [], None
+        f_all = m_all = nll_all = None
         if self.fault_model is not None:
+            # the flow's evidence for the camera checks: NLL maps of every given view (product defect or
+            # occlusion?) and, with every camera present, the swap gains (the same forward)
+            f_all, m_all = self.preprocessor(x, view_names=given, image_paths=image_paths, image_root=image_root,
+                                             sample_id=sample_id)
+            feats = place(f_all, pos_given)
+            with autocast(self.device, self.precision):
+                if self.fault_model.flow_swap is not None and len(given) == n:
+                    g, nll = flow_swap_batch(self.flow, feats)
+                    gains = g[0]
+                else:
+                    p_all = None if len(given) == n else torch.tensor([[v in given for v in self.view_names]],
+                                                                        device=feats.device)
+                    nll = self.flow(feats, present=p_all).nll
+            nll_all = nll.float()
             # the sample id keys the frame memory: the same id again is a retry, not a frozen camera
-            faults = detect_faults(self.fault_model, x, given, memory=self.frame_memory, object_id=sample_id or None)
+            check = check_cameras(self.fault_model, x, given, memory=self.frame_memory, object_id=sample_id or None,
+                                  anomaly_maps=nll_all[0, pos_given],
+                                  masks=None if m_all is None else m_all[0], swap_gains=gains)
+            faults, dismissed = check.faults, check.dismissed
         faulty = {f.view for f in faults}
         usable = [v for v in self.view_names if v in given and v not in faulty]
         if faulty and not self.supports_missing_views:
             usable = []  # the product cannot be scored without every camera
-        n = len(self.view_names)
         present = torch.tensor([v in usable for v in self.view_names])
         if usable:
             keep = [given.index(v) for v in usable]
             pos = [self.view_names.index(v) for v in usable]
-            paths = None if image_paths is None else [image_paths[k] for k in keep]
-            f_sub, m_sub = self.preprocessor(x[keep], view_names=usable, image_paths=paths, image_root=image_root,
-                                             sample_id=sample_id)
-            feats = f_sub.new_zeros(1, n, *f_sub.shape[2:])
-            feats[:, pos] = f_sub
-            mask = None
-            if m_sub is not None:
-                mask = m_sub.new_zeros(1, n, *m_sub.shape[2:])
-                mask[:, pos] = m_sub
+            if f_all is not None:
+                f_sub, m_sub = f_all[:, keep], None if m_all is None else m_all[:, keep]
+            else:
+                paths = None if image_paths is None else [image_paths[k] for k in keep]
+                f_sub, m_sub = self.preprocessor(x[keep], view_names=usable, image_paths=paths,
+                                                 image_root=image_root, sample_id=sample_id)
+            feats = place(f_sub, pos)
+            mask = None if m_sub is None else place(m_sub, pos)
             all_present = bool(present.all())
             p_arg = None if all_present else present[None].to(feats.device)
-            self.flow.eval()
-            with autocast(self.device, self.precision):  # bf16: the st-networks only; the NLL stays fp32
-                nll = self.flow(feats, present=p_arg).nll
+            if nll_all is not None and len(usable) == len(given):
+                nll = nll_all  # the views scored are the ones the camera check saw through the flow
+            else:
+                with autocast(self.device, self.precision):  # bf16: the st-networks only; the NLL stays fp32
+                    nll = self.flow(feats, present=p_arg).nll
             maps, vs, ss = score_maps(nll.float(), mask, self.aggregation, self.postprocess, present=p_arg)
             maps, view_scores, sample_score = maps[0].cpu(), [float(s) for s in vs[0].cpu()], float(ss[0])
         else:
@@ -231,6 +269,8 @@ class Predictor:
             missing_views=[v for v in self.view_names if v not in given],
             camera_faults=[f.as_dict() for f in faults],
             product_decision=product,
+            dismissed_camera_faults=dismissed,
+            swap_gains=gains,
         )
 
 

@@ -112,6 +112,16 @@ def fit_for_scoring(maps: np.ndarray, masks: np.ndarray | None, sample_ids: list
 def fit_by_views(model, features, masks, sample_ids: list[str], scoring: ScoringSpec, target, *, image_size: int,
                  batch_size: int = 16, device=None, precision: str = "fp32", seed: int = 0) -> dict[str, ThresholdFit]:
     """One threshold per number ``k < V`` of present views (module docstring), ``{str(k): fit}``."""
+    worst = scores_by_views(model, features, masks, scoring, image_size=image_size, batch_size=batch_size,
+                            device=device, precision=precision, seed=seed)
+    return fit_from_view_scores(worst, sample_ids, target)
+
+
+def scores_by_views(model, features, masks, scoring: ScoringSpec, *, image_size: int, batch_size: int = 16,
+                    device=None, precision: str = "fp32", seed: int = 0) -> dict[int, np.ndarray]:
+    """``{k: (N,)}``: each calibration object's largest sample score over the view subsets of size
+    ``k < V`` that :func:`fit_by_views` scores (score once, fit for any number of targets with
+    :func:`fit_from_view_scores`)."""
     from multiflow.engine.maps import compute_maps
 
     n, v = int(features.shape[0]), int(features.shape[1])
@@ -126,10 +136,16 @@ def fit_by_views(model, features, masks, sample_ids: list[str], scoring: Scoring
                                 present=present, desc=f"threshold, {k} views")
             _, s = score_arrays(maps, masks, post, scoring.aggregation, present=present)
             worst = np.maximum(worst, s)
-        out[str(k)] = fit_threshold(worst, sample_ids, false_reject=target.false_reject,
-                                    confidence=target.confidence,
-                                    what=f"held-out calibration objects scored from {k} of {v} views")
+        out[k] = worst
     return out
+
+
+def fit_from_view_scores(worst: dict[int, np.ndarray], sample_ids: list[str], target) -> dict[str, ThresholdFit]:
+    """``{str(k): fit}`` for ``target`` (``false_reject``, ``confidence``) from :func:`scores_by_views`."""
+    v = max(worst) + 1
+    return {str(k): fit_threshold(s, sample_ids, false_reject=target.false_reject, confidence=target.confidence,
+                                  what=f"held-out calibration objects scored from {k} of {v} views")
+            for k, s in sorted(worst.items())}
 
 
 def save_calibration_maps(path: Path, maps: np.ndarray, masks: np.ndarray | None, sample_ids: list[str]) -> None:

@@ -12,14 +12,15 @@ Layout (each module only imports the ones above it in this list):
 """
 
 from multiflow.faults.decision import DECISIONS, decide_object
-from multiflow.faults.detect import CameraFault, FrameMemory, detect_faults, object_score
+from multiflow.faults.detect import CameraCheck, CameraFault, FrameMemory, check_cameras, detect_faults, object_score
 from multiflow.faults.fit import (FAULT_KINDS, MIN_OBJECTS, CameraFaultModel, Reference, calibrate,
                                   fit_camera_faults, min_objects)
-from multiflow.faults.flow_swap import flow_swap_gains
+from multiflow.faults.flow_swap import fit_flow_swap, flow_swap_batch, flow_swap_gains, with_flow_swap
 from multiflow.faults.stats import ViewStats, grey, view_stats
 
 __all__ = [
-    "DECISIONS", "FAULT_KINDS", "MIN_OBJECTS", "CameraFault", "CameraFaultModel", "FrameMemory", "Reference",
-    "ViewStats", "calibrate", "decide_object", "detect_faults", "fit_camera_faults", "flow_swap_gains", "grey",
-    "min_objects", "object_score", "view_stats",
+    "DECISIONS", "FAULT_KINDS", "MIN_OBJECTS", "CameraCheck", "CameraFault", "CameraFaultModel", "FrameMemory",
+    "Reference", "ViewStats", "calibrate", "check_cameras", "decide_object", "detect_faults", "fit_camera_faults",
+    "fit_flow_swap", "flow_swap_batch", "flow_swap_gains", "grey", "min_objects", "object_score", "view_stats",
+    "with_flow_swap",
 ]

@@ -149,16 +149,22 @@ class Reference:
 
 
 def occlusion_score(ref: Reference, st: ViewStats, occlusion_cells: int) -> np.ndarray:
-    """``(V',)``: the ``occlusion_cells``-th largest cell score ``min(z_mean, z_texture)``
+    """``(V',)``: the ``occlusion_cells``-th largest cell score of :func:`occlusion_cell_scores`
     (``ref`` restricted to the views of ``st``)."""
+    z = occlusion_cell_scores(ref, st)
+    flat = np.sort(z.reshape(z.shape[0], -1), axis=1)
+    return flat[:, -min(occlusion_cells, flat.shape[1])]
+
+
+def occlusion_cell_scores(ref: Reference, st: ViewStats) -> np.ndarray:
+    """``(V', G, G)``: each cell's ``(z_dark + z_smooth) / 2`` (module docstring), the view's median
+    cell change taken out (``ref`` restricted to the views of ``st``)."""
     c, s = ref.cell_center, ref.cell_scale
     z_dark, z_smooth = (c[:, 0] - st.cell_mean) / s[:, 0], (c[:, 1] - st.cell_sharp) / s[:, 1]
     # local, not global: the view's median cell change (exposure, blur) is taken out
     z_dark = z_dark - np.median(z_dark.reshape(len(z_dark), -1), axis=1)[:, None, None]
     z_smooth = z_smooth - np.median(z_smooth.reshape(len(z_smooth), -1), axis=1)[:, None, None]
-    z = 0.5 * (z_dark + z_smooth)
-    flat = np.sort(z.reshape(z.shape[0], -1), axis=1)
-    return flat[:, -min(occlusion_cells, flat.shape[1])]
+    return 0.5 * (z_dark + z_smooth)
 
 
 def camera_energies(ref: Reference, st: ViewStats) -> np.ndarray:
@@ -202,14 +208,14 @@ def _fit_standard(raws: Sequence[dict[str, np.ndarray]]) -> dict[str, list]:
     standard: dict[str, list] = {}
     for stat in VIEW_STATISTICS:
         vals = np.stack([r[stat] for r in raws])  # (N, V)
-        standard[stat] = [a.tolist() for a in _tail_scales(vals, SCALE_FLOOR[stat])]
+        standard[stat] = [a.tolist() for a in tail_scales(vals, SCALE_FLOOR[stat])]
     pairs = np.stack([r["pair"] for r in raws])  # (N, V, V), diagonal -inf
     pairs = np.where(np.isfinite(pairs), pairs, 0.0)
-    standard["pair"] = [a.tolist() for a in _tail_scales(pairs, SCALE_FLOOR["pair"])]
+    standard["pair"] = [a.tolist() for a in tail_scales(pairs, SCALE_FLOOR["pair"])]
     return standard
 
 
-def _tail_scales(x: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def tail_scales(x: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(q_hi, beta_hi, q_lo, beta_lo)`` over axis 0: ``q_hi = Q90``, ``beta_hi`` the mean excess
     of the values above it (``q_lo = Q10`` and the mean shortfall below it), at least ``floor``."""
     q_lo, q_hi = np.quantile(x, [TAIL_LOW, TAIL_HIGH], axis=0)
@@ -249,6 +255,8 @@ class CameraFaultModel:
     calibration: dict[str, Any]
     n_images: int
     notes: dict[str, Any] = field(default_factory=dict)
+    #: the flow-swap check (:func:`multiflow.faults.flow_swap.with_flow_swap`), None without one
+    flow_swap: dict[str, Any] | None = None
 
     @property
     def reference(self) -> Reference:
@@ -282,7 +290,7 @@ class CameraFaultModel:
                                   "refit with `multiflow fit`", p)
         data.pop("format")
         names = set(cls.__dataclass_fields__)
-        missing = sorted(names - set(data) - {"notes"})
+        missing = sorted(names - set(data) - {"notes", "flow_swap"})
         unknown = sorted(set(data) - names)
         if missing or unknown:
             raise CheckpointError(f"camera fault statistics: missing keys {missing}, unknown keys {unknown}", p)
@@ -305,6 +313,18 @@ class CameraFaultModel:
             check_false_alarm(model.false_alarm)
         except ConfigError as exc:
             raise CheckpointError(f"camera fault statistics: {exc}", p) from None
+        if model.flow_swap is not None:
+            fs, n_pairs = model.flow_swap, v * (v - 1) // 2
+            ok = isinstance(fs, dict) and all(k in fs for k in ("q", "b", "threshold", "false_alarm"))
+            try:
+                ok = ok and np.asarray(fs["q"], dtype=np.float64).shape == (n_pairs,) and \
+                    np.asarray(fs["b"], dtype=np.float64).shape == (n_pairs,) and \
+                    math.isfinite(float(fs["threshold"])) and bool(np.all(np.asarray(fs["b"], dtype=np.float64) > 0))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise CheckpointError(f"camera fault statistics: flow_swap must hold q, b ({n_pairs} pairs, b > 0), "
+                                      "a finite threshold and false_alarm", p)
         return model
 
 
