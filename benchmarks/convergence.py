@@ -101,6 +101,15 @@ def default_fusions() -> list[str]:
     return ["conv", *sorted(f for f in FUSIONS if f != "conv")]
 
 
+def estimate_epoch_seconds(grid: dict[str, Any]) -> float:
+    """Wall seconds of one conv epoch on 2 quiet cores (the learning curve's measured rates, scaled by
+    (input / 384)^2): training on 90 % of N, the held-out pass on 10 %."""
+    from benchmarks.lib.curve_plan import SCORE_S_PER_SAMPLE_384, TRAIN_SAMPLES_PER_S_384
+
+    px = (grid["input_size"] / 384.0) ** 2
+    return grid["n"] * px * (0.9 / TRAIN_SAMPLES_PER_S_384 + 0.1 * SCORE_S_PER_SAMPLE_384)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="", help="results folder (default results/convergence, --quick: results/convergence-quick)")
@@ -393,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== convergence: {len(plan)} runs ({len(grid['classes'])} classes x {len(grid['fusions'])} fusions x "
           f"{len(grid['schedules'])} schedules x {len(grid['seeds'])} seeds), N = {grid['n']}, up to {grid['epochs']} "
           f"epochs, patience {grid['patience']} -> {out}", flush=True)
+    todo = sum(not (run_dir(out, *k) / "result.json").is_file() for k in plan)
+    print(f"== {todo} runs to do; at most {todo * grid['epochs'] * estimate_epoch_seconds(grid) / 3600:.1f} h on 2 "
+          f"quiet cores for the conv fusion (every run to the cap; early stopping ends most before it)", flush=True)
     try:
         from multiflow.flow.fusion import get_fusion
 
