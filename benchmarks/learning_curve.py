@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="training epochs of Multi-Flow (default 60; the cap with --patience)")
     p.add_argument("--patience", type=int, help="early stopping on the held-out loss after this many epochs "
                    "without improvement (default 8; 0: the fixed schedule); needs its own --out")
+    p.add_argument("--defects", nargs="+", help="defect codes of the test set (default: the nine standard ones and "
+                   "FM ML LB); the folder's data set is generated with them")
     p.add_argument("--min-delta", type=float, help="early stopping: an improvement must exceed this (default 0)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], help="train.lr_schedule (default constant)")
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     grid = dict(QUICK if args.quick else FULL)
-    for key in ("classes", "sizes", "seeds", "methods", "epochs"):
+    for key in ("classes", "sizes", "seeds", "methods", "epochs", "defects"):
         if getattr(args, key):
             grid[key] = getattr(args, key)
     for key in ("patience", "min_delta", "lr", "lr_schedule", "warmup_epochs", "lr_min", "gamma_lr"):

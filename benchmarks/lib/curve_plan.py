@@ -23,11 +23,11 @@ SCHEDULE_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant", "warmup_epochs":
                                      "min_delta": 0.0}
 
 #: The default grid: converged flows (early stopping on the held-out loss, ``epochs`` only a cap), the
-#: cross-view-only defects in the test set. 2 classes x 4 sizes x 3 seeds x 5 methods = 120 cells
+#: cross-view-only defects in the test set (5 objects of each of the 12 types). 2 classes x 4 sizes x 3 seeds x 5 methods = 120 cells
 #: (:func:`estimate_seconds` assumes every flow runs to the cap: an upper bound).
 FULL: dict[str, Any] = {
     "classes": ["toy_brick", "terminal_block"], "sizes": [25, 50, 100, 200], "seeds": [0, 1, 2],
-    "n_test_good": 30, "n_test_defect": 40, "defects": [*STANDARD_DEFECTS, *CROSS_VIEW_DEFECTS], "size": 384,
+    "n_test_good": 30, "n_test_defect": 60, "defects": [*STANDARD_DEFECTS, *CROSS_VIEW_DEFECTS], "size": 384,
     "input_size": 384, "epochs": 60, "patience": 8, "batch": 4, "lr": 1e-3, **SCHEDULE_DEFAULTS,
     "variation": "realistic",
     "methods": ["multiflow", "graph-none", "single-view", "single-view-eqsteps", "patchcore"],

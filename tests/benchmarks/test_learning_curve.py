@@ -146,7 +146,7 @@ def test_estimates_grow_with_n_and_default_grid_fits_the_budget():
     g = lc.FULL
     assert lc.estimate_seconds(g, 200, "multiflow") > 4 * lc.estimate_seconds(g, 25, "multiflow") / 2
     assert lc.estimate_seconds(g, 100, "graph-none") < lc.estimate_seconds(g, 100, "multiflow")
-    g8 = dict(g, epochs=8, patience=0)  # the fixed 8-epoch schedule of the first learning curve
+    g8 = dict(g, epochs=8, patience=0, n_test_defect=40)  # the first learning curve: 8 epochs, 40 defective
     total = lc.estimate_prep_seconds(g8) + sum(lc.estimate_seconds(g8, n, m) for _, n, m, _ in lc.plan(g8))
     assert 1.5 * 3600 < total < 3.2 * 3600  # "a few hours on 2 cores", as issue 8 asked
     # converged flows: the estimate assumes every flow runs to the cap (an upper bound)
