@@ -18,10 +18,10 @@ Reproducibility and resuming
 Every epoch draws its batch order and its conditioning noise from generators seeded by
 ``(seed, epoch)``, and the learning rate of every step is a function of the step's number
 (:mod:`multiflow.engine.schedule`), so an epoch's work depends only on the model and optimiser state
-at its start. The resume state (``state.safetensors``: model, AdamW state with its parameter groups, and the best model so far unless it is
-the current one; the rest as JSON in the file's metadata) is written atomically every
-``checkpoint_minutes`` of wall clock, every ``checkpoint_every`` epochs if that is set, and at the
-end; ``best.safetensors`` (weights only) is rewritten only when the selection loss improves. A
+at its start. The resume state (``state.safetensors``: model, AdamW state with its parameter
+groups, and the best model so far unless it is the current one; the rest as JSON in the file's
+metadata) is written atomically every ``checkpoint_minutes`` of wall clock, every
+``checkpoint_every`` epochs if that is set, and at the end; ``best.safetensors`` (weights only) is rewritten only when the selection loss improves. A
 killed run resumed with ``resume=True`` restarts from the last state and ends with the same model
 as an uninterrupted run with the same seed (when the state was written does not change the work).
 
@@ -51,8 +51,9 @@ of the epoch's last step (``lr``; ``gamma_lr`` for the gates' group).
 Early stopping (``early_stopping_patience`` > 0): training ends when the held-out loss (the
 training loss without held-out samples) has not improved by more than ``early_stopping_min_delta``
 for that many epochs; the last history record says so (``stopped``). With a cosine schedule the
-planned ``epochs`` define the decay and early stopping may end the run before its end. Resuming an early-stopped run
-with ``early_stopping_patience=0`` continues it to ``epochs``, the same run the fixed schedule gives.
+planned ``epochs`` define the decay and early stopping may end the run before its end. Resuming an
+early-stopped run with ``early_stopping_patience=0`` continues it to ``epochs``, the same run the
+fixed schedule gives.
 
 Divergence: a NaN or infinite training loss (checked on every batch, before the optimiser step) or
 held-out loss ends the run with :class:`TrainingError` naming the epoch and the loss. Nothing of the
@@ -633,13 +634,13 @@ def train_flow(
     precision = resolve_precision(cfg.precision, device, notice=ctx.is_main)
     model.to(device)
     optimizer = _optimizer(model, cfg)
+    schedule = LrSchedule.from_config(cfg, max(math.ceil(len(train_idx) / cfg.batch_size), 1))
     selection = BestSelection(cfg.select, model)
     stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta, cfg.epochs)
     settings = resume_settings(cfg, n, precision)
     start_epoch, history = _restart(state_dir / STATE_FILE, resume, model, optimizer, settings, selection,
                                     stopping, device)
     loss_fn = ShardedLoss(model, ctx, precision=precision) if ctx.enabled else LocalLoss(model, device, precision)
-    schedule = LrSchedule.from_config(cfg, max(math.ceil(len(train_idx) / cfg.batch_size), 1))
     checkpoints = Checkpointer(state_dir, cfg, ctx, clock, start_epoch, settings, schedule)
     epoch_bar = tqdm(total=cfg.epochs, initial=min(start_epoch, cfg.epochs), desc="training", unit="epoch",
                      disable=not progress, dynamic_ncols=True)
