@@ -19,7 +19,17 @@ Methods (``--methods``):
   Multi-Flow (*equal steps*);
 * ``multiflow-eqsteps`` (opt-in, ~5x the cost of ``multiflow``): Multi-Flow trained ``V`` times as many
   epochs, i.e. the single-view flow's step count;
-* ``patchcore``: PatchCore (:mod:`multiflow.baselines`) on the same features and masks.
+* ``patchcore``: PatchCore (:mod:`multiflow.baselines`) on the same features and masks;
+* ``fusion-<name>``: Multi-Flow with the fusion operator ``<name>`` instead of the paper's conv, one
+  method for every other entry of :data:`multiflow.flow.fusion.FUSIONS` (opt-in).
+
+Converged flows: every flow trains until its held-out loss has not improved for ``--patience``
+epochs (default 8; ``--epochs`` is the cap, default 60), with the learning-rate schedule of
+``--lr-schedule``/``--warmup-epochs``/``--lr-min``/``--gamma-lr`` (``train.*``,
+:mod:`multiflow.engine.schedule`). These settings are part of the results folder's settings: a
+folder holds cells of one schedule, another schedule is refused (use another ``--out``). The test
+set holds the nine standard defect types and the three that only a comparison across views reveals
+(FM, ML, LB; :data:`multiflow.synth.defects.CROSS_VIEW_CODES`), reported per defect type.
 
 Each (class, N, method, seed) cell is stored as ``<out>/cells/<class>/n<N>/<method>/seed<k>.json``
 (atomically) as soon as it finishes; a rerun skips finished cells, so killing the run loses at most
@@ -28,7 +38,8 @@ the cell in progress. Every flow cell records the learned per-view ``gamma`` of 
 messages switched off at test time (:func:`multiflow.flow.subnet.cross_view_scaled`), and every cell
 keeps its per-defect-type results: the diagnosis when Multi-Flow does not win.
 
-    python benchmarks/learning_curve.py                     # default grid (~2.5 h on 2 quiet cores)
+    python benchmarks/learning_curve.py                     # default grid (hours: up to 60 epochs a flow)
+    python benchmarks/learning_curve.py --lr-schedule cosine --warmup-epochs 2 --lr-min 1e-5 --out results/lc-cosine
     python benchmarks/learning_curve.py --max-minutes 60    # stop cleanly after ~1 h; rerun continues
     python benchmarks/learning_curve.py --sizes 25 50 100 200 400 --seeds 0 1 2 3 4
     python benchmarks/learning_curve.py --quick             # tiny grid, a few minutes (smoke test)
@@ -80,16 +91,24 @@ STATE_NAME = "multiflow-learning-curve"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="", help="results folder (default results/learning_curve, --quick: "
+    p.add_argument("--out", default="", help="results folder (default results/learning_curve-converged, --quick: "
                    "results/learning_curve-quick)")
     p.add_argument("--quick", action="store_true", help="tiny grid (1 class, N = 4 and 8, 1 epoch, 96 px)")
     p.add_argument("--classes", nargs="+", help="synthetic classes")
     p.add_argument("--sizes", type=int, nargs="+", help="training sizes N (default 25 50 100 200)")
     p.add_argument("--seeds", type=int, nargs="+", help="train seeds (default 0 1 2)")
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS), help="curves to run")
-    p.add_argument("--epochs", type=int, help="training epochs of Multi-Flow (default 8; the cap with --patience)")
+    p.add_argument("--epochs", type=int, help="training epochs of Multi-Flow (default 60; the cap with --patience)")
     p.add_argument("--patience", type=int, help="early stopping on the held-out loss after this many epochs "
-                   "without improvement (default 0: the fixed schedule); needs its own --out")
+                   "without improvement (default 8; 0: the fixed schedule); needs its own --out")
+    p.add_argument("--defects", nargs="+", help="defect codes of the test set (default: the nine standard ones and "
+                   "FM ML LB); the folder's data set is generated with them")
+    p.add_argument("--min-delta", type=float, help="early stopping: an improvement must exceed this (default 0)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], help="train.lr_schedule (default constant)")
+    p.add_argument("--warmup-epochs", type=float, help="train.warmup_epochs: linear warm-up (default 0)")
+    p.add_argument("--lr-min", type=float, help="train.lr_min: the cosine's end rate (default 0)")
+    p.add_argument("--gamma-lr", type=float, help="train.gamma_lr: the fusion gates' own rate (default 0 = lr)")
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop cleanly before a cell that would end after this many minutes (0: no limit)")
     p.add_argument("--workers", type=int, default=2, help="data generation processes")
@@ -112,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     grid = dict(QUICK if args.quick else FULL)
-    for key in ("classes", "sizes", "seeds", "methods", "epochs"):
+    for key in ("classes", "sizes", "seeds", "methods", "epochs", "defects"):
         if getattr(args, key):
             grid[key] = getattr(args, key)
-    if args.patience is not None:
-        grid["patience"] = args.patience
-    out = Path(args.out) if args.out else ROOT / "results" / ("learning_curve-quick" if args.quick else "learning_curve")
+    for key in ("patience", "min_delta", "lr", "lr_schedule", "warmup_epochs", "lr_min", "gamma_lr"):
+        if getattr(args, key) is not None:
+            grid[key] = getattr(args, key)
+    out = Path(args.out) if args.out else ROOT / "results" / (
+        "learning_curve-quick" if args.quick else "learning_curve-converged")
     if args.threads:
         import torch
 

@@ -19,7 +19,8 @@ from benchmarks.lib.data import CachedClass
 from multiflow._atomic import write_bytes, write_json
 
 
-def _evaluate(maps: np.ndarray, d: CachedClass) -> dict[str, Any]:
+def evaluate_maps(maps: np.ndarray, d: CachedClass) -> dict[str, Any]:
+    """S-/I-AUROC of test maps ``(T, V, h, w)`` (paper scoring: max), overall and per defect type."""
     from multiflow.scoring import image_scores_from_maps
     from multiflow.metrics import evaluate_exact
 
@@ -75,7 +76,7 @@ def run_cell(cfg, grid: dict[str, Any], d: CachedClass, cls: str, n: int, method
 
             model = PatchCore(seed=seed).fit(feats, masks)
             maps = np.asarray(model.anomaly_map(d.test_features, d.test_masks))
-            rec |= _evaluate(maps, d)
+            rec |= evaluate_maps(maps, d)
             rec["scoring"] = _score_variants(maps, None, None, d, grid)
             _save_maps(maps_path, maps, None)
         else:
@@ -85,7 +86,8 @@ def run_cell(cfg, grid: dict[str, Any], d: CachedClass, cls: str, n: int, method
             tcfg = dataclasses.replace(tcfg, checkpoint_every=tcfg.epochs, checkpoint_minutes=0.0)
             device, precision = run_device(tcfg)
             on = dict(device=device, precision=precision)
-            mcfg = dataclasses.replace(cfg.model, graph=m.graph, single_view=m.single_view)
+            mcfg = dataclasses.replace(cfg.model, graph=m.graph, single_view=m.single_view,
+                                       fusion=m.fusion or cfg.model.fusion)
             model = build_flow(mcfg, d.channels, d.view_names, seed)
             tf, tm = model.to_flow_samples(feats, masks)
             tmp_root.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,7 @@ def run_cell(cfg, grid: dict[str, Any], d: CachedClass, cls: str, n: int, method
                 maps = model.from_flow_samples(compute_maps(model, sf, sm, batch_size=64, **on), v)
             else:
                 maps = compute_maps(model, d.test_features, d.test_masks, batch_size=16, **on)
-            rec |= _evaluate(maps, d)
+            rec |= evaluate_maps(maps, d)
             val_maps = val_masks = None
             if not m.single_view and result.val_index is not None and len(result.val_index):
                 vi = np.asarray(result.val_index)
@@ -112,11 +114,14 @@ def run_cell(cfg, grid: dict[str, Any], d: CachedClass, cls: str, n: int, method
             rec["steps_selected"] = per_epoch * max(result.best_epoch, 0)  # steps taken by the scored weights
             rec["epochs"] = len(result.history)
             rec["best_epoch"] = result.best_epoch
+            rec["stop_reason"] = result.stop_reason
+            rec["val_loss"] = [r.get("val_loss") for r in result.history]
             rec["lr"] = tcfg.lr
+            rec["gamma_lr"] = tcfg.gamma_lr or tcfg.lr  # the rate the fusion gates moved at
             if m.graph != "none" and not m.single_view:
                 with cross_view_scaled(model, 0.0):
                     off = compute_maps(model, d.test_features, d.test_masks, batch_size=16, **on)
-                rec["cross_view_off"] = _evaluate(off, d)
+                rec["cross_view_off"] = evaluate_maps(off, d)
     rec["seconds"] = time.perf_counter() - t0
     rec["cpu_share"] = share.share
     return rec

@@ -8,24 +8,35 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.lib.data import CachedClass, load_cached_class
+from multiflow.flow.fusion import FUSIONS
+from multiflow.synth.defects import CROSS_VIEW_CODES
 
 
 METRICS = (("s_auroc", "S-AUROC"), ("i_auroc", "I-AUROC"))
 STANDARD_DEFECTS = ("AK", "BX", "CH", "HS", "PS", "QS", "YW", "ZW", "CI")
+#: defects that only a comparison across views reveals (each view alone is a normal image)
+CROSS_VIEW_DEFECTS = tuple(CROSS_VIEW_CODES)  # FM, ML, LB
 
-#: The default grid. Sized for ~2.5 h on 2 quiet cores (see :func:`estimate_seconds`):
-#: 2 classes x 4 sizes x 3 seeds x 5 methods = 120 cells.
+#: The training schedule of every flow cell (``train.*``; multiflow.engine.schedule): part of a folder's
+#: settings, so cells trained on different schedules are never mixed.
+SCHEDULE_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant", "warmup_epochs": 0.0, "lr_min": 0.0, "gamma_lr": 0.0,
+                                     "min_delta": 0.0}
+
+#: The default grid: converged flows (early stopping on the held-out loss, ``epochs`` only a cap), the
+#: cross-view-only defects in the test set (5 objects of each of the 12 types). 2 classes x 4 sizes x 3 seeds x 5 methods = 120 cells
+#: (:func:`estimate_seconds` assumes every flow runs to the cap: an upper bound).
 FULL: dict[str, Any] = {
     "classes": ["toy_brick", "terminal_block"], "sizes": [25, 50, 100, 200], "seeds": [0, 1, 2],
-    "n_test_good": 30, "n_test_defect": 40, "defects": [*STANDARD_DEFECTS, "FM"], "size": 384,
-    "input_size": 384, "epochs": 8, "patience": 0, "batch": 4, "lr": 1e-3, "variation": "realistic",
+    "n_test_good": 30, "n_test_defect": 60, "defects": [*STANDARD_DEFECTS, *CROSS_VIEW_DEFECTS], "size": 384,
+    "input_size": 384, "epochs": 60, "patience": 8, "batch": 4, "lr": 1e-3, **SCHEDULE_DEFAULTS,
+    "variation": "realistic",
     "methods": ["multiflow", "graph-none", "single-view", "single-view-eqsteps", "patchcore"],
     "model": [],  # the paper's flow: 6 blocks, hidden 64 (multiflow defaults)
 }
 QUICK: dict[str, Any] = {
     "classes": ["toy_brick"], "sizes": [4, 8], "seeds": [0], "n_test_good": 3, "n_test_defect": 4,
-    "defects": ["HS", "QS", "CI", "FM"], "size": 96, "input_size": 96, "epochs": 1, "patience": 0, "batch": 4,
-    "lr": 1e-3,
+    "defects": ["HS", "QS", "CI", *CROSS_VIEW_DEFECTS], "size": 96, "input_size": 96, "epochs": 1, "patience": 0,
+    "batch": 4, "lr": 1e-3, **SCHEDULE_DEFAULTS,
     "variation": "realistic",
     "methods": ["multiflow", "graph-none", "single-view", "single-view-eqsteps", "patchcore"],
     # a small flow: at 3x3 feature maps the paper's 40 M-parameter flow costs seconds per step in weights alone
@@ -46,7 +57,9 @@ class Method:
 
     ``batch_views``: multiply the batch size by the number of views (single-view flow at equal
     steps); ``epoch_views``: multiply the epochs by the number of views (Multi-Flow at the
-    single-view flow's steps); ``cost``: training time relative to ``multiflow`` at equal epochs.
+    single-view flow's steps); ``fusion``: the cross-view operator (``model.fusion``, one of
+    :data:`multiflow.flow.fusion.FUSIONS`; "" = the configuration's, the paper's conv);
+    ``cost``: training time relative to ``multiflow`` at equal epochs.
     """
 
     name: str
@@ -56,6 +69,7 @@ class Method:
     single_view: bool = False
     batch_views: bool = False
     epoch_views: bool = False
+    fusion: str = ""
     cost: float = 1.0
 
 
@@ -66,7 +80,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("single-view-eqsteps", "single-view flow (equal steps)", single_view=True, batch_views=True, cost=0.4),
     Method("multiflow-eqsteps", "Multi-Flow (single-view's steps)", epoch_views=True, cost=5.0),
     Method("patchcore", "PatchCore", kind="patchcore", cost=0.0),
+    # Multi-Flow with every other registered fusion operator: ``fusion-<name>``
+    *(Method(f"fusion-{name}", f"Multi-Flow ({name} fusion)", fusion=name) for name in FUSIONS if name != "conv"),
 )}
+#: the methods that are Multi-Flow with another fusion operator than the paper's conv
+FUSION_METHODS = tuple(name for name, m in METHODS.items() if m.fusion)
 
 
 def cell_path(out: Path, cls: str, n: int, method: str, seed: int) -> Path:
@@ -115,6 +133,10 @@ def make_config(grid: dict[str, Any], out: Path):
         f"train.epochs={grid['epochs']}", f"train.batch_size={grid['batch']}", f"train.lr={grid['lr']}",
         f"train.checkpoint_every={grid['epochs']}", "train.checkpoint_minutes=0",
         f"train.early_stopping_patience={grid.get('patience', 0)}",
+        f"train.early_stopping_min_delta={grid.get('min_delta', 0.0)}",
+        f"train.lr_schedule={grid.get('lr_schedule', 'constant')}",
+        f"train.warmup_epochs={grid.get('warmup_epochs', 0.0)}", f"train.lr_min={grid.get('lr_min', 0.0)}",
+        f"train.gamma_lr={grid.get('gamma_lr', 0.0)}",
         "eval.pictures=false", "eval.pixel_metrics=false",
         *grid.get("model", []),
     ])
@@ -123,7 +145,7 @@ def make_config(grid: dict[str, Any], out: Path):
 #: Grid keys that select cells; every other key changes what a cell computes.
 SELECTING = ("classes", "sizes", "seeds", "methods")
 #: Settings of folders written before the key existed.
-SETTING_DEFAULTS: dict[str, Any] = {"patience": 0}
+SETTING_DEFAULTS: dict[str, Any] = {"patience": 0, **SCHEDULE_DEFAULTS}
 
 
 def prepare(grid: dict[str, Any], out: Path, cfg, *, progress: bool, workers: int) -> dict[str, CachedClass]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import paper_experiments as pe
-from benchmarks.lib.curve_plan import DATA_SEED, METHODS, METRICS
+from benchmarks.lib.curve_plan import CROSS_VIEW_DEFECTS, DATA_SEED, FUSION_METHODS, METHODS, METRICS
 from multiflow._atomic import write_bytes
 
 
@@ -128,6 +128,17 @@ def _n_seeds(data: dict, a: str, b: str, metric: str) -> int:
     return min(len(pe.seed_means(data[a], metric)), len(pe.seed_means(data[b], metric)))
 
 
+def _schedule_text(grid: dict[str, Any]) -> str:
+    """The learning-rate schedule of the grid's flows in words (``train.lr_schedule`` etc.)."""
+    kind = grid.get("lr_schedule", "constant")
+    parts = [kind if kind == "constant" else f"cosine to {grid.get('lr_min', 0.0):g}"]
+    if grid.get("warmup_epochs"):
+        parts.append(f"after {grid['warmup_epochs']:g} warm-up epochs")
+    if grid.get("gamma_lr"):
+        parts.append(f"fusion gates at lr {grid['gamma_lr']:g}")
+    return ", ".join(parts)
+
+
 def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]) -> str:
     """The BENCHMARKS.md section: table, verdicts, diagnosis, command, cost."""
     data = _as_pe_records(recs)
@@ -161,9 +172,11 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
     lines.append("")
     # verdicts: Multi-Flow minus each single-view flow / no links, per N
     verdicts = []
-    for other in ("single-view", "single-view-eqsteps", "graph-none"):
+    pairs = [("multiflow", o) for o in ("single-view", "single-view-eqsteps", "graph-none")]
+    pairs += [(f, o) for f in FUSION_METHODS for o in ("multiflow", "graph-none")]  # each operator vs conv, no links
+    for mine, other in pairs:
         for n in sizes:
-            a, b = f"multiflow@{n}", f"{other}@{n}"
+            a, b = f"{mine}@{n}", f"{other}@{n}"
             if a not in data or b not in data:
                 continue
             parts = []
@@ -172,13 +185,14 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
                 if d is None:
                     continue
                 delta, spread = d
+                name = "Multi-Flow" if mine == "multiflow" else METHODS[mine].label
                 word = ("one seed: no noise estimate" if _n_seeds(data, a, b, k) < 2 else "within one seed std" if abs(delta) <= spread
-                        else "Multi-Flow better" if delta > 0 else "Multi-Flow worse")
+                        else f"{name} better" if delta > 0 else f"{name} worse")
                 parts.append(f"{lbl} {delta:+.2f} pp ({word})")
             if parts:
-                verdicts.append(f"- N = {n}, Multi-Flow minus {METHODS[other].label}: " + ", ".join(parts))
+                verdicts.append(f"- N = {n}, {name} minus {METHODS[other].label}: " + ", ".join(parts))
     if verdicts:
-        lines += ["Multi-Flow minus the other flows (mean over seeds of the class average; 'within one seed "
+        lines += ["Multi-Flow (and each other fusion operator) minus the other flows (mean over seeds of the class average; 'within one seed "
                   "std' when the difference is not larger than the larger of the two seed stds):", "", *verdicts, ""]
     # diagnosis at the largest N
     n_max = sizes[-1] if sizes else None
@@ -198,11 +212,11 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
             lo = min(r["gamma_abs"]["min"] for r in mf)
             hi = max(r["gamma_abs"]["max"] for r in mf)
             steps = sorted({r.get("steps_selected", r["steps"]) for r in mf})
-            lr = mf[0].get("lr")
+            lr = mf[0].get("gamma_lr") or mf[0].get("lr")
             lines.append(f"- learned |gamma| of Multi-Flow's st-networks (selected weights; mean over blocks and runs) "
                          f"per view {', '.join(f'{v}: {g:.3f}' for v, g in zip(ctx['views'], per_view))}; range "
-                         f"{lo:.3f}-{hi:.3f} after {steps[0]}-{steps[-1]} optimiser steps at lr {lr} "
-                         f"(steps x lr = {steps[-1] * lr:.2f}: Adam moves gamma by about lr per step).")
+                         f"{lo:.3f}-{hi:.3f} after {steps[0]}-{steps[-1]} optimiser steps at the gates' lr {lr} "
+                         f"(steps x lr = {steps[-1] * lr:.2f}: Adam moves gamma by about its lr per step).")
         last = []
         for m in methods:
             runs = [r for r in recs if r["method"] == m and r.get("best_epoch") and r.get("epochs")]
@@ -211,6 +225,11 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
         if last:
             lines.append("- training length: runs (all N) whose best held-out epoch is their last one, i.e. whose "
                          "held-out loss was still falling when the schedule ended: " + "; ".join(last) + ".")
+        stopped = [f"{METHODS[m].label} {sum(bool(r.get('stop_reason')) for r in runs)} of {len(runs)}"
+                   for m in methods if (runs := [r for r in recs if r["method"] == m and "stop_reason" in r])]
+        if stopped and grid.get("patience"):
+            lines.append(f"- early stopping (patience {grid['patience']}, cap {grid['epochs']} epochs) ended: "
+                         + "; ".join(stopped) + " runs (all N) before the cap.")
         key = f"multiflow@{n_max}"
         if key in off:
             parts = []
@@ -220,17 +239,22 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
                     parts.append(f"{lbl} {pe.fmt_ms(pe.seed_means(off[key], k))} with the messages off vs "
                                  f"{pe.fmt_ms(pe.seed_means(data[key], k))} on ({d[0]:+.2f} pp from the links)")
             lines.append("- cross-view messages switched off at test time (same trained Multi-Flow): " + "; ".join(parts) + ".")
-        lines += ["", "Per defect type at N = " + f"{n_max} (S-AUROC, mean over seeds of the class average, %; "
-                  "FM = cross-view face colour mismatch, CI = colour inconsistency):", ""]
         defects = sorted({dd for r in recs if r["n"] == n_max for dd in r.get("per_defect", {})})
-        lines += ["| method | " + " | ".join(defects) + " |", "|---|" + "---:|" * len(defects)]
+        cross = [dd for dd in defects if dd in CROSS_VIEW_DEFECTS]
+        lines += ["", "Per defect type at N = " + f"{n_max} (S-AUROC, mean over seeds of the class average, %; "
+                  "cross-view only, each view alone a normal image: FM = face colour mismatch, ML = mixed lot, "
+                  "LB = one-sided label; CI = colour inconsistency"
+                  + (f"; 'cross-view' = the mean over {', '.join(cross)}" if cross else "") + "):", ""]
+        columns = [*defects, *(["cross-view"] if cross else [])]
+        lines += ["| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
         for m in methods:
             cells = []
-            for dd in defects:
+            for col in columns:
+                kinds = cross if col == "cross-view" else [col]
                 per_seed = []
                 for s in sorted({r["seed"] for r in recs}):
                     vals = [r["per_defect"][dd]["s_auroc"] for r in recs if r["method"] == m and r["n"] == n_max
-                            and r["seed"] == s and dd in r.get("per_defect", {})
+                            and r["seed"] == s for dd in kinds if dd in r.get("per_defect", {})
                             and r["per_defect"][dd]["s_auroc"] is not None]
                     if vals:
                         per_seed.append(sum(vals) / len(vals))
@@ -249,7 +273,7 @@ def report(recs: list[dict[str, Any]], grid: dict[str, Any], ctx: dict[str, Any]
         f"silhouette masks; flow {' '.join(grid.get('model') or []) or 'as in the paper (6 blocks, hidden 64)'}; "
         + (f"up to {grid['epochs']} epochs (early stopping, patience {grid['patience']}), " if grid.get("patience")
            else f"{grid['epochs']} epochs, ") + f"batch {grid['batch']} (single-view: images; equal steps: "
-        f"batch x 5), lr {grid['lr']}, best epoch on 10 % held-out normal objects. Numbers: mean ± sample "
+        f"batch x 5), lr {grid['lr']} ({_schedule_text(grid)}), best epoch on 10 % held-out normal objects. Numbers: mean ± sample "
         f"std over seeds {grid['seeds']} of the class average (%).  ",
         f"Machine: {ctx['machine']}.  ",
         f"Cost: {ctx['cells']} cells, {ctx['cell_hours']:.2f} h of cell time (CPU share {ctx['cpu_share']:.2f}) "

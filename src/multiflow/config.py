@@ -133,6 +133,16 @@ class TrainConfig:
     device: str = "auto"
     #: ``fp32`` or ``bf16`` (bf16 autocast st-network convolutions; coupling math, log-det, NLL in fp32)
     precision: str = "fp32"
+    #: learning rate over the run (multiflow.engine.schedule), set before every optimiser step:
+    #: ``constant`` (the paper's; ``train.lr`` throughout) or ``cosine`` (decay from ``train.lr`` to
+    #: ``train.lr_min`` over the planned ``train.epochs``); either after a linear warm-up of
+    #: ``warmup_epochs`` epochs (fractions allowed; 0 = none)
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    lr_min: float = 0.0
+    #: learning rate of the fusion gates ``gamma_i`` (Eq. 4) in an AdamW group of their own without
+    #: weight decay, following the same schedule (0 = ``train.lr``, one group: the paper's)
+    gamma_lr: float = 0.0
 
 
 @dataclass
@@ -234,6 +244,12 @@ class RunConfig:
         check_target(self.threshold.false_reject, self.threshold.confidence, "threshold")
         _choice("features.dtype", self.features.dtype, {"float16", "float32"})
         _choice("train.precision", self.train.precision, {"fp32", "bf16"})
+        _choice("train.lr_schedule", self.train.lr_schedule, {"constant", "cosine"})
+        if self.train.lr_min > self.train.lr:
+            raise ConfigError(f"train.lr_min ({self.train.lr_min}) must not exceed train.lr ({self.train.lr})")
+        if self.train.warmup_epochs > self.train.epochs:
+            raise ConfigError(f"train.warmup_epochs ({self.train.warmup_epochs}) is longer than the run "
+                              f"(train.epochs={self.train.epochs})")
         dev = self.train.device.strip().lower()
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.train.device!r}")
@@ -310,6 +326,9 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "train.view_dropout": {"ge": 0, "lt": 1},
     "train.early_stopping_patience": {"ge": 0},
     "train.early_stopping_min_delta": {"ge": 0},
+    "train.warmup_epochs": {"ge": 0},
+    "train.lr_min": {"ge": 0},
+    "train.gamma_lr": {"ge": 0},
     "eval.batch_size": {"gt": 0},
     "eval.image_score_k": {"gt": 0},
     "eval.image_score_q": {"ge": 0, "le": 1},

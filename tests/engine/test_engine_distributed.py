@@ -43,20 +43,27 @@ def _data(with_masks: bool):
     return feats, masks
 
 
-def _run(ctx: DistContext, state_dir: str, out: str, with_masks: bool, view_dropout: float = 0.0) -> None:
+#: a learning-rate schedule with the fusion gates in their own group (issue 24)
+SCHEDULE = dict(lr_schedule="cosine", warmup_epochs=0.5, lr_min=1e-4, gamma_lr=1e-2)
+
+
+def _run(ctx: DistContext, state_dir: str, out: str, with_masks: bool, view_dropout: float = 0.0,
+         scheduled: bool = False) -> None:
     torch.set_num_threads(1)
     feats, masks = _data(with_masks)
     model = _model()
-    res = train_flow(model, feats, masks, TrainConfig(**CFG, view_dropout=view_dropout), state_dir, progress=False)
+    cfg = TrainConfig(**CFG, view_dropout=view_dropout, **(SCHEDULE if scheduled else {}))
+    res = train_flow(model, feats, masks, cfg, state_dir, progress=False)
     maps = compute_maps_sharded(model, feats, masks, ctx, batch_size=2)
     if ctx.is_main:
         torch.save({"state": model.state_dict(), "history": res.history, "best": res.best_epoch, "maps": maps}, out)
 
 
-@pytest.mark.parametrize("with_masks,view_dropout", [(True, 0.0), (False, 0.0), (True, 0.4)])
-def test_two_processes_train_the_same_model_and_metrics_as_one(tmp_path, with_masks, view_dropout):
-    _run(DistContext(), str(tmp_path / "single"), str(tmp_path / "single.pt"), with_masks, view_dropout)
-    spawn_local(_run, 2, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), with_masks, view_dropout)
+@pytest.mark.parametrize("with_masks,view_dropout,scheduled", [(True, 0.0, False), (False, 0.0, False),
+                                                               (True, 0.4, False), (True, 0.0, True)])
+def test_two_processes_train_the_same_model_and_metrics_as_one(tmp_path, with_masks, view_dropout, scheduled):
+    _run(DistContext(), str(tmp_path / "single"), str(tmp_path / "single.pt"), with_masks, view_dropout, scheduled)
+    spawn_local(_run, 2, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), with_masks, view_dropout, scheduled)
     one = torch.load(tmp_path / "single.pt", weights_only=False)
     two = torch.load(tmp_path / "ddp.pt", weights_only=False)
     moved = 0.0
@@ -68,6 +75,10 @@ def test_two_processes_train_the_same_model_and_metrics_as_one(tmp_path, with_ma
     for a, b in zip(one["history"], two["history"]):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+        assert b["lr"] == a["lr"] and b.get("gamma_lr") == a.get("gamma_lr")  # every rank on the same schedule
+    if scheduled:
+        last = one["history"][-1]  # the cosine has decayed; the gates' rate follows it at 5x
+        assert last["lr"] < CFG["lr"] and last["gamma_lr"] == pytest.approx(5 * last["lr"])
     np.testing.assert_allclose(two["maps"], one["maps"], rtol=1e-4, atol=1e-4)
     # the same metrics: sample scores and their ranking (AUROC against fixed labels)
     from sklearn.metrics import roc_auc_score

@@ -72,6 +72,7 @@ def test_run_records_its_device_precision_and_writes_less_state(run):
     training = read_bundle(run_dir / CLASS).training  # the typed record, as every consumer reads it
     assert training.device == "cpu" and training.precision == "fp32"
     assert training.stop_reason == "" and len(training.history) == 2
+    assert all(r["lr"] > 0 for r in training.history)  # the learning rate of every epoch (issue 24)
     assert json.loads((run_dir / CLASS / "model.json").read_text())["training"]["device"] == "cpu"
     state = run_dir / CLASS / "train_state"
     assert (state / "state.safetensors").is_file() and not list(state.glob("*.tmp*"))

@@ -16,33 +16,44 @@ non-finite loss ends the run), :class:`BestSelection` (which weights the run ret
 Reproducibility and resuming
 ----------------------------
 Every epoch draws its batch order and its conditioning noise from generators seeded by
-``(seed, epoch)``, so an epoch's work depends only on the model and optimiser state at its start.
-The resume state (``state.safetensors``: model, AdamW state, and the best model so far unless it is
-the current one; the rest as JSON in the file's metadata) is written atomically every
-``checkpoint_minutes`` of wall clock, every ``checkpoint_every`` epochs if that is set, and at the
-end; ``best.safetensors`` (weights only) is rewritten only when the selection loss improves. A
+``(seed, epoch)``, and the learning rate of every step is a function of the step's number
+(:mod:`multiflow.engine.schedule`), so an epoch's work depends only on the model and optimiser state
+at its start. The resume state (``state.safetensors``: model, AdamW state with its parameter
+groups, and the best model so far unless it is the current one; the rest as JSON in the file's
+metadata) is written atomically every ``checkpoint_minutes`` of wall clock, every
+``checkpoint_every`` epochs if that is set, and at the end; ``best.safetensors`` (weights only) is rewritten only when the selection loss improves. A
 killed run resumed with ``resume=True`` restarts from the last state and ends with the same model
 as an uninterrupted run with the same seed (when the state was written does not change the work).
 
 What a resume may change. The state records the settings that decide what an epoch computes
 (:func:`resume_settings`): ``seed``, the number of training samples, ``val_fraction`` (the held-out
 split), ``batch_size``, ``lr``, ``betas``, ``weight_decay``, ``view_dropout``, ``select`` (which
-epoch's weights are kept) and the precision the run computed in (``precision`` after the bf16
-fallback). A resume with any of them changed is refused with a :class:`CheckpointError` that names
-each changed setting with the state's and the new value: the continued run would be trained by
-neither setting. Settings that only decide how long the run goes and where or how often it writes
-may change: ``epochs`` (there is no schedule that depends on it, so extending a run continues it as
-the longer schedule would have), ``early_stopping_patience`` and ``early_stopping_min_delta`` (they
+epoch's weights are kept), the precision the run computed in (``precision`` after the bf16
+fallback), the learning-rate schedule (``lr_schedule``, ``warmup_epochs``, ``lr_min``, ``gamma_lr``)
+and, for a schedule other than a constant rate, ``epochs`` (the planned length shapes the cosine and
+the warm-up). A resume with any of them changed is refused with a :class:`CheckpointError` that names
+each changed setting with the state's and the new value, before anything is loaded: the continued
+run would be trained by neither setting. Settings that only decide how long the run goes and where
+or how often it writes may change: ``epochs`` of a constant rate (extending such a run continues it
+as the longer schedule would have), ``early_stopping_patience`` and ``early_stopping_min_delta`` (they
 apply from the resumed epoch on, to the counters in the state), ``checkpoint_minutes``,
 ``checkpoint_every``, ``threads`` and ``device`` (CPU and GPU arithmetic differ in rounding only).
 ``threshold_quantile`` is not used by training. A state written before the settings were recorded
 is checked on what it holds (seed, samples, and the optimiser's ``lr``/``betas``/``weight_decay``),
-with a warning naming the settings it cannot check.
+with a warning naming the settings it cannot check; a state written before the schedule settings
+existed was trained with a constant rate and one parameter group, and is checked as such.
+
+Learning rate (:mod:`multiflow.engine.schedule`): ``lr_schedule`` ``constant`` (default, the paper's)
+or ``cosine`` after an optional linear warm-up, set before every optimiser step; ``gamma_lr`` > 0
+gives the fusion gates their own AdamW group (no weight decay). Each history record holds the rate
+of the epoch's last step (``lr``; ``gamma_lr`` for the gates' group).
 
 Early stopping (``early_stopping_patience`` > 0): training ends when the held-out loss (the
 training loss without held-out samples) has not improved by more than ``early_stopping_min_delta``
-for that many epochs; the last history record says so (``stopped``). Resuming an early-stopped run
-with ``early_stopping_patience=0`` continues it to ``epochs``, the same run the fixed schedule gives.
+for that many epochs; the last history record says so (``stopped``). With a cosine schedule the
+planned ``epochs`` define the decay and early stopping may end the run before its end. Resuming an
+early-stopped run with ``early_stopping_patience=0`` continues it to ``epochs``, the same run the
+fixed schedule gives.
 
 Divergence: a NaN or infinite training loss (checked on every batch, before the optimiser step) or
 held-out loss ends the run with :class:`TrainingError` naming the epoch and the loss. Nothing of the
@@ -95,6 +106,7 @@ from multiflow._atomic import atomic_path
 from multiflow.config import TrainConfig
 from multiflow.device import autocast, resolve_device, resolve_precision, to_device
 from multiflow.engine.distributed import DistContext, ShardedLoss, all_reduce_sum, barrier, current_context, shard_range
+from multiflow.engine.schedule import LrSchedule, build_optimizer
 from multiflow.errors import CheckpointError, TrainingError
 from multiflow.scoring import masked_loss, masked_nll_sums, present_mask
 
@@ -196,12 +208,10 @@ def evaluate_loss(model, features, masks, index: np.ndarray, batch_size: int, ct
 
 
 def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.lr,
-        betas=(float(cfg.betas[0]), float(cfg.betas[1])),
-        weight_decay=cfg.weight_decay,
-    )
+    """AdamW over :func:`multiflow.engine.schedule.param_groups`, each group's base rate recorded."""
+    optimizer = build_optimizer(model, cfg)
+    LrSchedule.remember_base(optimizer)
+    return optimizer
 
 
 def _save_state(path: Path, model, optimizer, best_state: dict | None, meta: dict[str, Any]) -> int:
@@ -231,7 +241,8 @@ def _save_best(path: Path, best_state: dict, epoch: int, loss: float) -> int:
     return path.stat().st_size
 
 
-def _load_state(path: Path, model, optimizer) -> tuple[dict, dict[str, Any]]:
+def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the metadata of a resume state (nothing loaded into a model yet)."""
     try:
         from safetensors import safe_open
 
@@ -242,6 +253,14 @@ def _load_state(path: Path, model, optimizer) -> tuple[dict, dict[str, Any]]:
         raise CheckpointError(f"cannot read training state ({exc})", path) from None
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError("not a multiflow training state (format tag missing)", path)
+    return tensors, meta
+
+
+def _load_state(path: Path, model, optimizer, read: tuple[dict, dict[str, Any]] | None = None
+                ) -> tuple[dict, dict[str, Any]]:
+    """Load a resume state (``read``: what :func:`_read_state` returned, else read now) into ``model``
+    and ``optimizer``; returns the best weights so far and the metadata."""
+    tensors, meta = _read_state(path) if read is None else read
     model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     if meta.get("best_is_model"):
@@ -255,13 +274,17 @@ def _load_state(path: Path, model, optimizer) -> tuple[dict, dict[str, Any]]:
         if k.startswith("optim."):
             _, pid, name = k.split(".", 2)
             state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"the optimiser state does not fit this run's parameter groups: {exc}", path) from None
     return best, meta
 
 
 # ------------------------------------------------------------------------------- resume settings
 #: what the checks below call each recorded setting (the configuration key where there is one)
-_SETTING_NAMES = {"n_samples": "number of training samples", "precision": "train.precision (as computed)"}
+_SETTING_NAMES = {"n_samples": "number of training samples", "precision": "train.precision (as computed)",
+                  "schedule_epochs": "train.epochs (the planned length of a scheduled learning rate)"}
 
 
 def resume_settings(cfg: TrainConfig, n_samples: int, precision: str) -> dict[str, Any]:
@@ -282,16 +305,27 @@ def resume_settings(cfg: TrainConfig, n_samples: int, precision: str) -> dict[st
         "view_dropout": float(cfg.view_dropout),
         "select": str(cfg.select),
         "precision": str(precision),
+        "lr_schedule": str(cfg.lr_schedule),
+        "warmup_epochs": float(cfg.warmup_epochs),
+        "lr_min": float(cfg.lr_min),
+        "gamma_lr": float(cfg.gamma_lr),
+        # the planned length shapes a cosine (or a warm-up's share of the run); a constant rate does not care
+        "schedule_epochs": None if cfg.lr_schedule == "constant" else int(cfg.epochs),
     }
+
+
+#: values of result-changing settings in states written before the setting existed (what they trained with)
+_LEGACY_SETTINGS: dict[str, Any] = {"lr_schedule": "constant", "warmup_epochs": 0.0, "lr_min": 0.0, "gamma_lr": 0.0,
+                                    "schedule_epochs": None}
 
 
 def _recorded_settings(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     """The settings a state was written with; for a state from before they were recorded, what it holds."""
     if "settings" in meta:
-        return dict(meta["settings"])
+        return {**_LEGACY_SETTINGS, **meta["settings"]}
     group = (meta.get("param_groups") or [{}])[0]
     recorded = {"seed": meta.get("seed"), "n_samples": meta.get("n_samples"), "lr": group.get("lr"),
-                "betas": group.get("betas"), "weight_decay": group.get("weight_decay")}
+                "betas": group.get("betas"), "weight_decay": group.get("weight_decay"), **_LEGACY_SETTINGS}
     unchecked = ["batch_size", "val_fraction", "view_dropout", "select", "precision"]
     warnings.warn(f"{path}: written by an older multiflow that did not record {', '.join(unchecked)}; "
                   "this resume cannot check that they are unchanged", stacklevel=3)
@@ -313,7 +347,8 @@ def check_resume_settings(recorded: dict[str, Any], current: dict[str, Any], pat
         raise CheckpointError(
             "cannot resume: settings that change the trained model differ from the state's ("
             + "; ".join(changed) + "). Resume with the state's values, or start a new run in another folder "
-            "(epochs, early stopping, checkpoint interval, threads and device may change on resume)",
+            "(epochs unless the learning rate is scheduled, early stopping, checkpoint interval, threads and device may "
+            "change on resume)",
             path,
         )
 
@@ -408,10 +443,11 @@ class Checkpointer:
     """
 
     def __init__(self, state_dir: Path, cfg: TrainConfig, ctx: DistContext, clock: Callable[[], float],
-                 start_epoch: int, settings: dict[str, Any]) -> None:
+                 start_epoch: int, settings: dict[str, Any], schedule: LrSchedule | None = None) -> None:
         self.state_path, self.best_path = state_dir / STATE_FILE, state_dir / BEST_FILE
         self.epochs, self.every, self.minutes = cfg.epochs, cfg.checkpoint_every, cfg.checkpoint_minutes
         self.ctx, self.clock, self.start_epoch, self.settings = ctx, clock, start_epoch, settings
+        self.schedule = schedule
         self.bytes_written = {"state": 0, "best": 0}
         self.files_written = {"state": 0, "best": 0}
         self.last_save = clock()
@@ -439,6 +475,8 @@ class Checkpointer:
         if self.ctx.is_main:
             meta = {"epoch": epoch, "history": history, **selection.meta(), "seed": self.settings["seed"],
                     "n_samples": self.settings["n_samples"], **stopping.meta(), "settings": self.settings}
+            if self.schedule is not None:  # informative: the rates are a function of the step (engine.schedule)
+                meta["schedule"] = self.schedule.meta((epoch + 1) * self.schedule.steps_per_epoch)
             best = None if selection.epoch == epoch + 1 else selection.weights
             self.bytes_written["state"] += _save_state(self.state_path, model, optimizer, best, meta)
             self.files_written["state"] += 1
@@ -476,12 +514,13 @@ class LocalLoss:
 
 
 def train_epoch(model, optimizer: torch.optim.Optimizer, loss_fn: Callable, features, masks, train_idx: np.ndarray,
-                cfg: TrainConfig, epoch: int, *, progress: bool = False) -> float:
+                cfg: TrainConfig, epoch: int, *, progress: bool = False, schedule: LrSchedule | None = None) -> float:
     """The optimiser steps of epoch ``epoch`` (0-based); returns the sample-weighted mean training loss.
 
     Batch order, conditioning noise and view dropout come from the epoch's generators, so the epoch's
-    work depends only on the model and optimiser state at its start. A non-finite batch loss raises
-    :class:`TrainingError` (naming epoch and batch) before its step.
+    work depends only on the model and optimiser state at its start. ``schedule`` sets the learning
+    rates before each step (step ``epoch * steps_per_epoch + batch`` of the run; None: the rates stay).
+    A non-finite batch loss raises :class:`TrainingError` (naming epoch and batch) before its step.
     """
     model.train()
     order_gen = _epoch_generator(cfg.seed, epoch, 0)
@@ -504,6 +543,8 @@ def train_epoch(model, optimizer: torch.optim.Optimizer, loss_fn: Callable, feat
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if schedule is not None:
+            schedule.apply(optimizer, epoch * n_batches + b)
         optimizer.step()
         running += value * len(x)
         seen += len(x)
@@ -523,15 +564,27 @@ def _restart(state_path: Path, resume: bool, model, optimizer, settings: dict[st
             "or choose another output folder",
             state_path,
         )
-    weights, meta = _load_state(state_path, model, optimizer)
-    check_resume_settings(_recorded_settings(meta, state_path), settings, state_path)
+    read = _read_state(state_path)
+    check_resume_settings(_recorded_settings(read[1], state_path), settings, state_path)  # before loading anything
+    weights, meta = _load_state(state_path, model, optimizer, read)
     selection.restore(meta, weights, device)
     stopping.restore(meta)
     return int(meta["epoch"]) + 1, list(meta.get("history", []))
 
 
+def _epoch_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The learning rates of the epoch's last step: ``lr`` (the flow's) and ``gamma_lr`` (the gates'
+    group, when they have one)."""
+    rates = {"lr": float(optimizer.param_groups[0]["lr"])}
+    for group in optimizer.param_groups[1:]:
+        if group.get("name") == "gates":
+            rates["gamma_lr"] = float(group["lr"])
+    return rates
+
+
 def _log_epoch(record: dict[str, Any]) -> None:
-    tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    tqdm.write(", ".join((f"{k} {v:.3g}" if k.endswith("lr") else f"{k} {v:.4f}") if isinstance(v, float)
+                         else f"{k} {v}" for k, v in record.items()))
 
 
 def train_flow(
@@ -581,13 +634,14 @@ def train_flow(
     precision = resolve_precision(cfg.precision, device, notice=ctx.is_main)
     model.to(device)
     optimizer = _optimizer(model, cfg)
+    schedule = LrSchedule.from_config(cfg, max(math.ceil(len(train_idx) / cfg.batch_size), 1))
     selection = BestSelection(cfg.select, model)
     stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta, cfg.epochs)
     settings = resume_settings(cfg, n, precision)
     start_epoch, history = _restart(state_dir / STATE_FILE, resume, model, optimizer, settings, selection,
                                     stopping, device)
     loss_fn = ShardedLoss(model, ctx, precision=precision) if ctx.enabled else LocalLoss(model, device, precision)
-    checkpoints = Checkpointer(state_dir, cfg, ctx, clock, start_epoch, settings)
+    checkpoints = Checkpointer(state_dir, cfg, ctx, clock, start_epoch, settings, schedule)
     epoch_bar = tqdm(total=cfg.epochs, initial=min(start_epoch, cfg.epochs), desc="training", unit="epoch",
                      disable=not progress, dynamic_ncols=True)
     try:
@@ -595,7 +649,9 @@ def train_flow(
             if stopping.reason or (stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs):
                 break
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_epoch(
-                model, optimizer, loss_fn, features, masks, train_idx, cfg, epoch, progress=progress)}
+                model, optimizer, loss_fn, features, masks, train_idx, cfg, epoch, progress=progress,
+                schedule=schedule)}
+            record |= _epoch_rates(optimizer)
             if len(val_idx):
                 record["val_loss"] = evaluate_loss(model, features, masks, val_idx, cfg.batch_size, ctx,
                                                    device=device, precision=precision)
