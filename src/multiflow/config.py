@@ -71,6 +71,10 @@ class MaskConfig:
     mask_root: str = ""
     # extra dilation as a fraction of the object's bounding-box diagonal (0 = the paper's masks)
     margin: float = 0.0
+    #: how the ``threshold`` provider computes: ``torch`` (batched tensor operations on the run's
+    #: device, all views of several objects at once) or ``numpy`` (the NumPy/SciPy reference, view
+    #: by view on the CPU); the masks agree within IoU >= 0.99 (multiflow.features.masks_torch)
+    backend: str = "torch"
 
 
 @dataclass
@@ -209,7 +213,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         # the names of masks, fusions, noise schemes and aggregations come from their registries
-        from multiflow.features.masks import MASK_PROVIDERS
+        from multiflow.features.masks import BACKENDS, MASK_PROVIDERS
         from multiflow.flow.fusion import FUSIONS
         from multiflow.flow.noise import NOISE_SCHEMES
         from multiflow.scoring import VIEW_AGGREGATIONS, check_calibration, check_target
@@ -217,6 +221,7 @@ class RunConfig:
         check_numbers(self)
         _choice("data.format", self.data.format, {"realiad", "folder", "manifest"})
         _choice("masks.provider", self.masks.provider, set(MASK_PROVIDERS))
+        _choice("masks.backend", self.masks.backend, set(BACKENDS))
         self._validate_graph()
         _choice("model.fusion", self.model.fusion, set(FUSIONS))
         _choice("model.noise", self.model.noise, set(NOISE_SCHEMES))

@@ -150,6 +150,7 @@ def build_extractor(cfg: FeatureConfig):
 def build_mask_provider(cfg: MaskConfig, dataset: Any = None, *, image_root: str | os.PathLike | None = None):
     """The foreground-mask provider of ``masks``.
 
+    ``masks.backend`` selects how the ``threshold`` provider computes (torch or NumPy).
     ``masks.provider=file`` reads ``<mask_root>/<rel>.png`` for an image ``<image_root>/<rel>``:
     the image root is ``image_root`` if given, else the data set's (``image_root`` or ``root``).
     """
@@ -162,6 +163,8 @@ def build_mask_provider(cfg: MaskConfig, dataset: Any = None, *, image_root: str
         if not root:
             raise ConfigError("masks.provider=file needs the image root the mask tree mirrors")
         return make_provider("file", mask_root=cfg.mask_root, image_root=root)
+    if cfg.provider == "threshold":  # torch (batched, on the images' device) or the NumPy reference
+        return make_provider("threshold", backend=cfg.backend)
     return make_provider(cfg.provider)
 
 

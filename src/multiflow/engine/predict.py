@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from multiflow._atomic import atomic_path, write_json, write_text
+from multiflow.engine.timing import StageTimes
 from multiflow.errors import DataError
 
 
@@ -70,6 +71,19 @@ class Prediction:
         }
 
 
+@dataclass
+class ObjectImages:
+    """One object to score: ``images (V', 3, H, W)`` float in ``[0, 1]`` for the cameras
+    ``view_names`` (None: all of the model's, in order), its ``sample_id``, and the files the images
+    came from (``image_paths`` in view order, ``image_root``: needed for ``masks.provider=file``)."""
+
+    images: torch.Tensor
+    view_names: list[str] | None = None
+    sample_id: str = ""
+    image_paths: list[str] | None = None
+    image_root: str | None = None
+
+
 class Predictor:
     """Score new multi-view samples with a trained class model.
 
@@ -89,11 +103,18 @@ class Predictor:
             to the CPU.
         precision: ``"fp32"`` or ``"bf16"`` (bf16 autocast st-networks, coupling math and NLL in
             fp32; fp32 with a notice where bf16 is unsupported).
+        masks_backend: ``"torch"`` (default: the threshold masks as batched tensor operations on
+            ``device``) or ``"numpy"`` (the NumPy reference on the CPU, for comparison);
+            :class:`multiflow.engine.preprocess.ViewPreprocessor`.
+
+    :meth:`predict_batch` scores several objects at once (one backbone call on all their views,
+    one masks call, one flow call); :meth:`predict` is one object. :attr:`times` accumulates the
+    seconds per stage (:class:`multiflow.engine.timing.StageTimes`).
     """
 
     def __init__(self, model_dir: str | os.PathLike, *, threshold: float | None = None,
                  frozen_check: bool = True, device: str | torch.device = "auto",
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", masks_backend: str = "torch") -> None:
         from multiflow.device import resolve_device, resolve_precision
         from multiflow.engine.bundle import BUNDLE_FILE, check_backbone, load_bundle, load_camera_faults
         from multiflow.engine.factories import build_extractor
@@ -110,7 +131,9 @@ class Predictor:
         self.extractor = build_extractor(self.bundle.features.to_config())
         check_backbone(self.extractor, self.bundle, self.model_dir / BUNDLE_FILE)
         self.extractor.to(self.device)
-        self.preprocessor = ViewPreprocessor(extractor=self.extractor, bundle=self.bundle, device=self.device)
+        self.preprocessor = ViewPreprocessor(extractor=self.extractor, bundle=self.bundle, device=self.device,
+                                             masks_backend=masks_backend)
+        self.times = StageTimes(self.device)
         self.view_names: list[str] = list(self.bundle.view_names)
         self.threshold = float(self.bundle.threshold.value if threshold is None else threshold)
         self.threshold_fixed = threshold is not None  # else: the bundle's threshold for the views present
@@ -154,7 +177,7 @@ class Predictor:
     @torch.no_grad()
     def predict(self, images: torch.Tensor, view_names: list[str] | None = None, sample_id: str = "", *,
                 image_paths: list[str] | None = None, image_root: str | None = None) -> Prediction:
-        """Score one object.
+        """Score one object (:meth:`predict_batch` of one :class:`ObjectImages`).
 
         Args:
             images: ``(V', 3, H, W)`` float in ``[0, 1]`` for the cameras ``view_names`` (default:
@@ -168,59 +191,128 @@ class Predictor:
         The camera-fault check (when the bundle names statistics) sees the images as the
         preprocessing path resized them; faulty views are not scored (module docstring).
         """
-        from multiflow.device import autocast
+        obj = ObjectImages(images, None if view_names is None else list(view_names), sample_id,
+                           image_paths=image_paths, image_root=image_root)
+        return self.predict_batch([obj])[0]
+
+    def _validate(self, obj: ObjectImages) -> list[str]:
+        """The object's view names (checked against the model and its images)."""
+        images, sample_id = obj.images, obj.sample_id
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise DataError(f"sample {sample_id!r}: images must be (V, 3, H, W), got {tuple(images.shape)}")
+        given = list(obj.view_names or self.view_names)
+        if len(given) != images.shape[0]:
+            raise DataError(f"sample {sample_id!r}: {images.shape[0]} images for {len(given)} views {given}")
+        if obj.image_paths is not None and len(obj.image_paths) != len(given):
+            raise DataError(f"sample {sample_id!r}: {len(obj.image_paths)} image paths for {len(given)} views {given}")
+        self.check_views(given, sample_id)
+        return given
+
+    @torch.no_grad()
+    def predict_batch(self, objects: list[ObjectImages]) -> list[Prediction]:
+        """Score several objects at once, in their order (the frozen-frame memory sees them in it).
+
+        All usable views of all objects go through one masks call and one backbone call
+        ``(N, 3, S, S)`` on :attr:`device`, then one flow call ``(B, V, C, h, w)`` (views that are
+        missing or faulty are zeros and not ``present``). A sample scores as it does alone, up to
+        floating-point summation order. Any object's :class:`DataError` (views that do not match
+        the model, images of the wrong shape, missing mask files) is raised before anything is
+        scored; :func:`predict_dataset` then scores the batch object by object to name it.
+        """
+        from multiflow.device import autocast, to_device
         from multiflow.faults import decide_object, detect_faults
         from multiflow.scoring import score_maps
 
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise DataError(f"sample {sample_id!r}: images must be (V, 3, H, W), got {tuple(images.shape)}")
-        given = list(view_names or self.view_names)
-        if len(given) != images.shape[0]:
-            raise DataError(f"sample {sample_id!r}: {images.shape[0]} images for {len(given)} views {given}")
-        if image_paths is not None and len(image_paths) != len(given):
-            raise DataError(f"sample {sample_id!r}: {len(image_paths)} image paths for {len(given)} views {given}")
-        self.check_views(given, sample_id)
-        h_img, w_img = images.shape[-2:]
-        x = self.preprocessor.resize(images)  # (V', 3, S, S): what the cache and the flow see
-        faults = []
-        if self.fault_model is not None:
-            # the sample id keys the frame memory: the same id again is a retry, not a frozen camera
-            faults = detect_faults(self.fault_model, x, given, memory=self.frame_memory, object_id=sample_id or None)
-        faulty = {f.view for f in faults}
-        usable = [v for v in self.view_names if v in given and v not in faulty]
-        if faulty and not self.supports_missing_views:
-            usable = []  # the product cannot be scored without every camera
+        given_all = [self._validate(obj) for obj in objects]
         n = len(self.view_names)
-        present = torch.tensor([v in usable for v in self.view_names])
-        if usable:
-            keep = [given.index(v) for v in usable]
-            pos = [self.view_names.index(v) for v in usable]
-            paths = None if image_paths is None else [image_paths[k] for k in keep]
-            f_sub, m_sub = self.preprocessor(x[keep], view_names=usable, image_paths=paths, image_root=image_root,
-                                             sample_id=sample_id)
-            feats = f_sub.new_zeros(1, n, *f_sub.shape[2:])
-            feats[:, pos] = f_sub
-            mask = None
-            if m_sub is not None:
-                mask = m_sub.new_zeros(1, n, *m_sub.shape[2:])
-                mask[:, pos] = m_sub
-            all_present = bool(present.all())
-            p_arg = None if all_present else present[None].to(feats.device)
+        xs, usable_all, faults_all = [], [], []
+        for obj, given in zip(objects, given_all):
+            x = self.preprocessor.resize(obj.images.cpu())  # (V', 3, S, S): what the cache and the flow see
+            faults = []
+            if self.fault_model is not None:
+                with self.times.stage("faults"):
+                    # the sample id keys the frame memory: the same id again is a retry, not a frozen camera
+                    faults = detect_faults(self.fault_model, x, given, memory=self.frame_memory,
+                                           object_id=obj.sample_id or None)
+            faulty = {f.view for f in faults}
+            usable = [v for v in self.view_names if v in given and v not in faulty]
+            if faulty and not self.supports_missing_views:
+                usable = []  # the product cannot be scored without every camera
+            xs.append(x)
+            usable_all.append(usable)
+            faults_all.append(faults)
+        # every usable view of every object, flattened: (N, 3, S, S), one transfer
+        scored = [i for i, u in enumerate(usable_all) if u]
+        preds: list[Prediction | None] = [None] * len(objects)
+        if scored:
+            keep = {i: [given_all[i].index(v) for v in usable_all[i]] for i in scored}
+            flat = torch.cat([xs[i][keep[i]] for i in scored])
+            names = [v for i in scored for v in usable_all[i]]
+            x_dev = to_device(flat, self.device)
+            with self.times.stage("masks"):
+                m_flat = self._masks(x_dev, objects, scored, keep, names)
+            with self.times.stage("backbone"):
+                f_flat = self.preprocessor.features(x_dev)[0]  # (N, C, h, w)
+            b = len(scored)
+            feats = f_flat.new_zeros(b, n, *f_flat.shape[1:])
+            mask = None if m_flat is None else m_flat.new_zeros(b, n, *m_flat.shape[1:])
+            present = torch.zeros(b, n, dtype=torch.bool)
+            start = 0
+            for row, i in enumerate(scored):
+                pos = [self.view_names.index(v) for v in usable_all[i]]
+                stop = start + len(pos)
+                feats[row, pos] = f_flat[start:stop]
+                if mask is not None:
+                    mask[row, pos] = m_flat[start:stop]
+                present[row, pos] = True
+                start = stop
+            p_arg = None if bool(present.all()) else present.to(feats.device)
             self.flow.eval()
-            with autocast(self.device, self.precision):  # bf16: the st-networks only; the NLL stays fp32
-                nll = self.flow(feats, present=p_arg).nll
-            maps, vs, ss = score_maps(nll.float(), mask, self.aggregation, self.postprocess, present=p_arg)
-            maps, view_scores, sample_score = maps[0].cpu(), [float(s) for s in vs[0].cpu()], float(ss[0])
-        else:
-            maps = torch.full((n, 1, 1), float("nan"))
-            view_scores = [float("nan")] * n
-            sample_score = float("nan")
+            with self.times.stage("flow"), autocast(self.device, self.precision):
+                nll = self.flow(feats, present=p_arg).nll  # bf16: the st-networks only; the NLL stays fp32
+            with self.times.stage("scoring"):
+                maps, vs, ss = score_maps(nll.float(), mask, self.aggregation, self.postprocess, present=p_arg)
+                maps, vs, ss = maps.cpu(), vs.cpu(), ss.cpu()
+                for row, i in enumerate(scored):
+                    preds[i] = self._prediction(objects[i], given_all[i], usable_all[i], faults_all[i], maps[row],
+                                                [float(s) for s in vs[row]], float(ss[row]), decide_object)
+        with self.times.stage("scoring"):
+            for i, obj in enumerate(objects):
+                if preds[i] is None:
+                    preds[i] = self._prediction(obj, given_all[i], [], faults_all[i], torch.full((n, 1, 1), float("nan")),
+                                                [float("nan")] * n, float("nan"), decide_object)
+        return preds
+
+    def _masks(self, x: torch.Tensor, objects: list[ObjectImages], scored: list[int], keep: dict[int, list[int]],
+               names: list[str]) -> torch.Tensor | None:
+        """Grid masks ``(N, h, w)`` of the flattened views: one call per image root (one for all
+        objects unless ``masks.provider=file`` reads masks from several data roots)."""
+        roots = [objects[i].image_root for i in scored]
+        paths: list[str | None] = []
+        for i in scored:
+            p = objects[i].image_paths
+            paths += [None if p is None else p[k] for k in keep[i]]
+        if len(set(roots)) <= 1:
+            return self.preprocessor.view_masks(x, names, image_paths=paths, image_root=roots[0],
+                                                sample_id=objects[scored[0]].sample_id)
+        out, start = [], 0
+        for i in scored:
+            stop = start + len(keep[i])
+            out.append(self.preprocessor.view_masks(x[start:stop], names[start:stop], image_paths=paths[start:stop],
+                                                    image_root=objects[i].image_root, sample_id=objects[i].sample_id))
+            start = stop
+        return None if out[0] is None else torch.cat(out)
+
+    def _prediction(self, obj: ObjectImages, given: list[str], usable: list[str], faults: list, maps: torch.Tensor,
+                    view_scores: list[float], sample_score: float, decide_object) -> Prediction:
+        n = len(self.view_names)
         thr = self.threshold if self.threshold_fixed else self.bundle.threshold.for_views(len(usable), n)
         decision, product = decide_object(sample_score if usable else None, thr, faults)
+        h_img, w_img = obj.images.shape[-2:]
         full = torch.nn.functional.interpolate(maps[:, None], size=(h_img, w_img), mode="bilinear",
                                                align_corners=False)[:, 0]
         return Prediction(
-            sample_id=sample_id,
+            sample_id=obj.sample_id,
             decision=decision,
             sample_score=sample_score,
             view_scores=view_scores,
@@ -298,12 +390,14 @@ def _fmt(x: float | None) -> str:
 
 
 class PredictRun(list):
-    """The decision JSON of every scored object (a ``list`` of dicts, in sample-id order) and
-    ``skipped``: the objects that were not scored, each ``{"sample_id", "reason"}``."""
+    """The decision JSON of every scored object (a ``list`` of dicts, in sample-id order),
+    ``skipped``: the objects that were not scored, each ``{"sample_id", "reason"}``, and
+    ``timing``: objects/s and seconds per stage (:meth:`multiflow.engine.timing.StageTimes.report`)."""
 
-    def __init__(self, rows: list[dict], skipped: list[dict]) -> None:
+    def __init__(self, rows: list[dict], skipped: list[dict], timing: dict[str, Any] | None = None) -> None:
         super().__init__(rows)
         self.skipped = skipped
+        self.timing = timing or {}
 
 
 def _read_views(dataset, views: list[str], paths: list[str]) -> tuple[list[str], list[str], list[np.ndarray], dict[str, str]]:
@@ -327,9 +421,50 @@ def _read_views(dataset, views: list[str], paths: list[str]) -> tuple[list[str],
     return ok_views, ok_paths, images, problems
 
 
-def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *, progress: bool = True) -> PredictRun:
+def prefetch(fn, items, *, workers: int, depth: int, times: StageTimes | None = None):
+    """``(item, fn(item))`` for every item, in order, with ``fn`` run ahead in ``workers`` threads
+    (at most ``depth`` items decoded ahead: bounded memory) while the caller works on earlier ones.
+    ``workers=0``: inline. ``times``: the caller's wait for a result is added as ``decode_wait``."""
+    import time
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers <= 0:
+        for item in items:
+            t0 = time.perf_counter()
+            out = fn(item)
+            if times is not None:
+                times.add("decode_wait", time.perf_counter() - t0)
+            yield item, out
+        return
+    it = iter(items)
+    queue: deque = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="multiflow-decode") as pool:
+        try:
+            for item in it:
+                queue.append((item, pool.submit(fn, item)))
+                if len(queue) >= max(depth, 1):
+                    break
+            while queue:
+                item, fut = queue.popleft()
+                t0 = time.perf_counter()
+                out = fut.result()
+                if times is not None:
+                    times.add("decode_wait", time.perf_counter() - t0)
+                nxt = next(it, None)
+                if nxt is not None:
+                    queue.append((nxt, pool.submit(fn, nxt)))
+                yield item, out
+        finally:  # the caller stopped early: drop what was not started
+            for _, fut in queue:
+                fut.cancel()
+
+
+def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *, progress: bool = True,
+                    batch_size: int = 1, workers: int = 0) -> PredictRun:
     """Score every object of a data set; writes per-object outputs, ``predictions.csv`` and
-    ``summary.json``; returns a :class:`PredictRun` (the decision JSONs and the skipped objects).
+    ``summary.json``; returns a :class:`PredictRun` (the decision JSONs, the skipped objects and
+    the ``timing``).
 
     Incomplete objects (a missing view file, or one that cannot be read or decoded: the data set's
     ``skipped`` list when it was opened with ``skip_incomplete=True``, or a decode error here) are
@@ -337,12 +472,26 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *
     ``missing_views`` names the others); otherwise they are listed in ``summary.json``'s ``skipped``
     with the reason, as are objects the model refuses (:class:`DataError`) and ids that cannot name
     an output folder. The rest of the data set is always scored.
+
+    Throughput: ``workers`` threads decode and resize the files of the next objects while the
+    current batch is scored (at most ``workers + 2 * batch_size`` objects ahead; 0 = inline);
+    ``batch_size`` objects are scored together (:meth:`Predictor.predict_batch`: one masks call,
+    one backbone call on all their views, one flow call). Objects are scored in sample-id order
+    whatever the batch size. ``summary.json``'s ``timing`` holds objects/s and the seconds per
+    stage (:mod:`multiflow.engine.timing`).
     """
+    import time
+
     from tqdm.auto import tqdm
 
+    from multiflow.numbers import check_number
+
+    check_number(batch_size, "batch_size", integer=True, gt=0)
+    check_number(workers, "workers", integer=True, ge=0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = getattr(dataset, "image_root", None) or getattr(dataset, "root", None)
+    root = None if root is None else str(root)
     # (sample id, views present, their files, why views are missing): complete objects, then incomplete ones
     todo: list[tuple[str, list[str], list[str], str]] = [
         (rec.sample_id, list(rec.view_names), list(rec.image_paths), "") for rec in dataset.samples]
@@ -356,8 +505,47 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *
             skipped.append({"sample_id": k.sample_id, "reason": why})
     todo.sort(key=lambda t: t[0])
     rows, incomplete, folders = [], [], {}
-    for sid, views, paths, why in tqdm(todo, desc="predict", disable=not progress):
-        views, paths, images, problems = _read_views(dataset, views, paths)
+    times = predictor.times
+    times.reset()
+    t_start = time.perf_counter()
+
+    def decode(item):
+        t0 = time.perf_counter()
+        res = _read_views(dataset, item[1], item[2])
+        times.add("decode", time.perf_counter() - t0)
+        return res
+
+    pending: list[tuple[ObjectImages, list[str], str]] = []  # (object, reasons, output folder name)
+
+    def score(batch: list[tuple[ObjectImages, list[str], str]]) -> None:
+        try:
+            preds = predictor.predict_batch([obj for obj, _, _ in batch])
+        except DataError as exc:
+            if len(batch) > 1:  # one object spoils the batch: score them one by one to name it
+                for one in batch:
+                    score([one])
+                return
+            obj, reasons, name = batch[0]
+            folders.pop(name, None)
+            skipped.append({"sample_id": obj.sample_id, "reason": "; ".join(reasons + [str(exc)])})
+            return
+        for (obj, reasons, name), pred in zip(batch, preds):
+            with times.stage("write"):
+                try:
+                    save_prediction(pred, obj.images.permute(0, 2, 3, 1).numpy(), out, image_views=obj.view_names)
+                except DataError as exc:
+                    folders.pop(name, None)
+                    skipped.append({"sample_id": obj.sample_id, "reason": "; ".join(reasons + [str(exc)])})
+                    continue
+            rows.append(pred.as_dict())
+            if reasons:
+                incomplete.append({"sample_id": obj.sample_id, "missing_views": pred.missing_views,
+                                   "reason": "; ".join(reasons)})
+
+    bar = tqdm(total=len(todo), desc="predict", disable=not progress)
+    for (sid, _, _, why), (views, paths, images, problems) in prefetch(
+            decode, todo, workers=workers, depth=workers + 2 * batch_size, times=times):
+        bar.update(1)
         reasons = [why] if why else []
         reasons += [f"view {v}: {p}" if v != "*" else p for v, p in problems.items()]
         try:
@@ -368,16 +556,22 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *
             name = output_folder_name(sid)
             if name in folders:
                 raise DataError(f"sample {sid!r}: its output folder {name!r} is already used by sample {folders[name]!r}")
-            x = torch.from_numpy(np.stack(images))
-            pred = predictor.predict(x, views, sid, image_paths=paths, image_root=None if root is None else str(root))
-            save_prediction(pred, x.permute(0, 2, 3, 1).numpy(), out, image_views=views)
         except DataError as exc:
             skipped.append({"sample_id": sid, "reason": "; ".join(reasons + [str(exc)])})
             continue
         folders[name] = sid
-        rows.append(pred.as_dict())
-        if reasons:
-            incomplete.append({"sample_id": sid, "missing_views": pred.missing_views, "reason": "; ".join(reasons)})
+        obj = ObjectImages(torch.from_numpy(np.stack(images)), views, sid, image_paths=paths, image_root=root)
+        pending.append((obj, reasons, name))
+        if len(pending) >= batch_size:
+            score(pending)
+            pending = []
+    if pending:
+        score(pending)
+    bar.close()
+    timing = times.report(len(rows), time.perf_counter() - t_start)
+    timing.update(batch_size=int(batch_size), workers=int(workers), device=str(predictor.device),
+                  masks_backend=predictor.preprocessor.masks_backend)
+    rows.sort(key=lambda r: r["sample_id"])
     skipped.sort(key=lambda d: d["sample_id"])
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
@@ -392,6 +586,6 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *
     counts = {d: sum(r["decision"] == d for r in rows) for d in ("OK", "NG", "CHECK CAMERA")}
     write_json(out / "summary.json", {
         "model": str(predictor.model_dir), "threshold": predictor.threshold, "scored": len(rows),
-        "decisions": counts, "incomplete": incomplete, "skipped": skipped,
+        "decisions": counts, "incomplete": incomplete, "skipped": skipped, "timing": timing,
     })
-    return PredictRun(rows, skipped)
+    return PredictRun(rows, skipped, timing)
