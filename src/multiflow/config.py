@@ -135,8 +135,11 @@ class TrainConfig:
     #: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``: features, masks,
     #: training, scoring and prediction all run there (multiflow.device.resolve_device)
     device: str = "auto"
-    #: ``fp32`` or ``bf16`` (bf16 autocast st-network convolutions; coupling math, log-det, NLL in fp32)
-    precision: str = "fp32"
+    #: training steps in ``fp32``, ``bf16`` (bf16 autocast st-network convolutions; coupling math,
+    #: log-det, NLL in fp32) or ``auto`` (bf16 where the device computes it natively: CUDA with bf16,
+    #: a CPU with AVX-512 BF16/AMX; else fp32). Scoring after training (calibration, test, predict,
+    #: serve, ONNX) is fp32 whatever this says (multiflow.device)
+    precision: str = "auto"
 
 
 @dataclass
@@ -234,7 +237,7 @@ class RunConfig:
         check_calibration(self.eval.calibration, "eval.calibration")
         check_target(self.threshold.false_reject, self.threshold.confidence, "threshold")
         _choice("features.dtype", self.features.dtype, {"float16", "float32"})
-        _choice("train.precision", self.train.precision, {"fp32", "bf16"})
+        _choice("train.precision", self.train.precision, {"fp32", "bf16", "auto"})
         dev = self.train.device.strip().lower()
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.train.device!r}")

@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from multiflow import api
@@ -70,7 +71,11 @@ def test_run_records_its_device_precision_and_writes_less_state(run):
     from multiflow.engine.bundle import read_bundle
 
     training = read_bundle(run_dir / CLASS).training  # the typed record, as every consumer reads it
-    assert training.device == "cpu" and training.precision == "fp32"
+    from multiflow.device import resolve_precision
+
+    # train.precision=auto, recorded as resolved: bf16 only on a CPU with native bf16 (AVX-512 BF16/AMX)
+    assert training.device == "cpu" and training.precision == resolve_precision("auto", torch.device("cpu"))
+    assert training.precision in ("fp32", "bf16")
     assert training.stop_reason == "" and len(training.history) == 2
     assert json.loads((run_dir / CLASS / "model.json").read_text())["training"]["device"] == "cpu"
     state = run_dir / CLASS / "train_state"

@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default: <model>/predictions)")
     p.add_argument("--threshold", type=number_arg(), help="override the calibrated decision threshold")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: st-network convolutions in bf16 autocast (NLL in fp32)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="fp32 (default: as the threshold was calibrated); bf16: st-network convolutions in bf16 "
+                        "autocast (NLL in fp32); auto: bf16 where the device computes it natively")
     p.add_argument("--batch-size", type=number_arg(integer=True, gt=0), default=4,
                    help="objects scored together (one backbone call on all their views); default 4")
     p.add_argument("--workers", type=number_arg(integer=True, ge=0), default=2,

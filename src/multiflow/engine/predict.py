@@ -101,8 +101,10 @@ class Predictor:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a device, resolved once
             (:func:`multiflow.device.resolve_device`): backbone and flow run there; maps come back
             to the CPU.
-        precision: ``"fp32"`` or ``"bf16"`` (bf16 autocast st-networks, coupling math and NLL in
-            fp32; fp32 with a notice where bf16 is unsupported).
+        precision: ``"fp32"`` (default: the precision the threshold was calibrated in, whatever the
+            model was trained in), ``"bf16"`` (bf16 autocast st-networks, coupling math and NLL in
+            fp32; fp32 with a notice where bf16 is unsupported) or ``"auto"`` (bf16 where the
+            device computes it natively; :func:`multiflow.device.resolve_precision`).
         masks_backend: ``"torch"`` (default: the threshold masks as batched tensor operations on
             ``device``) or ``"numpy"`` (the NumPy reference on the CPU, for comparison);
             :class:`multiflow.engine.preprocess.ViewPreprocessor`.
