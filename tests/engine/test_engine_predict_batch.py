@@ -176,3 +176,45 @@ def test_predict_over_a_folder_reports_stages_and_equals_the_sequential_path(mas
         f = runs["fast"]["rows"][sid]
         assert f["sample_score"] == pytest.approx(r["sample_score"], rel=1e-4)
         assert f["decision"] == r["decision"]
+
+
+def test_prepare_split_computes_masks_on_the_run_device_with_the_configured_backend(monkeypatch):
+    """The mask cache of a split is computed where the run computes (``device``), by the backend
+    ``masks.backend`` names."""
+    import types
+
+    import multiflow.engine.preprocess as pre
+    import multiflow.features.cache as cache_mod
+    import multiflow.features.masks as masks_mod
+    from multiflow.config import load_config
+
+    seen = {}
+    monkeypatch.setattr(pre, "open_dataset", lambda *a, **k: _DS())
+    monkeypatch.setattr(cache_mod, "extract_features", lambda *a, **k: types.SimpleNamespace(
+        features=np.zeros((1, 3, 2, 1, 1)), sample_ids=["a"]))
+
+    def fake_compute(ds, provider, root, **kw):
+        seen["device"], seen["backend"] = kw.get("device"), provider.backend
+        return types.SimpleNamespace(grid=np.ones((1, 3, 1, 1), dtype=bool))
+
+    monkeypatch.setattr(masks_mod, "compute_masks", fake_compute)
+
+    class Ext(torch.nn.Module):
+        input_size = 96
+
+        def feature_size(self, size):
+            return (1, 1)
+
+    for backend in ("torch", "numpy"):
+        cfg = load_config(None, ["data.root=/nowhere", f"masks.backend={backend}", "masks.provider=threshold"])
+        pre.prepare_split(cfg, "c", "test", Ext(), progress=False, device=torch.device("meta"))
+        assert seen == {"device": torch.device("meta"), "backend": backend}
+
+
+class _DS:
+    """A one-sample split (only its length and views are read before the caches)."""
+
+    view_names = list(VIEWS)
+
+    def __len__(self) -> int:
+        return 1

@@ -79,7 +79,7 @@ def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progr
     )
     masks = None
     if cfg.masks.provider != "none":
-        provider = build_mask_provider(cfg.masks, ds)
+        provider = build_mask_provider(cfg.masks, ds, device=device)
         cm = compute_masks(
             ds, provider, root, grid=extractor.feature_size(extractor.input_size),
             dilation=cfg.masks.dilation, margin=cfg.masks.margin, batch_size=cfg.features.batch_size,
@@ -129,7 +129,7 @@ class ViewPreprocessor:
         self._static_provider = None
         if self.masks_spec.provider not in ("none", "file"):
             cfg = dataclasses.replace(self.masks_spec.to_config(), backend=masks_backend)
-            self._static_provider = build_mask_provider(cfg)
+            self._static_provider = build_mask_provider(cfg, device=device)
 
     @property
     def needs_paths(self) -> bool:
