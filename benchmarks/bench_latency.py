@@ -260,6 +260,9 @@ def pipeline(args: argparse.Namespace) -> int:
     one = next((r for r in rows[1:] if r["batch"] == 1), best)
     crit = {k: one["ms_per_object"][k] for k in STAGES if k != "decode"}
     crit["decode (wait)"] = one["ms_per_object"]["decode_wait"]
+    if one["ms_per_object"]["write_wait"] > 0:  # written by a thread: its wait is on the scoring thread
+        del crit["write"]
+        crit["write (wait)"] = one["ms_per_object"]["write_wait"]
     total_one = 1e3 * one["wall_s"] / max(one["objects"], 1)
     ranked = sorted(crit.items(), key=lambda kv: -kv[1])
     command = "python benchmarks/bench_latency.py " + " ".join(sys.argv[1:])
@@ -270,18 +273,18 @@ def pipeline(args: argparse.Namespace) -> int:
           "(random weights), threshold masks, camera-fault check, outputs written (maps .npy + PNG overlays + "
           "result.json). Old path: NumPy masks view by view, one object at a time, decoding inline. New path: torch "
           f"masks batched on the device, B objects per backbone/flow call, {args.workers} decoding threads ahead of "
-          "the scoring. ms/object = stage seconds / objects (decode: summed over the decoding threads; 'wait': "
-          "the part the scoring thread waited for). CPU share: process CPU time / (wall x cores).", "",
+          "the scoring and one writing thread behind it. ms/object = stage seconds / objects (decode and write: "
+          "summed over their threads; 'wait': the part the scoring thread waited for). CPU share: process CPU time / (wall x cores).", "",
           "| path | B | objects/s | x old | latency ms/object | decode | (wait) | masks | backbone | flow | scoring "
-          "| faults | write | CPU share | dominant |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+          "| faults | write | (wait) | CPU share | dominant |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         per = r["ms_per_object"]
         md.append(f"| {r['path']} ({r['masks']}) | {r['batch']} | {r['objects_per_s']:.2f} | "
                   f"{(r['objects_per_s'] or 0) / max(base['objects_per_s'] or 1e-9, 1e-9):.2f} | "
                   f"{1e3 * r['wall_s'] / max(r['objects'], 1):.0f} | "
                   + " | ".join(f"{per[k]:.1f}" for k in ("decode", "decode_wait", "masks", "backbone", "flow",
-                                                          "scoring", "faults", "write"))
+                                                          "scoring", "faults", "write", "write_wait"))
                   + f" | {r['cpu_share']:.2f} | {r['dominant']} |")
     md += ["", "Decision identity (new path against the old one, same objects): sample scores where both paths' grid "
            "masks are equal, relative difference; decisions at the old path's median score.", "",

@@ -72,6 +72,7 @@ def predict(
     batch_size: int = 4,
     workers: int = 2,
     masks_backend: str = "torch",
+    maps: str = "png",
 ) -> list[dict[str, Any]]:
     """Score every sample of a data set with a trained class model (``<run>/<class>``).
 
@@ -84,7 +85,8 @@ def predict(
     supports missing views, otherwise skipped; the rest is always scored
     (:func:`multiflow.engine.predict.predict_dataset`).
     ``device`` / ``precision`` / ``masks_backend`` as in :class:`multiflow.engine.predict.Predictor`;
-    ``batch_size`` (objects scored together) and ``workers`` (decoding threads) as in
+    ``batch_size`` (objects scored together), ``workers`` (decoding threads) and ``maps`` (``"png"``:
+    raw maps and overlays, ``"npy"``: raw maps, ``"none"``: ``result.json`` only) as in
     :func:`multiflow.engine.predict.predict_dataset`; the returned list's ``timing`` (and
     ``summary.json``'s) holds objects/s and the seconds per stage.
     """
@@ -105,4 +107,5 @@ def predict(
         warnings.filterwarnings("ignore", message=".*incomplete/duplicated sample")
         ds = open_dataset(data, category or predictor.bundle.category, split, predictor.input_size, load_masks=False)
     out = Path(out_dir) if out_dir else Path(model_dir) / "predictions"
-    return predict_dataset(predictor, ds, out, progress=progress, batch_size=batch_size, workers=workers)
+    return predict_dataset(predictor, ds, out, progress=progress, batch_size=batch_size, workers=workers,
+                           maps=maps)

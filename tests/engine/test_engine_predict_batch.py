@@ -156,13 +156,16 @@ def test_predict_over_a_folder_reports_stages_and_equals_the_sequential_path(mas
             (folder / f"{v}.png").write_bytes(buf.getvalue())
     runs = {}
     for name, extra in {"seq": ["--batch-size", "1", "--workers", "0", "--masks-backend", "numpy"],
-                        "fast": ["--batch-size", "3", "--workers", "2"]}.items():
+                        "fast": ["--batch-size", "3", "--workers", "2", "--maps", "npy"]}.items():
         out = tmp_path / name
         assert main(["predict", "--model", str(masked_model), "--data", str(root), "--out", str(out),
                      "--device", "cpu", "--quiet", *extra]) == 0
         runs[name] = json.loads((out / "summary.json").read_text())
         runs[name]["rows"] = {r["sample_id"]: r for r in
                               (json.loads((out / f"good_s{s}" / "result.json").read_text()) for s in range(5))}
+    assert sorted(p.name for p in (tmp_path / "fast" / "good_s0").iterdir()) == sorted(
+        ["result.json"] + [f"{v}.npy" for v in VIEWS])  # --maps npy: no overlays
+    assert len(list((tmp_path / "seq" / "good_s0").glob("*.png"))) == len(VIEWS)
     printed = capsys.readouterr().out
     assert "objects/s" in printed and "backbone" in printed
     for name, batch in (("seq", 1), ("fast", 3)):
@@ -171,6 +174,7 @@ def test_predict_over_a_folder_reports_stages_and_equals_the_sequential_path(mas
         assert set(STAGES) <= set(timing["stages_s"]) and all(timing["stages_s"][k] > 0 for k in
                                                                ("decode", "masks", "backbone", "flow", "scoring", "write"))
         assert timing["dominant"] in STAGES
+        assert (timing["stages_s"]["write_wait"] > 0) is (name == "fast")  # written by a thread with workers
     assert runs["fast"]["timing"]["masks_backend"] == "torch" and runs["seq"]["timing"]["masks_backend"] == "numpy"
     for sid, r in runs["seq"]["rows"].items():
         f = runs["fast"]["rows"][sid]

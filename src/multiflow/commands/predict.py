@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="objects scored together (one backbone call on all their views); default 4")
     p.add_argument("--workers", type=number_arg(integer=True, ge=0), default=2,
                    help="threads decoding the next objects' files while a batch is scored (0 = inline); default 2")
+    p.add_argument("--maps", default="png", choices=["png", "npy", "none"],
+                   help="per object besides result.json: raw maps (.npy) and PNG overlays (default), raw maps only, "
+                        "or nothing (the overlays are most of the write time)")
     p.add_argument("--masks-backend", default="torch", choices=["torch", "numpy"],
                    help="threshold masks: batched on the device (torch) or the NumPy reference (for comparison)")
     p.add_argument("--watch", metavar="DIR",
@@ -67,7 +70,8 @@ def _dataset(args: argparse.Namespace) -> int:
     rows = predict(args.model, data_root=args.data, data_format=args.format, split=args.split,
                    category=args.category, resolution=args.resolution, out_dir=args.out, threshold=args.threshold,
                    progress=not args.quiet, device=args.device, precision=args.precision,
-                   batch_size=args.batch_size, workers=args.workers, masks_backend=args.masks_backend)
+                   batch_size=args.batch_size, workers=args.workers, masks_backend=args.masks_backend,
+                   maps=args.maps)
     n_ng = sum(r["decision"] == "NG" for r in rows)
     n_cam = sum(r["decision"] == "CHECK CAMERA" for r in rows)
     for r in rows:

@@ -33,7 +33,7 @@ import torch
 
 from multiflow._atomic import atomic_path, write_json, write_text
 from multiflow.engine.timing import StageTimes
-from multiflow.errors import DataError
+from multiflow.errors import ConfigError, DataError
 
 
 @dataclass
@@ -345,9 +345,16 @@ def output_folder_name(sample_id: str) -> str:
     return name
 
 
+#: what :func:`save_prediction` writes besides ``result.json``: raw maps and overlays, raw maps, nothing
+MAP_OUTPUTS = ("png", "npy", "none")
+
+
 def save_prediction(pred: Prediction, images: np.ndarray, out_dir: Path, *, vmax: float | None = None,
-                    image_views: list[str] | None = None) -> None:
+                    image_views: list[str] | None = None, maps: str = "png") -> None:
     """Write ``<out>/<folder>/<view>.npy`` (raw map), ``<view>.png`` (heat-map overlay) and ``result.json``.
+
+    ``maps``: ``"png"`` (both, default), ``"npy"`` (the raw maps only: the overlays' colour mapping
+    and PNG encoding are most of the write time) or ``"none"`` (``result.json`` only).
 
     ``<folder>`` is :func:`output_folder_name` of the sample id: never outside ``out_dir`` (an id
     that would leave it is a :class:`DataError` naming the id, raised before anything is written).
@@ -371,11 +378,15 @@ def save_prediction(pred: Prediction, images: np.ndarray, out_dir: Path, *, vmax
     finite = np.isfinite(pred.maps_full)
     top = float(pred.maps_full[finite].max()) if finite.any() else pred.threshold
     hi = max(pred.threshold * 1.5, top) if vmax is None else vmax
+    if maps not in MAP_OUTPUTS:
+        raise ConfigError(f"maps must be one of {list(MAP_OUTPUTS)}, got {maps!r}")
     for v, name in enumerate(pred.view_names):
-        if not np.isfinite(pred.maps[v]).any():
+        if maps == "none" or not np.isfinite(pred.maps[v]).any():
             continue  # a view that was missing or not scored (camera fault): no map
         with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, pred.maps[v])
+        if maps == "npy":
+            continue
         norm = np.clip((pred.maps_full[v] - lo) / max(hi - lo, 1e-9), 0, 1)
         heat = (cm.jet(norm)[..., :3] * 255).astype(np.uint8)
         img = images[v if image_views is None else list(image_views).index(name)]
@@ -463,7 +474,7 @@ def prefetch(fn, items, *, workers: int, depth: int, times: StageTimes | None = 
 
 
 def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *, progress: bool = True,
-                    batch_size: int = 1, workers: int = 0) -> PredictRun:
+                    batch_size: int = 1, workers: int = 0, maps: str = "png") -> PredictRun:
     """Score every object of a data set; writes per-object outputs, ``predictions.csv`` and
     ``summary.json``; returns a :class:`PredictRun` (the decision JSONs, the skipped objects and
     the ``timing``).
@@ -478,8 +489,10 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *
     Throughput: ``workers`` threads decode and resize the files of the next objects while the
     current batch is scored (at most ``workers + 2 * batch_size`` objects ahead; 0 = inline);
     ``batch_size`` objects are scored together (:meth:`Predictor.predict_batch`: one masks call,
-    one backbone call on all their views, one flow call). Objects are scored in sample-id order
-    whatever the batch size. ``summary.json``'s ``timing`` holds objects/s and the seconds per
+    one backbone call on all their views, one flow call); with ``workers`` > 0 the outputs are
+    written by one more thread (at most ``2 * batch_size`` objects behind), so the next batch is
+    scored meanwhile. ``maps``: what is written besides ``result.json`` (:func:`save_prediction`).
+    Objects are scored in sample-id order whatever the batch size. ``summary.json``'s ``timing`` holds objects/s and the seconds per
     stage (:mod:`multiflow.engine.timing`).
     """
     import time
@@ -490,6 +503,8 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *
 
     check_number(batch_size, "batch_size", integer=True, gt=0)
     check_number(workers, "workers", integer=True, ge=0)
+    if maps not in MAP_OUTPUTS:
+        raise ConfigError(f"maps must be one of {list(MAP_OUTPUTS)}, got {maps!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = getattr(dataset, "image_root", None) or getattr(dataset, "root", None)
@@ -532,18 +547,39 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *
             skipped.append({"sample_id": obj.sample_id, "reason": "; ".join(reasons + [str(exc)])})
             return
         for (obj, reasons, name), pred in zip(batch, preds):
-            with times.stage("write"):
-                try:
-                    save_prediction(pred, obj.images.permute(0, 2, 3, 1).numpy(), out, image_views=obj.view_names)
-                except DataError as exc:
-                    folders.pop(name, None)
-                    skipped.append({"sample_id": obj.sample_id, "reason": "; ".join(reasons + [str(exc)])})
-                    continue
-            rows.append(pred.as_dict())
-            if reasons:
-                incomplete.append({"sample_id": obj.sample_id, "missing_views": pred.missing_views,
-                                   "reason": "; ".join(reasons)})
+            writes.append((obj, reasons, name, pred, writer.submit(write, obj, pred) if writer else write(obj, pred)))
+        while len(writes) > (2 * batch_size if writer else 0):
+            collect(*writes.popleft())
 
+    def write(obj: ObjectImages, pred: Prediction) -> DataError | None:
+        t0 = time.perf_counter()
+        try:
+            save_prediction(pred, obj.images.permute(0, 2, 3, 1).numpy(), out, image_views=obj.view_names, maps=maps)
+        except DataError as exc:
+            return exc
+        finally:
+            times.add("write", time.perf_counter() - t0)
+        return None
+
+    def collect(obj: ObjectImages, reasons: list[str], name: str, pred: Prediction, result) -> None:
+        if writer is not None:
+            t0 = time.perf_counter()
+            result = result.result()
+            times.add("write_wait", time.perf_counter() - t0)
+        if result is not None:
+            folders.pop(name, None)
+            skipped.append({"sample_id": obj.sample_id, "reason": "; ".join(reasons + [str(result)])})
+            return
+        rows.append(pred.as_dict())
+        if reasons:
+            incomplete.append({"sample_id": obj.sample_id, "missing_views": pred.missing_views,
+                               "reason": "; ".join(reasons)})
+
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    writes: deque = deque()
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="multiflow-write") if workers > 0 else None
     bar = tqdm(total=len(todo), desc="predict", disable=not progress)
     for (sid, _, _, why), (views, paths, images, problems) in prefetch(
             decode, todo, workers=workers, depth=workers + 2 * batch_size, times=times):
@@ -569,6 +605,10 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *
             pending = []
     if pending:
         score(pending)
+    while writes:
+        collect(*writes.popleft())
+    if writer is not None:
+        writer.shutdown()
     bar.close()
     timing = times.report(len(rows), time.perf_counter() - t_start)
     timing.update(batch_size=int(batch_size), workers=int(workers), device=str(predictor.device),

@@ -9,7 +9,10 @@ that launched them.
 
 ``decode`` runs in worker threads while the main thread scores the previous batch: its seconds
 are the workers' (summed over threads); ``decode_wait`` is the time the main thread waited for
-decoded images, the part of decoding that was not hidden behind the other stages.
+decoded images, the part of decoding that was not hidden behind the other stages. Likewise
+``write`` may run in a writer thread (``multiflow predict`` with decoding workers): ``write_wait``
+is then the main thread's wait for it; written inline, ``write_wait`` stays 0 and all of
+``write`` is on the main thread.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class StageTimes:
 
     def __init__(self, device: torch.device | str | None = None) -> None:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.seconds: dict[str, float] = dict.fromkeys((*STAGES, "decode_wait"), 0.0)
+        self.seconds: dict[str, float] = dict.fromkeys((*STAGES, "decode_wait", "write_wait"), 0.0)
         self._lock = threading.Lock()
 
     def _sync(self) -> None:
@@ -62,11 +65,13 @@ class StageTimes:
     def report(self, objects: int, wall_s: float) -> dict[str, Any]:
         """``{"objects", "wall_s", "objects_per_s", "stages_s", "ms_per_object", "dominant"}``:
         ``dominant`` is the stage with the most time on the main thread (``decode`` counts with its
-        wait only, as the rest ran in parallel)."""
+        wait only, as the rest ran in parallel; ``write`` too when it ran in a thread)."""
         n = max(int(objects), 1)
         secs = dict(self.seconds)
         critical = {k: secs[k] for k in STAGES if k != "decode"}
         critical["decode"] = secs["decode_wait"]
+        if secs["write_wait"] > 0:
+            critical["write"] = secs["write_wait"]
         return {
             "objects": int(objects),
             "wall_s": round(float(wall_s), 4),
@@ -83,4 +88,4 @@ def format_report(rep: dict[str, Any]) -> str:
     stages = ", ".join(f"{k} {per[k]:.1f}" for k in STAGES)
     rate = "-" if rep["objects_per_s"] is None else f"{rep['objects_per_s']:.2f}"
     return (f"{rep['objects']} objects in {rep['wall_s']:.2f} s: {rate} objects/s; ms/object: {stages} "
-            f"(decode in worker threads; main thread waited {per['decode_wait']:.1f})")
+            f"(main thread waited {per['decode_wait']:.1f} for decoding, {per['write_wait']:.1f} for writing)")
