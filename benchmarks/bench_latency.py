@@ -176,7 +176,6 @@ def _pipeline_model(folder: Path, size: int, view_names: list[str], objects) -> 
 
 def pipeline(args: argparse.Namespace) -> int:
     import math
-    import os
 
     import numpy as np
     import torch

@@ -8,6 +8,13 @@ flow was trained on) and mask provider from the model's bundle, and scores sampl
 held-out normal calibration objects for the number of views present
 (:meth:`multiflow.engine.bundle.ThresholdSpec.for_views`).
 
+Throughput (docs/deployment.md, "Throughput and streaming"): :meth:`Predictor.predict_batch`
+scores several objects with one masks call, one backbone call on all their views and one flow
+call on the predictor's device; :func:`predict_dataset` decodes the next objects in worker threads
+(:func:`prefetch`) and writes outputs in a writer thread while a batch is scored, and reports the
+seconds per stage (:mod:`multiflow.engine.timing`). The streaming mode for a line is
+:mod:`multiflow.engine.watch`.
+
 Missing views and camera faults (docs/deployment.md, "Decision JSON"): a model trained with view
 dropout (``model.json``: ``supports_missing_views: true``) scores an object from any non-empty
 subset of its cameras; other models refuse incomplete objects with a :class:`DataError` naming the
