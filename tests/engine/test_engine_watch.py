@@ -94,7 +94,7 @@ def test_watch_scores_objects_when_their_last_view_has_settled(masked_model, tmp
         with open(slow / f"{VIEWS[-1]}.png", "wb") as fh:  # half, a pause, the rest
             fh.write(data[: len(data) // 2])
             fh.flush()
-            time.sleep(0.35)
+            time.sleep(0.3)
             fh.write(data[len(data) // 2:])
         (watch_dir / "0003").mkdir()
         (watch_dir / "0003" / "notes.txt").write_text("ignored")
@@ -106,7 +106,7 @@ def test_watch_scores_objects_when_their_last_view_has_settled(masked_model, tmp
 
     t = threading.Thread(target=camera)
     t.start()
-    report = watch_folder(pred, watch_dir, out, settle=0.6, poll=0.05, batch_size=4, stop=stop)
+    report = watch_folder(pred, watch_dir, out, settle=1.5, poll=0.05, batch_size=4, stop=stop)
     t.join()
     rows = _lines(out)
     assert sorted(r["sample_id"] for r in rows) == ["0001", "0002", "0003"]
