@@ -128,6 +128,186 @@ def worker(backbone: str, size: int, device: str, repeats: int, train_batch: int
     }
 
 
+# ------------------------------------------------------------------------------------ end to end
+CLASS = "toy_brick"
+
+
+def _pipeline_model(folder: Path, size: int, view_names: list[str], objects) -> Path:
+    """A class folder with the paper's flow on Lite0 features at ``size`` px (weights randomised away
+    from the identity: the timing and the identity check do not need a trained flow), threshold
+    masks, float16 features, and camera-fault statistics fitted on ``objects`` (``(V, 3, H, W)``, normal)."""
+    import warnings
+
+    import torch
+
+    from multiflow.config import FeatureConfig
+    from multiflow.engine.bundle import (
+        FeaturesSpec, GraphSpec, MasksSpec, ModelBundle, ThresholdSpec, save_bundle,
+    )
+    from multiflow.engine.factories import build_extractor
+    from multiflow.faults.fit import fit_camera_faults
+    from multiflow.flow import MultiFlow, ViewGraph
+
+    extractor = build_extractor(FeatureConfig(backbone="lite0", input_size=size))
+    flow = MultiFlow(extractor.channels, ViewGraph.real_iad(len(view_names) - 1, names=view_names), seed=0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    flow.eval()
+    with warnings.catch_warnings():  # few objects for the fault model's target: timing only
+        warnings.simplefilter("ignore")
+        faults = fit_camera_faults(objects, view_names, false_alarm=0.05)
+    folder.mkdir(parents=True, exist_ok=True)
+    faults.save(folder / "camera_faults.json")
+    bundle = ModelBundle(
+        category=CLASS, view_names=list(view_names),
+        graph=GraphSpec(view_names=list(view_names), edges=flow.graph.to_dict()["edges"]),
+        features=FeaturesSpec(backbone="lite0", input_size=size, layer="", dtype="float16",
+                              weights_digest=extractor.digest, channels=extractor.channels,
+                              grid=list(extractor.feature_size()), extractor=extractor.describe()),
+        masks=MasksSpec(provider="threshold", dilation=8),
+        threshold=ThresholdSpec(value=1.0),
+        camera_faults="camera_faults.json",
+    )
+    save_bundle(folder, flow, bundle)
+    return folder
+
+
+def pipeline(args: argparse.Namespace) -> int:
+    import math
+
+    import numpy as np
+    import torch
+
+    from multiflow.config import DataConfig
+    from multiflow.engine.factories import open_dataset
+    from multiflow.engine.predict import ObjectImages, Predictor, predict_dataset
+    from multiflow.engine.timing import STAGES
+    from multiflow.synth import generate_dataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.out)
+    size = args.size
+    n_good, n_defect = (4, 4) if args.quick else (args.objects // 2, args.objects - args.objects // 2)
+    data_root = run / f"data_{size}_{n_good}_{n_defect}"
+    t0 = time.perf_counter()
+    generate_dataset(data_root, classes=[CLASS], n_train=10, n_test_good=n_good, n_test_defect=n_defect, size=size,
+                     n_views=VIEWS, workers=1, progress=False)
+    data = DataConfig(root=str(data_root), format="realiad", resolution=str(size), skip_incomplete=True)
+    ds = open_dataset(data, CLASS, "test", size, load_masks=False)
+    view_names = list(ds.view_names)
+    objects = [ds[i].images for i in range(len(ds))]
+    train = open_dataset(data, CLASS, "train", size, load_masks=False)  # normal objects for the fault statistics
+    model = _pipeline_model(run / "model" / CLASS, size, view_names, [train[i].images for i in range(len(train))])
+    print(f"data and model: {len(ds)} objects x {VIEWS} views at {size} px ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    configs = [("old", 1, 0, "numpy")] + [("new", b, args.workers, "torch") for b in args.batches]
+    rows, scores, grids = [], {}, {}
+    for kind, batch, workers, backend in configs:
+        pred = Predictor(model, device=args.device, masks_backend=backend)
+        # warm-up (one-time backbone and kernel set-up), not timed; the frame memory starts afresh
+        pred.predict_batch([ObjectImages(objects[0], list(view_names), "warm-up")] * min(batch, len(objects)))
+        if pred.frame_memory is not None:
+            from multiflow.faults import FrameMemory
+
+            pred.frame_memory = FrameMemory()
+        with CpuShare() as share:
+            res = predict_dataset(pred, ds, run / "predictions" / f"{kind}_b{batch}", progress=False,
+                                  batch_size=batch, workers=workers)
+        t = res.timing
+        key = f"{kind}_b{batch}"
+        scores[key] = {r["sample_id"]: r["sample_score"] for r in res}
+        # the grid masks this path computes for every object (for the identity check)
+        grids[key] = {}
+        for i in range(len(ds)):
+            x = pred.preprocessor.resize(objects[i]).to(pred.device)
+            grids[key][ds.samples[i].sample_id] = pred.preprocessor.view_masks(x, view_names).cpu()
+        rows.append({"path": kind, "batch": batch, "workers": workers, "masks": backend, "cpu_share": share.share,
+                     **t})
+        per = t["ms_per_object"]
+        print(f"{key:>7}: {t['objects_per_s']:.2f} objects/s; ms/object " +
+              ", ".join(f"{k} {per[k]:.1f}" for k in STAGES) + f" (decode wait {per['decode_wait']:.1f});"
+              f" CPU share {share.share:.2f}; dominant: {t['dominant']}", flush=True)
+
+    base = rows[0]
+    ident = []
+    for r in rows[1:]:
+        key = f"new_b{r['batch']}"
+        rel, diff_masks, same_dec, n = [], 0, 0, 0
+        old = scores["old_b1"]
+        finite = [v for v in old.values() if v is not None and math.isfinite(v)]
+        thr = float(np.median(finite)) if finite else 0.0
+        for sid, s_old in old.items():
+            s_new = scores[key].get(sid)
+            n += 1
+            if s_old is None or s_new is None:
+                same_dec += int(s_old is None and s_new is None)
+                continue
+            if not torch.equal(grids["old_b1"][sid], grids[key][sid]):
+                diff_masks += 1
+                same_dec += int((s_new > thr) == (s_old > thr))
+                continue
+            rel.append(abs(s_new - s_old) / max(abs(s_old), 1e-12))
+            same_dec += int((s_new > thr) == (s_old > thr))
+        ident.append({"batch": r["batch"], "objects": n, "masks_differ": diff_masks,
+                      "max_rel_diff": max(rel) if rel else None, "within_1e-4": sum(x <= 1e-4 for x in rel),
+                      "compared": len(rel), "same_decision": same_dec})
+
+    best = max(rows[1:], key=lambda r: r["objects_per_s"] or 0)
+    one = next((r for r in rows[1:] if r["batch"] == 1), best)
+    crit = {k: one["ms_per_object"][k] for k in STAGES if k != "decode"}
+    crit["decode (wait)"] = one["ms_per_object"]["decode_wait"]
+    if one["ms_per_object"]["write_wait"] > 0:  # written by a thread: its wait is on the scoring thread
+        del crit["write"]
+        crit["write (wait)"] = one["ms_per_object"]["write_wait"]
+    total_one = 1e3 * one["wall_s"] / max(one["objects"], 1)
+    ranked = sorted(crit.items(), key=lambda kv: -kv[1])
+    command = "python benchmarks/bench_latency.py " + " ".join(sys.argv[1:])
+    md = [f"### End-to-end inference per stage, old vs new path ({args.device})", "",
+          f"Command: `{command.strip()}`  ",
+          f"Machine: {machine_line()}; torch threads {torch.get_num_threads()}; {len(ds)} synthetic {CLASS} objects "
+          f"({n_good} good, {n_defect} defective) x {VIEWS} views, JPEG at {size} px; Lite0 at {size} px, paper's flow "
+          "(random weights), threshold masks, camera-fault check, outputs written (maps .npy + PNG overlays + "
+          "result.json). Old path: NumPy masks view by view, one object at a time, decoding inline. New path: torch "
+          f"masks batched on the device, B objects per backbone/flow call, {args.workers} decoding threads ahead of "
+          "the scoring and one writing thread behind it. ms/object = stage seconds / objects (decode and write: "
+          "summed over their threads; 'wait': the part the scoring thread waited for). CPU share: process CPU time / (wall x cores).", "",
+          "| path | B | objects/s | x old | latency ms/object | decode | (wait) | masks | backbone | flow | scoring "
+          "| faults | write | (wait) | CPU share | dominant |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        per = r["ms_per_object"]
+        md.append(f"| {r['path']} ({r['masks']}) | {r['batch']} | {r['objects_per_s']:.2f} | "
+                  f"{(r['objects_per_s'] or 0) / max(base['objects_per_s'] or 1e-9, 1e-9):.2f} | "
+                  f"{1e3 * r['wall_s'] / max(r['objects'], 1):.0f} | "
+                  + " | ".join(f"{per[k]:.1f}" for k in ("decode", "decode_wait", "masks", "backbone", "flow",
+                                                          "scoring", "faults", "write", "write_wait"))
+                  + f" | {r['cpu_share']:.2f} | {r['dominant']} |")
+    md += ["", "Decision identity (new path against the old one, same objects): sample scores where both paths' grid "
+           "masks are equal, relative difference; decisions at the old path's median score.", "",
+           "| B | objects | masks differ | scores compared | max rel. diff | within 1e-4 | same decision |",
+           "|---:|---:|---:|---:|---:|---:|---:|"]
+    for d in ident:
+        mx = "-" if d["max_rel_diff"] is None else f"{d['max_rel_diff']:.1e}"
+        md.append(f"| {d['batch']} | {d['objects']} | {d['masks_differ']} | {d['compared']} | {mx} | "
+                  f"{d['within_1e-4']} | {d['same_decision']} |")
+    md += ["", f"Best throughput: {best['objects_per_s']:.2f} objects/s at B = {best['batch']} "
+           f"({(best['objects_per_s'] or 0) / max(base['objects_per_s'] or 1e-9, 1e-9):.2f}x the old path). "
+           f"One object (B = 1): {total_one:.0f} ms wall per object; on the scoring thread "
+           + ", ".join(f"{k} {v:.0f} ms ({100 * v / max(total_one, 1e-9):.0f} %)" for k, v in ranked[:4])
+           + f". Dominant after the change: {ranked[0][0]}."]
+    text = "\n".join(md)
+    print(text)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "latency_pipeline.md").write_text(text + "\n")
+    (run / "latency_pipeline.json").write_text(json.dumps({"rows": rows, "identity": ident}, indent=1))
+    if not args.no_md and not args.quick:
+        update_section("latency-pipeline-cuda" if args.device.startswith("cuda") else "latency-pipeline", text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="Lite0 at 128 px, 1 repeat, train batch 2 (smoke check)")
@@ -140,8 +320,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--masks-backend", default="torch", choices=["torch", "numpy"],
                    help="threshold masks: batched torch on the device, or the NumPy reference on the CPU")
     p.add_argument("--no-md", action="store_true", help="print only; do not write BENCHMARKS.md")
+    p.add_argument("--pipeline", action="store_true",
+                   help="end to end per stage (decode .. write), old vs new path, decision identity (module docstring)")
+    p.add_argument("--size", type=int, default=384, help="--pipeline: input size (px)")
+    p.add_argument("--objects", type=int, default=32, help="--pipeline: synthetic test objects (half defective)")
+    p.add_argument("--batches", type=int, nargs="*", default=[1, 4, 16], help="--pipeline: objects per batch")
+    p.add_argument("--workers", type=int, default=2, help="--pipeline: decoding threads of the new path")
+    p.add_argument("--out", default="results/latency_pipeline", help="--pipeline: run folder (data, model, outputs)")
     p.add_argument("--worker", nargs=2, metavar=("BACKBONE", "SIZE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.pipeline:
+        if args.quick:
+            args.size, args.batches = 128, [1, 4]
+        return pipeline(args)
     if args.worker:
         res = worker(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.train_batch, args.threads,
                      args.masks_backend)

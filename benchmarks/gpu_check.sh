@@ -8,7 +8,8 @@
 #   2. the flow at paper shapes (B=8, V=5, C=304, 24x24) on CUDA: fused fp32 / per-edge / fused bf16
 #      forward and training step (+ AdamW), bf16 NLL parity (bench_flow.py, "flow-cuda" section);
 #   3. latency per 5-view sample and training throughput for Lite0 / B5 (bench_latency.py,
-#      "latency-cuda" section).
+#      "latency-cuda" section); 3b. end to end per stage, old vs new inference path (bench_latency.py
+#      --pipeline, "latency-pipeline-cuda" section).
 # Every section runs even when an earlier one failed; the last line says which failed (exit 1 if any).
 #
 #   bash benchmarks/gpu_check.sh                 # writes the CUDA sections of BENCHMARKS.md
@@ -116,6 +117,10 @@ PYEOF
   if want latency; then
     echo "== 3. latency and training throughput"
     timeout 240 "$PY" benchmarks/bench_latency.py "${LAT_ARGS[@]}" || { echo "gpu_check FAILED: latency"; FAILED+=(latency); }
+    echo "== 3b. end-to-end inference per stage (decode .. write), old vs new path, batches 1/4/16"
+    if [ "$DEV" = cpu ]; then PIPE_ARGS=(--quick --no-md); else PIPE_ARGS=(--objects 32 --batches 1 4 16); fi
+    timeout 300 "$PY" benchmarks/bench_latency.py --pipeline --device "$DEV" --out "${OUT:-results}/latency_pipeline" \
+      "${PIPE_ARGS[@]}" || { echo "gpu_check FAILED: latency pipeline"; FAILED+=(latency-pipeline); }
   fi
   if [ ${#FAILED[@]} -eq 0 ]; then echo "gpu_check: all sections passed on $DEV"
   else echo "gpu_check: failed sections: ${FAILED[*]}"; fi

@@ -108,7 +108,8 @@ def test_device_precision_checkpoint_and_early_stopping_keys():
     assert (cfg.train.device, cfg.train.precision) == ("cuda:1", "bf16")
     assert cfg.train.checkpoint_minutes == 0.5 and cfg.train.early_stopping_patience == 5
     defaults = load_config(None)
-    assert defaults.train.device == "auto" and defaults.train.precision == "fp32"
+    assert defaults.train.device == "auto" and defaults.train.precision == "auto"  # bf16 where native
+    assert load_config(None, ["train.precision=fp32"]).train.precision == "fp32"
     assert defaults.train.checkpoint_every == 0 and defaults.train.checkpoint_minutes > 0
     for bad, match in [("train.device=gpu", "train.device"), ("train.device=cuda:x", "train.device"),
                        ("train.precision=fp16", "train.precision"),

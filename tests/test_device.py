@@ -108,3 +108,34 @@ def test_run_device_resolves_once_from_the_config(fake_cuda):
     assert run_device(TrainConfig(device="cuda:1")) == (torch.device("cuda", 1), "fp32")
     assert run_device(TrainConfig(device="cuda:1"), torch.device("cpu"))[0] == torch.device("cpu")  # given wins
     assert run_device(TrainConfig(device="cpu")) == (torch.device("cpu"), "fp32")
+
+
+CPUINFO = """processor\t: 0
+flags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}
+"""
+
+
+@pytest.mark.parametrize("extra, native", [("", False), ("avx512_bf16", True), ("amx_tile amx_bf16", True)])
+def test_native_bf16_reads_the_cpu_flags(monkeypatch, extra, native):
+    """AVX-512 alone only emulates bf16 (slower than fp32): native means AVX-512 BF16 or AMX-BF16."""
+    monkeypatch.setattr(mdev, "bf16_supported", lambda device: True)
+    text = CPUINFO.format(extra=extra)
+    assert mdev.native_bf16(torch.device("cpu"), cpuinfo=text) is native
+    assert ("avx512_bf16" in mdev.cpu_flags(text)) is ("avx512_bf16" in extra)
+    assert {"avx2", "avx512f"} <= mdev.cpu_flags(text)
+    monkeypatch.setattr(mdev, "bf16_supported", lambda device: False)  # no oneDNN bf16 kernels: not native
+    assert mdev.native_bf16(torch.device("cpu"), cpuinfo=text) is False
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_is_bf16_only_where_native(monkeypatch, capsys, native):
+    monkeypatch.setattr(mdev, "native_bf16", lambda device, **_: native)
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    assert capsys.readouterr().err == ""  # auto falls back silently
+
+
+def test_auto_precision_on_cuda_asks_torch(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "fp32"

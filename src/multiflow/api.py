@@ -69,6 +69,10 @@ def predict(
     progress: bool = True,
     device: str = "auto",
     precision: str = "fp32",
+    batch_size: int = 4,
+    workers: int = 2,
+    masks_backend: str = "torch",
+    maps: str = "png",
 ) -> list[dict[str, Any]]:
     """Score every sample of a data set with a trained class model (``<run>/<class>``).
 
@@ -80,7 +84,11 @@ def predict(
     Objects with a missing or unreadable view file are scored on the views present when the model
     supports missing views, otherwise skipped; the rest is always scored
     (:func:`multiflow.engine.predict.predict_dataset`).
-    ``device`` / ``precision`` as in :class:`multiflow.engine.predict.Predictor`.
+    ``device`` / ``precision`` / ``masks_backend`` as in :class:`multiflow.engine.predict.Predictor`;
+    ``batch_size`` (objects scored together), ``workers`` (decoding threads) and ``maps`` (``"png"``:
+    raw maps and overlays, ``"npy"``: raw maps, ``"none"``: ``result.json`` only) as in
+    :func:`multiflow.engine.predict.predict_dataset`; the returned list's ``timing`` (and
+    ``summary.json``'s) holds objects/s and the seconds per stage.
     """
     import warnings
 
@@ -88,7 +96,8 @@ def predict(
     from multiflow.engine.factories import open_dataset
     from multiflow.engine.predict import Predictor, predict_dataset
 
-    predictor = Predictor(model_dir, threshold=threshold, device=device, precision=precision)
+    predictor = Predictor(model_dir, threshold=threshold, device=device, precision=precision,
+                          masks_backend=masks_backend)
     # incomplete objects are listed by the data set and scored or reported by predict_dataset
     data = DataConfig(root=str(data_root), format=data_format, views=list(predictor.view_names), resolution=resolution,
                       flips=dict(predictor.bundle.flips), skip_incomplete=True)
@@ -98,4 +107,5 @@ def predict(
         warnings.filterwarnings("ignore", message=".*incomplete/duplicated sample")
         ds = open_dataset(data, category or predictor.bundle.category, split, predictor.input_size, load_masks=False)
     out = Path(out_dir) if out_dir else Path(model_dir) / "predictions"
-    return predict_dataset(predictor, ds, out, progress=progress)
+    return predict_dataset(predictor, ds, out, progress=progress, batch_size=batch_size, workers=workers,
+                           maps=maps)

@@ -71,6 +71,10 @@ class MaskConfig:
     mask_root: str = ""
     # extra dilation as a fraction of the object's bounding-box diagonal (0 = the paper's masks)
     margin: float = 0.0
+    #: how the ``threshold`` provider computes: ``torch`` (batched tensor operations on the run's
+    #: device, all views of several objects at once) or ``numpy`` (the NumPy/SciPy reference, view
+    #: by view on the CPU); the masks agree within IoU >= 0.99 (multiflow.features.masks_torch)
+    backend: str = "torch"
 
 
 @dataclass
@@ -131,8 +135,11 @@ class TrainConfig:
     #: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``: features, masks,
     #: training, scoring and prediction all run there (multiflow.device.resolve_device)
     device: str = "auto"
-    #: ``fp32`` or ``bf16`` (bf16 autocast st-network convolutions; coupling math, log-det, NLL in fp32)
-    precision: str = "fp32"
+    #: training steps in ``fp32``, ``bf16`` (bf16 autocast st-network convolutions; coupling math,
+    #: log-det, NLL in fp32) or ``auto`` (bf16 where the device computes it natively: CUDA with bf16,
+    #: a CPU with AVX-512 BF16/AMX; else fp32). Scoring after training (calibration, test, predict,
+    #: serve, ONNX) is fp32 whatever this says (multiflow.device)
+    precision: str = "auto"
     #: learning rate over the run (multiflow.engine.schedule), set before every optimiser step:
     #: ``constant`` (the paper's; ``train.lr`` throughout) or ``cosine`` (decay from ``train.lr`` to
     #: ``train.lr_min`` over the planned ``train.epochs``); either after a linear warm-up of
@@ -223,7 +230,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         # the names of masks, fusions, noise schemes and aggregations come from their registries
-        from multiflow.features.masks import MASK_PROVIDERS
+        from multiflow.features.masks import BACKENDS, MASK_PROVIDERS
         from multiflow.flow.fusion import FUSIONS
         from multiflow.flow.noise import NOISE_SCHEMES
         from multiflow.scoring import VIEW_AGGREGATIONS, check_calibration, check_target
@@ -231,6 +238,7 @@ class RunConfig:
         check_numbers(self)
         _choice("data.format", self.data.format, {"realiad", "folder", "manifest"})
         _choice("masks.provider", self.masks.provider, set(MASK_PROVIDERS))
+        _choice("masks.backend", self.masks.backend, set(BACKENDS))
         self._validate_graph()
         _choice("model.fusion", self.model.fusion, set(FUSIONS))
         _choice("model.noise", self.model.noise, set(NOISE_SCHEMES))
@@ -243,7 +251,7 @@ class RunConfig:
         check_calibration(self.eval.calibration, "eval.calibration")
         check_target(self.threshold.false_reject, self.threshold.confidence, "threshold")
         _choice("features.dtype", self.features.dtype, {"float16", "float32"})
-        _choice("train.precision", self.train.precision, {"fp32", "bf16"})
+        _choice("train.precision", self.train.precision, {"fp32", "bf16", "auto"})
         _choice("train.lr_schedule", self.train.lr_schedule, {"constant", "cosine"})
         if self.train.lr_min > self.train.lr:
             raise ConfigError(f"train.lr_min ({self.train.lr_min}) must not exceed train.lr ({self.train.lr})")

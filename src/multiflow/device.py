@@ -13,7 +13,11 @@ Precision (``train.precision``): ``fp32``, or ``bf16``, where the st-network con
 in float32 (:class:`multiflow.flow.transforms.AffineCoupling` casts the st-network output back to
 the dtype of its input before the soft clamp). Where bf16 is not supported (a CUDA device without
 bf16, a CPU without oneDNN bf16 kernels) :func:`resolve_precision` falls back to ``fp32`` and prints
-one line saying so.
+one line saying so. ``auto`` (the default of ``train.precision``) is ``bf16`` where the device
+computes bf16 natively (:func:`native_bf16`: CUDA with bf16 support; a CPU with AVX-512 BF16 or
+AMX), ``fp32`` elsewhere. bf16 is a training-step setting: everything scored after training
+(the threshold's calibration maps, ``test``, ``predict``, ``serve``, the ONNX graph) computes in
+fp32 unless asked otherwise, so they agree with each other whatever the model was trained in.
 
 This module sits at the bottom of the package: it imports nothing from multiflow but the errors.
 """
@@ -29,7 +33,9 @@ import torch
 
 from multiflow.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
+#: /proc/cpuinfo flags of CPUs that compute bf16 natively (AVX-512 BF16 dot products, AMX tiles)
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 _noticed: set[str] = set()  # devices whose bf16 fallback was already reported (one line per process)
 
 
@@ -97,10 +103,46 @@ def bf16_supported(device: torch.device) -> bool:
     return False
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (or of the given text); empty where it cannot be
+    read (not Linux)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return set()
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def native_bf16(device: torch.device, *, cpuinfo: str | None = None) -> bool:
+    """Whether ``device`` computes bf16 natively, so bf16 is faster than fp32 there: CUDA with
+    ``torch.cuda.is_bf16_supported()``; a CPU with AVX-512 BF16 or AMX-BF16 (``/proc/cpuinfo``
+    flags :data:`NATIVE_BF16_CPU_FLAGS`) whose oneDNN has bf16 kernels. A CPU that only emulates
+    bf16 (AVX-512 without BF16, AVX2) is not native: bf16 is slower than fp32 there."""
+    if device.type == "cuda":
+        try:
+            return bool(torch.cuda.is_bf16_supported())
+        except (RuntimeError, AssertionError):  # the driver cannot be asked: assume not
+            return False
+    if device.type == "cpu":
+        return bool(set(NATIVE_BF16_CPU_FLAGS) & cpu_flags(cpuinfo)) and bf16_supported(device)
+    return False
+
+
 def resolve_precision(precision: str, device: torch.device, *, notice: bool = True) -> str:
-    """``precision`` if ``device`` supports it, else ``"fp32"`` (with a one-line notice on stderr)."""
+    """``precision`` if ``device`` supports it, else ``"fp32"`` (with a one-line notice on stderr).
+    ``"auto"``: ``"bf16"`` where the device computes it natively (:func:`native_bf16`), else
+    ``"fp32"`` (silently)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and not bf16_supported(device):
         if notice and str(device) not in _noticed:
             _noticed.add(str(device))

@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from multiflow import api
@@ -70,7 +71,11 @@ def test_run_records_its_device_precision_and_writes_less_state(run):
     from multiflow.engine.bundle import read_bundle
 
     training = read_bundle(run_dir / CLASS).training  # the typed record, as every consumer reads it
-    assert training.device == "cpu" and training.precision == "fp32"
+    from multiflow.device import resolve_precision
+
+    # train.precision=auto, recorded as resolved: bf16 only on a CPU with native bf16 (AVX-512 BF16/AMX)
+    assert training.device == "cpu" and training.precision == resolve_precision("auto", torch.device("cpu"))
+    assert training.precision in ("fp32", "bf16")
     assert training.stop_reason == "" and len(training.history) == 2
     assert all(r["lr"] > 0 for r in training.history)  # the learning rate of every epoch (issue 24)
     assert json.loads((run_dir / CLASS / "model.json").read_text())["training"]["device"] == "cpu"
@@ -245,3 +250,38 @@ def test_an_override_on_a_model_without_calibration_maps_reports_no_decisions(sc
     assert m["threshold"] is None and m["threshold_fit"] is None and m["decision_accuracy"] is None
     assert m["false_positive_rate_at_threshold"] is None and m["threshold_refitted_for_overrides"] is False
     assert any("not for the overridden one" in w for w in m["threshold_warnings"])
+
+
+def test_the_threshold_is_calibrated_on_fp32_maps_whatever_the_training_precision(monkeypatch, tmp_path):
+    """A model trained in bf16 (train.precision=auto on bf16 hardware) gets its threshold from fp32
+    maps, as predict, serve and the ONNX graph score."""
+    import types
+
+    import multiflow.engine.pipeline as pl
+    import multiflow.engine.train as train_mod
+    from multiflow.config import load_config
+    from multiflow.engine.preprocess import PreparedSplit
+
+    class Reached(Exception):
+        pass
+
+    seen = {}
+    n, c = 10, 4
+    monkeypatch.setattr(pl, "run_device", lambda cfg, device=None: (torch.device("cpu"), "bf16"))
+    monkeypatch.setattr(pl, "resolve_input_size", lambda features, data, category: features)
+    monkeypatch.setattr(pl, "build_extractor", lambda cfg: types.SimpleNamespace(channels=c, input_size=32))
+    monkeypatch.setattr(pl, "prepare_split", lambda *a, **k: PreparedSplit(
+        None, np.zeros((n, 3, c, 2, 2), dtype=np.float32), None, [f"s{i}" for i in range(n)], ["C1", "C2", "C3"]))
+    monkeypatch.setattr(train_mod, "train_flow", lambda *a, **k: types.SimpleNamespace())
+
+    def maps_spy(*args, precision, **kw):
+        seen["precision"] = precision
+        raise Reached
+
+    monkeypatch.setattr(pl, "_maps", maps_spy)
+    cfg = load_config(None, ["train.precision=bf16", "model.graph=custom", "model.n_blocks=1",
+                             "model.kernel_sizes=[3]", "data.views=[C1,C2,C3]",
+                             "model.edges=[[C1,C2],[C2,C3]]"])
+    with pytest.raises(Reached):
+        pl.fit_category(cfg, "tiny", tmp_path, progress=False)
+    assert seen == {"precision": "fp32"}

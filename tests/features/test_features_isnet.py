@@ -105,3 +105,15 @@ def test_real_isnet_segments_the_coffee_cup():
     assert 0.3 < mask.mean() < 0.65
     assert mask[200, 300]  # the cup
     assert not mask[:15].any() and not mask[:, :60].any() and not mask[:, -100:].any()  # table edges
+
+
+def test_isnet_runs_on_the_gpu_only_where_the_run_is_and_onnxruntime_can():
+    from multiflow.features.isnet import execution_providers
+
+    cpu_only, with_cuda = ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert execution_providers("cpu", with_cuda) == ["CPUExecutionProvider"]
+    assert execution_providers(None, with_cuda) == ["CPUExecutionProvider"]
+    assert execution_providers("cuda", cpu_only) == ["CPUExecutionProvider"]  # onnxruntime without CUDA
+    assert execution_providers("cuda", with_cuda) == [("CUDAExecutionProvider", {"device_id": 0}),
+                                                      "CPUExecutionProvider"]
+    assert execution_providers("cuda:1", with_cuda)[0] == ("CUDAExecutionProvider", {"device_id": 1})

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-request-mb", type=number_arg(gt=0), default=64.0, help="largest request body in MiB (default 64)")
     p.add_argument("--max-image-pixels", type=number_arg(integer=True, gt=0), default=25_000_000, help="largest image in pixels (default 25e6)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
                    help="bf16: st-network convolutions in bf16 autocast (NLL in fp32)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 

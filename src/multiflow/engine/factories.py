@@ -147,9 +147,12 @@ def build_extractor(cfg: FeatureConfig):
     )
 
 
-def build_mask_provider(cfg: MaskConfig, dataset: Any = None, *, image_root: str | os.PathLike | None = None):
+def build_mask_provider(cfg: MaskConfig, dataset: Any = None, *, image_root: str | os.PathLike | None = None,
+                        device: Any = None):
     """The foreground-mask provider of ``masks``.
 
+    ``masks.backend`` selects how the ``threshold`` provider computes (torch or NumPy); ``device``
+    (the run's) puts IS-Net on the GPU where onnxruntime has the CUDA execution provider.
     ``masks.provider=file`` reads ``<mask_root>/<rel>.png`` for an image ``<image_root>/<rel>``:
     the image root is ``image_root`` if given, else the data set's (``image_root`` or ``root``).
     """
@@ -162,6 +165,10 @@ def build_mask_provider(cfg: MaskConfig, dataset: Any = None, *, image_root: str
         if not root:
             raise ConfigError("masks.provider=file needs the image root the mask tree mirrors")
         return make_provider("file", mask_root=cfg.mask_root, image_root=root)
+    if cfg.provider == "threshold":  # torch (batched, on the images' device) or the NumPy reference
+        return make_provider("threshold", backend=cfg.backend)
+    if cfg.provider == "isnet":
+        return make_provider("isnet", device=None if device is None else str(device))
     return make_provider(cfg.provider)
 
 

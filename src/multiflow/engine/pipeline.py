@@ -23,7 +23,10 @@ run configuration's model, feature or mask settings; explicitly named test-time 
 
 The device is resolved once per run (:func:`multiflow.engine.factories.run_device`: ``train.device``,
 or the rank's GPU under ``torchrun``) and handed to feature extraction, training and scoring;
-``train.precision=bf16`` runs the st-networks under bf16 autocast there (coupling math and NLL in fp32).
+``train.precision=bf16`` (or ``auto`` on hardware with native bf16) runs the training steps' st-networks
+under bf16 autocast there (coupling math and NLL in fp32); the maps the threshold is fitted on and the
+test maps are computed in fp32 (:data:`SCORING_PRECISION`), as ``predict``, ``serve`` and the ONNX graph
+score, so a model's threshold holds wherever it is scored.
 
 Under ``torchrun`` (see :mod:`multiflow.engine.distributed`) the ranks share feature and mask
 extraction, training is data parallel, anomaly maps are computed on shards and all-gathered, and
@@ -60,6 +63,9 @@ from multiflow.engine.factories import build_extractor, build_flow, list_categor
 from multiflow.engine.preprocess import prepare_split
 from multiflow.errors import CheckpointError, ConfigError, DataError
 from multiflow.scoring import ScoringSpec, check_overrides
+
+#: the precision of every map scored after training (calibration, test): the ONNX graph's
+SCORING_PRECISION = "fp32"
 
 if TYPE_CHECKING:
     import torch
@@ -123,8 +129,9 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
                         device=device)
     cal_masks = None if train.masks is None else train.masks[cal]
     cal_ids = [train.sample_ids[i] for i in cal]
+    # the threshold is fitted on fp32 maps, as predict, serve and the ONNX graph score (multiflow.device)
     cal_maps = _maps(model, train.features[cal], cal_masks, n_views, ctx, batch_size=cfg.eval.batch_size,
-                     device=device, precision=precision)
+                     device=device, precision=SCORING_PRECISION)
     scoring = ScoringSpec(aggregation=cfg.eval.aggregation, image_score=cfg.eval.image_score_spec())
     image_size = int(extractor.input_size)
     fit, cal_scores = fit_for_scoring(cal_maps, cal_masks, cal_ids, scoring, cfg.threshold, image_size=image_size)
@@ -133,7 +140,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
     if supports_missing:  # one threshold per number of present views, fitted the same way
         by_views = fit_by_views(model, train.features[cal], cal_masks, cal_ids, scoring, cfg.threshold,
                                 image_size=image_size, batch_size=cfg.eval.batch_size, device=device,
-                                precision=precision, seed=cfg.train.seed)
+                                precision=SCORING_PRECISION, seed=cfg.train.seed)
         model.to("cpu")
     threshold = ThresholdSpec(
         value=fit.value, fit=fit, by_views=by_views, calibration_maps=CALIBRATION_FILE,
@@ -290,8 +297,8 @@ def evaluate_category(
     target (:func:`multiflow.engine.threshold.refit_threshold`; ``metrics["threshold_refitted_for_overrides"]``);
     a bundle without them reports ``threshold: null`` and no decision metrics. The threshold's
     warnings are issued and stored as ``metrics["threshold_warnings"]``. Features, masks
-    and anomaly maps are computed on ``device`` (default: :func:`run_device` of ``cfg.train``) in
-    ``train.precision``.
+    and anomaly maps are computed on ``device`` (default: :func:`run_device` of ``cfg.train``), the
+    maps in fp32 (:data:`SCORING_PRECISION`) whatever ``train.precision`` was.
     """
     import warnings
 
@@ -305,7 +312,7 @@ def evaluate_category(
     ov = check_overrides(overrides)
     ctx = current_context()
     progress = progress and ctx.is_main
-    device, precision = run_device(cfg.train, device)
+    device, _ = run_device(cfg.train, device)
     folder = run_dir / category
     model, bundle = load_bundle(folder)
     check_features_config(resolve_input_size(cfg.features, cfg.data, category), bundle, folder / BUNDLE_FILE)
@@ -335,7 +342,7 @@ def evaluate_category(
     if test.view_names != bundle.view_names:
         raise DataError(f"test views {test.view_names} differ from the model's {bundle.view_names}", folder)
     maps = _maps(model, test.features, test.masks, len(test.view_names), ctx,
-                 batch_size=cfg.eval.batch_size, progress=progress, device=device, precision=precision)
+                 batch_size=cfg.eval.batch_size, progress=progress, device=device, precision=SCORING_PRECISION)
     if not ctx.is_main:
         return {}  # rank 0 computes the metrics from the gathered maps and writes everything
     from multiflow.data.ground_truth import ground_truth_masks

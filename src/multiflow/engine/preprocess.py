@@ -5,8 +5,10 @@
   them the feature cache, ``test`` and ``predict``) and the HTTP service
   (:func:`multiflow.data.images.read_image_bytes`, same conversion) all use it; images handed over
   as tensors at another size are resized the same way (:func:`multiflow.data.images.resize_images`).
-* Foreground masks of a view: :func:`multiflow.features.masks.view_mask`, as the mask cache
-  (the bundle's dilation and ``masks.margin``).
+* Foreground masks: :func:`multiflow.features.masks.batch_view_masks`, as the mask cache computes
+  them (the bundle's dilation and ``masks.margin``): the ``threshold`` provider as batched tensor
+  operations on the run's device, all views of all objects of a batch in one call
+  (``masks.backend=numpy`` / ``masks_backend="numpy"``: the NumPy reference, for comparison).
 * Features: the frozen backbone, then rounded to the stored feature dtype (``features.dtype``,
   float16 by default) exactly as the cache stores them, so inference sees what training and the
   threshold calibration saw.
@@ -54,8 +56,9 @@ def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progr
     """Open a split, extract (or reuse) its features and foreground masks.
 
     ``on_corrupt``: ``"error"`` or ``"rebuild"`` a cache entry that fails its checks.
-    ``device``: the backbone is moved there and runs there (one transfer per batch); default:
-    wherever it is.
+    ``device``: the backbone is moved there and runs there (one transfer per batch), and the
+    batched masks (``masks.backend=torch``) are computed there; default: wherever the backbone is,
+    masks on the CPU.
 
     Under ``torchrun`` the samples are shared among the ranks and every rank gets the whole
     result (:func:`multiflow.features.cache.build_entry`); every rank must call this.
@@ -76,27 +79,39 @@ def prepare_split(cfg: RunConfig, category: str, split: str, extractor, *, progr
     )
     masks = None
     if cfg.masks.provider != "none":
-        provider = build_mask_provider(cfg.masks, ds)
+        provider = build_mask_provider(cfg.masks, ds, device=device)
         cm = compute_masks(
             ds, provider, root, grid=extractor.feature_size(extractor.input_size),
             dilation=cfg.masks.dilation, margin=cfg.masks.margin, batch_size=cfg.features.batch_size,
             num_workers=cfg.features.num_workers, progress=progress, ctx=ctx, on_corrupt=on_corrupt,
+            device=device,
         )
         masks = cm.grid
     return PreparedSplit(ds, feats.features, masks, list(feats.sample_ids), list(ds.view_names))
 
 
 class ViewPreprocessor:
-    """Images of one sample -> the flow's input, as the cache computes it.
+    """Images of objects -> the flow's input, as the cache computes it.
 
     Args:
         extractor: the frozen backbone (checked against the bundle by the caller).
         bundle: the :class:`multiflow.engine.bundle.ModelBundle` (features dtype, masks, flips).
-        device: where features and masks are returned (the backbone is moved there; default: where
-            the backbone is). Images are decoded, resized and masked on the CPU, then moved once.
+        device: where masks and features are computed and returned (the backbone is moved there;
+            default: where the backbone is). Images are decoded and resized on the CPU (in worker
+            threads by :func:`multiflow.engine.predict.predict_dataset`), then moved once.
+        masks_backend: how the ``threshold`` provider computes: ``"torch"`` (default: batched tensor
+            operations on ``device``, all views of all objects of a batch at once) or ``"numpy"``
+            (the NumPy/SciPy reference, view by view on the CPU); the masks agree within the
+            tolerance stated in :mod:`multiflow.features.masks_torch` (IoU >= 0.99).
     """
 
-    def __init__(self, *, extractor, bundle, device: torch.device | None = None) -> None:
+    def __init__(self, *, extractor, bundle, device: torch.device | None = None, masks_backend: str = "torch") -> None:
+        import dataclasses
+
+        from multiflow.features.masks import BACKENDS
+
+        if masks_backend not in BACKENDS:
+            raise ConfigError(f"masks backend must be one of {list(BACKENDS)}, got {masks_backend!r}")
         if device is not None:
             extractor.to(device)
         self.extractor = extractor
@@ -107,11 +122,14 @@ class ViewPreprocessor:
         self.input_size = int(extractor.input_size)
         self.dtype = bundle.features.dtype
         self.masks_spec = bundle.masks
+        self.masks_backend = masks_backend
         self.flips = dict(bundle.flips or {})
         self.view_names = list(bundle.view_names)
+        self.grid = tuple(int(s) for s in self.extractor.feature_size(self.input_size))
         self._static_provider = None
         if self.masks_spec.provider not in ("none", "file"):
-            self._static_provider = build_mask_provider(self.masks_spec.to_config())
+            cfg = dataclasses.replace(self.masks_spec.to_config(), backend=masks_backend)
+            self._static_provider = build_mask_provider(cfg, device=device)
 
     @property
     def needs_paths(self) -> bool:
@@ -126,57 +144,64 @@ class ViewPreprocessor:
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (V, 3, S, S)`` (already resized) -> ``(1, V, C, h, w)`` float32 rounded to the stored
-        dtype, on :attr:`device`."""
+        """``x (V, 3, S, S)`` or ``(B, V, 3, S, S)`` (already resized) -> ``(B, V, C, h, w)`` float32
+        rounded to the stored dtype, on :attr:`device` (``B = 1`` for a 4-d ``x``); one backbone
+        call for all ``B * V`` images."""
         from multiflow.device import to_device
 
-        return round_features(self.extractor.forward_views(to_device(x[None], self.device)).float(), self.dtype)
+        x = x[None] if x.ndim == 4 else x
+        return round_features(self.extractor.forward_views(to_device(x, self.device)).float(), self.dtype)
 
-    def masks(self, x: torch.Tensor, *, image_paths: list[str] | None = None, image_root: str | None = None,
-              sample_id: str = "", view_names: list[str] | None = None) -> torch.Tensor | None:
-        """Grid masks ``(1, V, h, w)`` float (1 = foreground) of ``x (V, 3, S, S)``, or None without masks.
-
-        ``image_paths`` (in view order) and ``image_root`` are needed for ``masks.provider=file``;
-        without them a :class:`DataError` says so (the threshold assumes those masks).
-        ``view_names``: the cameras of the ``V`` images (default: all of the bundle's, in order; a
-        subset for an incomplete object), which select each view's load-time flip.
-        """
-        from multiflow.features.masks import view_mask
+    @torch.no_grad()
+    def view_masks(self, x: torch.Tensor, view_names: list[str], *, image_paths: list[str | None] | None = None,
+                   image_root: str | None = None, sample_id: str = "") -> torch.Tensor | None:
+        """Grid masks ``(N, h, w)`` float (1 = foreground) of ``N`` views ``x (N, 3, S, S)`` of any
+        number of objects (``view_names[n]``: the camera of image ``n``, which selects its load-time
+        flip), computed where ``x`` is (the ``torch`` backend: one batched call for all ``N``), or
+        None without masks. ``image_paths`` (one per image) and ``image_root`` are needed for
+        ``masks.provider=file``; without them a :class:`DataError` says so (the threshold assumes
+        those masks)."""
+        from multiflow.features.masks import batch_view_masks
 
         if self.masks_spec.provider == "none":
             return None
+        if len(view_names) != x.shape[0]:
+            raise DataError(f"sample {sample_id!r}: {x.shape[0]} images for the views {list(view_names)}")
         provider = self._static_provider
         if provider is None:  # file masks: the mask tree mirrors the images' root
-            if not image_paths or not image_root:
+            if not image_paths or not image_root or any(p is None for p in image_paths):
                 raise DataError(
                     f"sample {sample_id!r}: this model was trained and calibrated with mask files "
                     f"(masks.provider=file, mask_root {self.masks_spec.mask_root!r}); score it from image files "
                     "inside a data set root (multiflow predict / api.predict) so their masks can be found"
                 )
             provider = build_mask_provider(self.masks_spec.to_config(), image_root=image_root)
-        grid = tuple(int(s) for s in self.extractor.feature_size(self.input_size))
-        arr = x.permute(0, 2, 3, 1).numpy()
-        paths = list(image_paths) if image_paths else [None] * arr.shape[0]
+        paths = [list(image_paths)] if image_paths else None
+        _, grid = batch_view_masks(
+            provider, x[None], self.grid, image_paths=paths, flips=[self.flips.get(v, "") for v in view_names],
+            dilation=int(self.masks_spec.dilation), margin=float(self.masks_spec.margin),
+        )
+        return grid[0].float()
+
+    def masks(self, x: torch.Tensor, *, image_paths: list[str] | None = None, image_root: str | None = None,
+              sample_id: str = "", view_names: list[str] | None = None) -> torch.Tensor | None:
+        """Grid masks ``(1, V, h, w)`` float (1 = foreground) of one object's ``x (V, 3, S, S)``, or
+        None without masks (:meth:`view_masks`; ``view_names``: the cameras of the ``V`` images,
+        default: all of the bundle's, in order; a subset for an incomplete object)."""
         names = list(view_names) if view_names is not None else self.view_names
-        if len(names) != arr.shape[0]:
-            raise DataError(f"sample {sample_id!r}: {arr.shape[0]} images for the views {names}")
-        out = np.stack([
-            view_mask(provider, arr[v], paths[v], grid, flip=self.flips.get(names[v], ""),
-                      dilation=int(self.masks_spec.dilation), margin=float(self.masks_spec.margin))[1]
-            for v in range(arr.shape[0])
-        ])
-        return torch.from_numpy(out).float()[None]
+        m = self.view_masks(x, names, image_paths=image_paths, image_root=image_root, sample_id=sample_id)
+        return None if m is None else m[None]
 
     def __call__(
         self, images: torch.Tensor, *, image_paths: list[str] | None = None, image_root: str | None = None,
         sample_id: str = "", view_names: list[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``images (V, 3, H, W)`` (data-set orientation, any size) -> ``(features (1, V, C, h, w)
-        float32 rounded to the stored dtype, masks (1, V, h, w) float or None)``, both on
+        float32 rounded to the stored dtype, masks (1, V, h, w) float or None)``, both computed on
         :attr:`device`; ``view_names`` as in :meth:`masks`."""
         from multiflow.device import to_device
 
-        x = self.resize(images.cpu())
+        x = to_device(self.resize(images.cpu()), self.device)
         mask = self.masks(x, image_paths=image_paths, image_root=image_root, sample_id=sample_id,
                           view_names=view_names)
-        return self.features(x), None if mask is None else to_device(mask, self.device)
+        return self.features(x), mask

@@ -145,15 +145,36 @@ def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack([_resize(array[..., c], height, width) for c in range(array.shape[-1])], axis=-1)
 
 
+def execution_providers(device: str | None, available: list[str] | None = None) -> list:
+    """onnxruntime execution providers for a run on ``device`` (``"cuda"``, ``"cuda:N"``, ``"cpu"``
+    or None): CUDA first (on GPU ``N``) when the run is on CUDA and onnxruntime has the CUDA provider
+    (``onnxruntime-gpu``), with the CPU as fallback; otherwise the CPU only. ``available``: the
+    providers to choose from (default: ``onnxruntime.get_available_providers()``)."""
+    text = str(device or "cpu")
+    if not text.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    if available is None:
+        import onnxruntime as ort
+
+        available = list(ort.get_available_providers())
+    if "CUDAExecutionProvider" not in available:
+        return ["CPUExecutionProvider"]
+    index = int(text[5:]) if text.startswith("cuda:") and text[5:].isdigit() else 0
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
 class IsNetSegmenter:
     """Foreground probability of an RGB image with the IS-Net ONNX model.
 
     ``__call__(image)``: ``image`` ``(H, W, 3)`` float in ``[0, 1]`` (or uint8) ->
     ``(H, W)`` float32 probability in ``[0, 1]``; the image is resized (bilinear) to
     1024 x 1024, normalised ``(255 x - 128) / 256``, and the output resized back.
+    ``device``: the run's device; on CUDA the model runs on the GPU where onnxruntime has the CUDA
+    execution provider (:func:`execution_providers`), else on the CPU.
     """
 
-    def __init__(self, model_path: str | os.PathLike, *, num_threads: int | None = None) -> None:
+    def __init__(self, model_path: str | os.PathLike, *, num_threads: int | None = None,
+                 device: str | None = None) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise CheckpointError("IS-Net model not found; run `multiflow setup-isnet` first", path)
@@ -163,7 +184,7 @@ class IsNetSegmenter:
         if num_threads:
             opts.intra_op_num_threads = int(num_threads)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=execution_providers(device))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
             raise CheckpointError(f"cannot load ONNX model: {exc}", path) from exc
         self.input_name = self.session.get_inputs()[0].name

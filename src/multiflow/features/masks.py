@@ -298,13 +298,13 @@ class IsNetMasks:
 
     def __init__(
         self, *, model_path: str | os.PathLike | None = None, variant: str = "medium", threshold: float = 0.5,
-        num_threads: int | None = None,
+        num_threads: int | None = None, device: str | None = None,
     ) -> None:
         from multiflow.features.isnet import IsNetSegmenter, isnet_model_path
 
         self.model_path = Path(model_path) if model_path is not None else isnet_model_path(variant)
         self.threshold = float(threshold)
-        self.segmenter = IsNetSegmenter(self.model_path, num_threads=num_threads)
+        self.segmenter = IsNetSegmenter(self.model_path, num_threads=num_threads, device=device)
         st = self.model_path.stat()
         self._model_id = f"{self.model_path.name}:{st.st_size}:{st.st_mtime_ns}"
 
