@@ -134,8 +134,9 @@ class _FlowNLL(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, present: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.nll_of_noised(x, cond, present)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, present: torch.Tensor | None = None,
+                fg: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.nll_of_noised(x, cond, present, fg)
 
 
 class ShardedLoss:
@@ -174,11 +175,9 @@ class ShardedLoss:
         xin, cond = self.model.noise(x, generator)
         start, end = shard_range(int(x.shape[0]), self.ctx.rank, self.ctx.world_size)
         c = None if cond is None else cond[start:end]
+        fg = None if m is None else to_device(m[start:end], dev)  # the fusion operators' foreground
         with autocast(dev, self.precision):  # st-networks in bf16; coupling math and NLL in fp32
-            if present is None:
-                nll = self.ddp(xin[start:end], c)
-            else:
-                nll = self.ddp(xin[start:end], c, present[start:end])
+            nll = self.ddp(xin[start:end], c, None if present is None else present[start:end], fg)
         nll = nll.float()
         mm = torch.ones_like(nll) if m is None else to_device(m[start:end], dev).to(nll.dtype)
         if present is not None:

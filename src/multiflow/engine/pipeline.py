@@ -56,7 +56,14 @@ from multiflow.engine.bundle import (
     load_bundle,
     save_bundle,
 )
-from multiflow.engine.factories import build_extractor, build_flow, list_categories, resolve_input_size, run_device
+from multiflow.engine.factories import (
+    build_extractor,
+    build_flow,
+    list_categories,
+    resolve_camera_rig,
+    resolve_input_size,
+    run_device,
+)
 from multiflow.engine.preprocess import prepare_split
 from multiflow.errors import CheckpointError, ConfigError, DataError
 from multiflow.scoring import ScoringSpec, check_overrides
@@ -113,7 +120,8 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
     # the threshold's calibration objects, held out before training (engine/threshold.py)
     rest, cal = split_calibration(len(train.sample_ids), cfg.threshold.calibration_fraction, cfg.train.seed,
                                   min_rest=2 if cfg.train.val_fraction > 0 else 1)
-    model = build_flow(cfg.model, extractor.channels, train.view_names, cfg.train.seed)
+    model = build_flow(cfg.model, extractor.channels, train.view_names, cfg.train.seed,
+                       camera_rig=resolve_camera_rig(cfg.model, cfg.data, category, list(train.view_names)))
     # what the flow takes as one sample (objects, or images for the single-view flow), of the rest
     flow_feats, flow_masks = model.to_flow_samples(train.features, train.masks)
     per = int(flow_feats.shape[0]) // max(len(train.sample_ids), 1)  # flow samples per object

@@ -208,7 +208,7 @@ class Predictor:
             p_arg = None if all_present else present[None].to(feats.device)
             self.flow.eval()
             with autocast(self.device, self.precision):  # bf16: the st-networks only; the NLL stays fp32
-                nll = self.flow(feats, present=p_arg).nll
+                nll = self.flow(feats, present=p_arg, fg=mask).nll
             maps, vs, ss = score_maps(nll.float(), mask, self.aggregation, self.postprocess, present=p_arg)
             maps, view_scores, sample_score = maps[0].cpu(), [float(s) for s in vs[0].cpu()], float(ss[0])
         else:
