@@ -23,7 +23,7 @@ Operators that do not assume aligned views (issue 24):
 * ``"global_context"`` (:class:`GlobalContextEdge`): foreground-masked per-channel mean ``mu_j`` and
   standard deviation ``sigma_j`` of ``h_j`` pooled over the neighbour's view (mask ``fg_j``, the
   feature-grid foreground; none = every position), an MLP ``[mu_j, sigma_j] -> [a_j, b_j]`` (two 1x1
-  convs, last one zero-initialised) and ``f_ji = Conv_kxk(a_j * h_i + b_j)``: a FiLM of the target's
+  convs with a SiLU, the last one zero-initialised) and ``f_ji = Conv_kxk(a_j * h_i + b_j)``: a FiLM of the target's
   hidden features by what the other view looks like as a whole (colour, material, lot). Starts as a
   constant message (the conv bias).
 * ``"correspondence"`` (:class:`CorrespondenceEdge`): attention from every target position to the
@@ -187,23 +187,30 @@ BACKGROUND_LOGIT = -1e4
 POSITION_CHANNELS = 16
 
 
+def _wide(t: Tensor) -> torch.dtype:
+    """The dtype pooled statistics and softmaxes are computed in: fp32, or fp64 for fp64 inputs."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 def foreground_weight(h: Tensor, fg: Tensor | None) -> Tensor:
-    """``(B, 1, H, W)`` float32 weights of the positions of ``h (B, C, H, W)``: ``fg`` clipped to
-    ``[0, 1]``, or all ones where ``fg`` is None or empty (a view without foreground pools over all)."""
+    """``(B, 1, H, W)`` weights (fp32, fp64 for fp64 ``h``) of the positions of ``h (B, C, H, W)``:
+    ``fg`` clipped to ``[0, 1]``, or all ones where ``fg`` is None or empty (a view without
+    foreground pools over all its positions)."""
     b, _, hh, ww = h.shape
     if fg is None:
-        return torch.ones(b, 1, hh, ww, dtype=torch.float32, device=h.device)
-    w = fg.to(torch.float32).clamp(0.0, 1.0)
+        return torch.ones(b, 1, hh, ww, dtype=_wide(h), device=h.device)
+    w = fg.to(_wide(h)).clamp(0.0, 1.0)
     empty = w.sum(dim=(1, 2, 3), keepdim=True) <= 0
     return torch.where(empty, torch.ones_like(w), w)
 
 
 def masked_moments(h: Tensor, weight: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
-    """Per-channel weighted mean and standard deviation over the positions, in float32:
+    """Per-channel weighted mean and standard deviation over the positions, in fp32 (fp64 for fp64):
     ``h (B, C, H, W)``, ``weight (B, 1, H, W)`` (positive sum) -> ``mu, sigma (B, C)`` with
     ``mu = sum w h / sum w``, ``sigma = sqrt(sum w (h - mu)^2 / sum w + eps)``."""
-    x = h.to(torch.float32)
-    n = weight.sum(dim=(2, 3))  # (B, 1)
+    x = h.to(_wide(h))
+    n = weight.to(x.dtype).sum(dim=(2, 3))  # (B, 1)
+    weight = weight.to(x.dtype)
     mu = (weight * x).sum(dim=(2, 3)) / n
     var = (weight * (x - mu[:, :, None, None]) ** 2).sum(dim=(2, 3)) / n
     return mu, torch.sqrt(var + eps)
@@ -212,7 +219,7 @@ def masked_moments(h: Tensor, weight: Tensor, eps: float = 1e-5) -> tuple[Tensor
 class GlobalContextEdge(EdgeOperator):
     """FiLM of the target by the neighbour's masked statistics (module docstring):
     ``[a, b] = MLP([mu_j, sigma_j])``, ``f_ji = Conv_kxk(a * h_i + b)``; ``(B, hidden, H, W) x 2 ->
-    (B, out, H, W)``. The MLP is two 1x1 convs on ``(B, 2 hidden, 1, 1)`` with a ReLU between; its last
+    (B, out, H, W)``. The MLP is two 1x1 convs on ``(B, 2 hidden, 1, 1)`` with a SiLU between (no dead units); its last
     layer starts at zero (:meth:`reset_message_`), so the message starts as the conv's bias."""
 
     needs = frozenset({"source_fg"})
@@ -233,7 +240,7 @@ class GlobalContextEdge(EdgeOperator):
         """``(a, b)``, each ``(B, hidden, 1, 1)``, from the masked moments of ``h_source``."""
         mu, sigma = masked_moments(h_source, foreground_weight(h_source, source_fg))
         stats = torch.cat([mu, sigma], dim=1)[:, :, None, None].to(h_source.dtype)
-        ab = self.mlp_out(torch.relu(self.mlp_in(stats)))
+        ab = self.mlp_out(F.silu(self.mlp_in(stats)))
         return ab[:, : self.hidden], ab[:, self.hidden :]
 
     def forward(self, h_target: Tensor, h_source: Tensor, *, source_present: Tensor | None = None,
@@ -294,7 +301,7 @@ class CorrespondenceEdge(EdgeOperator):
         if source_fg is not None:
             keep = foreground_weight(h_source, source_fg).reshape(b, 1, 1, hh * ww) > 0
             logits = torch.where(keep, logits, torch.full_like(logits, BACKGROUND_LOGIT))
-        a = torch.softmax(logits.float(), dim=-1).to(v.dtype) @ v  # (B, heads, N, c / heads)
+        a = torch.softmax(logits.to(_wide(logits)), dim=-1).to(v.dtype) @ v  # (B, heads, N, c / heads)
         return self.proj(a.transpose(2, 3).reshape(b, c, hh, ww))
 
     def forward(self, h_target: Tensor, h_source: Tensor, *, source_present: Tensor | None = None,
@@ -318,11 +325,11 @@ class GeometryEdge(EdgeOperator):
 
     @staticmethod
     def resample(h_source: Tensor, grid: Tensor) -> Tensor:
-        """Bilinear ``grid_sample`` of ``h_source (B, C, H, W)`` at ``grid (1, H, W, 2)`` (fp32, zero
-        padding, ``align_corners=False``), back in the dtype of ``h_source``."""
-        g = grid.to(torch.float32).expand(h_source.shape[0], -1, -1, -1)
-        out = F.grid_sample(h_source.to(torch.float32), g, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
+        """Bilinear ``grid_sample`` of ``h_source (B, C, H, W)`` at ``grid (1, H, W, 2)`` (fp32, fp64
+        for fp64; zero padding, ``align_corners=False``), back in the dtype of ``h_source``."""
+        dt = _wide(h_source)
+        g = grid.to(dt).expand(h_source.shape[0], -1, -1, -1)
+        out = F.grid_sample(h_source.to(dt), g, mode="bilinear", padding_mode="zeros", align_corners=False)
         return out.to(h_source.dtype)
 
     def forward(self, h_target: Tensor, h_source: Tensor, *, source_present: Tensor | None = None,
