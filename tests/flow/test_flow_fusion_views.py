@@ -132,6 +132,34 @@ def test_correspondence_masks_background_keys_and_is_finite_for_absent_views(ran
     assert torch.isfinite(zero).all()
 
 
+def test_correspondence_matches_its_definition(randomise):
+    """softmax((W_q h_i + U_q e)(W_k h_j + U_k e)^T / sqrt(d) + m_j) W_v h_j per head, W_o, LayerNorm,
+    ReLU, conv: written out with plain matmuls (2 heads, background keys at -1e4)."""
+    op = randomise(CorrespondenceEdge(4, 6, 3, heads=2).double())
+    h_i, h_j = _h(0, hh=3, ww=4), _h(1, hh=3, ww=4)
+    fg = (torch.rand(2, 1, 3, 4, generator=torch.Generator().manual_seed(2)) > 0.5).double()
+    fg[1] = 0.0  # no foreground: every key
+    pe = position_encoding(3, 4, dtype=torch.float64)
+
+    def tokens(conv, x):  # 1x1 conv as a matmul on (B, N, C) tokens
+        return x.flatten(2).transpose(1, 2) @ conv.weight[:, :, 0, 0].T + (0 if conv.bias is None else conv.bias)
+
+    q = tokens(op.query, h_i) + tokens(op.pos_query, pe)
+    k = tokens(op.key, h_j) + tokens(op.pos_key, pe)
+    v = tokens(op.value, h_j)
+    keep = fg.flatten(1) > 0
+    keep[1] = True
+    out = []
+    for hd in range(2):
+        sl = slice(2 * hd, 2 * hd + 2)
+        logits = q[..., sl] @ k[..., sl].transpose(1, 2) / np.sqrt(2.0)
+        logits = logits + torch.where(keep, 0.0, -1e4)[:, None, :].double()
+        out.append(torch.softmax(logits, -1) @ v[..., sl])
+    a = torch.cat(out, -1) @ op.proj.weight[:, :, 0, 0].T + op.proj.bias  # (B, N, C)
+    a = torch.relu(op.norm(a)).transpose(1, 2).reshape(2, 4, 3, 4)
+    torch.testing.assert_close(op(h_i, h_j, source_fg=fg), op.conv(a), rtol=1e-10, atol=1e-12)
+
+
 def test_position_encoding_tells_positions_apart():
     pe = position_encoding(12, 12, dtype=torch.float64)[0].flatten(1).T  # (N, 16)
     d = torch.cdist(pe, pe)

@@ -293,15 +293,16 @@ class CorrespondenceEdge(EdgeOperator):
     def attend(self, h_target: Tensor, h_source: Tensor, source_fg: Tensor | None = None) -> Tensor:
         """``W_o A V_j`` as a map ``(B, hidden, H, W)`` (before LayerNorm, ReLU and the message conv)."""
         b, c, hh, ww = h_target.shape
-        pe = position_encoding(hh, ww, device=h_target.device).to(h_target.dtype)
+        pe = position_encoding(hh, ww, device=h_target.device, dtype=_wide(h_target)).to(h_target.dtype)
         q = self._heads(self.query(h_target) + self.pos_query(pe))
         k = self._heads(self.key(h_source) + self.pos_key(pe))
         v = self._heads(self.value(h_source))
-        logits = q @ k.transpose(2, 3) * (1.0 / math.sqrt(c // self.heads))  # (B, heads, N, N)
-        if source_fg is not None:
+        bias = None
+        if source_fg is not None:  # additive, finite: a view without foreground keys stays finite
             keep = foreground_weight(h_source, source_fg).reshape(b, 1, 1, hh * ww) > 0
-            logits = torch.where(keep, logits, torch.full_like(logits, BACKGROUND_LOGIT))
-        a = torch.softmax(logits.to(_wide(logits)), dim=-1).to(v.dtype) @ v  # (B, heads, N, c / heads)
+            bias = torch.where(keep, 0.0, BACKGROUND_LOGIT).to(q.dtype)
+        # softmax(q k^T / sqrt(d) + bias) v without storing the N x N weights for backward
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, heads, N, c / heads)
         return self.proj(a.transpose(2, 3).reshape(b, c, hh, ww))
 
     def forward(self, h_target: Tensor, h_source: Tensor, *, source_present: Tensor | None = None,
