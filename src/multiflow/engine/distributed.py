@@ -150,7 +150,9 @@ class ShardedLoss:
     NLL sum of the shard and ``D`` the all-reduced foreground weight (clamped to >= 1).
     ``present`` (``(B, V)`` bool, view dropout of the global batch) runs the flow on the present
     views and leaves the others out of ``N_r`` and ``D``, as :meth:`MultiFlow.forward` does.
-    ``precision="bf16"`` runs the flow under bf16 autocast (:mod:`multiflow.device`).
+    ``precision="bf16"`` runs the flow under bf16 autocast (:mod:`multiflow.device`). The masks are
+    also the flow's foreground ``fg`` (the fusion operators that pool or attend over a view's
+    foreground), as in the single-process loss.
     """
 
     def __init__(self, model: torch.nn.Module, ctx: DistContext, *, precision: str = "fp32") -> None:
