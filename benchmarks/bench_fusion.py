@@ -18,7 +18,8 @@ elementwise ops are not counted).
     .venv/bin/python benchmarks/bench_fusion.py --device cuda --section fusion-cuda
 
 Results (JSON) go to ``results/bench_fusion/<date-time>/fusion.json``; ``--no-benchmarks-md`` skips
-BENCHMARKS.md.
+BENCHMARKS.md; ``--render results/.../fusion.json`` writes the section from a finished run's JSON
+without timing anything.
 """
 
 from __future__ import annotations
@@ -181,7 +182,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="", help="results folder (default results/bench_fusion/<date-time>)")
     ap.add_argument("--section", default="fusion")
     ap.add_argument("--no-benchmarks-md", action="store_true", help="do not write the BENCHMARKS.md section")
+    ap.add_argument("--render", default="", help="write the section from this fusion.json instead of running")
     args = ap.parse_args(argv)
+    if args.render:
+        res = json.loads(Path(args.render).read_text())
+        s = res["setting"]
+        if s["threads"]:
+            import torch
+
+            torch.set_num_threads(s["threads"])  # machine_line reports the run's threads
+        flags = ("--quick" if s["quick"] else f"--repeats {s['repeats']}") + (
+            f" --threads {s['threads']}" if s["threads"] else "")
+        md = markdown(res, f"`.venv/bin/python benchmarks/bench_fusion.py {flags}`", bool(s["quick"]))
+        if not args.no_benchmarks_md:
+            update_section(args.section, md)
+        print(md)
+        return 0
     if "conv" not in args.fusions:
         args.fusions = ["conv", *args.fusions]  # the baseline of every ratio
     if args.quick:
