@@ -157,7 +157,9 @@ def markdown(res: dict, rerun: str, quick: bool) -> str:
     shares = ", ".join(f"{k}x{k}: {g['cpu_share']:.0%} of {g['cores']} cores" for k, g in res["grids"].items())
     lines += [
         "",
-        f"CPU share during the timed rounds: {shares}.",
+        f"CPU share during the timed rounds: {shares}. With a low share the wall times mostly measure the "
+        "other load; compare the CPU-time ratios. `conv` runs the fused st-network formulation, every other "
+        "fusion the per-edge one (one operator call per edge), which accounts for part of their extra time.",
         "FLOPs: `torch.utils.flop_counter` (convs and matmuls incl. attention; `grid_sample` not counted). "
         "The correspondence attention adds `2 N^2 hidden` multiply-adds per edge and object (`N = H W`), "
         "16x more going from 12x12 to 24x24 where the convs grow 4x.",
