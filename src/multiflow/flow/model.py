@@ -296,9 +296,9 @@ class MultiFlow(nn.Module):
 
         With a foreground ``mask (B, V, H, W)``, background pixels are set to the minimum of the
         foreground values of the same sample and view (no ties with a constant, no false highs;
-        :func:`multiflow.scoring.fill_background`);
-        a view without foreground pixels keeps its raw map; the mask is also the flow's ``fg``. With ``present`` (``(B, V)`` bool) the
-        flow runs on the present views only and the maps of absent views are NaN
+        :func:`multiflow.scoring.fill_background`); a view without foreground pixels keeps its raw
+        map. The mask is also the flow's ``fg`` (the fusion operators' foreground). With ``present``
+        (``(B, V)`` bool) the flow runs on the present views only and the maps of absent views are NaN
         (:func:`multiflow.scoring.blank_absent`). The module's train/eval mode is restored afterwards.
         """
         was_training = self.training
