@@ -51,12 +51,14 @@ def flow_swap_gains(flow: torch.nn.Module, features: torch.Tensor, mask: torch.T
         p[a], p[b] = b, a
         perms.append(p)
     batch = torch.cat([f[:, p] for p in perms])  # (1 + P, V, C, h, w)
-    nll = flow(batch).nll.to(torch.float64)  # (1 + P, V, h, w)
-    if mask is None:
+    m = None
+    if mask is not None:  # the views' masks move with their features (and are the fusion's foreground)
+        m = (mask if mask.ndim == 4 else mask[None]).to(device=batch.device, dtype=torch.float64)
+        m = torch.cat([m[:, p] for p in perms])
+    nll = (flow(batch) if m is None else flow(batch, fg=m.to(batch.dtype))).nll.to(torch.float64)  # (1 + P, V, h, w)
+    if m is None:
         per_view = nll.mean(dim=(2, 3))
     else:
-        m = (mask if mask.ndim == 4 else mask[None]).to(nll)
-        m = torch.cat([m[:, p] for p in perms])
         area = m.sum(dim=(2, 3))
         # a view without foreground counts with its whole map
         per_view = torch.where(area > 0, (nll * m).sum(dim=(2, 3)) / area.clamp_min(1.0), nll.mean(dim=(2, 3)))
