@@ -136,8 +136,8 @@ def markdown(res: dict, rerun: str, quick: bool) -> str:
         "",
         f"Machine: {machine_line()}",
         "",
-        f"Setting: B={s['batch']}, V=5 (Real-IAD graph), C={s['channels']}, hidden {s['hidden']}, {s['blocks']} blocks, "
-        f"heads {s['heads']}, {s['precision']}, {s['device']}; training step = forward (train mode) + masked loss + "
+        f"Setting: B={s['batch']}, V=5 (Real-IAD graph), C={s['channels']}, hidden {s['hidden']}, "
+        f"{s['blocks']} blocks, heads {s['heads']}, {s['precision']}, {s['device']}; training step = forward (train mode) + masked loss + "
         f"backward; fusions interleaved per round, 1 warm-up round, median of {s['repeats']} rounds."
         + (" QUICK MODE (smoke test, not a result)." if quick else ""),
         "Timings on a shared machine are indicative only (see the CPU share); the ratios come from one run.",
