@@ -23,6 +23,16 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     assert load_config(tmp_path / "c.yaml") == cfg
 
 
+def test_view_fusions_and_their_keys(tmp_path):
+    cfg = load_config(None, ["model.fusion=geometry", f"model.cameras={tmp_path / 'rig.json'}",
+                             "model.plane_height=0.2"])
+    assert cfg.model.fusion == "geometry" and cfg.model.plane_height == 0.2
+    for f in ("global_context", "correspondence"):
+        assert load_config(None, [f"model.fusion={f}"]).model.fusion == f
+    with pytest.raises(ConfigError, match="model.plane_height"):
+        load_config(None, ["model.plane_height=.nan"])
+
+
 def test_int_is_accepted_for_float_and_numbers_for_strings(tmp_path):
     cfg = load_config(None, ["train.lr=1", "data.resolution=512"])
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)

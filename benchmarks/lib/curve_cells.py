@@ -59,7 +59,7 @@ def run_cell(cfg, grid: dict[str, Any], d: CachedClass, cls: str, n: int, method
              tmp_root: Path, maps_path: Path | None = None) -> dict[str, Any]:
     """Train (or fit) one method on the first ``n`` training objects and score the shared test set;
     ``maps_path``: where the cell's anomaly maps go (``.npz``)."""
-    from multiflow.engine.factories import build_flow, run_device
+    from multiflow.engine.factories import build_flow, resolve_camera_rig, run_device
     from multiflow.engine.maps import compute_maps
     from multiflow.engine.train import train_flow
     from multiflow.flow.subnet import cross_view_scaled, view_gammas
@@ -88,7 +88,8 @@ def run_cell(cfg, grid: dict[str, Any], d: CachedClass, cls: str, n: int, method
             on = dict(device=device, precision=precision)
             mcfg = dataclasses.replace(cfg.model, graph=m.graph, single_view=m.single_view,
                                        fusion=m.fusion or cfg.model.fusion)
-            model = build_flow(mcfg, d.channels, d.view_names, seed)
+            rig = resolve_camera_rig(mcfg, cfg.data, cls, list(d.view_names))  # the geometry fusion only
+            model = build_flow(mcfg, d.channels, d.view_names, seed, camera_rig=rig)
             tf, tm = model.to_flow_samples(feats, masks)
             tmp_root.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=tmp_root) as td:

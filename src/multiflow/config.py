@@ -104,6 +104,11 @@ class ModelConfig:
     #: baseline: no cross-view links and one shared single-view flow; the V images of a sample are
     #: V independent samples (features (N, V, C, h, w) -> (N*V, 1, C, h, w)); maps back to (N, V, h, w)
     single_view: bool = False
+    #: camera rig of the ``geometry`` fusion: a ``cameras.json`` (docs/data-format.md); "" = the class
+    #: folder's ``cameras.json`` (``<data.root>/<class>/`` or ``<data.root>/realiad_<resolution>/<class>/``)
+    cameras: str = ""
+    #: height ``z0`` of the plane (world ``z``, the support plane is 0) the ``geometry`` fusion maps through
+    plane_height: float = 0.0
 
 
 @dataclass

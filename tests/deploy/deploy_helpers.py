@@ -19,11 +19,12 @@ INPUT_SIZE = 96
 
 
 def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none", scoring=None,
-                layer: str = "") -> Path:
+                layer: str = "", fusion: str = "conv") -> Path:
     """Features stored as float32 (no cache rounding), so the graph and the flow compare at 1e-5.
 
     ``scoring``: a :class:`multiflow.engine.bundle.ScoringSpec` (default: the paper's scoring);
-    ``layer``: the backbone tap(s).
+    ``layer``: the backbone tap(s); ``fusion``: ``model.fusion`` (``geometry`` gets the synthetic
+    generator's camera rig, stored in the flow's config like a trained model's).
     """
     from multiflow.config import FeatureConfig
     from multiflow.engine.bundle import (
@@ -33,8 +34,16 @@ def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none",
     from multiflow.flow import MultiFlow, ViewGraph
 
     extractor = build_extractor(FeatureConfig(backbone="lite0", input_size=INPUT_SIZE, layer=layer))
+    rig = None
+    if fusion == "geometry":
+        from multiflow.flow.geometry import camera_rig_config
+        from multiflow.synth.generator import camera_rig_record
+        from multiflow.synth.geometry import camera_rig
+
+        rig = camera_rig_config(camera_rig_record("tiny", camera_rig(n_views=len(VIEWS), size=INPUT_SIZE), [])["views"],
+                                VIEWS)
     flow = MultiFlow(extractor.channels, ViewGraph.real_iad(2, names=VIEWS), n_blocks=2, hidden=8,
-                     kernel_sizes=(3, 3), seed=4)
+                     kernel_sizes=(3, 3), seed=4, fusion=fusion, heads=2, camera_rig=rig)
     gen = torch.Generator().manual_seed(11)
     with torch.no_grad():
         for p in flow.parameters():

@@ -165,3 +165,31 @@ def test_export_parity_with_two_stage_features(tmp_path):
     scale = float(np.abs(ref[0]).max())
     for r, o in zip(ref[:3], out[:3]):
         np.testing.assert_allclose(o, r, rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", ["global_context", "correspondence", "geometry"])
+def test_export_parity_with_the_view_fusions(tmp_path, fusion):
+    """The fusions of issue 24 export: onnxruntime == PyTorch graph (with the mask as the fusions'
+    foreground, and without), and the Predictor, which loads the flow (camera rig included) from the
+    model folder alone, scores as the graph does."""
+    from multiflow.engine.predict import Predictor
+
+    folder = make_bundle(tmp_path / fusion, threshold=0.0, fusion=fusion)
+    graph, _ = load_inference_graph(folder)
+    x, m = _inputs(3, 5)
+    with torch.no_grad():
+        ref = [t.numpy() for t in graph(x, m)]
+        unmasked = [t.numpy() for t in graph(x)]
+    fg = m.numpy() > 0.5  # the background fill leaves these; only the fusion's use of the mask changes them
+    assert np.allclose(ref[0][fg], unmasked[0][fg], atol=1e-6) == (fusion == "geometry")
+    threshold = float(np.median(ref[2]))
+    path = export_onnx(folder, tmp_path / f"{fusion}.onnx", threshold=threshold)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"images": x.numpy(), "mask": m.numpy()})
+    scale = float(np.abs(ref[0]).max())
+    for r, o in zip(ref[:3], out[:3]):
+        np.testing.assert_allclose(o, r, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_array_equal(out[3], out[2] > threshold)
+    p = Predictor(folder, device="cpu").predict(x[1], VIEWS, "s1")  # no masks (provider none)
+    np.testing.assert_allclose(p.maps, unmasked[0][1], rtol=1e-5, atol=1e-5)

@@ -32,8 +32,16 @@ def _sample_scores(maps: np.ndarray) -> np.ndarray:
 CFG = dict(epochs=2, batch_size=3, lr=2e-3, seed=7, val_fraction=0.2, device="cpu")
 
 
-def _model() -> MultiFlow:
-    return MultiFlow(4, ViewGraph.real_iad(2), n_blocks=2, hidden=8, kernel_sizes=(3, 3), noise="softflow", seed=3)
+def _model(fusion: str = "conv") -> MultiFlow:
+    rig = None
+    if fusion == "geometry":
+        from multiflow.flow.geometry import camera_rig_config
+        from multiflow.synth.generator import camera_rig_record
+        from multiflow.synth.geometry import camera_rig
+
+        rig = camera_rig_config(camera_rig_record("t", camera_rig(n_views=3, size=64), [])["views"], ["C1", "C2", "C3"])
+    return MultiFlow(4, ViewGraph.real_iad(2), n_blocks=2, hidden=8, kernel_sizes=(3, 3), noise="softflow", seed=3,
+                     fusion=fusion, heads=2, camera_rig=rig)
 
 
 def _data(with_masks: bool):
@@ -48,10 +56,10 @@ SCHEDULE = dict(lr_schedule="cosine", warmup_epochs=0.5, lr_min=1e-4, gamma_lr=1
 
 
 def _run(ctx: DistContext, state_dir: str, out: str, with_masks: bool, view_dropout: float = 0.0,
-         scheduled: bool = False) -> None:
+         scheduled: bool = False, fusion: str = "conv") -> None:
     torch.set_num_threads(1)
     feats, masks = _data(with_masks)
-    model = _model()
+    model = _model(fusion)
     cfg = TrainConfig(**CFG, view_dropout=view_dropout, **(SCHEDULE if scheduled else {}))
     res = train_flow(model, feats, masks, cfg, state_dir, progress=False)
     maps = compute_maps_sharded(model, feats, masks, ctx, batch_size=2)
@@ -59,17 +67,23 @@ def _run(ctx: DistContext, state_dir: str, out: str, with_masks: bool, view_drop
         torch.save({"state": model.state_dict(), "history": res.history, "best": res.best_epoch, "maps": maps}, out)
 
 
-@pytest.mark.parametrize("with_masks,view_dropout,scheduled", [(True, 0.0, False), (False, 0.0, False),
-                                                               (True, 0.4, False), (True, 0.0, True)])
-def test_two_processes_train_the_same_model_and_metrics_as_one(tmp_path, with_masks, view_dropout, scheduled):
-    _run(DistContext(), str(tmp_path / "single"), str(tmp_path / "single.pt"), with_masks, view_dropout, scheduled)
-    spawn_local(_run, 2, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), with_masks, view_dropout, scheduled)
+@pytest.mark.parametrize("with_masks,view_dropout,scheduled,fusion", [
+    (True, 0.0, False, "conv"), (False, 0.0, False, "conv"), (True, 0.4, False, "conv"), (True, 0.0, True, "conv"),
+    # the fusions of issue 24: masks reach the operators as their foreground on every rank
+    pytest.param(True, 0.4, False, "global_context", marks=pytest.mark.slow),
+    pytest.param(True, 0.0, False, "correspondence", marks=pytest.mark.slow),
+    pytest.param(False, 0.4, False, "geometry", marks=pytest.mark.slow),
+])
+def test_two_processes_train_the_same_model_and_metrics_as_one(tmp_path, with_masks, view_dropout, scheduled, fusion):
+    _run(DistContext(), str(tmp_path / "single"), str(tmp_path / "single.pt"), with_masks, view_dropout, scheduled,
+         fusion)
+    spawn_local(_run, 2, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), with_masks, view_dropout, scheduled, fusion)
     one = torch.load(tmp_path / "single.pt", weights_only=False)
     two = torch.load(tmp_path / "ddp.pt", weights_only=False)
     moved = 0.0
     for k, v in one["state"].items():
         torch.testing.assert_close(two["state"][k], v, rtol=1e-4, atol=1e-5, msg=k)
-        moved = max(moved, float((v - _model().state_dict()[k]).abs().max()))
+        moved = max(moved, float((v - _model(fusion).state_dict()[k]).abs().max()))
     assert moved > 1e-3  # training really changed the weights (the comparison is not trivial)
     assert two["best"] == one["best"]
     for a, b in zip(one["history"], two["history"]):

@@ -285,3 +285,37 @@ def test_the_threshold_is_calibrated_on_fp32_maps_whatever_the_training_precisio
     with pytest.raises(Reached):
         pl.fit_category(cfg, "tiny", tmp_path, progress=False)
     assert seen == {"precision": "fp32"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", ["global_context", "geometry"])
+def test_view_fusions_fit_test_and_predict_alike_without_the_data_folder(run, tmp_path, fusion):
+    """The fusions of issue 24 through the pipeline: the foreground masks reach the operators the same
+    way in training, test and predict (the scores agree), and the geometry fusion's camera rig, found in
+    the class folder (``cameras.json``) at fit time, travels in the model: predict runs on a copy of
+    the images without it."""
+    import shutil
+
+    _, _, data, overrides = run
+    ov = [o for o in overrides if not o.startswith(("name=", "eval.pictures"))] + [
+        f"name={fusion}", "eval.pictures=false", f"model.fusion={fusion}", "model.heads=2"]
+    run_dir = api.fit(overrides=ov, progress=False)
+    api.evaluate(run_dir, progress=False)
+    if fusion == "geometry":  # the rig of the class folder, in the data's view order, is in the stored flow
+        from multiflow.data import load_camera_rig
+        from multiflow.engine.bundle import FLOW_FILE
+        from multiflow.flow.io import load_flow
+
+        rig = load_flow(run_dir / CLASS / FLOW_FILE).config["camera_rig"]
+        src = load_camera_rig(data / "realiad_96" / CLASS / "cameras.json")
+        assert [c["name"] for c in rig["views"]] == src.view_names == ["C1", "C2", "C3", "C4", "C5"]
+        assert rig["views"][2]["fx"] == src.view("C3").fx
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy, ignore=shutil.ignore_patterns("cameras.json"))
+    assert not list(copy.rglob("cameras.json"))
+    rows = {r["sample_id"]: r for r in csv.DictReader(open(run_dir / CLASS / "scores.csv"))}
+    preds = api.predict(run_dir / CLASS, data_root=copy, data_format="realiad", split="test",
+                        out_dir=tmp_path / "out", progress=False)
+    assert len(preds) == len(rows)
+    for p in preds:
+        assert p["sample_score"] == pytest.approx(float(rows[p["sample_id"]]["sample_score"]), rel=1e-4, abs=1e-4)

@@ -10,7 +10,8 @@ from multiflow.flow import MultiFlow, ViewGraph, load_flow, save_flow
 SMALL = dict(n_blocks=2, hidden=4, kernel_sizes=(3, 5), heads=2)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(fusion="self_attention", share_side_weights=True, noise="none")])
+@pytest.mark.parametrize("kw", [dict(), dict(fusion="self_attention", share_side_weights=True, noise="none"),
+                                dict(fusion="correspondence"), dict(fusion="global_context", share_side_weights=True)])
 def test_round_trip_bit_identical(tmp_path, randomise, kw):
     model = randomise(MultiFlow(6, ViewGraph.real_iad(), seed=3, **SMALL, **kw)).float().eval()
     path = save_flow(model, tmp_path / "sub" / "flow.safetensors")

@@ -9,6 +9,8 @@ from multiflow.flow import MultiFlow, ViewGraph
 from multiflow.flow.model import masked_loss, present_mask
 from multiflow.flow.subnet import MultiViewSubnet
 
+from fusion_helpers import VIEW_FUSIONS, fusion_kwargs, subnet_kwargs
+
 C, H, W = 4, 3, 3
 SMALL = dict(n_blocks=2, hidden=4, kernel_sizes=(3, 5), heads=2)
 GRAPHS = [ViewGraph.real_iad(), ViewGraph.ring(4), ViewGraph.full(3)]
@@ -28,6 +30,16 @@ def _present(b, v, seed=3):
     return p
 
 
+def _edge(net: MultiViewSubnet, i: int, j: int, h) -> torch.Tensor:
+    """The message ``j -> i`` of one sample, with the edge's plane warp for the geometry fusion."""
+    op = net.edge_ops[net.edge_class[(j, i)]]
+    if "warp" not in op.needs:
+        return op(h[i], h[j])
+    from multiflow.flow.geometry import warp_grid
+
+    return op(h[i], h[j], warp=warp_grid(net.plane_hom[i, j], net.plane_depth[i], *h[i].shape[-2:]))
+
+
 def _reference_subnet(net: MultiViewSubnet, u, present):
     """Eq. 4 on the induced subgraph, one sample and one view at a time (independent oracle)."""
     b, v = u.shape[:2]
@@ -40,16 +52,17 @@ def _reference_subnet(net: MultiViewSubnet, u, present):
             o = net.self_convs[net.view_class[i]](h[i])
             neigh = [j for j in net.graph.neighbours(i) if present[s, j]]
             if neigh:
-                o = o + sum(net.edge_ops[net.edge_class[(j, i)]](h[i], h[j]) for j in neigh) / len(neigh)
+                o = o + sum(_edge(net, i, j, h) for j in neigh) / len(neigh)
             out[s, i] = (net.gamma[net.view_class[i]] * o)[0]
     return out
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("fusion", ["conv", "cross_attention"])
+@pytest.mark.parametrize("fusion", ["conv", "cross_attention", *VIEW_FUSIONS])
 @pytest.mark.parametrize("graph", GRAPHS, ids=repr)
 def test_subnet_matches_induced_subgraph_oracle(graph, fusion, fused, randomise):
-    net = randomise(MultiViewSubnet(3, 4, graph=graph, hidden=4, fusion=fusion, heads=2, fused=fused).double())
+    net = randomise(MultiViewSubnet(3, 4, graph=graph, hidden=4, fusion=fusion, heads=2, fused=fused,
+                                    **subnet_kwargs(fusion, graph)).double())
     u = torch.randn(4, graph.n_views, 3, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     p = _present(4, graph.n_views)
     got = net(u, p)
@@ -67,10 +80,11 @@ def test_subnet_all_present_equals_full_graph(fused, randomise):
 
 
 def _flow(graph, randomise, fusion="conv", noise="simplenet", seed=0):
-    return randomise(MultiFlow(C, graph, seed=seed, fusion=fusion, noise=noise, **SMALL).double(), seed)
+    return randomise(MultiFlow(C, graph, seed=seed, fusion=fusion, noise=noise, **SMALL,
+                               **fusion_kwargs(fusion, graph)).double(), seed)
 
 
-@pytest.mark.parametrize("fusion", ["conv", "self_attention"])
+@pytest.mark.parametrize("fusion", ["conv", "self_attention", *VIEW_FUSIONS])
 @pytest.mark.parametrize("graph", GRAPHS, ids=repr)
 def test_present_outputs_ignore_absent_features(graph, fusion, randomise):
     model = _flow(graph, randomise, fusion=fusion)

@@ -8,6 +8,8 @@ from multiflow.errors import ConfigError, DataError
 from multiflow.flow import FlowOutput, MultiFlow, ViewGraph
 from multiflow.flow.model import masked_loss
 
+from fusion_helpers import VIEW_FUSIONS, fusion_kwargs
+
 C, H, W = 4, 3, 3
 SMALL = dict(n_blocks=2, hidden=4, kernel_sizes=(3, 5), heads=2)
 
@@ -30,10 +32,10 @@ def test_paper_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 64_135_548
 
 
-@pytest.mark.parametrize("fusion", ["conv", "self_attention", "cross_attention"])
+@pytest.mark.parametrize("fusion", ["conv", "self_attention", "cross_attention", *VIEW_FUSIONS])
 @pytest.mark.parametrize("graph", GRAPHS, ids=repr)
 def test_whole_flow_inverse(graph, fusion, randomise):
-    model = _flow(graph, randomise, fusion=fusion).eval()
+    model = _flow(graph, randomise, fusion=fusion, **fusion_kwargs(fusion, graph)).eval()
     x = _x(graph.n_views)
     out = model(x)
     assert isinstance(out, FlowOutput) and out.logdet.shape == (2, graph.n_views, H, W)
@@ -43,9 +45,10 @@ def test_whole_flow_inverse(graph, fusion, randomise):
     torch.testing.assert_close(ld_inv, -out.logdet, rtol=0, atol=1e-11)
 
 
-@pytest.mark.parametrize("fusion", ["conv", "cross_attention"])
+@pytest.mark.parametrize("fusion", ["conv", "cross_attention", *VIEW_FUSIONS])
 def test_whole_flow_logdet_and_nll(fusion, randomise):
-    model = _flow(ViewGraph.real_iad(), randomise, fusion=fusion, seed=4).eval()
+    model = _flow(ViewGraph.real_iad(), randomise, fusion=fusion, seed=4,
+                  **fusion_kwargs(fusion, ViewGraph.real_iad())).eval()
     x = _x(5, b=1)
     jac = jacobian(lambda t: model(t).z, x, vectorize=True)
     n = x.numel()

@@ -12,6 +12,8 @@ from multiflow.flow import MultiFlow, ViewGraph
 from multiflow.flow.subnet import MultiViewSubnet, multiview_subnet_factory
 from multiflow.flow.transforms import AffineCoupling, soft_clamp
 
+from fusion_helpers import VIEW_FUSIONS, subnet_kwargs
+
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no oneDNN bf16 kernels")
 
@@ -20,9 +22,10 @@ def _x(b=2, v=5, c=6, h=5, w=5, seed=1) -> torch.Tensor:
     return torch.randn(b, v, c, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("fusion", ["conv", "self_attention"])
+@pytest.mark.parametrize("fusion", ["conv", "self_attention", *VIEW_FUSIONS])
 def test_bf16_subnet_keeps_the_coupling_exactly_invertible(randomise, fusion):
-    factory = multiview_subnet_factory(ViewGraph.real_iad(), hidden=8, kernel_size=3, fusion=fusion, heads=2)
+    factory = multiview_subnet_factory(ViewGraph.real_iad(), hidden=8, kernel_size=3, fusion=fusion, heads=2,
+                                       **subnet_kwargs(fusion, ViewGraph.real_iad()))
     block = randomise(AffineCoupling(6, factory, cond_channels=1, clamp=1.9), seed=3)
     x = _x()
     cond = torch.rand(2, 5, 1, 5, 5, generator=torch.Generator().manual_seed(2))

@@ -6,6 +6,8 @@ from multiflow.errors import ConfigError
 from multiflow.flow.graph import ViewGraph
 from multiflow.flow.subnet import MultiViewSubnet
 
+from fusion_helpers import subnet_kwargs
+
 GRAPHS = [
     ViewGraph.real_iad(),
     ViewGraph.real_iad(top=False),
@@ -19,7 +21,7 @@ GRAPHS = [
 
 def _net(graph, *, k=3, fusion="conv", share=False, fused=True, cin=3, cout=4):
     return MultiViewSubnet(cin, cout, graph=graph, hidden=4, kernel_size=k, fusion=fusion, heads=2,
-                           share_weights=share, fused=fused).double()
+                           share_weights=share, fused=fused, **subnet_kwargs(fusion, graph)).double()
 
 
 def _u(v, b=2, c=3, hw=4, seed=0):
@@ -152,7 +154,7 @@ def test_gamma_zero_gives_zero():
     assert torch.count_nonzero(out) == 0
 
 
-@pytest.mark.parametrize("fusion", ["conv", "self_attention", "cross_attention"])
+@pytest.mark.parametrize("fusion", ["conv", "self_attention", "cross_attention", "global_context", "correspondence"])
 @pytest.mark.parametrize("graph", GRAPHS, ids=repr)
 def test_locality(graph, fusion, randomise):
     """Output view i depends exactly on input views N(i) ∪ {i}."""
@@ -212,7 +214,7 @@ def test_cross_view_switched_off_equals_zero_edge_weights(fused, randomise):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("fusion", ["conv", "self_attention"])
+@pytest.mark.parametrize("fusion", ["conv", "self_attention", "global_context", "correspondence", "geometry"])
 @pytest.mark.parametrize("graph", GRAPHS[:4], ids=repr)
 def test_cross_view_scale_applies_with_missing_views(graph, fusion, fused, randomise):
     """With ``present`` given, ``cross_view_scaled(net, 0)`` is the network without links (each view

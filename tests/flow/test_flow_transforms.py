@@ -9,6 +9,8 @@ from multiflow.flow.graph import ViewGraph
 from multiflow.flow.subnet import multiview_subnet_factory
 from multiflow.flow.transforms import AffineCoupling, FlowSequence, ViewPermutation, soft_clamp
 
+from fusion_helpers import VIEW_FUSIONS, subnet_kwargs
+
 B, C, H, W = 2, 4, 3, 3
 GRAPHS = {
     "real_iad": ViewGraph.real_iad(),
@@ -17,11 +19,12 @@ GRAPHS = {
     "full3": ViewGraph.full(3),
     "path3": ViewGraph.from_edges(3, [(0, 1), (1, 2)]),
 }
-FUSIONS = ["conv", "self_attention", "cross_attention"]
+FUSIONS = ["conv", "self_attention", "cross_attention", *VIEW_FUSIONS]
 
 
 def _coupling(graph, fusion="conv", cond=0, randomise=None, seed=0, channels=C):
-    factory = multiview_subnet_factory(graph, hidden=4, kernel_size=3, fusion=fusion, heads=2)
+    factory = multiview_subnet_factory(graph, hidden=4, kernel_size=3, fusion=fusion, heads=2,
+                                       **subnet_kwargs(fusion, graph))
     block = AffineCoupling(channels, factory, cond_channels=cond, clamp=1.9).double()
     if randomise is not None:
         randomise(block, seed)

@@ -95,9 +95,10 @@ class InferenceGraph(nn.Module):
         feats = feats.reshape(b, v, feats.shape[1], feats.shape[2], feats.shape[3])
         if self.round_to is not None:  # the feature cache's storage precision (features.dtype)
             feats = feats.to(self.round_to).float()
-        nll = self.flow(feats).nll  # (B, V, h, w)
-        if mask is not None and (mask.dim() != 4 or tuple(mask.shape[1:]) != tuple(nll.shape[1:])):
-            raise DataError(f"mask must have shape (B, {v}, {nll.shape[2]}, {nll.shape[3]}), got {tuple(mask.shape)}")
+        if mask is not None and (mask.dim() != 4 or tuple(mask.shape[1:]) != (v, *feats.shape[-2:])):
+            raise DataError(f"mask must have shape (B, {v}, {feats.shape[-2]}, {feats.shape[-1]}), "
+                            f"got {tuple(mask.shape)}")
+        nll = self.flow(feats, fg=mask).nll  # (B, V, h, w); the mask is also the fusion's foreground
         maps, view_scores, sample = score_maps(nll, mask, self.aggregation, self.postprocess)
         return maps, view_scores, sample, decide(sample, self.threshold)
 

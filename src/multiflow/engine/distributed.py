@@ -134,8 +134,9 @@ class _FlowNLL(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, present: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.nll_of_noised(x, cond, present)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, present: torch.Tensor | None = None,
+                fg: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.nll_of_noised(x, cond, present, fg)
 
 
 class ShardedLoss:
@@ -149,7 +150,9 @@ class ShardedLoss:
     NLL sum of the shard and ``D`` the all-reduced foreground weight (clamped to >= 1).
     ``present`` (``(B, V)`` bool, view dropout of the global batch) runs the flow on the present
     views and leaves the others out of ``N_r`` and ``D``, as :meth:`MultiFlow.forward` does.
-    ``precision="bf16"`` runs the flow under bf16 autocast (:mod:`multiflow.device`).
+    ``precision="bf16"`` runs the flow under bf16 autocast (:mod:`multiflow.device`). The masks are
+    also the flow's foreground ``fg`` (the fusion operators that pool or attend over a view's
+    foreground), as in the single-process loss.
     """
 
     def __init__(self, model: torch.nn.Module, ctx: DistContext, *, precision: str = "fp32") -> None:
@@ -174,11 +177,9 @@ class ShardedLoss:
         xin, cond = self.model.noise(x, generator)
         start, end = shard_range(int(x.shape[0]), self.ctx.rank, self.ctx.world_size)
         c = None if cond is None else cond[start:end]
+        fg = None if m is None else to_device(m[start:end], dev)  # the fusion operators' foreground
         with autocast(dev, self.precision):  # st-networks in bf16; coupling math and NLL in fp32
-            if present is None:
-                nll = self.ddp(xin[start:end], c)
-            else:
-                nll = self.ddp(xin[start:end], c, present[start:end])
+            nll = self.ddp(xin[start:end], c, None if present is None else present[start:end], fg)
         nll = nll.float()
         mm = torch.ones_like(nll) if m is None else to_device(m[start:end], dev).to(nll.dtype)
         if present is not None:

@@ -113,12 +113,66 @@ def build_graph(model: ModelConfig, view_names: list[str]):
     )
 
 
-def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: int):
+def camera_rig_path(model: ModelConfig, data: DataConfig, category: str) -> Path:
+    """The ``cameras.json`` of ``category``: ``model.cameras``, else the first that exists of
+    ``<data.root>/<category>/cameras.json`` and ``<data.root>/realiad_<resolution>/<category>/cameras.json``.
+
+    Raises:
+        ConfigError: none of them exists (naming the paths looked at and ``model.cameras``).
+    """
+    if model.cameras:
+        path = Path(model.cameras).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.cameras: camera rig file {path} not found")
+        return path
+    root = Path(data.root).expanduser() if data.root else None
+    tried = []
+    if root is not None:
+        tried = [root / category / "cameras.json"]
+        if data.resolution:
+            tried.append(root / f"realiad_{data.resolution}" / category / "cameras.json")
+    for path in tried:
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"model.fusion={model.fusion} needs the camera rig of class {category!r} (each camera's intrinsics and "
+        f"extrinsics, docs/data-format.md) but no cameras.json was found (looked at: "
+        f"{', '.join(str(p) for p in tried) or 'nothing, data.root is not set'}); give model.cameras"
+    )
+
+
+def resolve_camera_rig(model: ModelConfig, data: DataConfig, category: str, view_names: list[str]) -> dict | None:
+    """The flow's ``camera_rig`` (:func:`multiflow.flow.geometry.camera_rig_config`) when
+    ``model.fusion`` needs one (``geometry``, multi-view flow), else None. Cameras are matched to
+    ``view_names`` (the data's view names) by name.
+
+    Raises:
+        ConfigError: no rig file (:func:`camera_rig_path`), a view without a camera, or load-time
+            flips (the rig describes the unflipped images). DataError: a malformed rig file.
+    """
+    from multiflow.flow.fusion import get_fusion
+
+    if model.single_view or "warp" not in getattr(get_fusion(model.fusion), "needs", frozenset()):
+        return None
+    if data.flips:
+        raise ConfigError(f"model.fusion={model.fusion} maps views through the camera rig, which describes the "
+                          "images as taken; it cannot be combined with data.flips")
+    from multiflow.data.cameras import load_camera_rig
+    from multiflow.flow.geometry import camera_rig_config
+
+    path = camera_rig_path(model, data, category)
+    rig = load_camera_rig(path)
+    return camera_rig_config(rig.views, view_names, model.plane_height, source=str(path))
+
+
+def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: int, *,
+               camera_rig: dict | None = None):
     """A freshly initialised flow for ``channels`` features of these views: a
     :class:`multiflow.flow.MultiFlow` on the configured view graph, or, with ``model.single_view``,
     the :class:`multiflow.flow.SingleViewFlow` (one shared one-view flow, every image its own
     sample; the graph settings do not apply). The only place that tells the two apart besides the
-    bundle, which records the class (:func:`multiflow.engine.bundle.load_bundle`)."""
+    bundle, which records the class (:func:`multiflow.engine.bundle.load_bundle`). ``camera_rig``:
+    :func:`resolve_camera_rig` (the ``geometry`` fusion)."""
     from multiflow.flow import MultiFlow, SingleViewFlow
 
     kwargs = dict(
@@ -135,7 +189,7 @@ def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: i
     )
     if model.single_view:
         return SingleViewFlow(channels, **kwargs)
-    return MultiFlow(channels, build_graph(model, view_names), **kwargs)
+    return MultiFlow(channels, build_graph(model, view_names), camera_rig=camera_rig, **kwargs)
 
 
 def build_extractor(cfg: FeatureConfig):

@@ -59,7 +59,14 @@ from multiflow.engine.bundle import (
     load_bundle,
     save_bundle,
 )
-from multiflow.engine.factories import build_extractor, build_flow, list_categories, resolve_input_size, run_device
+from multiflow.engine.factories import (
+    build_extractor,
+    build_flow,
+    list_categories,
+    resolve_camera_rig,
+    resolve_input_size,
+    run_device,
+)
 from multiflow.engine.preprocess import prepare_split
 from multiflow.errors import CheckpointError, ConfigError, DataError
 from multiflow.scoring import ScoringSpec, check_overrides
@@ -119,7 +126,8 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
     # the threshold's calibration objects, held out before training (engine/threshold.py)
     rest, cal = split_calibration(len(train.sample_ids), cfg.threshold.calibration_fraction, cfg.train.seed,
                                   min_rest=2 if cfg.train.val_fraction > 0 else 1)
-    model = build_flow(cfg.model, extractor.channels, train.view_names, cfg.train.seed)
+    model = build_flow(cfg.model, extractor.channels, train.view_names, cfg.train.seed,
+                       camera_rig=resolve_camera_rig(cfg.model, cfg.data, category, list(train.view_names)))
     # what the flow takes as one sample (objects, or images for the single-view flow), of the rest
     flow_feats, flow_masks = model.to_flow_samples(train.features, train.masks)
     per = int(flow_feats.shape[0]) // max(len(train.sample_ids), 1)  # flow samples per object
@@ -189,7 +197,8 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
             bundle.camera_faults = CAMERA_FAULTS_FILE
             if cfg.faults.flow_swap and not cfg.model.single_view:
                 fit_flow_swap_check(cfg, model, train.features[cal], out / CAMERA_FAULTS_FILE, device=device,
-                                    precision=precision, progress=progress)
+                                    precision=precision, progress=progress,
+                                    fg=None if train.masks is None else train.masks[cal])
         save_calibration_maps(out / CALIBRATION_FILE, cal_maps, cal_masks, cal_ids)
         save_bundle(out, model, bundle)
     barrier(ctx)
@@ -223,7 +232,7 @@ def fit_camera_fault_stats(cfg: RunConfig, category: str, ds, path: Path, *, pro
 
 
 def fit_flow_swap_check(cfg: RunConfig, model, features, path: Path, *, device=None, precision: str = "fp32",
-                        progress: bool = True) -> bool:
+                        progress: bool = True, fg=None) -> bool:
     """Add the flow's swap check (:mod:`multiflow.faults.flow_swap`) to the camera-fault statistics
     at ``path``, fitted on the swap gains of the held-out calibration objects' ``features``
     ``(N, V, C, h, w)`` (the flow did not train on them), with ``faults.flow_swap_share`` of the
@@ -243,7 +252,7 @@ def fit_flow_swap_check(cfg: RunConfig, model, features, path: Path, *, device=N
     device = torch.device("cpu") if device is None else device
     model.to(device)
     gains, _ = swap_gains_in_batches(model, features, batch=2, device=device, precision=precision,
-                                     progress=progress, desc="flow swap check")
+                                     progress=progress, desc="flow swap check", fg=fg)  # fg: the fusions' foreground
     model.to("cpu")
     fm = with_flow_swap(CameraFaultModel.load(path), gains, cfg.faults.flow_swap_share,
                         source=f"{n} held-out calibration objects")

@@ -276,14 +276,14 @@ class Predictor:
         rest = [i for i in range(b) if i not in swap_rows]
         with self.times.stage("flow"), autocast(self.device, self.precision):  # bf16: st-networks only
             if swap_rows:
-                g, nll_swap = flow_swap_batch(self.flow, feats[swap_rows])
+                g, nll_swap = flow_swap_batch(self.flow, feats[swap_rows], fg=None if mask is None else mask[swap_rows])
                 nll[swap_rows] = nll_swap.to(nll)
                 for row, i in enumerate(swap_rows):
                     gains_all[i] = g[row]
             if rest:
                 p_rest = given[rest]
-                nll[rest] = self.flow(feats[rest], present=None if bool(p_rest.all()) else p_rest.to(feats.device)
-                                      ).nll.float()
+                nll[rest] = self.flow(feats[rest], present=None if bool(p_rest.all()) else p_rest.to(feats.device),
+                                      fg=None if mask is None else mask[rest]).nll.float()
         faults_all: list[list] = [[] for _ in range(b)]
         dismissed_all: list[list] = [[] for _ in range(b)]
         usable_all: list[list[str]] = [list(v for v in self.view_names if v in g) for g in given_all]
@@ -304,7 +304,8 @@ class Predictor:
         again = [i for i in range(b) if usable_all[i] and not torch.equal(present[i], given[i])]
         if again:  # objects that lost a faulty view: the flow on the views left
             with self.times.stage("flow"), autocast(self.device, self.precision):
-                nll[again] = self.flow(feats[again], present=present[again].to(feats.device)).nll.float()
+                nll[again] = self.flow(feats[again], present=present[again].to(feats.device),
+                                       fg=None if mask is None else mask[again]).nll.float()
         scored = [i for i in range(b) if usable_all[i]]
         preds: list[Prediction | None] = [None] * b
         with self.times.stage("scoring"):

@@ -198,7 +198,7 @@ def evaluate_loss(model, features, masks, index: np.ndarray, batch_size: int, ct
         x = to_device(x, device)
         m = None if m is None else to_device(m, device)
         with autocast(device, precision):  # bf16: the st-networks only; the NLL stays fp32
-            nll = model(x).nll
+            nll = model(x, fg=m).nll  # the masks are also the fusion operators' foreground
         n_sum, m_sum = masked_nll_sums(nll.float(), m)
         num += float(n_sum)
         den += float(m_sum)
@@ -507,7 +507,7 @@ class LocalLoss:
         m = None if m is None else to_device(m, self.device)
         p = None if present is None else to_device(present, self.device)
         with autocast(self.device, self.precision):  # bf16: the st-networks only; coupling math in fp32
-            out = self.model(x, generator=generator, present=p)
+            out = self.model(x, generator=generator, present=p, fg=m)
         nll = out.nll.float()
         loss = masked_loss(nll, present_mask(m, p, nll))
         return loss, float(loss.detach())

@@ -50,7 +50,8 @@ def all_pairs(n_views: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def flow_swap_batch(flow: torch.nn.Module, features: torch.Tensor, mask: torch.Tensor | None = None,
-                    pairs: Sequence[tuple[int, int]] | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                    pairs: Sequence[tuple[int, int]] | None = None, *,
+                    fg: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """``(gains (B, P), nll (B, V, h, w))`` for a batch of objects: the gains (module docstring) of
     ``pairs`` (default: every pair) and the NLL maps of the given assignment (the same forward).
 
@@ -58,6 +59,9 @@ def flow_swap_batch(flow: torch.nn.Module, features: torch.Tensor, mask: torch.T
         flow: a multi-view flow whose forward returns ``.nll`` ``(B, V, h, w)``.
         features: ``(B, V, C, h, w)``.
         mask: ``(B, V, h, w)`` foreground mask (None: whole maps).
+        fg: ``(B, V, h, w)`` foreground handed to the flow (the fusion operators that pool over a
+            view's foreground), moving with its view in every assignment; it does not change the
+            averaging (that is ``mask``). None: ``mask``'s, else every position.
     """
     if features.ndim != 5:
         raise DataError(f"features must be (B, V, C, h, w), got {tuple(features.shape)}")
@@ -72,11 +76,17 @@ def flow_swap_batch(flow: torch.nn.Module, features: torch.Tensor, mask: torch.T
         perms.append(p)
     k = len(perms)
     batch = torch.stack([features[:, p] for p in perms], dim=1).flatten(0, 1)  # (B * (1 + P), V, C, h, w)
-    nll = flow(batch).nll.to(torch.float64).unflatten(0, (b, k))  # (B, 1 + P, V, h, w)
-    if mask is None:
+    m = None
+    if mask is not None:  # the views' masks move with their features (and are the fusion's foreground)
+        m = torch.stack([mask[:, p] for p in perms], dim=1).to(device=batch.device, dtype=torch.float64)
+    if fg is None and m is not None:
+        fg = m.flatten(0, 1).to(batch.dtype)
+    elif fg is not None:
+        fg = torch.stack([fg[:, p] for p in perms], dim=1).flatten(0, 1).to(device=batch.device, dtype=batch.dtype)
+    nll = (flow(batch) if fg is None else flow(batch, fg=fg)).nll.to(torch.float64).unflatten(0, (b, k))
+    if m is None:  # nll: (B, 1 + P, V, h, w)
         per_view = nll.mean(dim=(3, 4))
     else:
-        m = torch.stack([mask[:, p] for p in perms], dim=1).to(nll)
         area = m.sum(dim=(3, 4))
         # a view without foreground counts with its whole map
         per_view = torch.where(area > 0, (nll * m).sum(dim=(3, 4)) / area.clamp_min(1.0), nll.mean(dim=(3, 4)))
@@ -157,9 +167,10 @@ def with_flow_swap(model: CameraFaultModel, gains: np.ndarray, share: float, *, 
 
 def swap_gains_in_batches(flow: torch.nn.Module, features, *, batch: int = 2, device: torch.device | str = "cpu",
                           precision: str = "fp32", progress: bool = False,
-                          desc: str = "flow swap gains") -> tuple[np.ndarray, np.ndarray]:
+                          desc: str = "flow swap gains", fg=None) -> tuple[np.ndarray, np.ndarray]:
     """``(gains (N, P), nll (N, V, h, w) float32)`` of ``N`` objects' features ``(N, V, C, h, w)``
-    (array or tensor), ``batch`` objects per forward (each expands to ``1 + P`` flow samples)."""
+    (array or tensor), ``batch`` objects per forward (each expands to ``1 + P`` flow samples);
+    ``fg`` ``(N, V, h, w)``: their foreground masks for the flow (:func:`flow_swap_batch`)."""
     from tqdm.auto import tqdm
 
     from multiflow.device import autocast
@@ -171,7 +182,8 @@ def swap_gains_in_batches(flow: torch.nn.Module, features, *, batch: int = 2, de
     for s in tqdm(range(0, n, batch), desc=desc, disable=not progress, leave=False):
         x = torch.as_tensor(np.asarray(features[s:s + batch]), dtype=torch.float32).to(device)
         with autocast(device, precision):
-            g, nll = flow_swap_batch(flow, x)
+            f = None if fg is None else torch.as_tensor(np.asarray(fg[s:s + batch]), dtype=torch.float32).to(device)
+            g, nll = flow_swap_batch(flow, x, fg=f)
         gains.append(g)
         maps.append(nll.cpu().numpy())
     if not gains:

@@ -21,6 +21,16 @@ present views (Eq. 4 averages over the present neighbours, see :mod:`multiflow.f
 features of absent views are replaced by zeros at the input, so nothing about them reaches a present
 view, and their outputs carry no meaning: ``anomaly_map`` sets them to NaN and the training loss
 leaves them out (:func:`multiflow.scoring.present_mask`).
+
+Foreground: ``forward``, ``nll_of_noised``, ``inverse`` and ``anomaly_map`` take an optional
+foreground ``fg`` ``(B, V, H, W)`` on the feature grid (the masks of the loss; ``anomaly_map`` uses its
+``mask``); it only feeds the st-networks' fusion operators that pool or attend over a view's
+foreground (``global_context``, ``correspondence``), ``None`` meaning every position. The inverse must
+get the same ``fg`` as the forward.
+
+Camera rig: the ``geometry`` fusion needs ``camera_rig`` (:func:`multiflow.flow.geometry.camera_rig_config`:
+one camera per view, in view order, and the plane height); it is part of :attr:`MultiFlow.config`, so
+a saved flow carries its rig.
 """
 
 from __future__ import annotations
@@ -35,7 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from multiflow.errors import ConfigError, DataError
-from multiflow.flow.fusion import FUSIONS
+from multiflow.flow.fusion import FUSIONS, EdgeOperator
+from multiflow.flow.geometry import plane_homographies
 from multiflow.flow.graph import ViewGraph
 from multiflow.flow.noise import NoiseConditioner
 from multiflow.flow.subnet import MultiViewSubnet, multiview_subnet_factory
@@ -79,6 +90,9 @@ class MultiFlow(nn.Module):
         heads: attention heads (attention fusions).
         fused: fused conv formulation of the st-networks (same function, faster).
         seed: seeds the permutations, the initial weights and the default noise generator.
+        camera_rig: ``{"views": [camera per view], "plane_height": z0}``
+            (:func:`multiflow.flow.geometry.camera_rig_config`); required by ``fusion="geometry"``
+            on a graph with edges, ignored (not stored) otherwise.
     """
 
     def __init__(
@@ -98,6 +112,7 @@ class MultiFlow(nn.Module):
         heads: int = 4,
         fused: bool = True,
         seed: int = 0,
+        camera_rig: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(graph, dict):
@@ -114,6 +129,19 @@ class MultiFlow(nn.Module):
             raise ConfigError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
         self.channels = int(channels)
         self.graph = graph
+        needs_rig = "warp" in getattr(FUSIONS[fusion], "needs", frozenset()) and bool(graph.edges)
+        homographies = None
+        if needs_rig:
+            if camera_rig is None:
+                raise ConfigError(
+                    f"model.fusion={fusion} resamples neighbours through the support plane and needs the camera rig "
+                    "(each camera's intrinsics and extrinsics): give model.cameras (a cameras.json, "
+                    "docs/data-format.md) or put cameras.json in the class folder of the data"
+                )
+            hom, depth = plane_homographies(camera_rig, graph.n_views, graph.names)
+            homographies = (torch.from_numpy(hom), torch.from_numpy(depth))
+        else:
+            camera_rig = None
         self._cfg: dict[str, Any] = dict(
             channels=self.channels,
             graph=graph.to_dict(),
@@ -130,6 +158,8 @@ class MultiFlow(nn.Module):
             fused=bool(fused),
             seed=int(seed),
         )
+        if camera_rig is not None:
+            self._cfg["camera_rig"] = camera_rig
         self.noise = NoiseConditioner(noise, std=noise_std, cond_scale=noise_cond_scale)
         gen = torch.Generator().manual_seed(int(seed))
         view_classes = graph.view_orbits() if share_side_weights else None
@@ -141,7 +171,7 @@ class MultiFlow(nn.Module):
                 blocks.append(ViewPermutation(self.channels, graph.n_views, generator=gen, view_classes=view_classes))
                 factory = multiview_subnet_factory(
                     graph, hidden=hidden, kernel_size=k, fusion=fusion, heads=heads,
-                    share_weights=share_side_weights, fused=fused,
+                    share_weights=share_side_weights, fused=fused, plane_homographies=homographies,
                 )
                 blocks.append(
                     AffineCoupling(self.channels, factory, cond_channels=self.noise.condition_channels, clamp=clamp)
@@ -193,7 +223,8 @@ class MultiFlow(nn.Module):
         return present
 
     def forward(
-        self, features: Tensor, generator: torch.Generator | None = None, present: Tensor | None = None
+        self, features: Tensor, generator: torch.Generator | None = None, present: Tensor | None = None,
+        fg: Tensor | None = None,
     ) -> FlowOutput:
         """Map features to latents.
 
@@ -203,6 +234,7 @@ class MultiFlow(nn.Module):
                 with ``seed + 1``). Unused in eval mode (``eps = 0``).
             present: optional ``(B, V)`` bool mask of the views present (module docstring);
                 outputs of absent views carry no meaning.
+            fg: optional foreground ``(B, V, H, W)`` for the fusion operators (module docstring).
         """
         self._check(features, "features")
         present = self._check_present(present, features.shape[0])
@@ -211,23 +243,24 @@ class MultiFlow(nn.Module):
             features = torch.where(p, features, torch.zeros((), dtype=features.dtype, device=features.device))
         gen = generator if generator is not None else self._noise_gen
         x, cond = self.noise(features, gen)
-        z, logdet = self.flow(x, cond) if present is None else self.flow(x, cond, present.to(x.device))
+        z, logdet = self.flow(x, cond, None if present is None else present.to(x.device), fg=fg)
         return FlowOutput(z=z, logdet=logdet, nll=pixel_nll(z, logdet))
 
-    def nll_of_noised(self, x: Tensor, cond: Tensor | None, present: Tensor | None = None) -> Tensor:
+    def nll_of_noised(self, x: Tensor, cond: Tensor | None, present: Tensor | None = None,
+                      fg: Tensor | None = None) -> Tensor:
         """Per-pixel NLL ``(B, V, H, W)`` of already-noised features ``x (B, V, C, H, W)`` with the
         noise conditioning ``cond`` (what :attr:`noise` returned); :meth:`forward` without the noise.
 
         ``present`` (``(B, V)`` bool) runs the flow on the induced subgraph; the caller must have
-        zeroed the absent views' features before the noise, as :meth:`forward` does."""
-        z, logdet = self.flow(x, cond) if present is None else self.flow(x, cond, present.to(x.device))
+        zeroed the absent views' features before the noise, as :meth:`forward` does. ``fg`` as there."""
+        z, logdet = self.flow(x, cond, None if present is None else present.to(x.device), fg=fg)
         return pixel_nll(z, logdet)
 
-    def inverse(self, z: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, present: Tensor | None = None, fg: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Eval-mode inverse (``eps = 0``): ``z (B, V, C, H, W) -> (features, logdet of the inverse)``.
 
         With ``present`` (``(B, V)`` bool) it inverts the flow on the induced subgraph; the
-        outputs of absent views carry no meaning.
+        outputs of absent views carry no meaning. ``fg``: the foreground the forward got.
         """
         self._check(z, "latents")
         present = self._check_present(present, z.shape[0])
@@ -235,9 +268,7 @@ class MultiFlow(nn.Module):
         if self.noise.condition_channels:
             b, v, _, hh, ww = z.shape
             cond = z.new_zeros(b, v, 1, hh, ww)
-        if present is None:
-            return self.flow.inverse(z, cond)
-        return self.flow.inverse(z, cond, present.to(z.device))
+        return self.flow.inverse(z, cond, None if present is None else present.to(z.device), fg=fg)
 
     masked_loss = staticmethod(masked_loss)
 
@@ -265,15 +296,15 @@ class MultiFlow(nn.Module):
 
         With a foreground ``mask (B, V, H, W)``, background pixels are set to the minimum of the
         foreground values of the same sample and view (no ties with a constant, no false highs;
-        :func:`multiflow.scoring.fill_background`);
-        a view without foreground pixels keeps its raw map. With ``present`` (``(B, V)`` bool) the
-        flow runs on the present views only and the maps of absent views are NaN
+        :func:`multiflow.scoring.fill_background`); a view without foreground pixels keeps its raw
+        map. The mask is also the flow's ``fg`` (the fusion operators' foreground). With ``present``
+        (``(B, V)`` bool) the flow runs on the present views only and the maps of absent views are NaN
         (:func:`multiflow.scoring.blank_absent`). The module's train/eval mode is restored afterwards.
         """
         was_training = self.training
         self.eval()
         try:
-            nll = self.forward(features, present=present).nll
+            nll = self.forward(features, present=present, fg=mask).nll
         finally:
             self.train(was_training)
         return blank_absent(fill_background(nll, mask), present)
@@ -303,3 +334,6 @@ def _init_parameters(model: nn.Module, gen: torch.Generator) -> None:
                 nn.init.zeros_(m.bias)
             elif isinstance(m, MultiViewSubnet):
                 nn.init.zeros_(m.gamma)
+        for m in model.modules():  # operators that start in a set state (e.g. a zero FiLM)
+            if isinstance(m, EdgeOperator):
+                m.reset_message_()

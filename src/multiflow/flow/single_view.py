@@ -108,33 +108,40 @@ class SingleViewFlow(MultiFlow):
             raise DataError(f"{what} must have shape (B, V, {self.channels}, H, W), got {tuple(x.shape)}")
         return x.reshape(-1, 1, *x.shape[2:])
 
+    @staticmethod
+    def _image_fg(fg: Tensor | None) -> Tensor | None:
+        """Foreground ``(B, V, H, W)`` -> ``(B * V, 1, H, W)`` (None stays None)."""
+        return None if fg is None else fg.reshape(-1, 1, *fg.shape[-2:])
+
     def forward(
-        self, features: Tensor, generator: torch.Generator | None = None, present: Tensor | None = None
+        self, features: Tensor, generator: torch.Generator | None = None, present: Tensor | None = None,
+        fg: Tensor | None = None,
     ) -> FlowOutput:
         """:meth:`MultiFlow.forward` with every image its own sample: ``features (B, V, C, H, W)``,
-        optional ``present (B, V)`` bool; outputs ``(B, V, ...)``."""
+        optional ``present (B, V)`` bool and foreground ``fg (B, V, H, W)``; outputs ``(B, V, ...)``."""
         x = self._images(features, "features")
         b, v, _, hh, ww = features.shape
         present = self._check_present(present, b, v)
         if present is not None:
             p = present.to(features.device).reshape(-1)[:, None, None, None, None]
             x = torch.where(p, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        out = super().forward(x, generator)
+        out = super().forward(x, generator, fg=self._image_fg(fg))
         return FlowOutput(z=out.z.reshape(features.shape), logdet=out.logdet.reshape(b, v, hh, ww),
                           nll=out.nll.reshape(b, v, hh, ww))
 
-    def nll_of_noised(self, x: Tensor, cond: Tensor | None, present: Tensor | None = None) -> Tensor:
+    def nll_of_noised(self, x: Tensor, cond: Tensor | None, present: Tensor | None = None,
+                      fg: Tensor | None = None) -> Tensor:
         """:meth:`MultiFlow.nll_of_noised` per image, ``(B, V, H, W)`` (``cond`` from :attr:`noise`;
         ``present`` is not needed: no image sees another)."""
         b, v, _, hh, ww = x.shape
         c = None if cond is None else cond.reshape(-1, 1, *cond.shape[2:])
-        return super().nll_of_noised(self._images(x, "features"), c).reshape(b, v, hh, ww)
+        return super().nll_of_noised(self._images(x, "features"), c, fg=self._image_fg(fg)).reshape(b, v, hh, ww)
 
-    def inverse(self, z: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, present: Tensor | None = None, fg: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """:meth:`MultiFlow.inverse` per image: ``z (B, V, C, H, W) -> (features, logdet (B, V, H, W))``."""
         b, v, _, hh, ww = z.shape
         self._check_present(present, b, v)
-        x, logdet = super().inverse(self._images(z, "latents"))
+        x, logdet = super().inverse(self._images(z, "latents"), fg=self._image_fg(fg))
         return x.reshape(z.shape), logdet.reshape(b, v, hh, ww)
 
     def to_flow_samples(self, features: Any, masks: Any | None = None) -> tuple[Any, Any | None]:

@@ -35,6 +35,12 @@ before any edge operator sees them and their messages get weight 0 (selected wit
 ``torch.where``), so the outputs of present views do not depend on the inputs of absent views at
 all. Outputs of absent views are computed (from their own inputs) but carry no meaning.
 
+Foreground (``fg``, optional ``(B, V, H, W)`` or ``(B, V, 1, H, W)``, 1 = foreground, ``None`` = every
+position): handed to the operators that declare ``"source_fg"`` in :attr:`EdgeOperator.needs`
+(masked statistics, masked attention keys) as the source view's ``(B, 1, H, W)``. Operators that
+declare ``"warp"`` get the edge's plane-induced resampling grid, computed from the homographies
+given at construction (``plane_homographies``, :mod:`multiflow.flow.geometry`).
+
 The message weights ``w_j = s * present_j / max(|N_p(i)|, 1)``, with the diagnostic
 ``cross_view_scale`` ``s`` (:func:`cross_view_scaled`), are defined once, in
 :class:`NeighbourWeights`; both strategies only apply them. With every view present and ``s = 1``
@@ -52,6 +58,7 @@ from torch import Tensor, nn
 
 from multiflow.errors import ConfigError
 from multiflow.flow.fusion import EdgeFactory, get_fusion, make_conv
+from multiflow.flow.geometry import warp_grid
 from multiflow.flow.graph import ViewGraph
 
 
@@ -69,6 +76,9 @@ class MultiViewSubnet(nn.Module):
         heads: attention heads (attention fusions only).
         share_weights: tie weights across symmetric views / edges (graph automorphism orbits).
         fused: use the fused strategy when every operator allows it (same function, faster).
+        plane_homographies: ``(H (V, V, 3, 3), d (V, 3))`` of :func:`multiflow.flow.geometry.plane_homographies`,
+            needed by operators that declare ``"warp"`` (the ``geometry`` fusion); kept as
+            non-persistent buffers (the flow rebuilds them from its stored camera rig).
     """
 
     def __init__(
@@ -83,6 +93,7 @@ class MultiViewSubnet(nn.Module):
         heads: int = 4,
         share_weights: bool = False,
         fused: bool = True,
+        plane_homographies: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         super().__init__()
         if hidden < 1:
@@ -112,6 +123,20 @@ class MultiViewSubnet(nn.Module):
         self.cross_view_scale = 1.0
         self.fused = fused
         self._neigh = [graph.neighbours(i) for i in range(graph.n_views)]
+        self._needs = frozenset().union(*(getattr(op, "needs", frozenset()) for op in self.edge_ops))
+        if plane_homographies is not None:
+            hom, depth = (torch.as_tensor(t, dtype=torch.float64) for t in plane_homographies)
+            v = graph.n_views
+            if tuple(hom.shape) != (v, v, 3, 3) or tuple(depth.shape) != (v, 3):
+                raise ConfigError(f"plane_homographies must be ((V, V, 3, 3), (V, 3)) for V = {v}, got "
+                                  f"{tuple(hom.shape)}, {tuple(depth.shape)}")
+            self.register_buffer("plane_hom", hom.float(), persistent=False)
+            self.register_buffer("plane_depth", depth.float(), persistent=False)
+        elif "warp" in self._needs and graph.edges:
+            raise ConfigError("this fusion resamples neighbours through the support plane and needs the camera "
+                              "rig's plane homographies (plane_homographies=); none were given")
+        else:
+            self.plane_hom = self.plane_depth = None
 
     @property
     def can_fuse(self) -> bool:
@@ -119,12 +144,14 @@ class MultiViewSubnet(nn.Module):
         so the fused strategy applies."""
         return all(getattr(op, "source_conv", None) is not None for op in self.edge_ops)
 
-    def forward(self, u: Tensor, present: Tensor | None = None) -> Tensor:
+    def forward(self, u: Tensor, present: Tensor | None = None, fg: Tensor | None = None) -> Tensor:
         """``u: (B, V, C_in, H, W) -> (B, V, C_out, H, W)`` (Eq. 4 times ``gamma``).
 
         ``present``: optional ``(B, V)`` bool mask of the views present; ``None`` is the special case
-        "every view present" (see the module docstring). The fused strategy runs when
-        :attr:`fused` is set and :attr:`can_fuse`, else the per-edge one: the same function.
+        "every view present" (see the module docstring). ``fg``: optional foreground ``(B, V, H, W)``
+        or ``(B, V, 1, H, W)`` on the feature grid, for operators that use it (``None``: every
+        position). The fused strategy runs when :attr:`fused` is set and :attr:`can_fuse`, else the
+        per-edge one: the same function.
         """
         if u.dim() != 5 or u.shape[1] != self.n_views or u.shape[2] != self.in_channels:
             raise ConfigError(
@@ -136,10 +163,29 @@ class MultiViewSubnet(nn.Module):
                     f"present must have shape (B, V) = {(u.shape[0], self.n_views)}, got {tuple(present.shape)}"
                 )
             present = present.to(device=u.device, dtype=torch.bool)
+        if fg is not None:
+            b, v, _, hh, ww = u.shape
+            if fg.dim() == 4:
+                fg = fg[:, :, None]
+            if tuple(fg.shape) != (b, v, 1, hh, ww):
+                raise ConfigError(f"fg must have shape (B, V, H, W) = {(b, v, hh, ww)}, got {tuple(fg.shape)}")
+            fg = fg.to(device=u.device)
         weights = self.message_weights(present, u.dtype)
         if self.fused and self.can_fuse:
             return self._forward_fused(u, present, weights)
-        return self._forward_per_edge(u, present, weights)
+        return self._forward_per_edge(u, present, weights, fg)
+
+    def _edge_inputs(self, j: int, i: int, present: Tensor | None, fg: Tensor | None,
+                     hh: int, ww: int) -> dict[str, object]:
+        """Keyword arguments of the operator of edge ``j -> i`` (its :attr:`EdgeOperator.needs`)."""
+        op = self.edge_ops[self.edge_class[(j, i)]]
+        kw: dict[str, object] = {"source_present": None if present is None else present[:, j]}
+        needs = getattr(op, "needs", frozenset())
+        if "source_fg" in needs:
+            kw["source_fg"] = None if fg is None else fg[:, j]
+        if "warp" in needs:
+            kw["warp"] = warp_grid(self.plane_hom[i, j], self.plane_depth[i], hh, ww)
+        return kw
 
     def message_weights(self, present: Tensor | None, dtype: torch.dtype) -> list[NeighbourWeights]:
         """The weights of the neighbour messages of every target view (Eq. 4 with the
@@ -151,7 +197,8 @@ class MultiViewSubnet(nn.Module):
             out.append(NeighbourWeights(len(neigh), self.cross_view_scale, p, dtype))
         return out
 
-    def _forward_per_edge(self, u: Tensor, present: Tensor | None, weights: list[NeighbourWeights]) -> Tensor:
+    def _forward_per_edge(self, u: Tensor, present: Tensor | None, weights: list[NeighbourWeights],
+                          fg: Tensor | None = None) -> Tensor:
         """Per-edge strategy (any fusion operator): one module call per view and per edge."""
         vc = self.view_class
         h = [torch.relu(self.in_convs[vc[v]](u[:, v])) for v in range(self.n_views)]
@@ -163,10 +210,9 @@ class MultiViewSubnet(nn.Module):
             o = self.self_convs[vc[i]](h[i])
             neigh = self._neigh[i]
             if neigh:
+                hh, ww = u.shape[-2:]
                 msgs = [
-                    self.edge_ops[self.edge_class[(j, i)]](
-                        h[i], h[j], source_present=None if present is None else present[:, j]
-                    )
+                    self.edge_ops[self.edge_class[(j, i)]](h[i], h[j], **self._edge_inputs(j, i, present, fg, hh, ww))
                     for j in neigh
                 ]
                 o = o + weights[i].mean(msgs)
@@ -299,6 +345,7 @@ def multiview_subnet_factory(
     heads: int = 4,
     share_weights: bool = False,
     fused: bool = True,
+    plane_homographies: tuple[Tensor, Tensor] | None = None,
 ) -> Callable[[int, int], MultiViewSubnet]:
     """FrEIA-style factory ``(in_channels, out_channels) -> MultiViewSubnet`` for a coupling block."""
 
@@ -313,6 +360,7 @@ def multiview_subnet_factory(
             heads=heads,
             share_weights=share_weights,
             fused=fused,
+            plane_homographies=plane_homographies,
         )
 
     return factory

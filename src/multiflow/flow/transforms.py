@@ -8,7 +8,10 @@ negative of the forward one at the same point. An optional condition ``cond`` of
 ``(B, V, C_cond, H, W)`` is passed through to the st-networks; it is not transformed. An optional
 ``present`` mask ``(B, V)`` (bool; ``None`` = all views present) is passed through to the
 st-networks too, which then run on the subgraph of the present views
-(:class:`multiflow.flow.subnet.MultiViewSubnet`); blocks without cross-view links ignore it.
+(:class:`multiflow.flow.subnet.MultiViewSubnet`); blocks without cross-view links ignore it. So is an
+optional keyword ``fg``, the foreground ``(B, V, H, W)`` of the features (``None`` = every position),
+for fusion operators that pool or attend over a view's foreground; like ``cond`` it only feeds the
+st-networks, so it never affects invertibility (forward and inverse must get the same ``fg``).
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ class InvertibleTransform(nn.Module):
     ``None``. Subclasses implement both directions exactly (no clamping of outputs).
     """
 
-    def forward(self, x: Tensor, cond: Tensor | None = None, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, cond: Tensor | None = None, present: Tensor | None = None,
+                *, fg: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
-    def inverse(self, y: Tensor, cond: Tensor | None = None, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def inverse(self, y: Tensor, cond: Tensor | None = None, present: Tensor | None = None,
+                *, fg: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} does not implement inverse")
 
 
@@ -86,11 +91,13 @@ class ViewPermutation(InvertibleTransform):
         views = torch.arange(index.shape[0], device=x.device)[:, None]
         return x[:, views, index]
 
-    def forward(self, x: Tensor, cond: Tensor | None = None, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, cond: Tensor | None = None, present: Tensor | None = None,
+                *, fg: Tensor | None = None) -> tuple[Tensor, Tensor]:
         y = self._gather(x, self.perm)
         return y, x.new_zeros(x.shape[0], x.shape[1], x.shape[3], x.shape[4])
 
-    def inverse(self, y: Tensor, cond: Tensor | None = None, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def inverse(self, y: Tensor, cond: Tensor | None = None, present: Tensor | None = None,
+                *, fg: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self._gather(y, self.inv_perm)
         return x, y.new_zeros(y.shape[0], y.shape[1], y.shape[3], y.shape[4])
 
@@ -137,7 +144,8 @@ class AffineCoupling(InvertibleTransform):
         self.st2 = subnet_factory(self.c2 + cond_channels, 2 * self.c1)
 
     def _st(
-        self, net: nn.Module, u: Tensor, cond: Tensor | None, present: Tensor | None = None
+        self, net: nn.Module, u: Tensor, cond: Tensor | None, present: Tensor | None = None,
+        fg: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         if self.cond_channels:
             if cond is None or cond.shape[2] != self.cond_channels:
@@ -148,35 +156,40 @@ class AffineCoupling(InvertibleTransform):
             u = torch.cat([u, cond.to(u.dtype)], dim=2)
         # under bf16 autocast the st-network computes in bf16; scale/shift, log-det and NLL stay in
         # the dtype of the coupling's input (fp32), so forward and inverse use the same exact math
-        out = (net(u) if present is None else net(u, present)).to(u.dtype)
+        kw = {} if fg is None else {"fg": fg}
+        out = (net(u, **kw) if present is None else net(u, present, **kw)).to(u.dtype)
         half = out.shape[2] // 2
         return soft_clamp(out[:, :, :half], self.clamp), out[:, :, half:]
 
     def half_step_1(
-        self, x1: Tensor, x2: Tensor, cond: Tensor | None, present: Tensor | None = None
+        self, x1: Tensor, x2: Tensor, cond: Tensor | None, present: Tensor | None = None,
+        fg: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``y2 = x2 * exp(s1(x1)) + t1(x1)``; returns ``(y2, sum_c s1)``."""
-        s1, t1 = self._st(self.st1, x1, cond, present)
+        s1, t1 = self._st(self.st1, x1, cond, present, fg)
         return x2 * torch.exp(s1) + t1, s1.sum(dim=2)
 
     def half_step_2(
-        self, x1: Tensor, y2: Tensor, cond: Tensor | None, present: Tensor | None = None
+        self, x1: Tensor, y2: Tensor, cond: Tensor | None, present: Tensor | None = None,
+        fg: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``y1 = x1 * exp(s2(y2)) + t2(y2)``; returns ``(y1, sum_c s2)``."""
-        s2, t2 = self._st(self.st2, y2, cond, present)
+        s2, t2 = self._st(self.st2, y2, cond, present, fg)
         return x1 * torch.exp(s2) + t2, s2.sum(dim=2)
 
-    def forward(self, x: Tensor, cond: Tensor | None = None, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, cond: Tensor | None = None, present: Tensor | None = None,
+                *, fg: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x1, x2 = x[:, :, : self.c1], x[:, :, self.c1 :]
-        y2, ld1 = self.half_step_1(x1, x2, cond, present)
-        y1, ld2 = self.half_step_2(x1, y2, cond, present)
+        y2, ld1 = self.half_step_1(x1, x2, cond, present, fg)
+        y1, ld2 = self.half_step_2(x1, y2, cond, present, fg)
         return torch.cat([y1, y2], dim=2), ld1 + ld2
 
-    def inverse(self, y: Tensor, cond: Tensor | None = None, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def inverse(self, y: Tensor, cond: Tensor | None = None, present: Tensor | None = None,
+                *, fg: Tensor | None = None) -> tuple[Tensor, Tensor]:
         y1, y2 = y[:, :, : self.c1], y[:, :, self.c1 :]
-        s2, t2 = self._st(self.st2, y2, cond, present)
+        s2, t2 = self._st(self.st2, y2, cond, present, fg)
         x1 = (y1 - t2) * torch.exp(-s2)
-        s1, t1 = self._st(self.st1, x1, cond, present)
+        s1, t1 = self._st(self.st1, x1, cond, present, fg)
         x2 = (y2 - t1) * torch.exp(-s1)
         return torch.cat([x1, x2], dim=2), -(s1.sum(dim=2) + s2.sum(dim=2))
 
@@ -191,16 +204,18 @@ class FlowSequence(InvertibleTransform):
     def __len__(self) -> int:
         return len(self.transforms)
 
-    def forward(self, x: Tensor, cond: Tensor | None = None, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, cond: Tensor | None = None, present: Tensor | None = None,
+                *, fg: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = x.new_zeros(x.shape[0], x.shape[1], x.shape[3], x.shape[4])
         for t in self.transforms:
-            x, ld = t(x, cond) if present is None else t(x, cond, present)
+            x, ld = t(x, cond, present, fg=fg)
             logdet = logdet + ld
         return x, logdet
 
-    def inverse(self, y: Tensor, cond: Tensor | None = None, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def inverse(self, y: Tensor, cond: Tensor | None = None, present: Tensor | None = None,
+                *, fg: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = y.new_zeros(y.shape[0], y.shape[1], y.shape[3], y.shape[4])
         for t in reversed(self.transforms):
-            y, ld = t.inverse(y, cond) if present is None else t.inverse(y, cond, present)
+            y, ld = t.inverse(y, cond, present, fg=fg)
             logdet = logdet + ld
         return y, logdet
