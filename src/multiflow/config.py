@@ -100,6 +100,15 @@ class ModelConfig:
     #: baseline: no cross-view links and one shared single-view flow; the V images of a sample are
     #: V independent samples (features (N, V, C, h, w) -> (N*V, 1, C, h, w)); maps back to (N, V, h, w)
     single_view: bool = False
+    #: one flow for every class of ``data.categories`` (one bundle, ``<run>/unified/``; issue 23)
+    unified: bool = False
+    #: how a unified flow knows the class: ``none`` (plain, cannot identify), ``embedding`` (learned
+    #: class embedding to every st-network) or ``latent`` (a Gaussian per class in the latent)
+    class_conditioning: str = "latent"
+    #: size of the class embedding (``class_conditioning: embedding``)
+    class_embed_dim: int = 8
+    #: learn a per-class latent log-scale besides the mean (``class_conditioning: latent``)
+    latent_scale: bool = True
 
 
 @dataclass
@@ -246,6 +255,12 @@ class RunConfig:
                           "of good parts); state that instead", stacklevel=2)
         if self.train.view_dropout > 0 and self.model.single_view:
             raise ConfigError("train.view_dropout needs the multi-view flow (model.single_view=false)")
+        if self.model.unified:
+            from multiflow.flow.unified import CLASS_CONDITIONINGS
+
+            _choice("model.class_conditioning", self.model.class_conditioning, set(CLASS_CONDITIONINGS))
+            if self.model.single_view:
+                raise ConfigError("model.unified needs the multi-view flow (model.single_view=false)")
         if len(self.train.betas) != 2:
             raise ConfigError(f"train.betas must have two values, got {self.train.betas}")
         return self
@@ -315,6 +330,7 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "faults.size": {"gt": 0},
     "faults.grid": {"gt": 0},
     "faults.false_alarm": {"gt": 0, "lt": 1},
+    "model.class_embed_dim": {"gt": 0},
 }
 
 

@@ -312,7 +312,7 @@ def test_format_3_threshold_states_its_target_outliers_and_per_view_count_values
     bundle.threshold = _fitted_threshold()
     save_bundle(tmp_path, flow, bundle)
     data = json.loads((tmp_path / "model.json").read_text())
-    assert data["format"] == "multiflow-model/3" == BUNDLE_FORMAT
+    assert data["format"] == "multiflow-model/4" == BUNDLE_FORMAT
     assert data["threshold"]["fit"]["false_reject"] == 0.01 and data["threshold"]["fit"]["needed_n"] == 230
     assert data["threshold"]["fit"]["outliers"] == [{"sample_id": "n11", "score": 11.0}]
     loaded = read_bundle(tmp_path)

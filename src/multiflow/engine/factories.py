@@ -113,7 +113,8 @@ def build_graph(model: ModelConfig, view_names: list[str]):
     )
 
 
-def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: int):
+def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: int, *,
+               classes: list[str] | None = None):
     """A freshly initialised flow for ``channels`` features of these views: a
     :class:`multiflow.flow.MultiFlow` on the configured view graph, or, with ``model.single_view``,
     the :class:`multiflow.flow.SingleViewFlow` (one shared one-view flow, every image its own
@@ -135,6 +136,14 @@ def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: i
     )
     if model.single_view:
         return SingleViewFlow(channels, **kwargs)
+    if model.unified:  # one flow for every class of the run (``classes``, in index order)
+        from multiflow.flow.unified import UnifiedFlow
+
+        if not classes:
+            raise ConfigError("model.unified: the unified flow needs the list of classes")
+        return UnifiedFlow(channels, build_graph(model, view_names), classes=list(classes),
+                           class_conditioning=model.class_conditioning, class_embed_dim=model.class_embed_dim,
+                           latent_scale=model.latent_scale, **kwargs)
     return MultiFlow(channels, build_graph(model, view_names), **kwargs)
 
 
