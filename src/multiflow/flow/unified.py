@@ -268,11 +268,10 @@ class UnifiedFlow(MultiFlow):
         w = torch.ones_like(nll) if mask is None else foreground(mask).to(nll.dtype).expand_as(nll)
         if present is not None:
             w = w * present.to(nll.device)[:, :, None, None].to(nll.dtype)
-        empty = w.sum(dim=(1, 2, 3)) == 0  # no foreground at all: every present pixel counts
-        if bool(empty.any()):
-            alt = torch.ones_like(nll) if present is None else present.to(nll.device)[:, :, None, None].to(
-                nll.dtype).expand_as(nll)
-            w = torch.where(empty[:, None, None, None], alt, w)
+        empty = w.sum(dim=(1, 2, 3)) == 0  # no foreground at all: every present pixel counts (branch-free: exports)
+        alt = torch.ones_like(nll) if present is None else present.to(nll.device)[:, :, None, None].to(
+            nll.dtype).expand_as(nll)
+        w = torch.where(empty[:, None, None, None], alt, w)
         nll = torch.where(w > 0, nll, torch.zeros_like(nll))
         return (nll * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3))
 
