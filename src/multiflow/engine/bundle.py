@@ -609,7 +609,8 @@ def load_camera_faults(folder: str | Path, bundle: ModelBundle):
     return faults
 
 
-def set_threshold(folder: str | Path, value: float, *, who: str, reason: str) -> ModelBundle:
+def set_threshold(folder: str | Path, value: float, *, who: str, reason: str,
+                  class_name: str | None = None) -> ModelBundle:
     """Set the decision threshold of a trained class model; appends an audit record and rewrites
     ``model.json`` atomically (predict, export and serve read the new value). Returns the bundle.
 
@@ -617,7 +618,10 @@ def set_threshold(folder: str | Path, value: float, *, who: str, reason: str) ->
     per-number-of-views thresholds (which described the fitted value) are dropped.
 
     The read-modify-write holds an exclusive lock (``fcntl.flock``, POSIX) on ``model.json.lock``
-    beside it, so concurrent writers (two review pages, two processes) never lose a record."""
+    beside it, so concurrent writers (two review pages, two processes) never lose a record.
+
+    A unified bundle needs ``class_name``: that class's threshold is set (the top-level one too when
+    it is ``classes[0]``'s); the class's view of the bundle is returned (:meth:`ModelBundle.for_class`)."""
     import fcntl
 
     folder = Path(folder)
@@ -631,17 +635,23 @@ def set_threshold(folder: str | Path, value: float, *, who: str, reason: str) ->
     with open(folder / (BUNDLE_FILE + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
         bundle = read_bundle(folder)
-        bundle.threshold.audit.append(ThresholdChange(
-            value=value, previous=float(bundle.threshold.value), who=str(who),
+        if bundle.unified and not class_name:
+            raise CheckpointError(f"a unified model has one threshold per class {bundle.classes}: name the class",
+                                  folder / BUNDLE_FILE)
+        spec = bundle.for_class(class_name or "").threshold
+        spec.audit.append(ThresholdChange(
+            value=value, previous=float(spec.value), who=str(who),
             when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), reason=str(reason),
         ))
-        bundle.threshold.value = value
-        bundle.threshold.source = f"set by {who}"
+        spec.value = value
+        spec.source = f"set by {who}"
         # the fitted statistics (and the per-number-of-views thresholds) described the old value
-        bundle.threshold.fit = None
-        bundle.threshold.by_views = {}
+        spec.fit = None
+        spec.by_views = {}
+        if bundle.unified and class_name == bundle.classes[0]:
+            bundle.threshold = spec
         write_bundle(folder, bundle)
-    return bundle
+    return bundle.for_class(class_name or "")
 
 
 def check_backbone(extractor, bundle: ModelBundle, where: str | Path) -> None:

@@ -119,8 +119,7 @@ def object_scores(model, features, masks=None, *, batch_size: int = 16, device: 
     from multiflow.device import autocast, to_device
 
     model.eval()
-    if device is None:
-        device = next(model.parameters()).device
+    device = next(model.parameters()).device if device is None else torch.device(device)
     model.to(device)
     out = []
     for start in range(0, int(features.shape[0]), batch_size):
