@@ -25,11 +25,11 @@ def run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("unified")
     data = root / "data"
-    generate_dataset(data, classes=CLASSES + ["lock_nut"], n_train=10, n_test_good=2, n_test_defect=2, size=64,
+    generate_dataset(data, classes=CLASSES + ["lock_nut"], n_train=10, n_test_good=2, n_test_defect=2, size=96,
                      seed=3, progress=False)
     overrides = [
-        f"data.root={data}", f"data.categories=[{','.join(CLASSES)}]", "data.resolution=64",
-        "features.input_size=64", f"features.cache_dir={root / 'cache'}", "model.hidden=8", "model.n_blocks=2",
+        f"data.root={data}", f"data.categories=[{','.join(CLASSES)}]", "data.resolution=96",
+        "features.input_size=96", f"features.cache_dir={root / 'cache'}", "model.hidden=8", "model.n_blocks=2",
         "model.kernel_sizes=[3,3]", "train.epochs=2", "train.batch_size=4", "train.lr=0.001",
         f"out={root / 'results'}", "name=u", "eval.pictures=false", "train.device=cpu", "model.unified=true",
         "model.class_conditioning=latent", "threshold.calibration_fraction=0.2",
@@ -62,9 +62,10 @@ def test_one_bundle_with_the_classes_and_per_class_specs(run):
     for c in CLASSES:
         maps, masks, ids = load_calibration_maps(folder / f"calibration_maps.{c}.npz")
         fit, _ = fit_for_scoring(maps, masks, ids, bundle.scoring, bundle.per_class[c].threshold.fit,
-                                 image_size=64)
+                                 image_size=96)
         assert fit.value == pytest.approx(bundle.per_class[c].threshold.value)
     assert bundle.for_class(CLASSES[1]).threshold == bundle.per_class[CLASSES[1]].threshold
+    assert all(h["train_loss"] != 0.0 for h in bundle.training.history)  # foreground pixels were trained on
     # per-class camera statistics: each class's own normal images
     a, b = ((folder / f"camera_faults.{c}.json").read_text() for c in CLASSES)
     assert a != b
@@ -122,7 +123,7 @@ def test_unknown_class_is_never_ok(run, tmp_path):
     from multiflow.engine.factories import open_dataset
     from multiflow.engine.predict import predict_dataset
 
-    ds = open_dataset(DataConfig(root=str(data), format="realiad", views=pred.view_names, resolution="64"),
+    ds = open_dataset(DataConfig(root=str(data), format="realiad", views=pred.view_names, resolution="96"),
                       "lock_nut", "test", pred.input_size, load_masks=False)
     rows = predict_dataset(pred, ds, tmp_path / "all", progress=False)
     assert rows and all(r["decision"] == "UNKNOWN CLASS" for r in rows)
@@ -145,3 +146,56 @@ def test_resume_continues_the_unified_run(run):
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     # the test of the original 2-epoch run is reproduced by the resumed history's first two epochs
     assert np.isfinite([h["train_loss"] for h in hist]).all()
+
+
+def test_review_store_and_threshold_of_a_unified_class(run, tmp_path):
+    import shutil
+
+    from multiflow.engine.bundle import set_threshold
+    from multiflow.errors import CheckpointError
+    from multiflow.review.store import RunStore, apply_threshold
+
+    src, _, _, _ = run
+    run_dir = tmp_path / "copy"
+    shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("train_state"))
+    store = RunStore(run_dir)
+    assert store.class_names() == sorted(CLASSES)
+    before = read_bundle(run_dir / "unified")
+    d = store.get(CLASSES[1])
+    assert d.complete and d.model_dir == run_dir / "unified"
+    assert d.threshold == before.per_class[CLASSES[1]].threshold.value
+    with pytest.raises(CheckpointError, match="name the class"):
+        set_threshold(run_dir / "unified", 1.0, who="t", reason="r")
+    apply_threshold(run_dir / "unified", 123.0, who="qa", reason="test", class_name=CLASSES[1])
+    after = read_bundle(run_dir / "unified")
+    assert after.per_class[CLASSES[1]].threshold.value == 123.0
+    assert after.per_class[CLASSES[1]].threshold.audit[-1].who == "qa"
+    assert after.per_class[CLASSES[0]].threshold == before.per_class[CLASSES[0]].threshold
+    assert store.get(CLASSES[1]).threshold == 123.0
+
+
+def test_view_dropout_unified_model_scores_incomplete_objects(run, tmp_path):
+    import torch
+
+    from multiflow.config import DataConfig
+    from multiflow.engine.factories import open_dataset
+    from multiflow.engine.unified_predict import UnifiedPredictor
+
+    _, _, data, overrides = run
+    ov = [o for o in overrides if not o.startswith(("name=", "out=", "train.epochs"))] + [
+        "name=ud", f"out={tmp_path}", "train.epochs=1", "train.view_dropout=0.3"]
+    run_dir = api.fit(overrides=ov, progress=False)
+    bundle = read_bundle(run_dir / "unified")
+    assert bundle.supports_missing_views
+    for c in CLASSES:
+        assert set(bundle.per_class[c].threshold.by_views) == {"1", "2", "3", "4"}
+    pred = UnifiedPredictor(run_dir / "unified", class_name=CLASSES[0], device="cpu", frozen_check=False)
+    ds = open_dataset(DataConfig(root=str(data), format="realiad", resolution="96"), CLASSES[0], "test", 96,
+                      load_masks=False)
+    s = ds[0]
+    views = list(s.view_names)
+    full = pred.predict(torch.as_tensor(s.images).float(), views, "a")
+    part = pred.predict(torch.as_tensor(s.images[1:]).float(), views[1:], "b")
+    assert part.missing_views == [views[0]] and np.isnan(part.view_scores[0]) and not np.isnan(full.view_scores[0])
+    assert part.threshold == bundle.per_class[CLASSES[0]].threshold.by_views["4"].value
+    assert part.as_dict()["class"] == CLASSES[0] and part.decision in ("OK", "NG", "UNKNOWN CLASS")
