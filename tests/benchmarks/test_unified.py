@@ -57,4 +57,4 @@ def test_quick_grid_runs_reports_and_resumes(tmp_path, method):
     assert ub.main(["--quick", "--methods", method, "--out", str(out)]) == 0  # finished: read back
     assert res_path.stat().st_mtime_ns == stamp
     with pytest.raises(Exception, match="other settings"):
-        ub.main(["--quick", "--methods", method, "--out", str(out), "--epochs", "2"])
+        ub.main(["--quick", "--methods", method, "--out", str(out), "--epochs", "5"])
