@@ -166,3 +166,17 @@ def test_save_load_roundtrip(conditioning, randomise, tmp_path):
     assert back.classes == CLASSES and back.conditioning == conditioning
     x = _x().float()
     torch.testing.assert_close(back(x, classes=1).nll, model(x, classes=1).nll, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("conditioning", ["embedding", "latent"])
+def test_bf16_autocast_keeps_the_nll_in_fp32(conditioning, randomise):
+    """Under CPU bf16 autocast the st-networks run in bf16; the coupling math and the class NLL stay fp32,
+    close to the fp32 result."""
+    model = _flow(randomise, conditioning).float().eval()
+    x = _x().float()
+    ref = model(x, classes=1).nll
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, classes=1).nll
+        scores = model.class_nll(x)
+    assert out.dtype == torch.float32 and scores.dtype == torch.float32
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()

@@ -15,6 +15,10 @@ One model per class (category). A run folder looks like::
         <category>/figures/*.png         Fig. 5 layouts, ROC, histograms, worst FP / FN
         metrics.json / metrics.csv / metrics.md / report.html
 
+With ``model.unified=true`` one flow is trained for every class (:mod:`multiflow.engine.unified`):
+the model is ``<run>/unified/`` (one bundle with per-class thresholds and camera statistics) and
+``test`` writes each class's outputs to ``<run>/<class>/`` as above.
+
 This module only orchestrates: objects are built by :mod:`multiflow.engine.factories`, splits
 prepared by :mod:`multiflow.engine.preprocess`, scores computed by :mod:`multiflow.scoring`,
 results written by :mod:`multiflow.engine.outputs`. Evaluation reads the model's bundle, never the
