@@ -149,7 +149,8 @@ def overrides(grid: dict[str, Any], out: Path, method: str, seed: int, device: s
           "masks.provider=file", f"masks.mask_root={data / ('silhouettes_' + str(grid['size']))}",
           f"train.epochs={grid['epochs']}", f"train.batch_size={grid['batch']}", f"train.lr={grid['lr']}",
           f"train.seed={seed}", f"train.device={device}", f"train.precision={precision}",
-          f"threshold.calibration_fraction={grid['calibration_fraction']}", f"faults.enabled={str(grid['faults']).lower()}",
+          f"threshold.calibration_fraction={grid['calibration_fraction']}",
+          f"faults.enabled={str(grid['faults']).lower()}",
           f"faults.size={grid['size']}", "eval.pictures=false", f"out={out / 'runs'}", f"name={method}-seed{seed}",
           *grid["model"]]
     if method.startswith("unified-"):

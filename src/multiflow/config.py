@@ -183,6 +183,9 @@ class ThresholdConfig:
     false_reject: float = DEFAULT_FALSE_REJECT
     confidence: float = DEFAULT_CONFIDENCE
     calibration_fraction: float = 0.1
+    #: a unified model's unknown-class cut-off: the rate of good objects of a known class it may
+    #: flag as an unknown class (0 = the same target as ``false_reject``), at ``confidence``
+    unknown_false_reject: float = 0.0
 
 
 @dataclass
@@ -331,6 +334,7 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "faults.grid": {"gt": 0},
     "faults.false_alarm": {"gt": 0, "lt": 1},
     "model.class_embed_dim": {"gt": 0},
+    "threshold.unknown_false_reject": {"ge": 0, "lt": 1},
 }
 
 

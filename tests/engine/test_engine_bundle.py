@@ -382,8 +382,9 @@ def _unified(conditioning="embedding"):
     for i, c in enumerate(["cup", "lid"]):
         fit = fit_threshold([1.0 + i, 1.1 + i, 1.2 + i, 1.05 + i, 0.95 + i, 1.15 + i], ids)
         unknown = fit_threshold([3.0 + i, 3.1 + i, 3.2 + i, 3.05 + i, 2.95 + i, 3.15 + i], ids)
-        specs[c] = ClassSpec(threshold=ThresholdSpec(value=fit.value, fit=fit, calibration_maps=f"calibration_maps.{c}.npz"),
-                             camera_faults="", unknown=unknown, identified=1.0, train_samples=20, calibration_samples=6)
+        thr = ThresholdSpec(value=fit.value, fit=fit, calibration_maps=f"calibration_maps.{c}.npz")
+        specs[c] = ClassSpec(threshold=thr, camera_faults="", unknown=unknown, identified=1.0, train_samples=20,
+                             calibration_samples=6)
     bundle.category, bundle.classes, bundle.class_conditioning, bundle.per_class = "unified", ["cup", "lid"], \
         conditioning, specs
     bundle.threshold = specs["cup"].threshold
@@ -407,9 +408,9 @@ def test_format_4_unified_bundle_round_trip(tmp_path):
     x = torch.randn(1, 3, 4, 2, 2)
     torch.testing.assert_close(loaded_flow(x, classes=1).nll, flow(x, classes=1).nll, rtol=0, atol=0)
     # malformed class sections are clear errors
-    for bad, match in [({"per_class": {"cup": data["per_class"]["cup"]}}, "per_class holds"),
-                       ({"classes": ["cup", "../lid"], "per_class": {"cup": data["per_class"]["cup"],
-                                                                    "../lid": data["per_class"]["lid"]}}, "plain names"),
+    cup, lid = data["per_class"]["cup"], data["per_class"]["lid"]
+    for bad, match in [({"per_class": {"cup": cup}}, "per_class holds"),
+                       ({"classes": ["cup", "../lid"], "per_class": {"cup": cup, "../lid": lid}}, "plain names"),
                        ({"class_conditioning": "mixture"}, "class_conditioning"),
                        ({"classes": ["lid", "cup"]}, "differ from model.json")]:
         (tmp_path / "model.json").write_text(json.dumps(data | bad))

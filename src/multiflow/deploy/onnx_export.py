@@ -131,7 +131,8 @@ class InferenceGraph(nn.Module):
 
 
 def load_inference_graph(model_dir: str | os.PathLike, *, threshold: float | None = None,
-                         with_mask: bool = True, class_name: str | None = None) -> tuple[InferenceGraph, dict[str, Any]]:
+                         with_mask: bool = True,
+                         class_name: str | None = None) -> tuple[InferenceGraph, dict[str, Any]]:
     """Build the :class:`InferenceGraph` of a trained class model (``<run>/<class>``).
 
     Returns ``(graph, meta)`` where ``meta`` is the model's bundle as a dict (``threshold`` the value

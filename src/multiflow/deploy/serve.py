@@ -5,8 +5,8 @@ Endpoints
 ``GET /health``
     ``{"status": "ok", "category", "view_names", "threshold", "input_size", "limits"}``.
 ``POST /predict`` (``multipart/form-data``, one file field per view name, e.g. ``C1=@top.png``)
-    the decision JSON of docs/deployment.md (``{"sample_id", "decision": "OK"|"NG"|"CHECK CAMERA" (|"UNKNOWN CLASS" for a unified model),
-    "product_decision", "sample_score", "threshold", "view_scores": {view: score or null},
+    the decision JSON of docs/deployment.md (``{"sample_id", "decision": "OK"|"NG"|"CHECK CAMERA"
+    (or "UNKNOWN CLASS": a unified model), "product_decision", "sample_score", "threshold", "view_scores": {view: score or null},
     "missing_views", "camera_faults": [{"view", "fault", "reason", "other_view"?}], "aggregation"}``).
     A model trained with view dropout accepts any non-empty subset of its views (the others are
     listed in ``missing_views``); other models answer 400 naming the missing views. With ``?maps=png`` the JSON also holds

@@ -17,7 +17,8 @@ flow trains on the rest of every class together, each object tagged with its cla
 training, each class gets its decision threshold (the same :func:`fit_for_scoring` on its own
 calibration objects' maps under the class), its thresholds per number of present views (view
 dropout), its unknown-class cut-off (:func:`multiflow.scoring.fit_threshold` on the calibration
-objects' mean foreground NLL under the class, with the same target) and its camera-fault statistics.
+objects' mean foreground NLL under the class, for ``threshold.unknown_false_reject``, by default the
+threshold's target) and its camera-fault statistics.
 
 Every class must share the backbone input size and the view names (one flow, one graph).
 """
@@ -219,7 +220,8 @@ def fit_unified(cfg: RunConfig, run_dir: Path, *, resume: bool = False, progress
                                     precision=precision, seed=cfg.train.seed)
         own = object_scores(model, cal_feats, cal_masks, batch_size=cfg.eval.batch_size, device=device,
                             precision=precision)
-        unknown = fit_threshold(own, cal_ids, false_reject=cfg.threshold.false_reject,
+        unknown = fit_threshold(own, cal_ids,
+                                false_reject=cfg.threshold.unknown_false_reject or cfg.threshold.false_reject,
                                 confidence=cfg.threshold.confidence,
                                 what=f"held-out calibration objects of class {c} (unknown-class cut-off)")
         identified = None
@@ -326,7 +328,8 @@ def class_metrics(model, bundle: ModelBundle, category: str, features, masks, la
     return out
 
 
-def identify(model, features: torch.Tensor, mask: torch.Tensor | None, present: torch.Tensor | None) -> tuple[int, float]:
+def identify(model, features: torch.Tensor, mask: torch.Tensor | None,
+             present: torch.Tensor | None) -> tuple[int, float]:
     """The most likely class of one object (``features (1, V, C, h, w)``): ``(index, margin)``, the
     margin being the second-lowest minus the lowest mean foreground NLL (inf with one class)."""
     s = model.class_nll(features, mask, present)[0].float()
