@@ -172,7 +172,8 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
     from multiflow.numbers import check_number
 
     limits = limits or ServiceLimits()
-    check_number(predictor.threshold, "threshold")  # a NaN threshold would pass every part
+    if predictor.threshold is not None:  # None: a unified model's per-class thresholds (checked in its bundle)
+        check_number(predictor.threshold, "threshold")  # a NaN threshold would pass every part
     if getattr(predictor, "preprocessor", None) is not None and predictor.preprocessor.needs_paths:
         from multiflow.errors import ConfigError
 

@@ -59,6 +59,8 @@ class UnifiedPredictor(Predictor):
         if self.class_name:  # the bundle as the given class sees it (threshold, statistics) for reports
             self.bundle = self.unified_bundle.for_class(self.class_name)
             self.threshold = float(self.bundle.threshold.value) if not self.threshold_fixed else self.threshold
+        elif not self.threshold_fixed:
+            self.threshold = None  # one per class: each decision JSON names the one it used
 
     def _check_class(self, name: str | None) -> str | None:
         if name is None or name == "":
