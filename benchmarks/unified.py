@@ -61,8 +61,8 @@ METHODS = ("per-class", "unified-none", "unified-embedding", "unified-latent")
 FULL: dict[str, Any] = {
     "train_classes": ["bottle_cap", "lock_nut", "toy_brick", "plastic_plug", "terminal_block", "toy_brick_inv"],
     "heldout_classes": ["lock_nut_inv", "bottle_cap_inv"],
-    "n_train": 100, "n_test_good": 10, "n_test_defect": 18, "size": 256, "input_size": 256, "epochs": 20,
-    "batch": 8, "lr": 5e-4, "seeds": [0, 1], "methods": list(METHODS), "latency_objects": 8, "model": [],
+    "n_train": 100, "n_test_good": 10, "n_test_defect": 18, "size": 256, "input_size": 256, "epochs": 8,
+    "batch": 4, "lr": 1e-3, "seeds": [0, 1],  # the learning curve's schedule (benchmarks/lib/curve_plan.py) "methods": list(METHODS), "latency_objects": 8, "model": [],
     "calibration_fraction": 0.1, "faults": True,
 }
 QUICK: dict[str, Any] = {
