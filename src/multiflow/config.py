@@ -109,6 +109,8 @@ class ModelConfig:
     class_embed_dim: int = 8
     #: learn a per-class latent log-scale besides the mean (``class_conditioning: latent``)
     latent_scale: bool = True
+    #: ``class_conditioning: latent``: the class means start as N(0, std^2) draws (0: all at the origin)
+    latent_init_std: float = 0.0
 
 
 @dataclass
@@ -335,6 +337,7 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "faults.false_alarm": {"gt": 0, "lt": 1},
     "model.class_embed_dim": {"gt": 0},
     "threshold.unknown_false_reject": {"ge": 0, "lt": 1},
+    "model.latent_init_std": {"ge": 0},
 }
 
 

@@ -180,3 +180,18 @@ def test_bf16_autocast_keeps_the_nll_in_fp32(conditioning, randomise):
         scores = model.class_nll(x)
     assert out.dtype == torch.float32 and scores.dtype == torch.float32
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_latent_means_start_apart_when_asked():
+    apart = UnifiedFlow(C, ViewGraph.ring(3), classes=CLASSES, class_conditioning="latent", latent_init_std=0.5,
+                        seed=1, **SMALL)
+    same = UnifiedFlow(C, ViewGraph.ring(3), classes=CLASSES, class_conditioning="latent", seed=1, **SMALL)
+    assert float(same.latent_mean.abs().max()) == 0.0
+    d = (apart.latent_mean[0] - apart.latent_mean[1]).pow(2).sum().sqrt()
+    assert 0.5 * (2 * 3 * C) ** 0.5 * 0.5 < d < 0.5 * (2 * 3 * C) ** 0.5 * 1.5  # ~ std * sqrt(2 V C)
+    # seeded: the same draw again
+    again = UnifiedFlow(C, ViewGraph.ring(3), classes=CLASSES, class_conditioning="latent", latent_init_std=0.5,
+                        seed=1, **SMALL)
+    torch.testing.assert_close(again.latent_mean, apart.latent_mean, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="latent_init_std"):
+        UnifiedFlow(C, ViewGraph.ring(3), classes=CLASSES, latent_init_std=-1.0)

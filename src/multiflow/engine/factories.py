@@ -143,7 +143,7 @@ def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: i
             raise ConfigError("model.unified: the unified flow needs the list of classes")
         return UnifiedFlow(channels, build_graph(model, view_names), classes=list(classes),
                            class_conditioning=model.class_conditioning, class_embed_dim=model.class_embed_dim,
-                           latent_scale=model.latent_scale, **kwargs)
+                           latent_scale=model.latent_scale, latent_init_std=model.latent_init_std, **kwargs)
     return MultiFlow(channels, build_graph(model, view_names), **kwargs)
 
 

@@ -94,17 +94,23 @@ class UnifiedFlow(MultiFlow):
         class_conditioning: one of :data:`CLASS_CONDITIONINGS`.
         class_embed_dim: size of the class embedding (``"embedding"``).
         latent_scale: learn a per-class log-scale besides the mean (``"latent"``).
+        latent_init_std: the class means start as independent ``N(0, latent_init_std^2)`` draws
+            (seeded), so the classes start apart and the flow must map each class to its own region of
+            the latent; 0 starts every class at the origin (the classes then separate only as far as
+            the training pulls them apart).
     """
 
     def __init__(self, channels: int, graph: ViewGraph | dict, *, classes: Sequence[str],
                  class_conditioning: str = "latent", class_embed_dim: int = 8, latent_scale: bool = True,
-                 **kwargs: Any) -> None:
+                 latent_init_std: float = 0.0, **kwargs: Any) -> None:
         classes = [str(c) for c in classes]
         if not classes or len(set(classes)) != len(classes):
             raise ConfigError(f"a unified flow needs at least one class and unique class names, got {classes}")
         if class_conditioning not in CLASS_CONDITIONINGS:
             raise ConfigError(f"unknown class_conditioning {class_conditioning!r}; choose one of "
                               f"{list(CLASS_CONDITIONINGS)}")
+        if not float(latent_init_std) >= 0:
+            raise ConfigError(f"latent_init_std must be >= 0, got {latent_init_std}")
         if class_conditioning == "embedding" and int(class_embed_dim) < 1:
             raise ConfigError(f"class_embed_dim must be >= 1 for the embedding conditioning, got {class_embed_dim}")
         # read by MultiFlow.__init__ (the couplings' condition channels) through _extra_cond_channels
@@ -113,12 +119,15 @@ class UnifiedFlow(MultiFlow):
         self.classes = classes
         self.conditioning = class_conditioning
         self._cfg.update(classes=list(classes), class_conditioning=class_conditioning,
-                         class_embed_dim=int(class_embed_dim), latent_scale=bool(latent_scale))
+                         class_embed_dim=int(class_embed_dim), latent_scale=bool(latent_scale),
+                         latent_init_std=float(latent_init_std))
         self.noise = _TaggedNoise(self.noise)
         k, v, c = len(classes), self.graph.n_views, self.channels
         gen = torch.Generator().manual_seed(int(self._cfg["seed"]) + 2)
         self.class_embedding = nn.Parameter(torch.randn(k, self._embed, generator=gen)) if self._embed else None
-        self.latent_mean = nn.Parameter(torch.zeros(k, v, c)) if class_conditioning == "latent" else None
+        self.latent_mean = None
+        if class_conditioning == "latent":
+            self.latent_mean = nn.Parameter(float(latent_init_std) * torch.randn(k, v, c, generator=gen))
         self.latent_log_scale = (nn.Parameter(torch.zeros(k, v, c))
                                  if class_conditioning == "latent" and latent_scale else None)
         self.register_buffer("class_weights", torch.ones(k))
