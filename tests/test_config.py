@@ -270,3 +270,29 @@ def test_a_run_config_with_a_removed_key_still_loads_with_a_warning():
     assert cfg.faults.size == 128
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['margn'\]"):
         config_from_dict({"faults": {"margn": 0.5}}, "old/config.yaml")
+
+
+def test_realiad_unified_config_is_the_paper_setup_with_one_model_for_all_30_classes():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "realiad_unified.yaml")
+    paper = load_config(root / "configs" / "paper.yaml")
+    spec = (root.parent / "shared" / "spec" / "data-and-evaluation.md")
+    assert cfg.model.unified and cfg.model.class_conditioning == "latent"
+    assert len(cfg.data.categories) == len(set(cfg.data.categories)) == 30
+    if spec.is_file():  # the class list of the data spec
+        line = " ".join(spec.read_text().split("- Classes:")[1].split("\n- ")[0].split())
+        assert sorted(cfg.data.categories) == sorted(c.strip(" .") for c in line.split(","))
+    for section in ("features", "masks", "eval"):
+        assert getattr(cfg, section) == getattr(paper, section), section
+    assert cfg.train == paper.train
+
+
+def test_unified_settings_are_checked():
+    with pytest.raises(ConfigError, match="model.class_conditioning"):
+        load_config(None, ["model.unified=true", "model.class_conditioning=mixture"]).validate()
+    with pytest.raises(ConfigError, match="single_view"):
+        load_config(None, ["model.unified=true", "model.single_view=true"]).validate()
+    with pytest.raises(ConfigError, match="class_embed_dim"):
+        load_config(None, ["model.class_embed_dim=0"]).validate()

@@ -73,8 +73,12 @@ def predict(
     workers: int = 2,
     masks_backend: str = "torch",
     maps: str = "png",
+    class_name: str | None = None,
 ) -> list[dict[str, Any]]:
     """Score every sample of a data set with a trained class model (``<run>/<class>``).
+
+    A unified multi-class model (``<run>/unified``) scores each object under ``class_name``, or under
+    the class it identifies when none is given (:mod:`multiflow.engine.unified_predict`).
 
     ``resolution``: Real-IAD resolution folder (``realiad_<resolution>``); empty = the only one present.
     ``threshold``: a finite number (else :class:`~multiflow.errors.ConfigError`) overriding the calibrated one.
@@ -94,10 +98,11 @@ def predict(
 
     from multiflow.config import DataConfig
     from multiflow.engine.factories import open_dataset
-    from multiflow.engine.predict import Predictor, predict_dataset
+    from multiflow.engine.predict import predict_dataset
+    from multiflow.engine.unified_predict import open_predictor
 
-    predictor = Predictor(model_dir, threshold=threshold, device=device, precision=precision,
-                          masks_backend=masks_backend)
+    predictor = open_predictor(model_dir, class_name=class_name, threshold=threshold, device=device,
+                               precision=precision, masks_backend=masks_backend)
     # incomplete objects are listed by the data set and scored or reported by predict_dataset
     data = DataConfig(root=str(data_root), format=data_format, views=list(predictor.view_names), resolution=resolution,
                       flips=dict(predictor.bundle.flips), skip_incomplete=True)
@@ -105,7 +110,7 @@ def predict(
         data.manifest, data.root = str(data_root), ""
     with warnings.catch_warnings():  # the data set's "skipped N samples" warning: predict reports them itself
         warnings.filterwarnings("ignore", message=".*incomplete/duplicated sample")
-        ds = open_dataset(data, category or predictor.bundle.category, split, predictor.input_size, load_masks=False)
+        ds = open_dataset(data, category or class_name or predictor.bundle.category, split, predictor.input_size, load_masks=False)
     out = Path(out_dir) if out_dir else Path(model_dir) / "predictions"
     return predict_dataset(predictor, ds, out, progress=progress, batch_size=batch_size, workers=workers,
                            maps=maps)

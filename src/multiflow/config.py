@@ -109,6 +109,17 @@ class ModelConfig:
     cameras: str = ""
     #: height ``z0`` of the plane (world ``z``, the support plane is 0) the ``geometry`` fusion maps through
     plane_height: float = 0.0
+    #: one flow for every class of ``data.categories`` (one bundle, ``<run>/unified/``; issue 23)
+    unified: bool = False
+    #: how a unified flow knows the class: ``none`` (plain, cannot identify), ``embedding`` (learned
+    #: class embedding to every st-network) or ``latent`` (a Gaussian per class in the latent)
+    class_conditioning: str = "latent"
+    #: size of the class embedding (``class_conditioning: embedding``)
+    class_embed_dim: int = 8
+    #: learn a per-class latent log-scale besides the mean (``class_conditioning: latent``)
+    latent_scale: bool = True
+    #: ``class_conditioning: latent``: the class means start as N(0, std^2) draws (0: all at the origin)
+    latent_init_std: float = 0.0
 
 
 @dataclass
@@ -196,6 +207,9 @@ class ThresholdConfig:
     false_reject: float = DEFAULT_FALSE_REJECT
     confidence: float = DEFAULT_CONFIDENCE
     calibration_fraction: float = 0.1
+    #: a unified model's unknown-class cut-off: the rate of good objects of a known class it may
+    #: flag as an unknown class (0 = the same target as ``false_reject``), at ``confidence``
+    unknown_false_reject: float = 0.0
 
 
 @dataclass
@@ -279,6 +293,12 @@ class RunConfig:
                           "of good parts); state that instead", stacklevel=2)
         if self.train.view_dropout > 0 and self.model.single_view:
             raise ConfigError("train.view_dropout needs the multi-view flow (model.single_view=false)")
+        if self.model.unified:
+            from multiflow.flow.unified import CLASS_CONDITIONINGS
+
+            _choice("model.class_conditioning", self.model.class_conditioning, set(CLASS_CONDITIONINGS))
+            if self.model.single_view:
+                raise ConfigError("model.unified needs the multi-view flow (model.single_view=false)")
         if len(self.train.betas) != 2:
             raise ConfigError(f"train.betas must have two values, got {self.train.betas}")
         return self
@@ -352,6 +372,9 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "faults.grid": {"gt": 0},
     "faults.false_alarm": {"gt": 0, "lt": 1},
     "faults.flow_swap_share": {"gt": 0, "lt": 1},
+    "model.class_embed_dim": {"gt": 0},
+    "threshold.unknown_false_reject": {"ge": 0, "lt": 1},
+    "model.latent_init_std": {"ge": 0},
 }
 
 

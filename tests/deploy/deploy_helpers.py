@@ -63,3 +63,35 @@ def make_bundle(folder: Path, *, threshold: float = 0.0, provider: str = "none",
     )
     save_bundle(folder, flow, bundle)
     return folder
+
+
+
+def make_unified_bundle(folder: Path, *, classes=("cup", "lid"), conditioning: str = "latent",
+                        thresholds=(1.0, 1.0), cutoffs=(1e9, 1e9)) -> Path:
+    """A unified multi-class bundle (format 4, ``<folder>/unified``) with a randomised
+    :class:`UnifiedFlow` on the backbone of :func:`make_bundle`; per-class thresholds and unknown-class
+    cut-offs as given."""
+    import dataclasses
+
+    from multiflow.engine.bundle import ClassSpec, ThresholdSpec, read_bundle, save_bundle
+    from multiflow.flow import ViewGraph
+    from multiflow.flow.unified import UnifiedFlow
+    from multiflow.scoring import fit_threshold
+
+    make_bundle(folder / "_base")
+    bundle = read_bundle(folder / "_base")
+    flow = UnifiedFlow(bundle.features.channels, ViewGraph.real_iad(2, names=VIEWS), classes=list(classes),
+                       class_conditioning=conditioning, n_blocks=2, hidden=8, kernel_sizes=(3, 3), seed=4)
+    gen = torch.Generator().manual_seed(12)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    flow.eval()
+    base = fit_threshold([1.0, 1.1, 0.9, 1.05, 0.95, 1.02])
+    bundle.per_class = {c: ClassSpec(threshold=ThresholdSpec(value=float(t)),
+                                     unknown=dataclasses.replace(base, value=float(u)))
+                        for c, t, u in zip(classes, thresholds, cutoffs)}
+    bundle.classes, bundle.class_conditioning, bundle.category = list(classes), conditioning, "unified"
+    bundle.threshold = bundle.per_class[classes[0]].threshold
+    save_bundle(folder / "unified", flow, bundle)
+    return folder / "unified"

@@ -23,7 +23,7 @@ from multiflow.engine.bundle import (
     save_bundle,
     set_threshold,
 )
-from multiflow.errors import CheckpointError
+from multiflow.errors import CheckpointError, ConfigError
 from multiflow.flow import MultiFlow, ViewGraph, save_flow
 
 VIEWS = ["top", "left", "right"]
@@ -312,7 +312,7 @@ def test_format_3_threshold_states_its_target_outliers_and_per_view_count_values
     bundle.threshold = _fitted_threshold()
     save_bundle(tmp_path, flow, bundle)
     data = json.loads((tmp_path / "model.json").read_text())
-    assert data["format"] == "multiflow-model/3" == BUNDLE_FORMAT
+    assert data["format"] == "multiflow-model/4" == BUNDLE_FORMAT
     assert data["threshold"]["fit"]["false_reject"] == 0.01 and data["threshold"]["fit"]["needed_n"] == 230
     assert data["threshold"]["fit"]["outliers"] == [{"sample_id": "n11", "score": 11.0}]
     loaded = read_bundle(tmp_path)
@@ -365,3 +365,70 @@ def test_a_hand_set_threshold_applies_to_every_view_count(tmp_path):
     assert b.threshold.for_views(2, 3) == 3.0 == b.threshold.for_views(3, 3)
     assert b.threshold.fit is None and b.threshold.by_views == {}
     assert read_bundle(tmp_path).threshold.warnings == ["threshold set by hand (set by qa); no stated false-reject rate"]
+
+
+# ------------------------------------------------------------------ format 4: the unified multi-class bundle
+def _unified(conditioning="embedding"):
+    from multiflow.flow.unified import UnifiedFlow
+
+    flow = UnifiedFlow(4, ViewGraph.real_iad(2, names=VIEWS), classes=["cup", "lid"], class_conditioning=conditioning,
+                       n_blocks=1, hidden=4, kernel_sizes=(3,), seed=1).eval()
+    from multiflow.engine.bundle import ClassSpec
+    from multiflow.scoring import fit_threshold
+
+    bundle = _bundle(flow)
+    ids = [f"n{i}" for i in range(6)]
+    specs = {}
+    for i, c in enumerate(["cup", "lid"]):
+        fit = fit_threshold([1.0 + i, 1.1 + i, 1.2 + i, 1.05 + i, 0.95 + i, 1.15 + i], ids)
+        unknown = fit_threshold([3.0 + i, 3.1 + i, 3.2 + i, 3.05 + i, 2.95 + i, 3.15 + i], ids)
+        thr = ThresholdSpec(value=fit.value, fit=fit, calibration_maps=f"calibration_maps.{c}.npz")
+        specs[c] = ClassSpec(threshold=thr, camera_faults="", unknown=unknown, identified=1.0, train_samples=20,
+                             calibration_samples=6)
+    bundle.category, bundle.classes, bundle.class_conditioning, bundle.per_class = "unified", ["cup", "lid"], \
+        conditioning, specs
+    bundle.threshold = specs["cup"].threshold
+    return flow, bundle
+
+
+def test_format_4_unified_bundle_round_trip(tmp_path):
+    from multiflow.flow.unified import UnifiedFlow
+
+    flow, bundle = _unified()
+    save_bundle(tmp_path, flow, bundle)
+    data = json.loads((tmp_path / "model.json").read_text())
+    assert data["format"] == "multiflow-model/4" and data["classes"] == ["cup", "lid"]
+    loaded_flow, loaded = load_bundle(tmp_path)
+    assert loaded == bundle and type(loaded_flow) is UnifiedFlow and loaded_flow.classes == ["cup", "lid"]
+    lid = loaded.for_class("lid")
+    assert lid.category == "lid" and lid.threshold.value == bundle.per_class["lid"].threshold.value != \
+        bundle.per_class["cup"].threshold.value
+    with pytest.raises(ConfigError, match="not one of"):
+        loaded.for_class("bowl")
+    x = torch.randn(1, 3, 4, 2, 2)
+    torch.testing.assert_close(loaded_flow(x, classes=1).nll, flow(x, classes=1).nll, rtol=0, atol=0)
+    # malformed class sections are clear errors
+    cup, lid = data["per_class"]["cup"], data["per_class"]["lid"]
+    for bad, match in [({"per_class": {"cup": cup}}, "per_class holds"),
+                       ({"classes": ["cup", "../lid"], "per_class": {"cup": cup, "../lid": lid}}, "plain names"),
+                       ({"class_conditioning": "mixture"}, "class_conditioning"),
+                       ({"classes": ["lid", "cup"]}, "differ from model.json")]:
+        (tmp_path / "model.json").write_text(json.dumps(data | bad))
+        with pytest.raises(CheckpointError, match=match):
+            load_bundle(tmp_path)
+
+
+def test_format_3_bundle_still_loads_as_a_class_model(tmp_path):
+    """A class model's model.json as format 3 wrote it (no class fields) loads, and is not unified."""
+    flow = _flow()
+    bundle = _bundle(flow)
+    bundle.threshold = _fitted_threshold()
+    save_bundle(tmp_path, flow, bundle)
+    data = json.loads((tmp_path / "model.json").read_text())
+    v3 = {k: v for k, v in data.items() if k not in ("classes", "class_conditioning", "per_class")}
+    (tmp_path / "model.json").write_text(json.dumps(v3 | {"format": "multiflow-model/3"}))
+    loaded_flow, loaded = load_bundle(tmp_path)
+    assert type(loaded_flow) is MultiFlow and not loaded.unified and loaded.classes == []
+    assert loaded == bundle and loaded.for_class("part") is loaded
+    with pytest.raises(ConfigError, match="trained for class 'part'"):
+        loaded.for_class("other")

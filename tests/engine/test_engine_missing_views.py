@@ -45,7 +45,7 @@ def run(tmp_path_factory):
 def test_model_records_support_and_fault_statistics(run):
     folder, _ = run
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["format"] == "multiflow-model/3"
+    assert meta["format"] == "multiflow-model/4"
     assert meta["supports_missing_views"] is True and meta["view_dropout"] == 0.3
     assert meta["camera_faults"] == "camera_faults.json" and (folder / "camera_faults.json").is_file()
 

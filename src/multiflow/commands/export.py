@@ -16,13 +16,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mask", action="store_true",
                    help="export without the foreground-mask input (every pixel counts)")
     p.add_argument("--threshold", type=number_arg(), help="override the calibrated decision threshold")
+    p.add_argument("--class", dest="class_name", default=None,
+                   help="unified multi-class model (results/<run>/unified): the class to export (one graph per class)")
     p.add_argument("--opset", type=number_arg(integer=True, gt=0), default=17, help="ONNX opset version (default 17)")
 
 
 def run(args: argparse.Namespace) -> int:
     from multiflow.deploy.onnx_export import export_onnx, onnx_metadata
 
-    path = export_onnx(args.model, args.out, with_mask=not args.no_mask, threshold=args.threshold, opset=args.opset)
+    path = export_onnx(args.model, args.out, with_mask=not args.no_mask, threshold=args.threshold, opset=args.opset,
+                       class_name=args.class_name)
     meta = onnx_metadata(path)
     s = meta["input_size"]
     h, w = meta["feature_size"]

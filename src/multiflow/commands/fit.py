@@ -7,7 +7,8 @@ import argparse
 from multiflow.commands._common import add_config_options, overrides_from
 
 NAME = "fit"
-HELP = "train one Multi-Flow model per class (features and masks are extracted and cached first)"
+HELP = ("train one Multi-Flow model per class, or one for all classes with --set model.unified=true "
+        "(features and masks are extracted and cached first)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

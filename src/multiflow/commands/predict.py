@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--watch: seconds a view file must be unchanged before it is read (default 1.0)")
     p.add_argument("--poll", type=number_arg(gt=0), default=0.25,
                    help="--watch: seconds between scans of the folder (default 0.25)")
+    p.add_argument("--class", dest="class_name", default=None,
+                   help="unified multi-class model: the class of the objects (default: identified per object)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -71,14 +73,16 @@ def _dataset(args: argparse.Namespace) -> int:
                    category=args.category, resolution=args.resolution, out_dir=args.out, threshold=args.threshold,
                    progress=not args.quiet, device=args.device, precision=args.precision,
                    batch_size=args.batch_size, workers=args.workers, masks_backend=args.masks_backend,
-                   maps=args.maps)
+                   maps=args.maps, class_name=args.class_name)
     n_ng = sum(r["decision"] == "NG" for r in rows)
     n_cam = sum(r["decision"] == "CHECK CAMERA" for r in rows)
+    n_unknown = sum(r["decision"] == "UNKNOWN CLASS" for r in rows)
     for r in rows:
         print(_line(r))
     for k in rows.skipped:  # objects not scored (incomplete without view-dropout support, unreadable, bad id)
         print(f"{k['sample_id']}: SKIPPED ({k['reason']})")
-    print(f"{len(rows)} samples, {n_ng} NG, {n_cam} CHECK CAMERA, {len(rows) - n_ng - n_cam} OK"
+    print(f"{len(rows)} samples, {n_ng} NG, {n_cam} CHECK CAMERA, "
+          + (f"{n_unknown} UNKNOWN CLASS, " if n_unknown else "") + f"{len(rows) - n_ng - n_cam - n_unknown} OK"
           + (f"; {len(rows.skipped)} skipped (listed in summary.json)" if rows.skipped else ""))
     if rows.timing:
         print(format_report(rows.timing) + f"; batch {rows.timing['batch_size']}, {rows.timing['workers']} decode "
@@ -94,6 +98,9 @@ def _line(r: dict) -> str:
     views = " ".join(f"{k}={'-' if v is None else f'{v:.2f}'}" for k, v in r["view_scores"].items())
     score = "-" if r["sample_score"] is None else f"{r['sample_score']:.3f}"
     line = f"{r['sample_id']}: {r['decision']} (score {score}, threshold {r['threshold']:.3f}) {views}"
+    if "class" in r:
+        margin = "" if r["class_margin"] is None else f", margin {r['class_margin']:.3f}"
+        line += f" | class {r['class']} ({r['class_source']}{margin})"
     if r["camera_faults"]:
         line += " | camera faults: " + "; ".join(f"{f['view']} {f['fault']}" for f in r["camera_faults"])
         line += f" | product: {r['product_decision'] or 'not scored'}"

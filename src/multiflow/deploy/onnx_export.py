@@ -14,6 +14,14 @@ The exported graph (:class:`InferenceGraph`) computes, for a batch of samples,
   (:func:`multiflow.scoring.score_maps` with the bundle's :class:`multiflow.scoring.ScorePostprocess`),
   traced into the graph.
 
+A unified multi-class model (``<run>/unified``) is exported as one graph per class
+(``export_onnx(..., class_name=...)``, ``multiflow export --class``): the class is baked into the
+graph (:class:`ClassBoundFlow`), the threshold is the class's, and the decision also flags an object
+whose mean foreground NLL under the class exceeds the class's unknown-class cut-off (``decision``
+true = not OK: NG or an unknown class); the metadata names the ``category`` (the class),
+``classes`` and ``unknown_class_cutoff``. Identifying the class is not part of an exported graph
+(one graph per class; the caller knows the product on the line).
+
 The batch axis is dynamic. The file carries the model's description as ONNX metadata
 (``view_names``, ``threshold``, ``input_size``, ``feature_size``, ``aggregation``, ...; read it
 with :func:`onnx_metadata`). Export uses the TorchScript-based exporter
@@ -41,6 +49,19 @@ OUTPUT_NAMES = ("anomaly_maps", "view_scores", "sample_score", "decision")
 DEFAULT_OPSET = 17
 
 
+class ClassBoundFlow(nn.Module):
+    """A unified flow with its class fixed (``forward(features)`` as a class model's flow), for export."""
+
+    def __init__(self, flow: nn.Module, class_index: int) -> None:
+        super().__init__()
+        self.flow = flow.eval()
+        self.class_index = int(class_index)
+
+    def forward(self, features: Tensor):
+        labels = torch.zeros(features.shape[0], dtype=torch.long, device=features.device) + self.class_index
+        return self.flow(features, classes=labels)
+
+
 class InferenceGraph(nn.Module):
     """Backbone + flow + scoring + threshold as one module (see the module docstring).
 
@@ -59,7 +80,7 @@ class InferenceGraph(nn.Module):
 
     def __init__(self, *, extractor: nn.Module, flow: nn.Module, threshold: float, aggregation: str = "max",
                  with_mask: bool = True, feature_dtype: str = "float32",
-                 postprocess: ScorePostprocess | None = None) -> None:
+                 postprocess: ScorePostprocess | None = None, unknown_cutoff: float | None = None) -> None:
         super().__init__()
         check_aggregation(aggregation)
         if feature_dtype not in ("float16", "float32"):
@@ -72,6 +93,8 @@ class InferenceGraph(nn.Module):
         self.input_size = int(extractor.input_size)
         self.postprocess = postprocess if postprocess is not None else ScorePostprocess(image_size=self.input_size)
         self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float32))
+        # a unified model's class: the decision also flags an object unlike the class (unknown class)
+        self.unknown_cutoff = None if unknown_cutoff is None else float(unknown_cutoff)
         self.eval()
 
     def train(self, mode: bool = True) -> "InferenceGraph":
@@ -100,24 +123,42 @@ class InferenceGraph(nn.Module):
                             f"got {tuple(mask.shape)}")
         nll = self.flow(feats, fg=mask).nll  # (B, V, h, w); the mask is also the fusion's foreground
         maps, view_scores, sample = score_maps(nll, mask, self.aggregation, self.postprocess)
-        return maps, view_scores, sample, decide(sample, self.threshold)
+        decision = decide(sample, self.threshold)
+        if self.unknown_cutoff is not None:
+            from multiflow.flow.unified import UnifiedFlow
+
+            decision = decision | (UnifiedFlow._fg_mean(nll, mask, None) > self.unknown_cutoff)
+        return maps, view_scores, sample, decision
 
 
 def load_inference_graph(model_dir: str | os.PathLike, *, threshold: float | None = None,
-                         with_mask: bool = True) -> tuple[InferenceGraph, dict[str, Any]]:
+                         with_mask: bool = True,
+                         class_name: str | None = None) -> tuple[InferenceGraph, dict[str, Any]]:
     """Build the :class:`InferenceGraph` of a trained class model (``<run>/<class>``).
 
     Returns ``(graph, meta)`` where ``meta`` is the model's bundle as a dict (``threshold`` the value
     used). The backbone is rebuilt exactly as :class:`multiflow.engine.predict.Predictor` does
-    (weights digest, input size and layer checked).
+    (weights digest, input size and layer checked). A unified model needs ``class_name``: the graph
+    of that class (module docstring).
     """
-    from multiflow.engine.predict import Predictor
+    from multiflow.engine.bundle import read_bundle
+    from multiflow.engine.unified_predict import open_predictor
 
-    pred = Predictor(model_dir, threshold=threshold, device="cpu")  # export traces on the CPU
-    graph = InferenceGraph(extractor=pred.extractor, flow=pred.flow, threshold=pred.threshold,
+    if read_bundle(Path(model_dir)).unified and not class_name:
+        raise ConfigError(f"{model_dir} is a unified multi-class model: export one graph per class "
+                          "(class_name=..., multiflow export --class NAME)")
+    pred = open_predictor(model_dir, class_name=class_name, threshold=threshold, device="cpu")  # traces on the CPU
+    flow, cutoff, extra = pred.flow, None, {}
+    if getattr(pred, "classes", None):
+        flow = ClassBoundFlow(pred.flow, pred.classes.index(class_name))
+        spec = pred.unified_bundle.per_class[class_name]
+        cutoff = None if spec.unknown is None else float(spec.unknown.value)
+        extra = {"classes": list(pred.classes), "unknown_class_cutoff": cutoff}
+    graph = InferenceGraph(extractor=pred.extractor, flow=flow, threshold=pred.threshold,
                            aggregation=pred.aggregation, with_mask=with_mask,
-                           feature_dtype=pred.bundle.features.dtype, postprocess=pred.postprocess)
-    return graph, dict(pred.meta, threshold=pred.threshold, view_names=list(pred.view_names))
+                           feature_dtype=pred.bundle.features.dtype, postprocess=pred.postprocess,
+                           unknown_cutoff=cutoff)
+    return graph, dict(pred.meta, threshold=pred.threshold, view_names=list(pred.view_names), **extra)
 
 
 def export_onnx(
@@ -128,6 +169,7 @@ def export_onnx(
     threshold: float | None = None,
     opset: int = DEFAULT_OPSET,
     check: bool = True,
+    class_name: str | None = None,
 ) -> Path:
     """Export a trained class model to ONNX; returns the written path.
 
@@ -141,7 +183,7 @@ def export_onnx(
     """
     onnx = require("onnx", purpose="ONNX export")
 
-    graph, meta = load_inference_graph(model_dir, threshold=threshold, with_mask=with_mask)
+    graph, meta = load_inference_graph(model_dir, threshold=threshold, with_mask=with_mask, class_name=class_name)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     v = len(meta["view_names"])
@@ -177,6 +219,9 @@ def export_onnx(
                 "backbone": json.dumps(meta["features"]),
                 "feature_dtype": meta["features"]["dtype"],
             }
+            if "unknown_class_cutoff" in meta:  # one class of a unified model
+                props["classes"] = json.dumps(meta["classes"])
+                props["unknown_class_cutoff"] = json.dumps(meta["unknown_class_cutoff"])
             onnx.helper.set_model_props(model, props)
             if check:
                 onnx.checker.check_model(model)

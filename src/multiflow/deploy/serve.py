@@ -5,15 +5,16 @@ Endpoints
 ``GET /health``
     ``{"status": "ok", "category", "view_names", "threshold", "input_size", "limits"}``.
 ``POST /predict`` (``multipart/form-data``, one file field per view name, e.g. ``C1=@top.png``)
-    the decision JSON of docs/deployment.md (``{"sample_id", "decision": "OK"|"NG"|"CHECK CAMERA",
-    "product_decision", "sample_score", "threshold", "view_scores": {view: score or null},
+    the decision JSON of docs/deployment.md (``{"sample_id", "decision": "OK"|"NG"|"CHECK CAMERA"
+    (or "UNKNOWN CLASS": a unified model), "product_decision", "sample_score", "threshold", "view_scores": {view: score or null},
     "missing_views", "camera_faults": [{"view", "fault", "reason", "other_view"?}], "aggregation"}``).
     A model trained with view dropout accepts any non-empty subset of its views (the others are
     listed in ``missing_views``); other models answer 400 naming the missing views. With ``?maps=png`` the JSON also holds
     ``"maps": {view: base64 PNG}`` (views that were scored): 8-bit grey images of the anomaly map (bilinearly upsampled to
     the input image size) with ``grey = 255 * (map - lo) / (hi - lo)`` clipped to ``[0, 255]``, and
     ``"map_range": [lo, hi]`` (the min and max over all views of the sample), so values can be
-    recovered to 1/255 of that range. An optional form field ``sample_id`` names the sample.
+    recovered to 1/255 of that range. An optional form field ``sample_id`` names the sample; for a unified multi-class model
+    (``<run>/unified``) an optional field ``class`` gives the object's class (default: identified).
 
 Validation (every failure is a 4xx JSON ``{"detail": message}``; nothing reaches the model):
 411 without ``Content-Length``; 413 for a body over ``max_request_bytes`` or an image over
@@ -171,7 +172,8 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
     from multiflow.numbers import check_number
 
     limits = limits or ServiceLimits()
-    check_number(predictor.threshold, "threshold")  # a NaN threshold would pass every part
+    if predictor.threshold is not None:  # None: a unified model's per-class thresholds (checked in its bundle)
+        check_number(predictor.threshold, "threshold")  # a NaN threshold would pass every part
     if getattr(predictor, "preprocessor", None) is not None and predictor.preprocessor.needs_paths:
         from multiflow.errors import ConfigError
 
@@ -204,9 +206,12 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
         return JSONResponse(status_code=500, content={
             "detail": f"internal error ({type(exc).__name__}); the server log has the details"})
 
-    def _score(images: torch.Tensor, given: list[str], sample_id: str, maps: str | None) -> dict[str, Any]:
+    def _score(images: torch.Tensor, given: list[str], sample_id: str, maps: str | None,
+               class_name: str = "") -> dict[str, Any]:
+        # a unified multi-class model takes the object's class (form field ``class``; else it identifies it)
+        kw = {"class_name": class_name} if class_name else {}
         with lock, torch.inference_mode():
-            pred = predictor.predict(images, given, sample_id)
+            pred = predictor.predict(images, given, sample_id, **kw)
         out = pred.as_dict() | {"aggregation": predictor.aggregation}
         if maps == "png":
             scored = [i for i in range(len(view_names)) if np.isfinite(pred.maps_full[i]).all()]
@@ -225,6 +230,7 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
             "threshold": predictor.threshold,
             "threshold_warnings": predictor.bundle.threshold.warnings,
             "input_size": predictor.input_size,
+            **({"classes": list(predictor.classes)} if hasattr(predictor, "classes") else {}),
             "limits": asdict(limits) | {"max_images": max_images},
         }
 
@@ -246,11 +252,14 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
         try:
             files: dict[str, list[bytes]] = {}
             sample_id = ""
+            class_name = ""
             for key, value in form.multi_items():
                 if isinstance(value, UploadFile):
                     files.setdefault(key, []).append(await value.read())
                 elif key == "sample_id":
                     sample_id = str(value)[:200]
+                elif key == "class" and hasattr(predictor, "classes"):  # a unified model's object class
+                    class_name = str(value)[:200]
                 else:
                     raise RequestError(400, f"unexpected form field {key!r} (views: {view_names}; or sample_id)")
         finally:
@@ -258,7 +267,7 @@ def create_app(predictor: Any, *, limits: ServiceLimits | None = None):
         images, given = collect_views(files, view_names, max_images, limits.max_image_pixels, flips,
                                       allow_missing=bool(getattr(predictor, "supports_missing_views", False)))
         del files
-        return await run_in_threadpool(_score, images, given, sample_id, maps)
+        return await run_in_threadpool(_score, images, given, sample_id, maps, class_name)
 
     return app
 
@@ -271,8 +280,8 @@ def serve(model_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 
         require(module, purpose="multiflow serve")
     uvicorn = require("uvicorn", purpose="multiflow serve")
 
-    from multiflow.engine.predict import Predictor
+    from multiflow.engine.unified_predict import open_predictor
 
-    predictor = Predictor(model_dir, threshold=threshold, device=device, precision=precision)
+    predictor = open_predictor(model_dir, threshold=threshold, device=device, precision=precision)
     uvicorn.run(create_app(predictor, limits=limits), host=host, port=port, log_level=log_level,
                 limit_concurrency=64, timeout_keep_alive=5)

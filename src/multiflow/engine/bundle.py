@@ -18,14 +18,19 @@ Format history: ``multiflow-model/1`` was a flat dict (``engine/pipeline.py`` be
 (``threshold.quantile``) and a per-view score calibration; it loads (a calibration other than
 ``none`` is refused: the modes were removed), its threshold without a stated false-reject rate
 (:attr:`ThresholdSpec.warnings` says so). ``multiflow-model/3`` adds ``threshold.fit``,
-``threshold.by_views`` and ``threshold.calibration_maps``. Loading executes no code from the files.
+``threshold.by_views`` and ``threshold.calibration_maps``. ``multiflow-model/4`` adds the unified
+multi-class model (issue 23): ``classes`` (the class names in the flow's index order; empty for a
+one-class model), ``class_conditioning`` and ``per_class`` (per class: its threshold, camera-fault
+statistics and unknown-class cut-off, :class:`ClassSpec`); formats 3 and 2 load as one-class models.
+A unified bundle's top-level ``threshold`` and ``camera_faults`` are those of ``classes[0]``;
+consumers take a class's with :meth:`ModelBundle.for_class`. Loading executes no code from the files.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +41,9 @@ from multiflow.config import FeatureConfig, MaskConfig
 from multiflow.errors import CheckpointError, ConfigError
 from multiflow.scoring import ScoringSpec, ThresholdFit, check_aggregation
 
-BUNDLE_FORMAT = "multiflow-model/3"
+BUNDLE_FORMAT = "multiflow-model/4"
 #: formats read with the current parser (fields added since have defaults)
-READABLE_FORMATS = (BUNDLE_FORMAT, "multiflow-model/2")
+READABLE_FORMATS = (BUNDLE_FORMAT, "multiflow-model/3", "multiflow-model/2")
 #: formats migrated on load
 LEGACY_FORMATS = ("multiflow-model/1",)
 BUNDLE_FILE = "model.json"
@@ -181,6 +186,28 @@ class TrainingRecord:
 
 
 @dataclass
+class ClassSpec:
+    """What a unified bundle stores per class (format 4).
+
+    ``threshold``: the class's decision threshold, fitted on its own held-out calibration objects
+    (maps under the class). ``camera_faults``: its camera-fault statistics file in the bundle folder
+    (empty: none). ``unknown``: the unknown-class cut-off on the object's mean foreground NLL under
+    the class (:meth:`multiflow.flow.unified.UnifiedFlow.object_nll`), fitted the same way on the
+    class's calibration objects: an object whose NLL under its (given or identified) class exceeds it
+    is reported ``UNKNOWN CLASS``. ``identified``: the share of the class's calibration objects the
+    model identified as the class (None: the model cannot identify). ``train_samples`` and
+    ``calibration_samples``: the class's objects the flow trained on / the threshold was fitted on.
+    """
+
+    threshold: ThresholdSpec
+    camera_faults: str = ""
+    unknown: ThresholdFit | None = None
+    identified: float | None = None
+    train_samples: int = 0
+    calibration_samples: int = 0
+
+
+@dataclass
 class ModelBundle:
     """A trained class model's description (``model.json``, format :data:`BUNDLE_FORMAT`)."""
 
@@ -198,6 +225,26 @@ class ModelBundle:
     view_dropout: float = 0.0
     camera_faults: str = ""
     format: str = BUNDLE_FORMAT
+    #: the classes of a unified model, in the flow's index order (empty: a one-class model)
+    classes: list[str] = field(default_factory=list)
+    class_conditioning: str = ""
+    per_class: dict[str, ClassSpec] = field(default_factory=dict)
+
+    @property
+    def unified(self) -> bool:
+        return bool(self.classes)
+
+    def for_class(self, name: str) -> "ModelBundle":
+        """The bundle as one class sees it (its threshold and camera statistics, ``category`` the
+        class); for a one-class bundle, itself when ``name`` is its category or empty."""
+        if not self.classes:
+            if name and name != self.category:
+                raise ConfigError(f"this model is trained for class {self.category!r}, not {name!r}")
+            return self
+        if name not in self.per_class:
+            raise ConfigError(f"class {name!r} is not one of the unified model's classes {self.classes}")
+        spec = self.per_class[name]
+        return replace(self, category=name, threshold=spec.threshold, camera_faults=spec.camera_faults)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``format`` first)."""
@@ -224,6 +271,9 @@ class ModelBundle:
                 supports_missing_views=bool(data.get("supports_missing_views", False)),
                 view_dropout=float(data.get("view_dropout", 0.0)),
                 camera_faults=str(data.get("camera_faults") or ""),
+                classes=[str(c) for c in (data.get("classes") or [])],
+                class_conditioning=str(data.get("class_conditioning") or ""),
+                per_class={str(k): _class_spec(v, where, str(k)) for k, v in (data.get("per_class") or {}).items()},
             )
         except KeyError as exc:
             raise CheckpointError(f"model description lacks the field {exc.args[0]!r}", where) from None
@@ -262,6 +312,30 @@ class ModelBundle:
             raise CheckpointError(
                 f"camera_faults must name a file in the class folder, got {self.camera_faults!r}", where
             )
+        if self.classes or self.per_class:
+            self._check_classes(where)
+
+    def _check_classes(self, where: str | Path) -> None:
+        from multiflow.flow.unified import CLASS_CONDITIONINGS
+
+        if len(set(self.classes)) != len(self.classes) or any(
+                not c or Path(c).name != c or c.startswith(".") for c in self.classes):
+            raise CheckpointError(f"classes must be unique plain names, got {self.classes}", where)
+        if sorted(self.per_class) != sorted(self.classes):
+            raise CheckpointError(f"per_class holds {sorted(self.per_class)}, the model's classes are "
+                                  f"{sorted(self.classes)}", where)
+        if self.class_conditioning not in CLASS_CONDITIONINGS:
+            raise CheckpointError(f"class_conditioning {self.class_conditioning!r} is not one of "
+                                  f"{list(CLASS_CONDITIONINGS)}", where)
+        if self.single_view:
+            raise CheckpointError("a unified model is a multi-view model (single_view is set)", where)
+        for name, spec in self.per_class.items():
+            if not np.isfinite(float(spec.threshold.value)):
+                raise CheckpointError(f"per_class[{name!r}].threshold {spec.threshold.value!r} is not finite", where)
+            for f in (spec.camera_faults, spec.threshold.calibration_maps):
+                if f and Path(f).name != f:
+                    raise CheckpointError(f"per_class[{name!r}] must name files in the bundle folder, got {f!r}",
+                                          where)
 
 
 def _without_soft(masks: Any) -> Any:
@@ -289,6 +363,18 @@ def _scoring(data: Any, where: str | Path) -> ScoringSpec:
         return ScoringSpec.from_dict(data)
     except (ConfigError, ValueError, TypeError) as exc:
         raise CheckpointError(f"model description: malformed 'scoring': {exc}", where) from None
+
+
+def _class_spec(data: Any, where: str | Path, name: str) -> ClassSpec:
+    spec = _build(ClassSpec, data, where, f"per_class.{name}")
+    spec.threshold = _threshold(spec.threshold, where)
+    try:
+        spec.unknown = None if spec.unknown is None else ThresholdFit.from_dict(spec.unknown)
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"model description: malformed 'per_class.{name}.unknown': {exc}", where) from None
+    spec.camera_faults = str(spec.camera_faults or "")
+    spec.identified = None if spec.identified is None else float(spec.identified)
+    return spec
 
 
 def _threshold(data: Any, where: str | Path) -> ThresholdSpec:
@@ -383,9 +469,13 @@ def _flow_config(path: Path) -> dict[str, Any] | None:
 def flow_class(bundle: ModelBundle) -> type:
     """The flow class that rebuilds the bundle's flow file: :class:`multiflow.flow.SingleViewFlow`
     where the bundle records ``single_view``, else :class:`multiflow.flow.MultiFlow` (both store a
-    ``MultiFlow`` config and state dict, so the file alone does not tell them apart)."""
+    ``MultiFlow`` config and state dict, so the file alone does not tell them apart);
+    :class:`multiflow.flow.unified.UnifiedFlow` for a unified bundle (``classes``)."""
     from multiflow.flow import MultiFlow, SingleViewFlow
+    from multiflow.flow.unified import UnifiedFlow
 
+    if bundle.classes:
+        return UnifiedFlow
     return SingleViewFlow if bundle.single_view else MultiFlow
 
 
@@ -438,6 +528,7 @@ def save_bundle(folder: str | Path, flow, bundle: ModelBundle) -> None:
             f"{bundle.single_view}) rebuilds a {flow_class(bundle).__name__}", folder / BUNDLE_FILE,
         )
     check_graph(flow, bundle, folder / BUNDLE_FILE)
+    check_classes(flow, bundle, folder / BUNDLE_FILE)
     folder.mkdir(parents=True, exist_ok=True)
     save_flow(flow, folder / FLOW_FILE)
     write_bundle(folder, bundle)
@@ -485,7 +576,19 @@ def load_bundle(folder: str | Path):
     flow = load_flow(folder / FLOW_FILE, flow_class=flow_class(bundle))
     flow.eval()
     check_graph(flow, bundle, folder / FLOW_FILE)
+    check_classes(flow, bundle, folder / FLOW_FILE)
     return flow, bundle
+
+
+def check_classes(flow, bundle: ModelBundle, where: str | Path) -> None:
+    """A unified flow's classes and conditioning must be the ones the bundle records."""
+    if not bundle.classes:
+        return
+    if list(flow.classes) != list(bundle.classes) or flow.conditioning != bundle.class_conditioning:
+        raise CheckpointError(
+            f"the flow's classes {list(flow.classes)} ({flow.conditioning}) differ from model.json's "
+            f"{bundle.classes} ({bundle.class_conditioning}): the flow file and the model description do not "
+            "belong together", where)
 
 
 def load_camera_faults(folder: str | Path, bundle: ModelBundle):
@@ -506,7 +609,8 @@ def load_camera_faults(folder: str | Path, bundle: ModelBundle):
     return faults
 
 
-def set_threshold(folder: str | Path, value: float, *, who: str, reason: str) -> ModelBundle:
+def set_threshold(folder: str | Path, value: float, *, who: str, reason: str,
+                  class_name: str | None = None) -> ModelBundle:
     """Set the decision threshold of a trained class model; appends an audit record and rewrites
     ``model.json`` atomically (predict, export and serve read the new value). Returns the bundle.
 
@@ -514,7 +618,10 @@ def set_threshold(folder: str | Path, value: float, *, who: str, reason: str) ->
     per-number-of-views thresholds (which described the fitted value) are dropped.
 
     The read-modify-write holds an exclusive lock (``fcntl.flock``, POSIX) on ``model.json.lock``
-    beside it, so concurrent writers (two review pages, two processes) never lose a record."""
+    beside it, so concurrent writers (two review pages, two processes) never lose a record.
+
+    A unified bundle needs ``class_name``: that class's threshold is set (the top-level one too when
+    it is ``classes[0]``'s); the class's view of the bundle is returned (:meth:`ModelBundle.for_class`)."""
     import fcntl
 
     folder = Path(folder)
@@ -528,17 +635,23 @@ def set_threshold(folder: str | Path, value: float, *, who: str, reason: str) ->
     with open(folder / (BUNDLE_FILE + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
         bundle = read_bundle(folder)
-        bundle.threshold.audit.append(ThresholdChange(
-            value=value, previous=float(bundle.threshold.value), who=str(who),
+        if bundle.unified and not class_name:
+            raise CheckpointError(f"a unified model has one threshold per class {bundle.classes}: name the class",
+                                  folder / BUNDLE_FILE)
+        spec = bundle.for_class(class_name or "").threshold
+        spec.audit.append(ThresholdChange(
+            value=value, previous=float(spec.value), who=str(who),
             when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), reason=str(reason),
         ))
-        bundle.threshold.value = value
-        bundle.threshold.source = f"set by {who}"
+        spec.value = value
+        spec.source = f"set by {who}"
         # the fitted statistics (and the per-number-of-views thresholds) described the old value
-        bundle.threshold.fit = None
-        bundle.threshold.by_views = {}
+        spec.fit = None
+        spec.by_views = {}
+        if bundle.unified and class_name == bundle.classes[0]:
+            bundle.threshold = spec
         write_bundle(folder, bundle)
-    return bundle
+    return bundle.for_class(class_name or "")
 
 
 def check_backbone(extractor, bundle: ModelBundle, where: str | Path) -> None:

@@ -166,7 +166,7 @@ def resolve_camera_rig(model: ModelConfig, data: DataConfig, category: str, view
 
 
 def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: int, *,
-               camera_rig: dict | None = None):
+               camera_rig: dict | None = None, classes: list[str] | None = None):
     """A freshly initialised flow for ``channels`` features of these views: a
     :class:`multiflow.flow.MultiFlow` on the configured view graph, or, with ``model.single_view``,
     the :class:`multiflow.flow.SingleViewFlow` (one shared one-view flow, every image its own
@@ -189,6 +189,15 @@ def build_flow(model: ModelConfig, channels: int, view_names: list[str], seed: i
     )
     if model.single_view:
         return SingleViewFlow(channels, **kwargs)
+    if model.unified:  # one flow for every class of the run (``classes``, in index order)
+        from multiflow.flow.unified import UnifiedFlow
+
+        if not classes:
+            raise ConfigError("model.unified: the unified flow needs the list of classes")
+        return UnifiedFlow(channels, build_graph(model, view_names), classes=list(classes),
+                           class_conditioning=model.class_conditioning, class_embed_dim=model.class_embed_dim,
+                           latent_scale=model.latent_scale, latent_init_std=model.latent_init_std,
+                           camera_rig=camera_rig, **kwargs)
     return MultiFlow(channels, build_graph(model, view_names), camera_rig=camera_rig, **kwargs)
 
 

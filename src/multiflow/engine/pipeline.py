@@ -15,6 +15,10 @@ One model per class (category). A run folder looks like::
         <category>/figures/*.png         Fig. 5 layouts, ROC, histograms, worst FP / FN
         metrics.json / metrics.csv / metrics.md / report.html
 
+With ``model.unified=true`` one flow is trained for every class (:mod:`multiflow.engine.unified`):
+the model is ``<run>/unified/`` (one bundle with per-class thresholds and camera statistics) and
+``test`` writes each class's outputs to ``<run>/<class>/`` as above.
+
 This module only orchestrates: objects are built by :mod:`multiflow.engine.factories`, splits
 prepared by :mod:`multiflow.engine.preprocess`, scores computed by :mod:`multiflow.scoring`,
 results written by :mod:`multiflow.engine.outputs`. Evaluation reads the model's bundle, never the
@@ -68,6 +72,7 @@ from multiflow.engine.factories import (
     run_device,
 )
 from multiflow.engine.preprocess import prepare_split
+from multiflow.engine.unified import UNIFIED_DIR
 from multiflow.errors import CheckpointError, ConfigError, DataError
 from multiflow.scoring import ScoringSpec, check_overrides
 
@@ -284,6 +289,11 @@ def fit_run(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False
         dump_config(cfg, run_dir / "config.yaml")
     barrier(ctx)
     device, _ = run_device(cfg.train)
+    if cfg.model.unified:  # one flow for every class: <run>/unified/ (engine/unified.py)
+        from multiflow.engine.unified import fit_unified
+
+        fit_unified(cfg, run_dir, resume=resume, progress=progress, device=device)
+        return run_dir
     for category in list_categories(cfg.data):
         if progress:
             print(f"== {category}: training on {device}", flush=True)
@@ -294,7 +304,7 @@ def fit_run(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False
 # ---------------------------------------------------------------------------------- evaluation
 def evaluate_category(
     run_dir: Path, category: str, cfg: RunConfig, *, progress: bool = True, pictures: bool | None = None,
-    overrides: dict[str, Any] | None = None, device: torch.device | None = None,
+    overrides: dict[str, Any] | None = None, device: torch.device | None = None, model_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate one class model on its test split; writes metrics, scores, ADEval pkl and figures.
 
@@ -308,6 +318,11 @@ def evaluate_category(
     warnings are issued and stored as ``metrics["threshold_warnings"]``. Features, masks
     and anomaly maps are computed on ``device`` (default: :func:`run_device` of ``cfg.train``), the
     maps in fp32 (:data:`SCORING_PRECISION`) whatever ``train.precision`` was.
+
+    ``model_dir``: the folder of a unified bundle (``<run>/unified``) that holds ``category``; the
+    class is scored under its class with its own threshold (:meth:`ModelBundle.for_class`), the
+    outputs go to ``<run>/<category>/`` as for a class model, and ``metrics.json`` also reports the
+    class identification accuracy and the share of the test objects flagged as an unknown class.
     """
     import warnings
 
@@ -322,8 +337,12 @@ def evaluate_category(
     ctx = current_context()
     progress = progress and ctx.is_main
     device, _ = run_device(cfg.train, device)
-    folder = run_dir / category
+    out_dir = run_dir / category
+    folder = Path(model_dir) if model_dir is not None else out_dir
     model, bundle = load_bundle(folder)
+    unified = bundle.for_class(category) if bundle.unified else None
+    if unified is not None:
+        bundle = unified
     check_features_config(resolve_input_size(cfg.features, cfg.data, category), bundle, folder / BUNDLE_FILE)
     if "aggregation" not in ov and cfg.eval.aggregation != bundle.scoring.aggregation:
         raise ConfigError(
@@ -350,7 +369,13 @@ def evaluate_category(
     test = prepare_split(test_cfg, category, "test", extractor, progress=progress, device=device)
     if test.view_names != bundle.view_names:
         raise DataError(f"test views {test.view_names} differ from the model's {bundle.view_names}", folder)
-    maps = _maps(model, test.features, test.masks, len(test.view_names), ctx,
+    test_feats = test.features
+    if unified is not None:  # every object under its class: the class index as a tag channel
+        from multiflow.engine.unified import ClassRows
+
+        test_feats = ClassRows([(test.features, np.arange(len(test.sample_ids)), model.class_index(category))],
+                               tag=True)
+    maps = _maps(model, test_feats, test.masks, len(test.view_names), ctx,
                  batch_size=cfg.eval.batch_size, progress=progress, device=device, precision=SCORING_PRECISION)
     if not ctx.is_main:
         return {}  # rank 0 computes the metrics from the gathered maps and writes everything
@@ -411,23 +436,28 @@ def evaluate_category(
     metrics["overrides"] = ov
     applies = threshold is not None
     metrics["decision_accuracy"] = float((decisions == s_labels.astype(bool)).mean()) if applies else None
+    if unified is not None:
+        from multiflow.engine.unified import class_metrics
+
+        metrics.update(class_metrics(model, bundle, category, test_feats, test.masks, s_labels,
+                                     batch_size=cfg.eval.batch_size, device=device, precision=precision))
     metrics["false_positive_rate_at_threshold"] = (
         float(decisions[s_labels == 0].mean()) if applies and (s_labels == 0).any() else None)
     metrics["true_positive_rate_at_threshold"] = (
         float(decisions[s_labels == 1].mean()) if applies and (s_labels == 1).any() else None)
-    write_json(folder / "metrics.json", metrics, default=json_default)
-    write_scores_csv(folder / "scores.csv", test.sample_ids, defects, test.view_names, img_scores, labels, s_scores,
+    write_json(out_dir / "metrics.json", metrics, default=json_default)
+    write_scores_csv(out_dir / "scores.csv", test.sample_ids, defects, test.view_names, img_scores, labels, s_scores,
                      decisions)
     write_adeval_pkl(
-        folder / "adeval.pkl",
+        out_dir / "adeval.pkl",
         image_paths=[p for r in ds.samples for p in r.image_paths],
         anomaly_maps=maps.reshape(-1, *maps.shape[-2:]),
         image_scores=img_scores.reshape(-1),
         mask_paths=[m for r in ds.samples for m in r.mask_paths],
     )
-    write_review_files(folder, ds, maps, test.view_names)  # maps.npy + samples.json for `multiflow review`
+    write_review_files(out_dir, ds, maps, test.view_names)  # maps.npy + samples.json for `multiflow review`
     if cfg.eval.pictures if pictures is None else pictures:
-        category_pictures(folder, category, ds, maps, img_scores, s_scores, labels,
+        category_pictures(out_dir, category, ds, maps, img_scores, s_scores, labels,
                           float(bundle.threshold.value) if threshold is None else threshold, test.view_names, how)
     return metrics
 
@@ -452,6 +482,13 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig | None = None, *, progress:
             raise CheckpointError("config.yaml not found: not a multiflow run folder", run_dir)
         cfg = load_config(run_dir / "config.yaml")
     cats = [c for c in list_categories(cfg.data) if (run_dir / c / BUNDLE_FILE).is_file()]
+    model_dirs: dict[str, Path] = {}
+    if (run_dir / UNIFIED_DIR / BUNDLE_FILE).is_file():  # a unified model: every class it knows of the data
+        from multiflow.engine.bundle import read_bundle
+
+        known = read_bundle(run_dir / UNIFIED_DIR).classes
+        cats = [c for c in list_categories(cfg.data) if c in known]
+        model_dirs = {c: run_dir / UNIFIED_DIR for c in cats}
     if not cats:
         raise CheckpointError("no trained class models (…/<class>/model.json) in this run folder", run_dir)
     per_class = {}
@@ -460,7 +497,7 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig | None = None, *, progress:
         if progress:
             print(f"== {cat}: evaluating on {device}", flush=True)
         per_class[cat] = evaluate_category(run_dir, cat, cfg, progress=progress, pictures=pictures, overrides=ov,
-                                           device=device)
+                                           device=device, model_dir=model_dirs.get(cat))
     barrier(ctx)
     if not ctx.is_main:
         return {"per_class": {}, "table": "", "per_defect": "", "rows": []}

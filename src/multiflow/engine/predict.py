@@ -68,6 +68,9 @@ class Prediction:
     dismissed_camera_faults: list[dict[str, Any]] = field(default_factory=list)
     #: the flow's swap gains (every camera pair) when the fault model has a flow-swap check, else None
     swap_gains: np.ndarray | None = None
+    #: a unified model's class fields (``class``, ``class_source``, ``class_margin``, ``class_score``,
+    #: ``unknown_class_cutoff``; :mod:`multiflow.engine.unified_predict`); None for a class model
+    class_info: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The decision JSON (schema: docs/deployment.md); NaN scores (views not scored) become null."""
@@ -85,7 +88,7 @@ class Prediction:
             "missing_views": list(self.missing_views),
             "camera_faults": list(self.camera_faults),
             "dismissed_camera_faults": list(self.dismissed_camera_faults),
-        }
+        } | ({} if self.class_info is None else dict(self.class_info))
 
 
 @dataclass
@@ -670,6 +673,8 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str | os.PathLike, *
                       "; ".join(f"{f['view']}: {f['fault']}" for f in r["camera_faults"])])
     write_text(out / "predictions.csv", buf.getvalue())
     counts = {d: sum(r["decision"] == d for r in rows) for d in ("OK", "NG", "CHECK CAMERA")}
+    if any(r["decision"] == "UNKNOWN CLASS" for r in rows):  # a unified model's (engine/unified_predict.py)
+        counts["UNKNOWN CLASS"] = sum(r["decision"] == "UNKNOWN CLASS" for r in rows)
     write_json(out / "summary.json", {
         "model": str(predictor.model_dir), "threshold": predictor.threshold, "scored": len(rows),
         "decisions": counts, "incomplete": incomplete, "skipped": skipped, "timing": timing,

@@ -173,12 +173,16 @@ class MultiFlow(nn.Module):
                     graph, hidden=hidden, kernel_size=k, fusion=fusion, heads=heads,
                     share_weights=share_side_weights, fused=fused, plane_homographies=homographies,
                 )
-                blocks.append(
-                    AffineCoupling(self.channels, factory, cond_channels=self.noise.condition_channels, clamp=clamp)
-                )
+                blocks.append(AffineCoupling(self.channels, factory, clamp=clamp,
+                                             cond_channels=self.noise.condition_channels + self._extra_cond_channels()))
         self.flow = FlowSequence(blocks)
         _init_parameters(self, gen)
         self._noise_gen = torch.Generator().manual_seed(int(seed) + 1)
+
+    def _extra_cond_channels(self) -> int:
+        """Condition channels the couplings take besides the noise's (0 here; the unified flow's
+        class embedding, :class:`multiflow.flow.unified.UnifiedFlow`)."""
+        return 0
 
     # ------------------------------------------------------------------ config
     @property

@@ -91,14 +91,16 @@ class Review:
 
     def predictor(self, d: TestedClass):
         """The :class:`~multiflow.engine.predict.Predictor` of a class (reloaded when its model files change)."""
-        from multiflow.engine.predict import Predictor
+        from multiflow.engine.unified_predict import open_predictor
 
-        stamp = tuple((d.folder / f).stat().st_mtime_ns for f in ("model.json", "model.safetensors"))
+        model_dir = d.model_dir or d.folder
+        stamp = tuple((model_dir / f).stat().st_mtime_ns for f in ("model.json", "model.safetensors"))
         with self.predict_lock:
             hit = self.predictors.get(d.name)
             if hit is None or hit[0] != stamp:
                 # parts are tried in any order here, not in acquisition order: no frozen-frame check
-                hit = (stamp, Predictor(d.folder, frozen_check=False, device=self.settings.device))
+                hit = (stamp, open_predictor(model_dir, class_name=d.name if model_dir != d.folder else None,
+                                             frozen_check=False, device=self.settings.device))
                 self.predictors[d.name] = hit
             return hit[1]
 

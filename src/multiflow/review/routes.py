@@ -217,7 +217,9 @@ def set_threshold(name: str, body: dict = Depends(json_body), r: Review = Depend
     who, reason = str(body.get("who") or ""), str(body.get("reason") or "")
     if not who.strip():
         raise RequestError(400, "who must name the person applying the threshold")
-    record = apply_threshold(d.folder, value, who=who[:200], reason=reason[:2000])
+    unified = d.model_dir is not None and d.model_dir != d.folder  # a class of the run's unified model
+    record = apply_threshold(d.model_dir or d.folder, value, who=who[:200], reason=reason[:2000],
+                             class_name=d.name if unified else None)
     return {"class": name, "threshold": value, "record": record}
 
 

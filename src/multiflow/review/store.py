@@ -46,7 +46,8 @@ def resolve_under(root: str | os.PathLike, relative: str) -> Path:
     return target
 
 
-def apply_threshold(model_dir: str | os.PathLike, value: float, *, who: str, reason: str) -> dict[str, Any]:
+def apply_threshold(model_dir: str | os.PathLike, value: float, *, who: str, reason: str,
+                    class_name: str | None = None) -> dict[str, Any]:
     """Set the decision threshold of a class model; returns the audit record.
 
     Goes through :func:`multiflow.engine.bundle.set_threshold`: ``model.json`` is rewritten
@@ -62,7 +63,8 @@ def apply_threshold(model_dir: str | os.PathLike, value: float, *, who: str, rea
         raise DataError(f"threshold must be a finite number, got {value}", path)
     if not who.strip():
         raise DataError("who must name the person applying the threshold", path)
-    bundle = set_threshold(model_dir, value, who=who.strip(), reason=reason.strip() or "set in multiflow review")
+    bundle = set_threshold(model_dir, value, who=who.strip(), reason=reason.strip() or "set in multiflow review",
+                           class_name=class_name)
     return asdict(bundle.threshold.audit[-1])
 
 
@@ -84,6 +86,8 @@ class TestedClass:
     name: str
     folder: Path
     complete: bool
+    #: the folder of the class's model: ``folder``, or the run's unified bundle (``<run>/unified``)
+    model_dir: Path | None = None
     reason: str = ""
     threshold: float | None = None
     threshold_history: list[dict[str, Any]] = field(default_factory=list)
@@ -252,16 +256,21 @@ def _read_json(path: Path) -> Any:
 def load_class(run_dir: Path, name: str) -> TestedClass:
     """Read one class of a run (see :class:`TestedClass`); incomplete classes carry a ``reason``."""
     folder = run_dir / name
-    if not (folder / "model.json").is_file():
+    model_dir = folder if (folder / "model.json").is_file() else unified_model_dir(run_dir, name)
+    if model_dir is None:
         raise NotFound(f"run {run_dir.name!r} has no class {name!r}")
     from multiflow.engine.bundle import read_bundle
 
     try:
-        bundle = read_bundle(folder)
+        bundle = read_bundle(model_dir)
     except CheckpointError as exc:
-        raise DataError(str(exc), folder / "model.json") from None
-    info, warnings = threshold_notes(bundle, _read_json(folder / "model.json"))
-    base = dict(name=name, folder=folder, threshold=float(bundle.threshold.value),
+        raise DataError(str(exc), model_dir / "model.json") from None
+    raw = _read_json(model_dir / "model.json")
+    if bundle.unified:  # the class's own threshold (a unified model's, per class)
+        bundle = bundle.for_class(name)
+        raw = dict(raw, threshold=raw["per_class"][name]["threshold"])
+    info, warnings = threshold_notes(bundle, raw)
+    base = dict(name=name, folder=folder, model_dir=model_dir, threshold=float(bundle.threshold.value),
                 threshold_history=[asdict(a) for a in bundle.threshold.audit], threshold_info=info,
                 threshold_warnings=warnings)
     missing = [f for f in ("scores.csv", "samples.json", "maps.npy") if not (folder / f).is_file()]
@@ -302,6 +311,20 @@ def load_class(run_dir: Path, name: str) -> TestedClass:
                      metrics=metrics, map_range=(lo, hi if hi > lo else lo + 1.0), order=order, **table, **base)
 
 
+def unified_classes(run_dir: Path) -> list[str]:
+    """The classes of the run's unified multi-class model (``<run>/unified``; empty: none)."""
+    path = Path(run_dir) / "unified" / "model.json"
+    if not path.is_file():
+        return []
+    raw = _read_json(path)
+    return [str(c) for c in raw.get("classes") or []] if isinstance(raw, dict) else []
+
+
+def unified_model_dir(run_dir: Path, name: str) -> Path | None:
+    """``<run>/unified`` when the run's unified model holds class ``name``, else None."""
+    return Path(run_dir) / "unified" if name in unified_classes(run_dir) else None
+
+
 class RunStore:
     """A run folder with a per-class cache that reloads a class when its files change."""
 
@@ -313,7 +336,8 @@ class RunStore:
         self._lock = threading.Lock()
 
     def class_names(self) -> list[str]:
-        return sorted(p.parent.name for p in self.run_dir.glob("*/model.json"))
+        names = {p.parent.name for p in self.run_dir.glob("*/model.json")} - {"unified"}
+        return sorted(names | set(unified_classes(self.run_dir)))
 
     def run_metrics(self) -> dict[str, Any] | None:
         p = self.run_dir / "metrics.json"
@@ -321,7 +345,10 @@ class RunStore:
 
     def _stamp(self, name: str) -> tuple:
         out = []
-        for f in ("model.json", "scores.csv", "samples.json", "maps.npy", "metrics.json"):
+        model = self.run_dir / name / "model.json"
+        if not model.is_file() and name in unified_classes(self.run_dir):
+            model = self.run_dir / "unified" / "model.json"
+        for f in (model, "scores.csv", "samples.json", "maps.npy", "metrics.json"):
             try:
                 st = (self.run_dir / name / f).stat()
                 out.append((st.st_mtime_ns, st.st_size))
