@@ -57,9 +57,9 @@ class ClassBoundFlow(nn.Module):
         self.flow = flow.eval()
         self.class_index = int(class_index)
 
-    def forward(self, features: Tensor):
+    def forward(self, features: Tensor, fg: Tensor | None = None):
         labels = torch.zeros(features.shape[0], dtype=torch.long, device=features.device) + self.class_index
-        return self.flow(features, classes=labels)
+        return self.flow(features, classes=labels, fg=fg)
 
 
 class InferenceGraph(nn.Module):

@@ -440,7 +440,7 @@ def evaluate_category(
         from multiflow.engine.unified import class_metrics
 
         metrics.update(class_metrics(model, bundle, category, test_feats, test.masks, s_labels,
-                                     batch_size=cfg.eval.batch_size, device=device, precision=precision))
+                                     batch_size=cfg.eval.batch_size, device=device, precision=SCORING_PRECISION))
     metrics["false_positive_rate_at_threshold"] = (
         float(decisions[s_labels == 0].mean()) if applies and (s_labels == 0).any() else None)
     metrics["true_positive_rate_at_threshold"] = (

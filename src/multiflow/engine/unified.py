@@ -148,7 +148,7 @@ def fit_unified(cfg: RunConfig, run_dir: Path, *, resume: bool = False, progress
     )
     from multiflow.engine.distributed import barrier, current_context
     from multiflow.engine.factories import build_extractor, build_flow, list_categories, resolve_input_size, run_device
-    from multiflow.engine.pipeline import _maps, fit_camera_fault_stats
+    from multiflow.engine.pipeline import SCORING_PRECISION, _maps, fit_camera_fault_stats
     from multiflow.engine.preprocess import prepare_split
     from multiflow.engine.threshold import fit_by_views, fit_for_scoring, save_calibration_maps, split_calibration
     from multiflow.engine.train import train_flow
@@ -210,16 +210,16 @@ def fit_unified(cfg: RunConfig, run_dir: Path, *, resume: bool = False, progress
         cal_masks = None if split.masks is None else np.asarray(split.masks[cal])
         cal_ids = [split.sample_ids[i] for i in cal]
         cal_maps = _maps(model, cal_feats, cal_masks, len(views), ctx, batch_size=cfg.eval.batch_size,
-                         device=device, precision=precision)
+                         device=device, precision=SCORING_PRECISION)
         fit, _ = fit_for_scoring(cal_maps, cal_masks, cal_ids, scoring, cfg.threshold, image_size=image_size,
                                  what=f"held-out calibration objects of class {c}")
         by_views = {}
         if supports_missing:
             by_views = fit_by_views(model, cal_feats, cal_masks, cal_ids, scoring, cfg.threshold,
                                     image_size=image_size, batch_size=cfg.eval.batch_size, device=device,
-                                    precision=precision, seed=cfg.train.seed)
+                                    precision=SCORING_PRECISION, seed=cfg.train.seed)
         own = object_scores(model, cal_feats, cal_masks, batch_size=cfg.eval.batch_size, device=device,
-                            precision=precision)
+                            precision=SCORING_PRECISION)
         unknown = fit_threshold(own, cal_ids,
                                 false_reject=cfg.threshold.unknown_false_reject or cfg.threshold.false_reject,
                                 confidence=cfg.threshold.confidence,
@@ -227,7 +227,7 @@ def fit_unified(cfg: RunConfig, run_dir: Path, *, resume: bool = False, progress
         identified = None
         if model.can_identify:
             every = object_scores(model, cal_feats, cal_masks, batch_size=cfg.eval.batch_size, device=device,
-                                  precision=precision, all_classes=True)
+                                  precision=SCORING_PRECISION, all_classes=True)
             identified = float((every.argmin(1) == k).mean())
         model.to("cpu")
         per_class[c] = ClassSpec(
