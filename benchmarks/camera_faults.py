@@ -218,17 +218,23 @@ def fault_model_with_flow(pred, variant: str, sizes, data: Path, out: Path, cate
     path = out / f"faults_{variant}.json"
     if path.is_file():
         return CameraFaultModel.load(path)
-    if not pred.bundle.threshold.calibration_maps:
-        _say(progress, f"{category}/{variant}: no calibration objects recorded: no flow swap check")
-        return fm
-    _, _, ids = load_calibration_maps(pred.model_dir / pred.bundle.threshold.calibration_maps)
-    if len(ids) < 3:
-        _say(progress, f"{category}/{variant}: {len(ids)} calibration objects: no flow swap check (needs >= 3)")
-        return fm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train = RealIADDataset(data, category, split="train", image_size=sizes["size"], load_masks=False)
     by_id = {r.sample_id: k for k, r in enumerate(train.samples)}
+    if pred.bundle.threshold.calibration_maps:
+        _, _, ids = load_calibration_maps(pred.model_dir / pred.bundle.threshold.calibration_maps)
+        source = f"{len(ids)} held-out calibration objects"
+    else:
+        # a model from before the calibration split (multiflow-model/2): its validation objects did
+        # not train the weights (they chose the epoch), so their swap gains are those of unseen
+        # objects; the split is train.py's, replayed with the model's own counts and seed
+        ids = _validation_ids(pred, train, sizes["seed"])
+        source = f"{len(ids)} validation objects (not trained on; they selected the epoch)"
+        _say(progress, f"{category}/{variant}: no calibration objects recorded: flow swap check from {source}")
+    if len(ids) < 3:
+        _say(progress, f"{category}/{variant}: {len(ids)} held-out objects: no flow swap check (needs >= 3)")
+        return fm
     feats = []
     for sid in ids:
         k = by_id[sid]
@@ -241,9 +247,25 @@ def fault_model_with_flow(pred, variant: str, sizes, data: Path, out: Path, cate
     gains, _ = swap_gains_in_batches(pred.flow, torch.stack(feats), batch=4, device=pred.device,
                                      precision=pred.precision, progress=progress,
                                      desc=f"{category}/{variant}: flow swap check ({len(ids)} calibration objects)")
-    fm = with_flow_swap(fm, gains, FaultConfig().flow_swap_share, source=f"{len(ids)} held-out calibration objects")
+    fm = with_flow_swap(fm, gains, FaultConfig().flow_swap_share, source=source)
     fm.save(path)
     return fm
+
+
+def _validation_ids(pred, train, seed: int) -> list[str]:
+    """The sample ids of a model's validation objects: :func:`multiflow.engine.train.split_train_val`
+    of its training objects with the counts and seed its bundle records (empty when the bundle does
+    not record them or they do not match the data)."""
+    from multiflow.engine.train import split_train_val
+
+    tr = pred.bundle.training
+    n_train, n_val = int(getattr(tr, "train_samples", 0) or 0), int(getattr(tr, "val_samples", 0) or 0)
+    if n_val < 1 or n_train + n_val != len(train.samples):
+        return []
+    _, val = split_train_val(n_train + n_val, n_val / (n_train + n_val), seed)
+    if len(val) != n_val:
+        return []
+    return [train.samples[int(k)].sample_id for k in val]
 
 
 def clean_flow_evidence(pred, variant: str, test, out: Path, category: str, progress: bool, batch: int = 4):
