@@ -377,6 +377,19 @@ def test_flow_swap_cutoff_is_fitted_and_applied(data):
     # a view missing: no flow swap check (the gains need every camera)
     g, _ = swap_gains_in_batches(flow, test[:1][:, [1, 0, 2, 3, 4]])
     assert not check_cameras(fm, good[0][1:], names[1:], swap_gains=g[0]).faults
+    # an image fault explains the flow's oddity: a blurred view with a swap-sized gain on its pair
+    # stays blur (a degraded view is unlikely under its own camera) and no flow swap is named
+    from multiflow.synth.camera_faults import apply_camera_fault
+
+    blurred = apply_camera_fault(good[0], 1, "blur", rng=np.random.default_rng(0))
+    assert {(f.view, f.fault) for f in detect_faults(fm, blurred)} == {(names[1], "blur")}
+    big = np.zeros(len(pairs))
+    big[pairs.index((0, 1))] = 1e6
+    got = check_cameras(fm, blurred, swap_gains=big).faults
+    assert {(f.view, f.fault, f.check) for f in got} == {(names[1], "blur", "sharpness")}
+    # ... while the same gain on clean images is a swap
+    got = check_cameras(fm, good[0], swap_gains=big).faults
+    assert {(f.view, f.fault) for f in got} == {(names[0], "swapped"), (names[1], "swapped")}
 
 
 def test_flow_swap_check_round_trips_and_refuses_a_broken_one(data, tmp_path):
