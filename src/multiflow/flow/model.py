@@ -295,7 +295,8 @@ class MultiFlow(nn.Module):
         return np.unique(np.asarray(index, dtype=np.int64))
 
     @torch.no_grad()
-    def anomaly_map(self, features: Tensor, mask: Tensor | None = None, present: Tensor | None = None) -> Tensor:
+    def anomaly_map(self, features: Tensor, mask: Tensor | None = None, present: Tensor | None = None,
+                    **forward_kwargs: Any) -> Tensor:
         """Per-pixel NLL in eval mode, ``(B, V, H, W)``; higher = more anomalous.
 
         With a foreground ``mask (B, V, H, W)``, background pixels are set to the minimum of the
@@ -304,11 +305,12 @@ class MultiFlow(nn.Module):
         map. The mask is also the flow's ``fg`` (the fusion operators' foreground). With ``present``
         (``(B, V)`` bool) the flow runs on the present views only and the maps of absent views are NaN
         (:func:`multiflow.scoring.blank_absent`). The module's train/eval mode is restored afterwards.
+        ``forward_kwargs`` go to :meth:`forward` (a subclass's own inputs, e.g. a unified flow's classes).
         """
         was_training = self.training
         self.eval()
         try:
-            nll = self.forward(features, present=present, fg=mask).nll
+            nll = self.forward(features, present=present, fg=mask, **forward_kwargs).nll
         finally:
             self.train(was_training)
         return blank_absent(fill_background(nll, mask), present)

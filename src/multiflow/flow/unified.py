@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from multiflow.errors import ConfigError, DataError
 from multiflow.flow.graph import ViewGraph
 from multiflow.flow.model import FlowOutput, MultiFlow
-from multiflow.scoring import blank_absent, fill_background, foreground, pixel_nll
+from multiflow.scoring import foreground, pixel_nll
 
 __all__ = ["CLASS_CONDITIONINGS", "UnifiedFlow", "tag_classes"]
 
@@ -262,14 +262,9 @@ class UnifiedFlow(MultiFlow):
     @torch.no_grad()
     def anomaly_map(self, features: Tensor, mask: Tensor | None = None, present: Tensor | None = None,
                     classes: Any = None) -> Tensor:
-        """As :meth:`MultiFlow.anomaly_map`: the per-pixel NLL under each object's class."""
-        was_training = self.training
-        self.eval()
-        try:
-            nll = self.forward(features, present=present, classes=classes).nll
-        finally:
-            self.train(was_training)
-        return blank_absent(fill_background(nll, mask), present)
+        """As :meth:`MultiFlow.anomaly_map` (the mask is also the fusions' foreground): the per-pixel
+        NLL under each object's class."""
+        return super().anomaly_map(features, mask, present, classes=classes)
 
     # ------------------------------------------------------------------ identification
     @staticmethod
