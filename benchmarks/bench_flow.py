@@ -31,12 +31,17 @@ VARIANTS = ("fused", "per_edge", "fused_bf16")
 
 
 def build(channels: int, fused: bool):
-    import torch
-
     from multiflow.flow import MultiFlow, ViewGraph
 
-    model = MultiFlow(channels, ViewGraph.real_iad(), fused=fused, seed=0)
-    gen = torch.Generator().manual_seed(1)
+    return open_gates(MultiFlow(channels, ViewGraph.real_iad(), fused=fused, seed=0))
+
+
+def open_gates(model, seed: int = 1):
+    """``model`` with every fusion gate ``gamma`` drawn from U(0.02, 0.10) (seeded), so the
+    st-networks' messages count as in a trained flow; returns the model."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("gamma"):

@@ -34,14 +34,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import ROOT, CpuShare, machine_line, update_section  # noqa: E402
+from bench_flow import open_gates  # noqa: E402
 
 FUSIONS = ("conv", "cross_attention", "global_context", "correspondence", "geometry")
 
 
 def build(fusion: str, channels: int, hidden: int, n_blocks: int, heads: int, seed: int = 0):
     """A seeded flow of ``fusion`` on the Real-IAD graph, gamma set away from 0 (the st-networks matter)."""
-    import torch
-
     from multiflow.flow import MultiFlow, ViewGraph
     from multiflow.flow.geometry import camera_rig_config
     from multiflow.synth.generator import camera_rig_record
@@ -50,14 +49,9 @@ def build(fusion: str, channels: int, hidden: int, n_blocks: int, heads: int, se
     names = [f"C{k}" for k in range(1, 6)]
     rig = camera_rig_config(camera_rig_record("bench", camera_rig(n_views=5, size=256), [])["views"], names)
     kernels = [3] * (n_blocks - 1) + [5]
-    model = MultiFlow(channels, ViewGraph.real_iad(), n_blocks=n_blocks, hidden=hidden, kernel_sizes=kernels,
-                      fusion=fusion, heads=heads, seed=seed, camera_rig=rig if fusion == "geometry" else None)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gamma"):
-                p.copy_(0.02 + 0.08 * torch.rand(p.shape, generator=gen))
-    return model
+    return open_gates(MultiFlow(channels, ViewGraph.real_iad(), n_blocks=n_blocks, hidden=hidden,
+                                kernel_sizes=kernels, fusion=fusion, heads=heads, seed=seed,
+                                camera_rig=rig if fusion == "geometry" else None))
 
 
 def forward_flops(model, x, fg) -> float:
