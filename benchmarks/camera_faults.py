@@ -431,8 +431,8 @@ def faults(sizes, data: Path, cache: Path, out: Path, category: str, progress: b
                         gains[m] = float(flow_swap_batch(pred.flow.eval(), f)[0][0, p])
                 row["gain"] = gains
                 row["flow_detected"] = {
-                    m: bool(fms[m].flow_swap is not None and gains[m] > 0 and flow_swap_scores(
-                        fms[m], np.full(len(pairs), gains[m]))[p] > fms[m].flow_swap["threshold"]) for m in gains}
+                    m: bool(fms[m].flow_swap is not None and flow_swap_scores(
+                        fms[m], np.full(len(pairs), gains[m]))[p] > 0) for m in gains}
             rows[c] = row
             fh.write(json.dumps(row) + "\n")
             fh.flush()
@@ -469,39 +469,59 @@ def faults(sizes, data: Path, cache: Path, out: Path, category: str, progress: b
             "decider": decider_name, "threshold": base.threshold,
             "calibration": {k: v for k, v in base.calibration.items() if k != "statistic"},
             "flow_swap_check": {m: None if fm.flow_swap is None else {
-                "threshold": fm.flow_swap["threshold"], "false_alarm": fm.flow_swap["false_alarm"],
-                "n_objects": fm.flow_swap.get("n_objects"), "method": fm.flow_swap["calibration"]["method"],
+                "pairs": [f"{names[a]}-{names[b]}" for a, b in pairs], "cut": fm.flow_swap["cut"],
+                "separation": fm.flow_swap["separation"], "expected_detection": fm.flow_swap["expected_detection"],
+                "pair_false_alarm": fm.flow_swap["pair_false_alarm"], "false_alarm": fm.flow_swap["false_alarm"],
+                "n_objects": fm.flow_swap.get("n_objects"), "method": fm.flow_swap["method"],
                 "image_threshold": fm.threshold} for m, fm in fms.items()}}
 
 
 def flow_swap_table(results: dict[str, dict]) -> list[tuple]:
-    """Per model and camera pair (all classes): ``(model, pair, swaps, AUROC of the flow's gain
-    swapped vs clean, share of swaps above the largest clean gain, share the image checks detected,
-    share the fitted flow check flagged, share image checks OR flow check)``."""
+    """Per model and camera pair (all classes): ``(model, pair, swap cases, AUROC of the flow's gain
+    swapped vs clean, share of swap cases the image checks detected, share the flow check flagged,
+    share image checks OR flow check, separation d on the calibration objects (class mean), the
+    fitted model's expected detection (class mean), the flow check on every clean normal test object
+    swapped (exact: a swap turns the pair's gain into its negative), the best detection any cut-off
+    on this pair alone could give at the flow's whole budget (Gaussian fitted to the clean test
+    gains))``."""
+    from scipy.stats import norm
+
     from multiflow.metrics import auroc
 
     rows = []
     models = sorted({m for r in results.values() for m in r["faults"].get("flow_swap_clean", {})})
     for m in models:
-        pairs = sorted({tuple(s["pair"]) for r in results.values() for s in r["faults"].get("swaps", [])})
-        for pair in pairs:
-            key = "-".join(pair)
-            aucs, above, img, flow, comb, n = [], 0, 0, 0, 0, 0
+        pairs = list(dict.fromkeys(k for r in results.values() for k in r["faults"]["flow_swap_clean"].get(m, {})))
+        for key in pairs:
+            aucs, img, flow, comb, n, sep, exp, every, best = [], 0, 0, 0, 0, [], [], [], []
             for r in results.values():
                 null = np.asarray(r["faults"]["flow_swap_clean"][m][key], dtype=np.float64)
-                hits = [s for s in r["faults"]["swaps"] if tuple(s["pair"]) == pair]
+                check = (r["faults"].get("flow_swap_check") or {}).get(m)
+                if check and key in check["pairs"]:
+                    k = check["pairs"].index(key)
+                    cut = np.inf if check["cut"][k] is None else check["cut"][k]
+                    sep.append(check["separation"][k])
+                    exp.append(check["expected_detection"][k])
+                    every.append(float((-null > cut).mean()))
+                    mu, sd = float(null.mean()), float(null.std(ddof=1))
+                    best.append(float(norm.cdf(-2 * mu / sd - norm.isf(check["false_alarm"]))) if mu < 0 else 0.0)
+                hits = [s for s in r["faults"]["swaps"] if "-".join(s["pair"]) == key]
                 if not hits or not len(null):
                     continue
                 g = np.array([s["gain"][m] for s in hits])
                 aucs.append(float(auroc(np.r_[null, g], np.r_[np.zeros(len(null)), np.ones(len(g))])))
-                above += int((g > null.max()).sum())
                 img += sum(s["detected"] for s in hits)
                 f = [bool(s.get("flow_detected", {}).get(m)) for s in hits]
                 flow += sum(f)
                 comb += sum(s["detected"] or fd for s, fd in zip(hits, f))
                 n += len(hits)
-            if n:
-                rows.append((m, key, n, float(np.mean(aucs)), above / n, img / n, flow / n, comb / n))
+            nan = float("nan")
+
+            def mean(x):
+                return float(np.mean(x)) if x else nan
+
+            rows.append((m, key, n, mean(aucs), img / n if n else nan, flow / n if n else nan,
+                         comb / n if n else nan, mean(sep), mean(exp), mean(every), mean(best)))
     return rows
 
 
@@ -628,19 +648,28 @@ def report(results: dict[str, dict], sizes: dict[str, Any], command: str) -> str
     lines += ["", f"Object-level threshold of the image checks (full budget, before the split): {cal}."]
     fsc = [(c, m, x) for c in cats for m, x in (results[c]["faults"].get("flow_swap_check") or {}).items() if x]
     if fsc:
-        lines += ["Flow swap check (its share of the budget; the image checks' threshold refitted for the rest): " + "; ".join(
-            f"{c}/{m}: cut-off {x['threshold']:.2f} at {x['false_alarm']:g} from {x['n_objects']} calibration objects "
-            f"({x['method']}), image tau {x['image_threshold']:.2f}" for c, m, x in fsc) + "."]
+        lines += ["Flow swap check (its share of the budget, allocated over the camera pairs; the image checks' "
+                  "threshold refitted for the rest): " + "; ".join(
+                      f"{c}/{m}: {x['false_alarm']:g} from {x['n_objects']} calibration objects ({x['method']}), "
+                      f"expected detection {100 * float(np.mean(x['expected_detection'])):.1f} % (mean over pairs), "
+                      f"image tau {x['image_threshold']:.2f}" for c, m, x in fsc) + "."]
     table = flow_swap_table(results)
     if table:
-        lines += ["", "Swap evidence from the flow (likelihood gain of the swapped assignment, "
-                  "`multiflow.faults.flow_swap_gains`) and the fitted flow check against the image checks, per camera "
-                  "pair (all classes):", "",
-                  "| flow | pair | swaps | AUROC gain (swapped vs clean) | flow: above every clean gain "
-                  "| image checks: detected | flow check (fitted cut-off) | image checks OR flow check |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {m} | {p} | {n} | {pct(a)} | {pct(b)} % | {pct(c)} % | {pct(f)} % | {pct(o)} % |"
-                  for m, p, n, a, b, c, f, o in table]
+        def p2(x: float) -> str:
+            return "-" if x != x else pct(x)
+
+        lines += ["", "Swap evidence from the flow (likelihood gain of the swapped wiring, "
+                  "`multiflow.faults.flow_swap_gains`) per camera pair (all classes, class means). A swap turns the "
+                  "pair's gain into its negative exactly, so every clean normal test object also gives its swapped "
+                  "case: the flow check on all of them, its expected rate from the calibration objects, and the best "
+                  "any cut-off on this pair alone could do at the flow's whole budget (the separation d = "
+                  "-2 mean / sd of the clean gains decides it):", "",
+                  "| flow | pair | swap cases | AUROC gain (swapped vs clean) | image checks: detected "
+                  "| flow check | image checks OR flow check | separation d (calibration) | flow check expected "
+                  "| flow check on every clean object swapped | best cut-off, this pair alone |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {m} | {p} | {n} | {p2(a)} | {p2(c)} % | {p2(f)} % | {p2(o)} % | {d:.1f} | {p2(e)} % | "
+                  f"{p2(ev)} % | {p2(bst)} % |" for m, p, n, a, c, f, o, d, e, ev, bst in table]
     data = (f"existing data `{sizes['data']}`" if sizes.get("data") else
             f"synthetic (`multiflow synth`), {sizes['n_train']} train / {sizes['n_test_good']} good / "
             f"{sizes['n_test_defect']} defective test objects per class")

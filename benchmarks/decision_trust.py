@@ -117,7 +117,10 @@ def evaluate_class(runs: Path, cls: str, paper: Path, dropout: Path | None) -> d
         good, bad = test_s[~labels], test_s[labels]
         rec: dict[str, Any] = {"calibration": how, "n_calibration": int(len(cal)), "n_good": int(len(good)),
                                "n_defective": int(len(bad)), "s_auroc": float(auroc(test_s, labels)),
-                               "old_rule_q99": _rates(float(np.quantile(cal_s, 0.99)), good, bad), "targets": {}}
+                               "old_rule_q99": _rates(float(np.quantile(cal_s, 0.99)), good, bad), "targets": {},
+                               "scores": {name: {"n": int(len(x)), "mean": float(np.mean(x)), "sd": float(np.std(x, ddof=1)),
+                                                 "max": float(np.max(x))} for name, x in (("calibration", cal_s),
+                                                                                          ("good", good))}}
         for t in TARGETS:
             fit = fit_threshold(cal_s, ids, false_reject=t, confidence=CONFIDENCE)
             rec["targets"][str(t)] = _rates(fit.value, good, bad) | {
@@ -176,7 +179,15 @@ def report(results: list[dict[str, Any]], command: str, cpu: str) -> str:
         lines.append(f"Target {pct(t)} %: {pct(fr)} % of {good} clean test objects rejected over all classes "
                      f"(goal: at most {pct(t + 0.01)} %).")
     lines += ["", "How the calibration objects were chosen: " + "; ".join(
-        f"{r['class']}: {r['paper']['calibration']}" for r in results) + ".", ""]
+        f"{r['class']}: {r['paper']['calibration']}" for r in results) + "."]
+    sc = [r for r in results if "scores" in r["paper"]]
+    if sc:
+        lines += ["", "Sample scores of the paper model, calibration objects against the clean test objects (n, mean, "
+                  "sd, max): " + "; ".join(
+                      f"{r['class']}: " + ", ".join(
+                          f"{k} {v['n']} / {v['mean']:.3f} / {v['sd']:.3f} / {v['max']:.3f}"
+                          for k, v in r["paper"]["scores"].items()) for r in sc) + "."]
+    lines += [""]
     drop = [r for r in results if "dropout" in r]
     if drop:
         lines += ["View-dropout model, clean test objects scored from k cameras (one random subset each): "

@@ -91,8 +91,10 @@ def _result(per, clean_normal=(0, 10), swaps=(), null=None, combined=(0, 1)):
                                                                         "checks": {"occlusion/occlusion": combined[1]}}}}},
                        "swaps": list(swaps), "flow_swap_clean": null or {},
                        "threshold": 6.5, "calibration": {"n_objects": 200, "method": "conformal"},
-                       "flow_swap_check": {"dropout": {"threshold": 3.0, "false_alarm": 0.005, "n_objects": 20,
-                                                       "method": "exponential tail", "image_threshold": 7.0}}}}
+                       "flow_swap_check": {"dropout": {"pairs": ["C2-C4"], "cut": [1.0], "separation": [2.0],
+                                                       "expected_detection": [0.7], "pair_false_alarm": [0.005],
+                                                       "false_alarm": 0.005, "n_objects": 20, "method": "gaussian",
+                                                       "image_threshold": 7.0}}}}
 
 
 def test_report_table_and_goals():
@@ -112,23 +114,35 @@ def test_report_table_and_goals():
     assert "image checks alone 2 (10.00 %; checks: overexposure/clip_high 2); combined rule with the dropout flow 1" in md
     assert "objects with a flag dismissed as product: 2" in md
     assert "tau 6.50 from 200 training objects (conformal)" in md
-    assert "c/dropout: cut-off 3.00 at 0.005 from 20 calibration objects (exponential tail), image tau 7.00" in md
+    assert ("c/dropout: 0.005 from 20 calibration objects (gaussian), expected detection 70.0 % (mean over pairs), "
+            "image tau 7.00") in md
     assert "single-view" not in md  # not among the quick variants
 
 
-def test_flow_swap_table_counts_swaps_above_every_clean_gain():
-    null = {"paper": {"C2-C4": [-3.0, -1.0, 0.5, -2.0]}}
-    swaps = [{"pair": ["C2", "C4"], "object": k, "detected": d, "gain": {"paper": g}, "flow_detected": {"paper": fd}}
+def test_flow_swap_table_counts_swaps_and_swaps_every_clean_object():
+    """Per pair: the swap cases (AUROC, image, flow, either) and, from the clean gains alone (a swap
+    turns a gain into its negative), the flow check on every clean object swapped and the best a
+    cut-off on this pair could do at the flow's budget (checked against math.erf)."""
+    from math import erf, sqrt
+
+    clean = [-3.0, -1.0, 0.5, -2.0]
+    null = {"dropout": {"C2-C4": clean}}
+    swaps = [{"pair": ["C2", "C4"], "object": k, "detected": d, "gain": {"dropout": g}, "flow_detected": {"dropout": fd}}
              for k, (g, d, fd) in enumerate([(2.0, True, True), (0.0, False, False), (5.0, False, True)])]
     res = {"c": _result({"n": 0, "detected": 0, "any_fault_on_camera": 0, "other_cameras_flagged": 0, "check_camera": 0,
                          "product_ng_remaining_views": 0, "checks": {}}, swaps=swaps, null=null)}
     (row,) = cf.flow_swap_table(res)
     # AUROC: gains 2 and 5 beat all four clean gains, 0.0 beats three of four -> (4 + 4 + 3) / 12
-    assert row[:3] == ("paper", "C2-C4", 3) and row[3] == pytest.approx(11 / 12)
-    assert row[4] == pytest.approx(2 / 3) and row[5] == pytest.approx(1 / 3)
-    assert row[6] == pytest.approx(2 / 3) and row[7] == pytest.approx(2 / 3)  # image OR flow: cases 0 and 2
+    assert row[:3] == ("dropout", "C2-C4", 3) and row[3] == pytest.approx(11 / 12)
+    assert row[4] == pytest.approx(1 / 3) and row[5] == pytest.approx(2 / 3)  # image: case 0; flow: cases 0, 2
+    assert row[6] == pytest.approx(2 / 3)  # image OR flow: cases 0 and 2
+    assert row[7] == 2.0 and row[8] == 0.7
+    assert row[9] == pytest.approx(0.5)  # swapped clean gains 3, 1, -0.5, 2: two above the cut-off 1.0
+    mu, sd = np.mean(clean), np.std(clean, ddof=1)
+    z = 2.5758293035489  # upper 0.005 point of the standard normal
+    assert row[10] == pytest.approx(0.5 * (1 + erf((-2 * mu / sd - z) / sqrt(2))), rel=1e-6)
     md = cf.report(res, cf.QUICK, "cmd")
-    assert "| paper | C2-C4 | 3 | 91.67 | 66.67 % | 33.33 % | 66.67 % | 66.67 % |" in md
+    assert "| dropout | C2-C4 | 3 | 91.67 | 33.33 % | 66.67 % | 66.67 % | 2.0 | 70.00 % | 50.00 % |" in md
 
 
 def test_clean_flow_evidence_is_batched_and_resumes_after_a_kill(model, tmp_path, monkeypatch):

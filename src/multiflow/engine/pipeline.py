@@ -236,6 +236,10 @@ def fit_camera_fault_stats(cfg: RunConfig, category: str, ds, path: Path, *, pro
     return True
 
 
+#: fit warns about camera pairs whose swap the flow check is expected to catch less often than this
+WEAK_SWAP_DETECTION = 0.5
+
+
 def fit_flow_swap_check(cfg: RunConfig, model, features, path: Path, *, device=None, precision: str = "fp32",
                         progress: bool = True, fg=None) -> bool:
     """Add the flow's swap check (:mod:`multiflow.faults.flow_swap`) to the camera-fault statistics
@@ -262,6 +266,13 @@ def fit_flow_swap_check(cfg: RunConfig, model, features, path: Path, *, device=N
     fm = with_flow_swap(CameraFaultModel.load(path), gains, cfg.faults.flow_swap_share,
                         source=f"{n} held-out calibration objects")
     fm.save(path)
+    weak = [(f"{fm.view_names[a]}-{fm.view_names[b]}", d) for (a, b), d in
+            zip(fm.flow_swap["pairs"], fm.flow_swap["expected_detection"]) if d < WEAK_SWAP_DETECTION]
+    if weak:
+        warnings.warn(f"{path.parent.name}: the flow tells some cameras apart poorly (expected detection of a swap: "
+                      + ", ".join(f"{p} {100 * d:.0f} %" for p, d in weak) + "); their images of this product look "
+                      "alike, so a swap of these cables may pass unnoticed: check the wiring at installation",
+                      stacklevel=2)
     return True
 
 

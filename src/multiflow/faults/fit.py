@@ -60,6 +60,7 @@ The frozen-frame check is a near-equality test outside this budget: a view is fr
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -165,6 +166,14 @@ def occlusion_cell_scores(ref: Reference, st: ViewStats) -> np.ndarray:
     z_dark = z_dark - np.median(z_dark.reshape(len(z_dark), -1), axis=1)[:, None, None]
     z_smooth = z_smooth - np.median(z_smooth.reshape(len(z_smooth), -1), axis=1)[:, None, None]
     return 0.5 * (z_dark + z_smooth)
+
+
+def median_texture_loss(ref: Reference, st: ViewStats) -> np.ndarray:
+    """``(V',)``: the median over a view's cells of the standardised texture loss
+    ``(center - cell_sharp) / scale`` (``ref`` restricted to the views of ``st``): how much the
+    typical cell lost texture (a defocused view loses it everywhere, a smudge in a few cells)."""
+    z = (ref.cell_center[:, 1] - st.cell_sharp) / ref.cell_scale[:, 1]
+    return np.median(z.reshape(len(z), -1), axis=1)
 
 
 def camera_energies(ref: Reference, st: ViewStats) -> np.ndarray:
@@ -313,18 +322,28 @@ class CameraFaultModel:
             check_false_alarm(model.false_alarm)
         except ConfigError as exc:
             raise CheckpointError(f"camera fault statistics: {exc}", p) from None
+        if isinstance(model.flow_swap, dict) and "method" not in model.flow_swap and "q" in model.flow_swap:
+            warnings.warn(f"{p}: the flow swap check was fitted by an earlier multiflow (a tail model of the largest "
+                          "standardised gain); it is not applied. Refit the model (`multiflow fit`) to get the "
+                          "current check back", stacklevel=2)
+            model.flow_swap = None
         if model.flow_swap is not None:
             fs, n_pairs = model.flow_swap, v * (v - 1) // 2
-            ok = isinstance(fs, dict) and all(k in fs for k in ("q", "b", "threshold", "false_alarm"))
+            ok = isinstance(fs, dict) and fs.get("method") == "gaussian" and all(
+                k in fs for k in ("mean", "std", "cut", "pairs", "false_alarm"))
             try:
-                ok = ok and np.asarray(fs["q"], dtype=np.float64).shape == (n_pairs,) and \
-                    np.asarray(fs["b"], dtype=np.float64).shape == (n_pairs,) and \
-                    math.isfinite(float(fs["threshold"])) and bool(np.all(np.asarray(fs["b"], dtype=np.float64) > 0))
-            except (TypeError, ValueError):
+                std = np.asarray(fs["std"], dtype=np.float64)
+                cut = np.asarray([np.inf if c is None else float(c) for c in fs["cut"]], dtype=np.float64)
+                ok = ok and np.asarray(fs["mean"], dtype=np.float64).shape == (n_pairs,) and std.shape == (n_pairs,) \
+                    and cut.shape == (n_pairs,) and bool(np.all(std > 0)) and bool(np.all(np.isfinite(std))) \
+                    and not bool(np.any(np.isnan(cut))) and bool(np.all(cut >= 0)) \
+                    and [tuple(q) for q in fs["pairs"]] == list(itertools.combinations(range(v), 2))
+            except (TypeError, ValueError, KeyError):
                 ok = False
             if not ok:
-                raise CheckpointError(f"camera fault statistics: flow_swap must hold q, b ({n_pairs} pairs, b > 0), "
-                                      "a finite threshold and false_alarm", p)
+                raise CheckpointError(f"camera fault statistics: flow_swap must hold method 'gaussian', mean, std "
+                                      f"(> 0) and cut (>= 0 or null) for the {n_pairs} camera pairs in order, and "
+                                      "false_alarm", p)
         return model
 
 
