@@ -325,23 +325,23 @@ def _flow_swaps(model: CameraFaultModel, faults: list[CameraFault], gains: np.nd
     pairs = [tuple(p) for p in fs["pairs"]]
     if gains.shape != (len(pairs),):
         raise DataError(f"flow swap gains {gains.shape} for {len(pairs)} camera pairs")
-    z = flow_swap_scores(model, gains)
     # a camera whose image the checks fault (blur, exposure, occlusion, frozen) is the better
     # explanation of the flow's oddity, and its degraded features reach the other views through the
     # cross-view messages, so the gains of every pair leave the normal objects' distribution the
     # cut-offs were fitted on: no flow swap on such an object
     if any(f.fault != "swapped" for f in faults):
         return faults
+    z = flow_swap_scores(model, gains)
     used: set[int] = set()
     found: list[CameraFault] = []
     for p in np.argsort(-z):
         a, b = pairs[p]
         if not z[p] > 0:
             break
-        na, nb = model.view_names[a], model.view_names[b]
         if a in used or b in used:
             continue
         used |= {a, b}
+        na, nb = model.view_names[a], model.view_names[b]
         why = (f"the flow finds the object more likely with cameras {na} and {nb} exchanged (likelihood gain "
                f"{gains[p]:.3f} > cut-off {fs['cut'][p]:.3f}; normal objects: {fs['mean'][p]:.3f} +- "
                f"{fs['std'][p]:.3f}): cables in the wrong ports?")

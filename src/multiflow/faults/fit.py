@@ -328,12 +328,14 @@ class CameraFaultModel:
                           "current check back", stacklevel=2)
             model.flow_swap = None
         if model.flow_swap is not None:
+            from multiflow.faults.flow_swap import cutoffs  # it imports this module
+
             fs, n_pairs = model.flow_swap, v * (v - 1) // 2
             ok = isinstance(fs, dict) and fs.get("method") == "gaussian" and all(
                 k in fs for k in ("mean", "std", "cut", "pairs", "false_alarm"))
             try:
                 std = np.asarray(fs["std"], dtype=np.float64)
-                cut = np.asarray([np.inf if c is None else float(c) for c in fs["cut"]], dtype=np.float64)
+                cut = cutoffs(fs)
                 ok = ok and np.asarray(fs["mean"], dtype=np.float64).shape == (n_pairs,) and std.shape == (n_pairs,) \
                     and cut.shape == (n_pairs,) and bool(np.all(std > 0)) and bool(np.all(np.isfinite(std))) \
                     and not bool(np.any(np.isnan(cut))) and bool(np.all(cut >= 0)) \

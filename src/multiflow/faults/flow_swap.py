@@ -62,6 +62,7 @@ import torch
 from multiflow.errors import DataError
 from multiflow.faults.fit import CameraFaultModel, calibrate, check_false_alarm
 
+
 def all_pairs(n_views: int) -> list[tuple[int, int]]:
     return list(itertools.combinations(range(n_views), 2))
 
@@ -151,6 +152,8 @@ def allocate_cutoffs(m: np.ndarray, s: np.ndarray, n: int, false_alarm: float) -
     pairs that maximises the mean expected detection; ``inf`` for a pair the flow cannot separate."""
     m, s = np.asarray(m, dtype=np.float64), np.asarray(s, dtype=np.float64)
     ok = m < 0
+    if not ok.any():
+        return np.full(len(m), np.inf)
     cuts = np.maximum(m[:, None] + s[:, None] * math.sqrt(1.0 + 1.0 / n) * _GRID[None], 0.0)  # (P, G), >= 0
     fa, det = _pair_rates(m[:, None], s[:, None], n, cuts)
     rows = np.arange(len(m))
@@ -159,8 +162,6 @@ def allocate_cutoffs(m: np.ndarray, s: np.ndarray, n: int, false_alarm: float) -
         return np.argmax(det - math.exp(log_lam) * fa, axis=1)
 
     lo, hi = -20.0, 60.0  # log lambda: larger = stricter
-    if not ok.any():
-        return np.full(len(m), np.inf)
     for _ in range(200):
         mid = 0.5 * (lo + hi)
         if fa[rows, pick(mid)][ok].sum() > false_alarm:
