@@ -15,9 +15,10 @@ under ``--out`` instead (a smoke test of the whole script, minutes).
 Schedules (``--schedules``, presets of :data:`SCHEDULES`, ``train.*`` keys of
 :mod:`multiflow.engine.schedule`): ``constant`` (lr 1e-3, the learning curve's so far), ``cosine``
 (2 warm-up epochs, then a cosine from 1e-3 to 1e-5 over the planned ``--epochs``), ``cosine-gates``
-(the same with the fusion gates at lr 1e-2), ``constant-gates``, and ``cosine-30`` (a cosine planned
-over 30 epochs). With a cosine the planned length defines the decay; early stopping may end a run
-before it.
+(the same with the fusion gates at lr 1e-2), ``constant-gates``, ``cosine-30`` (a cosine planned
+over 30 epochs) and ``cosine-15`` (1 warm-up epoch, a cosine over 15 epochs, gates at lr 1e-2: the
+constant rate's held-out minimum came at epoch 10, so the decay has to end near it). With a cosine
+the planned length defines the decay; early stopping may end a run before it.
 
 Definitions (the report states them): the *level-off epoch* of a run is the first epoch whose
 held-out loss is within ``--level-delta`` (default 0.01 nats per foreground pixel, about 1 % of
@@ -78,6 +79,8 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "cosine-gates": {"lr": 1e-3, "lr_schedule": "cosine", "warmup_epochs": 2.0, "lr_min": 1e-5, "gamma_lr": 1e-2},
     "constant-gates": {"lr": 1e-3, "gamma_lr": 1e-2},
     "cosine-30": {"lr": 1e-3, "lr_schedule": "cosine", "warmup_epochs": 2.0, "lr_min": 1e-5, "epochs": 30},
+    "cosine-15": {"lr": 1e-3, "lr_schedule": "cosine", "warmup_epochs": 1.0, "lr_min": 1e-5, "epochs": 15,
+                  "gamma_lr": 1e-2},
 }
 FULL: dict[str, Any] = {
     "classes": ["toy_brick"], "n": 200, "seeds": [0], "epochs": 60, "patience": 8, "min_delta": 0.0, "batch": 4,

@@ -19,7 +19,12 @@ epoch — the report states for each model whether the selected epoch was the la
 selection did not depend on those objects' scores).
 
     python benchmarks/decision_trust.py --runs results/trust/runs --paper-run paper \
-        --dropout-run dropout dropout_tb --classes toy_brick terminal_block
+        --dropout-run dropout dropout_tb --crossfit-run crossfit --classes toy_brick terminal_block
+
+A paper model fitted with ``threshold.cross_fit`` (``--crossfit-run``) is evaluated the same way; its
+calibration scores are the out-of-fold scores stored with it (the model itself trained on those
+objects, so it must not score them). A class whose stored result lacks a model now asked for is
+completed, not recomputed.
 
 Each run folder is what ``multiflow fit --out <runs> --name <run>`` writes (its ``config.yaml`` names
 the data and the feature cache). Per class ``<runs>/decision_trust/<class>.json`` (atomic; a rerun
@@ -44,6 +49,9 @@ from benchmarks._report import CpuShare, machine_line, update_section  # noqa: E
 from multiflow._atomic import write_json  # noqa: E402
 
 SECTION = "decision_trust"
+#: the models whose threshold is evaluated, in report order
+KINDS = (("paper", "Paper model, held-out calibration split"),
+         ("crossfit", "Paper model, cross-fitted threshold (threshold.cross_fit)"))
 TARGETS = (0.01, 0.05)
 CONFIDENCE = 0.9
 
@@ -60,6 +68,10 @@ def _split(bundle, cfg) -> tuple[np.ndarray, str]:
     from multiflow.engine.threshold import split_calibration
     from multiflow.engine.train import split_train_val
 
+    if getattr(bundle.training, "cross_fit", 0):
+        n = int(bundle.training.calibration_samples)
+        return np.arange(n), (f"out-of-fold scores of all {n} normal training objects (threshold.cross_fit="
+                              f"{bundle.training.cross_fit}; the model itself trained on all of them)")
     n = int(bundle.training.train_samples) + int(bundle.training.val_samples) + int(
         getattr(bundle.training, "calibration_samples", 0) or 0)
     if getattr(bundle.training, "calibration_samples", 0):
@@ -85,7 +97,19 @@ def _rates(threshold: float, good: np.ndarray, bad: np.ndarray) -> dict[str, flo
             "miss": float(np.mean(bad <= threshold))}
 
 
-def evaluate_class(runs: Path, cls: str, paper: Path, dropout: Path | None) -> dict[str, Any]:
+def _stored_calibration_scores(folder: Path, bundle, size: int) -> tuple[np.ndarray, list[str]]:
+    """The sample scores of the maps the bundle's threshold was fitted on (the out-of-fold maps of a
+    cross-fitted model: the model itself trained on those objects, so it must not score them)."""
+    from multiflow.engine.threshold import load_calibration_maps
+    from multiflow.scoring import score_arrays
+
+    maps, masks, ids = load_calibration_maps(folder / bundle.threshold.calibration_maps)
+    post = bundle.scoring.postprocess(size)
+    return score_arrays(maps, masks, post, bundle.scoring.aggregation)[1], ids
+
+
+def evaluate_class(runs: Path, cls: str, models: dict[str, Path | None], done: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
     from multiflow.config import load_config
     from multiflow.engine.bundle import load_bundle
     from multiflow.engine.factories import build_extractor
@@ -94,10 +118,10 @@ def evaluate_class(runs: Path, cls: str, paper: Path, dropout: Path | None) -> d
     from multiflow.metrics import auroc
     from multiflow.scoring import fit_threshold
 
-    out: dict[str, Any] = {"class": cls}
+    out: dict[str, Any] = {"class": cls} | dict(done or {})
     cache: dict[str, Any] = {}
-    for kind, folder in (("paper", paper), ("dropout", dropout)):
-        if folder is None:
+    for kind, folder in models.items():
+        if folder is None or kind in out:
             continue
         cfg = load_config(folder.parent / "config.yaml")
         model, bundle = load_bundle(folder)
@@ -111,7 +135,10 @@ def evaluate_class(runs: Path, cls: str, paper: Path, dropout: Path | None) -> d
         cal, how = _split(bundle, cfg)
         ids = [train.sample_ids[i] for i in cal]
         cal_masks = None if train.masks is None else train.masks[cal]
-        cal_s = _scores(model, bundle, train.features[cal], cal_masks, image_size=size)
+        if getattr(bundle.training, "cross_fit", 0):
+            cal_s, ids = _stored_calibration_scores(folder, bundle, size)
+        else:
+            cal_s = _scores(model, bundle, train.features[cal], cal_masks, image_size=size)
         labels = np.array([test.dataset.image_labels(i) for i in range(len(test.dataset))]).max(1) > 0
         test_s = _scores(model, bundle, test.features, test.masks, image_size=size)
         good, bad = test_s[~labels], test_s[labels]
@@ -158,36 +185,40 @@ def report(results: list[dict[str, Any]], command: str, cpu: str) -> str:
         return f"{100 * x:.1f}"
 
     lines = ["## Decision threshold: observed false-reject rate against the stated target (issue 20)", "",
-             f"Command: `{command}`  ", f"Machine: {machine_line()}; {cpu}.", "",
-             "Paper model; threshold fitted on the held-out calibration objects' sample scores "
-             f"(confidence {CONFIDENCE:.0%}); rates on the class's clean / defective test objects (%):", "",
-             "| class | calibration objects | good / defective | rule | threshold | false rejects | misses | method |",
-             "|---|---:|---:|---|---:|---:|---:|---|"]
-    for r in results:
-        p = r["paper"]
-        cnt = f"{p['n_good']} / {p['n_defective']}"
-        o = p["old_rule_q99"]
-        lines.append(f"| {r['class']} | {p['n_calibration']} | {cnt} | old: 0.99 quantile | {o['threshold']:.3f} | "
-                     f"{pct(o['false_reject'])} | {pct(o['miss'])} | |")
-        for t, x in p["targets"].items():
-            lines.append(f"| {r['class']} | {p['n_calibration']} | {cnt} | target {pct(float(t))} % | "
-                         f"{x['threshold']:.3f} | {pct(x['false_reject'])} | {pct(x['miss'])} | {x['method']} |")
-    for t in TARGETS:
-        good = sum(r["paper"]["n_good"] for r in results)
-        fr = sum(r["paper"]["targets"][str(t)]["false_reject"] * r["paper"]["n_good"] for r in results) / max(good, 1)
-        lines.append("")
-        lines.append(f"Target {pct(t)} %: {pct(fr)} % of {good} clean test objects rejected over all classes "
-                     f"(goal: at most {pct(t + 0.01)} %).")
-    lines += ["", "How the calibration objects were chosen: " + "; ".join(
-        f"{r['class']}: {r['paper']['calibration']}" for r in results) + "."]
-    sc = [r for r in results if "scores" in r["paper"]]
-    if sc:
-        lines += ["", "Sample scores of the paper model, calibration objects against the clean test objects (n, mean, "
-                  "sd, max): " + "; ".join(
-                      f"{r['class']}: " + ", ".join(
+             f"Command: `{command}`  ", f"Machine: {machine_line()}; {cpu}.", ""]
+    for kind, title in KINDS:
+        rs = [r for r in results if kind in r]
+        if not rs:
+            continue
+        lines += [f"{title}; threshold fitted on the calibration objects' sample scores (confidence "
+                  f"{CONFIDENCE:.0%}); rates on the class's clean / defective test objects (%):", "",
+                  "| class | calibration objects | good / defective | rule | threshold | false rejects | misses | "
+                  "method | S-AUROC |", "|---|---:|---:|---|---:|---:|---:|---|---:|"]
+        for r in rs:
+            p = r[kind]
+            cnt, auc = f"{p['n_good']} / {p['n_defective']}", f"{100 * p['s_auroc']:.2f}"
+            o = p["old_rule_q99"]
+            lines.append(f"| {r['class']} | {p['n_calibration']} | {cnt} | old: 0.99 quantile | {o['threshold']:.3f} | "
+                         f"{pct(o['false_reject'])} | {pct(o['miss'])} | | {auc} |")
+            for t, x in p["targets"].items():
+                lines.append(f"| {r['class']} | {p['n_calibration']} | {cnt} | target {pct(float(t))} % | "
+                             f"{x['threshold']:.3f} | {pct(x['false_reject'])} | {pct(x['miss'])} | {x['method']} | "
+                             f"{auc} |")
+        for t in TARGETS:
+            good = sum(r[kind]["n_good"] for r in rs)
+            fr = sum(r[kind]["targets"][str(t)]["false_reject"] * r[kind]["n_good"] for r in rs) / max(good, 1)
+            lines.append("")
+            lines.append(f"{title}, target {pct(t)} %: {pct(fr)} % of {good} clean test objects rejected over all "
+                         f"classes (goal: at most {pct(t + 0.01)} %).")
+        lines += ["", "How the calibration objects were chosen: " + "; ".join(
+            f"{r['class']}: {r[kind]['calibration']}" for r in rs) + "."]
+        sc = [r for r in rs if "scores" in r[kind]]
+        if sc:
+            lines += ["", "Sample scores, calibration objects against the clean test objects (n, mean, sd, max): "
+                      + "; ".join(f"{r['class']}: " + ", ".join(
                           f"{k} {v['n']} / {v['mean']:.3f} / {v['sd']:.3f} / {v['max']:.3f}"
-                          for k, v in r["paper"]["scores"].items()) for r in sc) + "."]
-    lines += [""]
+                          for k, v in r[kind]["scores"].items()) for r in sc) + "."]
+        lines += [""]
     drop = [r for r in results if "dropout" in r]
     if drop:
         lines += ["View-dropout model, clean test objects scored from k cameras (one random subset each): "
@@ -211,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default=str(ROOT / "results" / "trust" / "runs"), help="folder of the fit runs")
     p.add_argument("--paper-run", nargs="+", default=["paper"], help="run name(s) holding the paper models")
     p.add_argument("--dropout-run", nargs="*", default=[], help="run name(s) holding the view-dropout models")
+    p.add_argument("--crossfit-run", nargs="*", default=[], help="run name(s) holding paper models fitted with "
+                   "threshold.cross_fit")
     p.add_argument("--classes", nargs="+", required=True)
     p.add_argument("--force", action="store_true", help="recompute classes with a stored result")
     p.add_argument("--no-benchmarks-md", action="store_true")
@@ -230,15 +263,17 @@ def main(argv: list[str] | None = None) -> int:
 def _run_classes(args, runs: Path, results: list) -> None:
     for cls in args.classes:
         path = runs / "decision_trust" / f"{cls}.json"
-        if path.is_file() and not args.force:
-            results.append(json.loads(path.read_text()))
-            continue
-        paper = _find(runs, args.paper_run, cls)
-        if paper is None:
+        done = json.loads(path.read_text()) if path.is_file() and not args.force else {}
+        models = {"paper": _find(runs, args.paper_run, cls), "dropout": _find(runs, args.dropout_run, cls),
+                  "crossfit": _find(runs, args.crossfit_run, cls)}
+        if models["paper"] is None and "paper" not in done:
             raise SystemExit(f"{cls}: no trained paper model in {runs}/{{{','.join(args.paper_run)}}}/{cls}")
+        if all(k in done for k, f in models.items() if f is not None):
+            results.append(done)  # every model asked for is stored
+            continue
         t0 = time.perf_counter()
-        res = evaluate_class(runs, cls, paper, _find(runs, args.dropout_run, cls))
-        res["seconds"] = time.perf_counter() - t0
+        res = evaluate_class(runs, cls, models, done={k: v for k, v in done.items() if k in models})
+        res["seconds"] = float(done.get("seconds", 0.0)) + time.perf_counter() - t0
         write_json(path, res)
         results.append(res)
 

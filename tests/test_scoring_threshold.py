@@ -68,6 +68,24 @@ def test_gaussian_tail_meets_the_target_when_its_assumption_holds(n):
     assert abs(ok / reps - CONF) <= slack + 0.02
 
 
+def test_a_heavy_tail_needs_many_calibration_objects():
+    """Good objects' scores with a heavy right tail (a log-normal bulk and 5 % rare looks, shaped
+    like terminal_block's measured scores): 20 calibration objects (the default split at N = 200)
+    reject far more than 1 % of new good objects on average, because 20 objects rarely show the
+    tail; 200 (a cross-fitted class of 200 objects) keep the expected rate at the target, because
+    the threshold is never below the largest calibration score that is not a suspected outlier."""
+    bulk, tail, w = stats.lognorm(s=0.06, scale=1.8), stats.lognorm(s=0.06, scale=2.2), 0.05
+
+    def draw(n, rng):
+        return np.where(rng.random(n) < w, tail.rvs(size=n, random_state=rng), bulk.rvs(size=n, random_state=rng))
+
+    rng = np.random.default_rng(11)
+    frr = {n: np.mean([(1 - w) * bulk.sf(v) + w * tail.sf(v) for v in
+                       (fit_threshold(draw(n, rng)).value for _ in range(300))]) for n in (20, 200)}
+    assert frr[20] > 2 * ALPHA
+    assert frr[200] <= ALPHA
+
+
 def test_too_few_objects_warn_naming_how_many_are_needed():
     s = [2.1, 2.3, 2.2, 2.5, 2.0]
     fit = fit_threshold(s, ["a", "b", "c", "d", "e"])

@@ -202,11 +202,18 @@ class ThresholdConfig:
     ``confidence``: with this probability (over the draw of the calibration objects);
     ``calibration_fraction``: the share of the normal training objects held out, before training,
     to fit the threshold on (at least 2 objects): they neither train the flow nor select its epoch.
+    ``cross_fit``: 0 (the default) holds out ``calibration_fraction``; ``K >= 2`` holds out nothing
+    and cross-fits instead: the flow trains on every normal object, then ``K`` fold flows, each
+    trained the same way (as many epochs as the flow's selected one) without one fold, score that
+    fold, so the threshold sees an out-of-fold score of every normal object (its rare looks too),
+    at the cost of ``K`` more trainings on ``(K - 1) / K`` of the objects
+    (:mod:`multiflow.engine.threshold`).
     """
 
     false_reject: float = DEFAULT_FALSE_REJECT
     confidence: float = DEFAULT_CONFIDENCE
     calibration_fraction: float = 0.1
+    cross_fit: int = 0
     #: a unified model's unknown-class cut-off: the rate of good objects of a known class it may
     #: flag as an unknown class (0 = the same target as ``false_reject``), at ``confidence``
     unknown_false_reject: float = 0.0
@@ -299,6 +306,12 @@ class RunConfig:
             _choice("model.class_conditioning", self.model.class_conditioning, set(CLASS_CONDITIONINGS))
             if self.model.single_view:
                 raise ConfigError("model.unified needs the multi-view flow (model.single_view=false)")
+            if self.threshold.cross_fit:
+                raise ConfigError("threshold.cross_fit is not available for a unified model (model.unified=true): "
+                                  "its per-class thresholds use threshold.calibration_fraction")
+        if self.threshold.cross_fit == 1:
+            raise ConfigError("threshold.cross_fit must be 0 (a held-out calibration split) or at least 2 folds, "
+                              "got 1")
         if len(self.train.betas) != 2:
             raise ConfigError(f"train.betas must have two values, got {self.train.betas}")
         return self
@@ -367,7 +380,8 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "eval.image_score_q": {"ge": 0, "le": 1},
     "eval.image_score_sigma": {"gt": 0},
     "eval.image_score_size": {"ge": 0},
-    "threshold.calibration_fraction": {"gt": 0, "lt": 1},  # false_reject, confidence: scoring.check_target
+    "threshold.calibration_fraction": {"gt": 0, "lt": 1},
+    "threshold.cross_fit": {"ge": 0},  # false_reject, confidence: scoring.check_target
     "faults.size": {"gt": 0},
     "faults.grid": {"gt": 0},
     "faults.false_alarm": {"gt": 0, "lt": 1},

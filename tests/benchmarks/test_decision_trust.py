@@ -29,6 +29,7 @@ def runs(tmp_path_factory):
     api.fit(overrides=[*common, "name=paper"], progress=False)
     api.evaluate(root / "runs" / "paper", progress=False)
     api.fit(overrides=[*common, "name=dropout", "train.view_dropout=0.3"], progress=False)
+    api.fit(overrides=[*common, "name=crossfit", "threshold.cross_fit=2"], progress=False)
     return root / "runs"
 
 
@@ -52,3 +53,24 @@ def test_rates_are_those_of_the_stored_threshold_and_test_scores(runs):
     assert set(res["dropout"]["by_views"]) == {"1", "2", "3", "4"}
     # stored results are reused: a second call reads the file
     assert dt.main(["--runs", str(runs), "--classes", CLASS, "--no-benchmarks-md"]) == 0
+
+
+def test_a_cross_fitted_model_is_evaluated_on_its_out_of_fold_scores_and_completes_the_stored_result(runs):
+    """--crossfit-run adds the cross-fitted model to a stored class result without recomputing the
+    paper model; its 5 % row re-fits exactly the threshold fit stored (from the out-of-fold maps,
+    not from the model's own scores of objects it trained on)."""
+    from multiflow.engine.bundle import read_bundle
+
+    assert dt.main(["--runs", str(runs), "--classes", CLASS, "--no-benchmarks-md"]) == 0
+    before = json.loads((runs / "decision_trust" / f"{CLASS}.json").read_text())
+    assert "crossfit" not in before
+    assert dt.main(["--runs", str(runs), "--crossfit-run", "crossfit", "--classes", CLASS, "--no-benchmarks-md"]) == 0
+    res = json.loads((runs / "decision_trust" / f"{CLASS}.json").read_text())
+    assert res["paper"] == before["paper"]
+    bundle = read_bundle(runs / "crossfit" / CLASS)
+    cf = res["crossfit"]
+    assert bundle.training.cross_fit == 2 and cf["n_calibration"] == bundle.training.calibration_samples == 14
+    assert "out-of-fold" in cf["calibration"]
+    assert cf["targets"]["0.05"]["threshold"] == pytest.approx(bundle.threshold.value, rel=1e-6)
+    md = dt.report([res], "cmd", "cpu")
+    assert "cross-fitted threshold" in md and md.count("| toy_brick |") >= 6

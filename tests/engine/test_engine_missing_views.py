@@ -185,7 +185,7 @@ def test_flow_swap_check_is_fitted_into_the_bundle_and_reported_by_predict(run, 
     from multiflow.config import RunConfig
     from multiflow.engine.pipeline import fit_flow_swap_check
     from multiflow.faults import CameraFaultModel, flow_swap_gains
-    from multiflow.faults.flow_swap import all_pairs
+    from multiflow.faults.flow_swap import all_pairs, swap_gains_in_batches
 
     folder, objs = run
     copy = tmp_path / "cls"
@@ -198,7 +198,8 @@ def test_flow_swap_check_is_fitted_into_the_bundle_and_reported_by_predict(run, 
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert fit_flow_swap_check(RunConfig(), pred.flow, feats, copy / "camera_faults.json", progress=False)
+        gains, _ = swap_gains_in_batches(pred.flow, feats)
+        assert fit_flow_swap_check(RunConfig(), gains, 5, copy / "camera_faults.json", source="3 objects")
     fm = CameraFaultModel.load(copy / "camera_faults.json")
     # the pairs the check is expected to miss more often than not are named at fit
     weak = [f"{fm.view_names[a]}-{fm.view_names[b]}" for (a, b), d in

@@ -319,3 +319,85 @@ def test_view_fusions_fit_test_and_predict_alike_without_the_data_folder(run, tm
     assert len(preds) == len(rows)
     for p in preds:
         assert p["sample_score"] == pytest.approx(float(rows[p["sample_id"]]["sample_score"]), rel=1e-4, abs=1e-4)
+
+
+def test_cross_fitting_scores_every_object_out_of_fold_and_resumes_fold_by_fold(run, tmp_path, monkeypatch):
+    """threshold.cross_fit=3: the flow trains on every normal object; each object's calibration
+    maps come from a fold flow that never saw it (recomputed here independently for one fold:
+    the same flow trained on the other folds up to the selected epoch), so they differ from the
+    flow's own maps of its training objects. A fit killed after the first fold resumes without
+    training that fold again, and the folds' files are removed once the bundle is written."""
+    import dataclasses
+
+    import multiflow.engine.pipeline as pl
+    from multiflow.config import load_config
+    from multiflow.engine.bundle import load_bundle, read_bundle
+    from multiflow.engine.calibration import CROSSFIT_DIR, cross_fit_folds, flow_rows
+    from multiflow.engine.factories import build_extractor, build_flow
+    from multiflow.engine.maps import compute_maps
+    from multiflow.engine.preprocess import prepare_split
+    from multiflow.engine.threshold import RowSubset, load_calibration_maps
+    from multiflow.engine.train import train_flow
+
+    _, _, data, overrides = run
+    ov = [o for o in overrides if not o.startswith(("name=", "eval.pictures", "out="))] + [
+        "eval.pictures=false", "threshold.cross_fit=3", "faults.enabled=false"]
+    cfg = load_config(None, ov)
+    calls = []
+    import multiflow.engine.train as train_mod
+
+    original = train_mod.train_flow
+
+    def killed_after_first_fold(model, f, m, tcfg, state_dir, **kw):
+        calls.append(str(state_dir))
+        if "fold1" in str(state_dir):
+            raise KeyboardInterrupt
+        return original(model, f, m, tcfg, state_dir, **kw)
+
+    monkeypatch.setattr(train_mod, "train_flow", killed_after_first_fold)
+    with pytest.raises(KeyboardInterrupt):
+        pl.fit_category(cfg, CLASS, tmp_path, progress=False)
+    assert (tmp_path / CLASS / CROSSFIT_DIR / "fold0.npz").is_file()
+    calls.clear()
+    monkeypatch.setattr(train_mod, "train_flow", lambda *a, **k: (calls.append(str(a[4])), original(*a, **k))[1])
+    pl.fit_category(cfg, CLASS, tmp_path, resume=True, progress=False)
+    assert not any("fold0" in c for c in calls) and sum("fold" in c for c in calls) == 2
+    assert not (tmp_path / CLASS / CROSSFIT_DIR).exists()
+
+    b = read_bundle(tmp_path / CLASS)
+    t = b.training
+    assert t.cross_fit == 3 and t.calibration_samples == 6 and t.train_samples + t.val_samples == 6
+    assert "out-of-fold" in b.threshold.source and "cross_fit=3" in b.threshold.source
+    assert b.threshold.fit.n == 6
+    maps, masks, ids = load_calibration_maps(tmp_path / CLASS / b.threshold.calibration_maps)
+    ex = build_extractor(cfg.features)
+    train = prepare_split(cfg, CLASS, "train", ex, progress=False)
+    assert ids == list(train.sample_ids)
+    # fold 0 again, independently: the same flow trained without fold 0 up to the selected epoch
+    fold = cross_fit_folds(6, 3, cfg.train.seed)[0]
+    rest = np.setdiff1d(np.arange(6), fold)
+    net = build_flow(cfg.model, ex.channels, train.view_names, cfg.train.seed)
+    rows = flow_rows(rest, 1)
+    fold_cfg = dataclasses.replace(cfg.train, val_fraction=0.0, early_stopping_patience=0, select="last")
+    original(net, RowSubset(train.features, rows), RowSubset(train.masks, rows), fold_cfg, tmp_path / "again",
+             progress=False, until_epoch=t.best_epoch)
+    want = compute_maps(net.eval(), train.features[fold], train.masks[fold], batch_size=4)
+    np.testing.assert_allclose(maps[fold], want, rtol=1e-4, atol=1e-5)
+    # the flow itself trained on these objects: its maps of them are not the out-of-fold ones
+    model, _ = load_bundle(tmp_path / CLASS)
+    own = compute_maps(model.eval(), train.features[fold], train.masks[fold], batch_size=4)
+    assert not np.allclose(own, maps[fold], rtol=1e-3, atol=1e-3)
+
+
+def test_cross_fit_folds_partition_the_objects_and_refuse_bad_counts():
+    from multiflow.engine.calibration import cross_fit_folds
+    from multiflow.errors import ConfigError
+
+    folds = cross_fit_folds(11, 3, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(11))
+    assert sorted(len(f) for f in folds) == [3, 4, 4]
+    assert all(np.array_equal(a, b) for a, b in zip(folds, cross_fit_folds(11, 3, seed=0)))
+    assert not all(np.array_equal(a, b) for a, b in zip(folds, cross_fit_folds(11, 3, seed=1)))
+    for k in (1, 12):
+        with pytest.raises(ConfigError, match="cross_fit"):
+            cross_fit_folds(11, k, seed=0)

@@ -1,8 +1,8 @@
 """``torchrun --nproc_per_node 2 -m multiflow fit --test`` = one process, through the real CLI.
 
 A small synthetic class with the real Lite0 backbone and threshold masks: the two ranks share
-feature and mask extraction, train with DDP, score the held-out and test samples in shards, and
-rank 0 writes the run. The single-process run then trains on the cache the two ranks wrote (so
+feature and mask extraction, train with DDP (the flow and the cross-fit folds of its threshold),
+score the held-out and test samples in shards, and rank 0 writes the run. The single-process run then trains on the cache the two ranks wrote (so
 both see the same inputs) and must give the same model, threshold and metrics; the sharded cache
 itself is compared with a single-process extraction (equal up to float16 rounding of features
 computed with another thread count and batch size; masks exactly).
@@ -31,6 +31,8 @@ def _overrides(data: Path, root: Path, tag: str) -> list[str]:
         "features.batch_size=2", f"features.cache_dir={root / ('cache-' + tag)}", "model.hidden=8",
         "model.n_blocks=2", "model.kernel_sizes=[3,3]", "train.epochs=2", "train.batch_size=3",
         "train.lr=0.002", f"out={root / 'results'}", "eval.pictures=false",
+        # the threshold cross-fitted: the ranks train every fold together and only rank 0 writes a fold
+        "threshold.cross_fit=2",
     ]
 
 
@@ -66,6 +68,8 @@ def test_two_ranks_train_the_same_model(runs):
     m1, m2 = read_bundle(one / CLASS), read_bundle(two / CLASS)
     assert m2.training.best_epoch == m1.training.best_epoch
     assert m2.threshold.value == pytest.approx(m1.threshold.value, rel=1e-4)
+    assert m1.training.cross_fit == m2.training.cross_fit == 2 and m2.training.calibration_samples == 7
+    assert not (two / CLASS / "crossfit").exists()
     assert [h["train_loss"] for h in m2.training.history] == pytest.approx(
         [h["train_loss"] for h in m1.training.history], rel=1e-5)
 

@@ -178,6 +178,8 @@ class TrainingRecord:
     val_samples: int = 0
     #: held-out objects the threshold was fitted on (threshold.calibration_fraction; 0 in older bundles)
     calibration_samples: int = 0
+    #: threshold.cross_fit: folds whose flows gave the objects' out-of-fold scores (0: a held-out split)
+    cross_fit: int = 0
     val_sample_scores: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     stop_reason: str = ""
@@ -205,6 +207,8 @@ class ClassSpec:
     identified: float | None = None
     train_samples: int = 0
     calibration_samples: int = 0
+    #: threshold.cross_fit: folds whose flows gave the objects' out-of-fold scores (0: a held-out split)
+    cross_fit: int = 0
 
 
 @dataclass

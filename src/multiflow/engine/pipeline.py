@@ -7,8 +7,10 @@ One model per class (category). A run folder looks like::
         <category>/model.safetensors     the flow (weights + its constructor config)
         <category>/model.json            the model bundle (:mod:`multiflow.engine.bundle`)
         <category>/camera_faults.json    per-camera normal statistics for the camera-fault check (named by the bundle)
-        <category>/calibration_maps.npz  maps of the held-out calibration objects (threshold refits; named by the bundle)
+        <category>/calibration_maps.npz  maps of the held-out calibration objects, or the out-of-fold maps of every
+                                         normal object with threshold.cross_fit (threshold refits; named by the bundle)
         <category>/train_state/          resumable training state
+        <category>/crossfit/             finished cross-fit folds, while fit runs (threshold.cross_fit)
         <category>/metrics.json          evaluation of the test split (after ``multiflow test``)
         <category>/scores.csv            per-sample and per-view scores of the test split
         <category>/adeval.pkl            predictions in ADEval's format
@@ -97,22 +99,32 @@ def _maps(model, features, masks, n_views: int, ctx, *, batch_size: int,
 # ------------------------------------------------------------------------------------ fitting
 def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool = False,
                  progress: bool = True, device: torch.device | None = None) -> ModelBundle:
-    """Train the flow of one class and fit its threshold on held-out calibration objects.
+    """Train the flow of one class and fit its threshold on scores of normal objects it did not train on.
 
-    ``threshold.calibration_fraction`` of the normal training objects are held out before training
-    (:mod:`multiflow.engine.threshold`); the flow trains (and selects its epoch) on the rest. The
-    threshold is fitted for ``threshold.false_reject`` at ``threshold.confidence``, per number of
-    present views too for a model trained with view dropout; its warnings are issued and stored.
+    ``threshold.cross_fit=0``: ``threshold.calibration_fraction`` of the normal training objects are
+    held out before training (:mod:`multiflow.engine.threshold`) and the flow trains (and selects its
+    epoch) on the rest. ``cross_fit=K``: the flow trains on all of them and ``K`` fold flows give
+    every object an out-of-fold score (:mod:`multiflow.engine.calibration`). The threshold is fitted
+    for ``threshold.false_reject`` at ``threshold.confidence``, per number of present views too for a
+    model trained with view dropout; its warnings are issued and stored. The flow's swap check is
+    fitted on the same objects' swap gains.
 
     Features, masks, training and scoring run on ``device`` (default: :func:`run_device`)."""
     import warnings
 
+    from multiflow.engine.calibration import (
+        CalibrationEvidence,
+        cross_fit_evidence,
+        flow_rows,
+        remove_cross_fit,
+        score_objects,
+    )
     from multiflow.engine.distributed import barrier, current_context
     from multiflow.engine.threshold import (
         CALIBRATION_FILE,
         RowSubset,
-        fit_by_views,
         fit_for_scoring,
+        fit_from_view_scores,
         save_calibration_maps,
         split_calibration,
     )
@@ -128,43 +140,68 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
     train = prepare_split(cfg, category, "train", extractor, progress=progress, device=device)
     t_feat = time.perf_counter() - t0
     n_views = len(train.view_names)
-    # the threshold's calibration objects, held out before training (engine/threshold.py)
-    rest, cal = split_calibration(len(train.sample_ids), cfg.threshold.calibration_fraction, cfg.train.seed,
-                                  min_rest=2 if cfg.train.val_fraction > 0 else 1)
-    model = build_flow(cfg.model, extractor.channels, train.view_names, cfg.train.seed,
-                       camera_rig=resolve_camera_rig(cfg.model, cfg.data, category, list(train.view_names)))
-    # what the flow takes as one sample (objects, or images for the single-view flow), of the rest
+    n_objects = len(train.sample_ids)
+    cross_fit = int(cfg.threshold.cross_fit)
+    if cross_fit:  # every object trains the flow; the folds score them (engine/calibration.py)
+        rest, cal = np.arange(n_objects), np.arange(0)
+    else:  # the threshold's calibration objects, held out before training (engine/threshold.py)
+        rest, cal = split_calibration(n_objects, cfg.threshold.calibration_fraction, cfg.train.seed,
+                                      min_rest=2 if cfg.train.val_fraction > 0 else 1)
+    rig = resolve_camera_rig(cfg.model, cfg.data, category, list(train.view_names))
+
+    def build():
+        return build_flow(cfg.model, extractor.channels, train.view_names, cfg.train.seed, camera_rig=rig)
+
+    model = build()
+    # what the flow takes as one sample (objects, or images for the single-view flow)
     flow_feats, flow_masks = model.to_flow_samples(train.features, train.masks)
-    per = int(flow_feats.shape[0]) // max(len(train.sample_ids), 1)  # flow samples per object
-    rows = (np.asarray(rest)[:, None] * per + np.arange(per)[None]).reshape(-1)
-    feats, masks = RowSubset(flow_feats, rows), None if flow_masks is None else RowSubset(flow_masks, rows)
-    result = train_flow(model, feats, masks, cfg.train, out / "train_state", resume=resume, progress=progress,
-                        device=device)
-    cal_masks = None if train.masks is None else train.masks[cal]
-    cal_ids = [train.sample_ids[i] for i in cal]
-    # the threshold is fitted on fp32 maps, as predict, serve and the ONNX graph score (multiflow.device)
-    cal_maps = _maps(model, train.features[cal], cal_masks, n_views, ctx, batch_size=cfg.eval.batch_size,
-                     device=device, precision=SCORING_PRECISION)
+    per = int(flow_feats.shape[0]) // max(n_objects, 1)  # flow samples per object
+
+    def train_on(net, objects, train_cfg, state_dir, resume_fold, until=None):
+        rows = flow_rows(objects, per)
+        f, m = RowSubset(flow_feats, rows), None if flow_masks is None else RowSubset(flow_masks, rows)
+        return train_flow(net, f, m, train_cfg, state_dir, resume=resume_fold, progress=progress, device=device,
+                          until_epoch=until)
+
+    result = train_on(model, rest, cfg.train, out / "train_state", resume)
     scoring = ScoringSpec(aggregation=cfg.eval.aggregation, image_score=cfg.eval.image_score_spec())
     image_size = int(extractor.input_size)
-    fit, cal_scores = fit_for_scoring(cal_maps, cal_masks, cal_ids, scoring, cfg.threshold, image_size=image_size)
     supports_missing = bool(cfg.train.view_dropout > 0)
-    by_views = {}
-    if supports_missing:  # one threshold per number of present views, fitted the same way
-        by_views = fit_by_views(model, train.features[cal], cal_masks, cal_ids, scoring, cfg.threshold,
-                                image_size=image_size, batch_size=cfg.eval.batch_size, device=device,
-                                precision=SCORING_PRECISION, seed=cfg.train.seed)
-        model.to("cpu")
-    threshold = ThresholdSpec(
-        value=fit.value, fit=fit, by_views=by_views, calibration_maps=CALIBRATION_FILE,
-        source=f"{len(cal)} held-out calibration objects (threshold.calibration_fraction; not trained on, "
-               "not used to select the epoch)",
-    )
+    want_gains = bool(cfg.faults.enabled and cfg.faults.flow_swap and not cfg.model.single_view and n_views >= 2)
+
+    def maps_fn(net, features, masks):  # fp32, as predict, serve and the ONNX graph score (multiflow.device)
+        return _maps(net, features, masks, n_views, ctx, batch_size=cfg.eval.batch_size, device=device,
+                     precision=SCORING_PRECISION)
+
+    if cross_fit:
+        evidence = cross_fit_evidence(
+            cfg, build=build, train_fold=lambda net, objs, tcfg, sdir, res: train_on(
+                net, objs, tcfg, sdir, res, until=int(result.best_epoch)),
+            features=train.features, masks=train.masks, sample_ids=list(train.sample_ids),
+            until_epoch=int(result.best_epoch), out=out, scoring=scoring, image_size=image_size, maps_fn=maps_fn,
+            view_scores=supports_missing, swap_gains=want_gains, device=device, resume=resume, progress=progress,
+            is_main=ctx.is_main, sync=lambda: barrier(ctx))
+    else:
+        cal_masks = None if train.masks is None else train.masks[cal]
+        maps, worst, gains = score_objects(
+            model, train.features[cal], cal_masks, scoring=scoring, image_size=image_size, maps_fn=maps_fn,
+            view_scores=supports_missing, swap_gains=want_gains, batch_size=cfg.eval.batch_size,
+            device=device, seed=cfg.train.seed, progress=progress)
+        evidence = CalibrationEvidence(
+            maps=maps, masks=cal_masks, sample_ids=[train.sample_ids[i] for i in cal], view_scores=worst,
+            swap_gains=gains, source=f"{len(cal)} held-out calibration objects (threshold.calibration_fraction; not "
+                                     "trained on, not used to select the epoch)")
+    what = "out-of-fold scored objects" if cross_fit else "held-out calibration objects"
+    fit, cal_scores = fit_for_scoring(evidence.maps, evidence.masks, evidence.sample_ids, scoring, cfg.threshold,
+                                      image_size=image_size, what=what)
+    by_views = fit_from_view_scores(evidence.view_scores, evidence.sample_ids, cfg.threshold) if supports_missing else {}
+    threshold = ThresholdSpec(value=fit.value, fit=fit, by_views=by_views, calibration_maps=CALIBRATION_FILE,
+                              source=evidence.source)
     if ctx.is_main:
         for w in threshold.warnings:
             warnings.warn(f"{category}: threshold: {w}", stacklevel=2)
         if progress:
-            print(f"{category}: threshold {fit.value:.6g} ({fit.method}, {fit.n} calibration objects, false-reject "
+            print(f"{category}: threshold {fit.value:.6g} ({fit.method}, {fit.n} {what}, false-reject "
                   f"target {fit.false_reject:g} at {fit.confidence:.0%} confidence)", flush=True)
     graph = model.graph.to_dict()
     desc = extractor.describe()
@@ -187,7 +224,7 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         training=TrainingRecord(
             best_epoch=int(result.best_epoch), best_val_loss=result.best_val_loss, history=list(result.history),
             train_samples=int(len(result.train_index)), val_samples=int(len(result.val_index)),
-            calibration_samples=int(len(cal)),
+            calibration_samples=int(len(evidence.sample_ids)), cross_fit=cross_fit,
             val_sample_scores={"n": int(len(cal_scores)), "mean": float(cal_scores.mean()),
                                "max": float(cal_scores.max())},
             seconds={"features_and_masks": t_feat, "total": time.perf_counter() - t0},
@@ -200,12 +237,13 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
         if cfg.faults.enabled and fit_camera_fault_stats(cfg, category, train.dataset, out / CAMERA_FAULTS_FILE,
                                                          progress=progress):
             bundle.camera_faults = CAMERA_FAULTS_FILE
-            if cfg.faults.flow_swap and not cfg.model.single_view:
-                fit_flow_swap_check(cfg, model, train.features[cal], out / CAMERA_FAULTS_FILE, device=device,
-                                    precision=precision, progress=progress,
-                                    fg=None if train.masks is None else train.masks[cal])
-        save_calibration_maps(out / CALIBRATION_FILE, cal_maps, cal_masks, cal_ids)
+            if want_gains:
+                fit_flow_swap_check(cfg, evidence.swap_gains, len(train.view_names), out / CAMERA_FAULTS_FILE,
+                                    source=evidence.source)
+        save_calibration_maps(out / CALIBRATION_FILE, evidence.maps, evidence.masks, evidence.sample_ids)
         save_bundle(out, model, bundle)
+        if cross_fit:
+            remove_cross_fit(out)
     barrier(ctx)
     return bundle
 
@@ -240,31 +278,22 @@ def fit_camera_fault_stats(cfg: RunConfig, category: str, ds, path: Path, *, pro
 WEAK_SWAP_DETECTION = 0.5
 
 
-def fit_flow_swap_check(cfg: RunConfig, model, features, path: Path, *, device=None, precision: str = "fp32",
-                        progress: bool = True, fg=None) -> bool:
+def fit_flow_swap_check(cfg: RunConfig, gains: np.ndarray | None, n_views: int, path: Path, *,
+                        source: str = "") -> bool:
     """Add the flow's swap check (:mod:`multiflow.faults.flow_swap`) to the camera-fault statistics
-    at ``path``, fitted on the swap gains of the held-out calibration objects' ``features``
-    ``(N, V, C, h, w)`` (the flow did not train on them), with ``faults.flow_swap_share`` of the
+    at ``path``, fitted on ``gains`` ``(N, P)``: the flow's swap gains of normal objects it did not
+    train on (:mod:`multiflow.engine.calibration`), with ``faults.flow_swap_share`` of the
     object-level budget; False (with a warning) when there are fewer than 3 objects or 2 cameras."""
     import warnings
 
-    import torch
-
     from multiflow.faults import CameraFaultModel, with_flow_swap
-    from multiflow.faults.flow_swap import swap_gains_in_batches
 
-    n, v = int(features.shape[0]), int(features.shape[1])
-    if n < 3 or v < 2:
-        warnings.warn(f"{path.parent.name}: {n} calibration objects, {v} cameras: no flow swap check fitted "
+    n = 0 if gains is None else int(gains.shape[0])
+    if n < 3 or n_views < 2:
+        warnings.warn(f"{path.parent.name}: {n} calibration objects, {n_views} cameras: no flow swap check fitted "
                       "(needs >= 3 objects and >= 2 cameras)", stacklevel=2)
         return False
-    device = torch.device("cpu") if device is None else device
-    model.to(device)
-    gains, _ = swap_gains_in_batches(model, features, batch=2, device=device, precision=precision,
-                                     progress=progress, desc="flow swap check", fg=fg)  # fg: the fusions' foreground
-    model.to("cpu")
-    fm = with_flow_swap(CameraFaultModel.load(path), gains, cfg.faults.flow_swap_share,
-                        source=f"{n} held-out calibration objects")
+    fm = with_flow_swap(CameraFaultModel.load(path), gains, cfg.faults.flow_swap_share, source=source)
     fm.save(path)
     weak = [(f"{fm.view_names[a]}-{fm.view_names[b]}", d) for (a, b), d in
             zip(fm.flow_swap["pairs"], fm.flow_swap["expected_detection"]) if d < WEAK_SWAP_DETECTION]

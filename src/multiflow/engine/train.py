@@ -598,6 +598,7 @@ def train_flow(
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     stop_after_epochs: int | None = None,
+    until_epoch: int | None = None,
     device: torch.device | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
@@ -611,6 +612,9 @@ def train_flow(
         state_dir: folder for ``state.safetensors`` and ``best.safetensors`` (created).
         resume: continue from ``state_dir/state.safetensors`` if it exists.
         stop_after_epochs: stop (as if killed) after this many epochs of *this call*; for tests.
+        until_epoch: train only up to this epoch (counted from the run's start, so a resumed run
+            stops at the same place); the schedule keeps ``cfg.epochs`` as its planned length. The
+            cross-fit folds stop at the flow's selected epoch this way.
         device: where to train (default: ``resolve_device(cfg.device)``); under DDP the rank's device.
         clock: seconds (monotonic) for the checkpoint interval; injectable for tests.
 
@@ -645,7 +649,8 @@ def train_flow(
     epoch_bar = tqdm(total=cfg.epochs, initial=min(start_epoch, cfg.epochs), desc="training", unit="epoch",
                      disable=not progress, dynamic_ncols=True)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        last = cfg.epochs if until_epoch is None else min(cfg.epochs, int(until_epoch))
+        for epoch in range(start_epoch, last):
             if stopping.reason or (stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs):
                 break
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_epoch(

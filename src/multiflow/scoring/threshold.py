@@ -34,7 +34,11 @@ after the outlier screen:
    robustness comes from the screen: the bound with median and MAD in place of mean and sd would
    cover only about 75 % of the time at a stated 90 %, measured in the tests.) The threshold is
    never below the highest calibration score that is not a suspected outlier. A warning names
-   ``needed_n``.
+   ``needed_n``. (That floor is at least the conformal order statistic, rank ``ceil((n + 1)(1 -
+   alpha))``, whose expected false-reject rate is at most ``alpha`` for any distribution once
+   ``n >= 1 / alpha - 1``: good objects' scores have heavy right tails, a rare look of a good part,
+   which a Gaussian fitted to the bulk does not see; the largest of ~200 cross-fitted scores does,
+   see ``threshold.cross_fit``.)
 4. Fewer than 2 objects: no threshold can be estimated; :class:`multiflow.errors.DataError`.
 
 Everything is recorded in :class:`ThresholdFit` (value, method, ``n``, target, confidence,
@@ -230,7 +234,8 @@ def fit_threshold(scores: Any, sample_ids: Sequence[str] | None = None, *,
         notes.append(
             f"only {n} {what} for {target}: the distribution-free bound needs {need}; the threshold "
             f"{value:.6g} extrapolates a Gaussian fitted to the {'log ' if logged else ''}scores (an assumption): "
-            f"hold out more normal objects (threshold.calibration_fraction) or add normal training objects"
+            "hold out more normal objects (threshold.calibration_fraction), cross-fit (threshold.cross_fit) or add "
+            "normal training objects"
         )
     if outliers:
         listed = ", ".join(f"{o['sample_id']} (score {o['score']:.6g})" for o in outliers)
