@@ -369,6 +369,9 @@ def test_cross_fitting_scores_every_object_out_of_fold_and_resumes_fold_by_fold(
     assert t.cross_fit == 3 and t.calibration_samples == 6 and t.train_samples + t.val_samples == 6
     assert "out-of-fold" in b.threshold.source and "cross_fit=3" in b.threshold.source
     assert b.threshold.fit.n == 6
+    # every object is scored already: the warning asks for more objects, not for a larger split
+    w = b.threshold.fit.warning
+    assert "out-of-fold scored objects" in w and "add normal training objects" in w and "calibration_fraction" not in w
     maps, masks, ids = load_calibration_maps(tmp_path / CLASS / b.threshold.calibration_maps)
     ex = build_extractor(cfg.features)
     train = prepare_split(cfg, CLASS, "train", ex, progress=False)

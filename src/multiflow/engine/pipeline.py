@@ -192,9 +192,12 @@ def fit_category(cfg: RunConfig, category: str, run_dir: Path, *, resume: bool =
             swap_gains=gains, source=f"{len(cal)} held-out calibration objects (threshold.calibration_fraction; not "
                                      "trained on, not used to select the epoch)")
     what = "out-of-fold scored objects" if cross_fit else "held-out calibration objects"
+    # cross-fitted, every normal object is already scored: only more of them help
+    remedy = "add normal training objects" if cross_fit else ""
     fit, cal_scores = fit_for_scoring(evidence.maps, evidence.masks, evidence.sample_ids, scoring, cfg.threshold,
-                                      image_size=image_size, what=what)
-    by_views = fit_from_view_scores(evidence.view_scores, evidence.sample_ids, cfg.threshold) if supports_missing else {}
+                                      image_size=image_size, what=what, remedy=remedy)
+    by_views = fit_from_view_scores(evidence.view_scores, evidence.sample_ids, cfg.threshold, what=what,
+                                    remedy=remedy) if supports_missing else {}
     threshold = ThresholdSpec(value=fit.value, fit=fit, by_views=by_views, calibration_maps=CALIBRATION_FILE,
                               source=evidence.source)
     if ctx.is_main:

@@ -101,11 +101,12 @@ def view_subsets(n_views: int, k: int, seed: int = 0) -> list[tuple[int, ...]]:
 
 def fit_for_scoring(maps: np.ndarray, masks: np.ndarray | None, sample_ids: list[str], scoring: ScoringSpec,
                     target, *, image_size: int, present: np.ndarray | None = None,
-                    what: str = "held-out calibration objects") -> tuple[ThresholdFit, np.ndarray]:
+                    what: str = "held-out calibration objects", remedy: str = "") -> tuple[ThresholdFit, np.ndarray]:
     """The threshold fit (``target``: ``false_reject``, ``confidence``) for ``scoring`` on calibration
     maps ``(N, V, h, w)``; returns it and the sample scores ``(N,)``."""
     _, scores = score_arrays(maps, masks, scoring.postprocess(image_size), scoring.aggregation, present=present)
-    fit = fit_threshold(scores, sample_ids, false_reject=target.false_reject, confidence=target.confidence, what=what)
+    fit = fit_threshold(scores, sample_ids, false_reject=target.false_reject, confidence=target.confidence, what=what,
+                        remedy=remedy)
     return fit, scores
 
 
@@ -140,11 +141,12 @@ def scores_by_views(model, features, masks, scoring: ScoringSpec, *, image_size:
     return out
 
 
-def fit_from_view_scores(worst: dict[int, np.ndarray], sample_ids: list[str], target) -> dict[str, ThresholdFit]:
+def fit_from_view_scores(worst: dict[int, np.ndarray], sample_ids: list[str], target, *,
+                         what: str = "held-out calibration objects", remedy: str = "") -> dict[str, ThresholdFit]:
     """``{str(k): fit}`` for ``target`` (``false_reject``, ``confidence``) from :func:`scores_by_views`."""
     v = max(worst) + 1
     return {str(k): fit_threshold(s, sample_ids, false_reject=target.false_reject, confidence=target.confidence,
-                                  what=f"held-out calibration objects scored from {k} of {v} views")
+                                  what=f"{what} scored from {k} of {v} views", remedy=remedy)
             for k, s in sorted(worst.items())}
 
 

@@ -66,6 +66,9 @@ DEFAULT_CONFIDENCE = 0.9
 #: Smallest robust z-score cutoff for a suspected outlier (:func:`outlier_cutoff`).
 OUTLIER_Z = 5.0
 _MAD_TO_SIGMA = 1.4826
+#: what the too-few-objects warning advises unless the caller knows better (``remedy``)
+REMEDY = ("hold out more normal objects (threshold.calibration_fraction), cross-fit (threshold.cross_fit) or add "
+          "normal training objects")
 METHODS = ("order_statistic", "gaussian_log", "gaussian")
 
 
@@ -190,11 +193,11 @@ def _tolerance_factor(n: int, false_reject: float, confidence: float) -> float:
 
 def fit_threshold(scores: Any, sample_ids: Sequence[str] | None = None, *,
                   false_reject: float = DEFAULT_FALSE_REJECT, confidence: float = DEFAULT_CONFIDENCE,
-                  what: str = "held-out normal objects") -> ThresholdFit:
+                  what: str = "held-out normal objects", remedy: str = "") -> ThresholdFit:
     """Fit the threshold on calibration sample scores ``(n,)`` (see the module docstring).
 
     ``sample_ids`` name the objects (for the outlier record; default: their positions); ``what``
-    describes them in messages. Raises :class:`DataError` on non-finite scores or fewer than 2
+    describes them in messages; ``remedy`` replaces the advice of the too-few-objects warning. Raises :class:`DataError` on non-finite scores or fewer than 2
     usable objects, :class:`ConfigError` on a bad target.
     """
     from scipy import stats
@@ -234,8 +237,7 @@ def fit_threshold(scores: Any, sample_ids: Sequence[str] | None = None, *,
         notes.append(
             f"only {n} {what} for {target}: the distribution-free bound needs {need}; the threshold "
             f"{value:.6g} extrapolates a Gaussian fitted to the {'log ' if logged else ''}scores (an assumption): "
-            "hold out more normal objects (threshold.calibration_fraction), cross-fit (threshold.cross_fit) or add "
-            "normal training objects"
+            + (remedy or REMEDY)
         )
     if outliers:
         listed = ", ".join(f"{o['sample_id']} (score {o['score']:.6g})" for o in outliers)
